@@ -1,0 +1,519 @@
+//! Smokeping-style ICMP echo rounds.
+//!
+//! One [`IcmpClient`] holds one socket per address family, shared by every round; a receive task per
+//! socket hands each reply to the round waiting for it, keyed by (target address, sequence).
+//!
+//! Why not `surge-ping` (DESIGN.md's first choice): its matcher is private and ignores the payload,
+//! so a colliding identifier from another process counts as ours and none of it can be unit-tested;
+//! it also makes a `getsockname` call per received packet and a timer per echo. Here packet parsing
+//! and building use `pnet_packet`, sockets `socket2`, and the "is this reply ours?" rules are pure
+//! functions in [`packet`] with byte-level tests.
+
+mod packet;
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use packet::{Family, Inbound, Rejected, SocketKind, classify, echo_request};
+
+use crate::observation::{FailureKind, Measurement, Observation, Outcome};
+use crate::stats::PingStats;
+
+/// How one round is paced: `count` echoes, one every `spacing`, each waited for up to `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundPlan {
+    pub count: u32,
+    pub spacing: Duration,
+    pub timeout: Duration,
+}
+
+impl RoundPlan {
+    /// The longest a round can take: last echo sent, plus its timeout.
+    pub fn duration(&self) -> Duration {
+        self.spacing * self.count.saturating_sub(1) + self.timeout
+    }
+}
+
+/// The ICMP sockets could not be opened at all.
+#[derive(Debug, thiserror::Error)]
+pub enum IcmpError {
+    #[error(
+        "cannot open an ICMP socket: raw sockets need CAP_NET_RAW ({raw}) and unprivileged ICMP \
+         sockets are not allowed for this group ({dgram}; net.ipv4.ping_group_range = \"{range}\").\n\
+         Fix one of:\n  \
+         sudo setcap cap_net_raw+ep \"$(command -v vantage)\"\n  \
+         sudo sysctl -w net.ipv4.ping_group_range=\"0 2147483647\"   (persist it in /etc/sysctl.d/)\n  \
+         under systemd: AmbientCapabilities=CAP_NET_RAW in the unit's [Service] section"
+    )]
+    Permission {
+        raw: io::Error,
+        dgram: io::Error,
+        range: String,
+    },
+    #[error("cannot open an ICMP socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Shared ICMP sockets (one per address family) and the table of rounds waiting for replies.
+///
+/// Cheap to clone. Must be created inside a tokio runtime: it spawns one receive task per socket,
+/// stopped when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct IcmpClient {
+    v4: Arc<Endpoint>,
+    v6: Arc<Endpoint>,
+}
+
+/// One family's socket, or why there is none (e.g. IPv6 disabled on the host).
+#[derive(Debug)]
+struct Endpoint {
+    socket: Result<Arc<Shared>, String>,
+    receiver: Option<JoinHandle<()>>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if let Some(task) = &self.receiver {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    socket: UdpSocket,
+    kind: SocketKind,
+    family: Family,
+    ident: u16,
+    nonce: [u8; packet::NONCE_LEN],
+    waiting: Mutex<HashMap<(IpAddr, u16), Waiter>>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    index: usize,
+    tx: mpsc::UnboundedSender<Arrival>,
+}
+
+/// A datagram matched to one echo of a round.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    index: usize,
+    at: Instant,
+    unreachable: Option<(IpAddr, u8)>,
+}
+
+impl IcmpClient {
+    /// Open the sockets, preferring `preferred` (raw by default) and falling back to the other kind.
+    /// Fails only if neither family can be opened; a missing IPv6 stack fails IPv6 rounds instead.
+    pub fn new() -> Result<Self, IcmpError> {
+        Self::with_socket_kind(SocketKind::Raw)
+    }
+
+    pub fn with_socket_kind(preferred: SocketKind) -> Result<Self, IcmpError> {
+        let v4 = open(Family::V4, preferred);
+        let v6 = open(Family::V6, preferred);
+        if let (Err(v4_error), Err(_)) = (&v4, &v6) {
+            return Err(match v4_error {
+                OpenError::Permission { raw, dgram } => IcmpError::Permission {
+                    raw: io::Error::new(raw.kind(), raw.to_string()),
+                    dgram: io::Error::new(dgram.kind(), dgram.to_string()),
+                    range: std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range")
+                        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                        .unwrap_or_else(|_| "unknown".into()),
+                },
+                OpenError::Io(e) => IcmpError::Io(io::Error::new(e.kind(), e.to_string())),
+            });
+        }
+        Ok(IcmpClient {
+            v4: Arc::new(Endpoint::start(Family::V4, v4)),
+            v6: Arc::new(Endpoint::start(Family::V6, v6)),
+        })
+    }
+
+    /// Which kind of socket serves `family`, if any.
+    pub fn socket_kind(&self, family: Family) -> Option<SocketKind> {
+        self.endpoint(family).socket.as_ref().ok().map(|s| s.kind)
+    }
+
+    fn endpoint(&self, family: Family) -> &Endpoint {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+
+    /// Run one round against `addr`. Never fails: send errors, unreachables and silence are all part
+    /// of the returned [`Observation`]. When `stop` fires, no further echoes are sent, but replies to
+    /// the ones already sent are still awaited, so what was measured is kept.
+    pub async fn round(&self, addr: IpAddr, plan: RoundPlan, stop: &CancellationToken) -> Observation {
+        let started_at = SystemTime::now();
+        let started = Instant::now();
+        let family = match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        };
+        let endpoint = self.endpoint(family);
+        let (rtts, failure) = match &endpoint.socket {
+            Ok(shared) => run_round(shared, addr, plan, stop).await,
+            Err(why) => (
+                vec![None; plan.count as usize],
+                Some(Outcome::failure(FailureKind::Send, why.clone())),
+            ),
+        };
+        let stats = PingStats::from_rtts(rtts);
+        let outcome = match failure {
+            _ if stats.received > 0 => Outcome::Success,
+            Some(failure) => failure,
+            None if stats.sent == 0 => Outcome::failure(FailureKind::Deadline, "stopped before the first echo"),
+            None => Outcome::failure(
+                FailureKind::Timeout,
+                format!("no reply to {} echoes within {:?} each", stats.sent, plan.timeout),
+            ),
+        };
+        Observation {
+            started_at,
+            duration: started.elapsed(),
+            outcome,
+            measurement: Measurement::Ping(stats),
+        }
+    }
+}
+
+enum OpenError {
+    Permission { raw: io::Error, dgram: io::Error },
+    Io(io::Error),
+}
+
+fn open(family: Family, preferred: SocketKind) -> Result<Shared, OpenError> {
+    let other = match preferred {
+        SocketKind::Raw => SocketKind::Datagram,
+        SocketKind::Datagram => SocketKind::Raw,
+    };
+    let first = open_kind(family, preferred);
+    let (socket, kind) = match first {
+        Ok(socket) => (socket, preferred),
+        Err(first_error) => match open_kind(family, other) {
+            Ok(socket) => (socket, other),
+            Err(second_error) => {
+                let denied = |e: &io::Error| e.kind() == io::ErrorKind::PermissionDenied;
+                return Err(if denied(&first_error) && denied(&second_error) {
+                    let (raw, dgram) = match preferred {
+                        SocketKind::Raw => (first_error, second_error),
+                        SocketKind::Datagram => (second_error, first_error),
+                    };
+                    OpenError::Permission { raw, dgram }
+                } else {
+                    OpenError::Io(first_error)
+                });
+            }
+        },
+    };
+    let ident = match kind {
+        // The kernel uses a ping socket's local port as the identifier.
+        SocketKind::Datagram => socket.local_addr().map(|a| a.port()).unwrap_or(0),
+        SocketKind::Raw => rand::random(),
+    };
+    Ok(Shared {
+        socket,
+        kind,
+        family,
+        ident,
+        nonce: rand::random(),
+        waiting: Mutex::new(HashMap::new()),
+    })
+}
+
+fn open_kind(family: Family, kind: SocketKind) -> io::Result<UdpSocket> {
+    let (domain, protocol, any) = match family {
+        Family::V4 => (Domain::IPV4, Protocol::ICMPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        Family::V6 => (Domain::IPV6, Protocol::ICMPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+    };
+    let ty = match kind {
+        SocketKind::Raw => Type::RAW,
+        SocketKind::Datagram => Type::DGRAM,
+    };
+    let socket = Socket::new(domain, ty, Some(protocol))?;
+    socket.set_nonblocking(true)?;
+    // Bursts of replies from thousands of targets must not overflow the default ~200 KiB buffer.
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    if kind == SocketKind::Datagram {
+        socket.bind(&SocketAddr::new(any, 0).into())?;
+    }
+    // A socket2 socket of any type can be driven through tokio's datagram API.
+    UdpSocket::from_std(std::net::UdpSocket::from(socket))
+}
+
+impl Endpoint {
+    fn start(family: Family, opened: Result<Shared, OpenError>) -> Self {
+        match opened {
+            Ok(shared) => {
+                let shared = Arc::new(shared);
+                let receiver = tokio::spawn(receive(Arc::clone(&shared)));
+                Endpoint {
+                    socket: Ok(shared),
+                    receiver: Some(receiver),
+                }
+            }
+            Err(OpenError::Permission { raw, dgram }) => Endpoint {
+                socket: Err(format!("no ICMP socket for {family:?}: raw: {raw}; datagram: {dgram}")),
+                receiver: None,
+            },
+            Err(OpenError::Io(e)) => Endpoint {
+                socket: Err(format!("no ICMP socket for {family:?}: {e}")),
+                receiver: None,
+            },
+        }
+    }
+}
+
+/// Receive loop: classify every datagram and hand ours to the round waiting for it.
+async fn receive(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, from) = match shared.socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(error) => {
+                tracing::warn!(%error, family = ?shared.family, "ICMP receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let at = Instant::now();
+        let inbound = classify(&buf[..len], from.ip(), shared.family, shared.kind, shared.ident, &shared.nonce);
+        let (key, unreachable) = match inbound {
+            Ok(Inbound::EchoReply { from, seq }) => ((from, seq), None),
+            Ok(Inbound::Unreachable { target, seq, reporter, code }) => ((target, seq), Some((reporter, code))),
+            Err(reason) => {
+                tracing::trace!(?reason, %from, "ignored ICMP datagram");
+                continue;
+            }
+        };
+        let waiting = shared.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        match waiting.get(&key) {
+            // A closed channel means the round already ended: the reply is late, drop it.
+            Some(waiter) => drop(waiter.tx.send(Arrival { index: waiter.index, at, unreachable })),
+            None => tracing::trace!(from = %key.0, seq = key.1, "reply nobody waits for (late or foreign)"),
+        }
+    }
+}
+
+/// The sequence numbers a round holds in the shared table; released when dropped, however the round
+/// ends, so a reply arriving afterwards finds nobody and is discarded as late.
+struct Registration<'a> {
+    shared: &'a Shared,
+    addr: IpAddr,
+    seqs: Vec<u16>,
+}
+
+impl<'a> Registration<'a> {
+    fn new(shared: &'a Shared, addr: IpAddr, count: usize, tx: mpsc::UnboundedSender<Arrival>) -> Self {
+        let mut waiting = shared.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seq: u16 = rand::random();
+        let mut seqs = Vec::with_capacity(count);
+        for index in 0..count {
+            // Skip sequence numbers another round to the same address still holds.
+            loop {
+                seq = seq.wrapping_add(1);
+                if let Entry::Vacant(slot) = waiting.entry((addr, seq)) {
+                    slot.insert(Waiter { index, tx: tx.clone() });
+                    seqs.push(seq);
+                    break;
+                }
+            }
+        }
+        Registration { shared, addr, seqs }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.shared.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        for seq in &self.seqs {
+            waiting.remove(&(self.addr, *seq));
+        }
+    }
+}
+
+/// Which echoes of a round were answered, and in time. Pure bookkeeping, tested on its own.
+#[derive(Debug)]
+pub struct RoundState {
+    timeout: Duration,
+    sent_at: Vec<Option<Instant>>,
+    rtts: Vec<Option<f64>>,
+}
+
+/// What [`RoundState::accept`] made of a matched reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Counted,
+    /// A second reply to an echo already answered.
+    Duplicate,
+    /// Arrived after that echo's timeout.
+    Late,
+    /// For an echo this round never sent.
+    NotSent,
+}
+
+impl RoundState {
+    pub fn new(count: usize, timeout: Duration) -> Self {
+        RoundState {
+            timeout,
+            sent_at: vec![None; count],
+            rtts: vec![None; count],
+        }
+    }
+
+    pub fn sent(&mut self, index: usize, at: Instant) {
+        self.sent_at[index] = Some(at);
+    }
+
+    pub fn accept(&mut self, index: usize, at: Instant) -> Verdict {
+        let Some(Some(sent)) = self.sent_at.get(index) else {
+            return Verdict::NotSent;
+        };
+        let rtt = at.saturating_duration_since(*sent);
+        if self.rtts[index].is_some() {
+            Verdict::Duplicate
+        } else if rtt > self.timeout {
+            Verdict::Late
+        } else {
+            self.rtts[index] = Some(rtt.as_secs_f64() * 1000.0);
+            Verdict::Counted
+        }
+    }
+
+    fn all_answered(&self, sent: usize) -> bool {
+        self.rtts[..sent].iter().all(Option::is_some)
+    }
+
+    /// RTTs of the echoes actually sent, in send order.
+    pub fn into_rtts(mut self, sent: usize) -> Vec<Option<f64>> {
+        self.rtts.truncate(sent);
+        self.rtts
+    }
+}
+
+async fn run_round(
+    shared: &Shared,
+    addr: IpAddr,
+    plan: RoundPlan,
+    stop: &CancellationToken,
+) -> (Vec<Option<f64>>, Option<Outcome>) {
+    let count = plan.count as usize;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let registration = Registration::new(shared, addr, count, tx);
+    let mut state = RoundState::new(count, plan.timeout);
+    let target = SocketAddr::new(addr, 0);
+    let start = tokio::time::Instant::now();
+    let mut sent = 0usize;
+    let mut last_send = start;
+    let mut failure = None;
+    let mut stopping = false;
+
+    loop {
+        let sending = sent < count && !stopping;
+        if !sending && state.all_answered(sent) {
+            break;
+        }
+        let wake_at = if sending {
+            start + plan.spacing * sent as u32
+        } else {
+            last_send + plan.timeout
+        };
+        tokio::select! {
+            biased;
+            Some(arrival) = rx.recv() => {
+                if let Some((reporter, code)) = arrival.unreachable {
+                    failure = Some(Outcome::failure(
+                        FailureKind::Unreachable,
+                        format!("{reporter} reports {addr} unreachable (ICMP code {code})"),
+                    ));
+                } else {
+                    let verdict = state.accept(arrival.index, arrival.at);
+                    if verdict != Verdict::Counted {
+                        tracing::debug!(%addr, ?verdict, "reply not counted");
+                    }
+                }
+            }
+            () = stop.cancelled(), if sending => stopping = true,
+            () = tokio::time::sleep_until(wake_at) => {
+                if !sending {
+                    break;
+                }
+                let request = echo_request(shared.family, shared.ident, registration.seqs[sent], &shared.nonce);
+                let now = tokio::time::Instant::now();
+                state.sent(sent, now.into_std());
+                if let Err(error) = shared.socket.send_to(&request, target).await {
+                    // The echo counts as sent and lost: a local "no route" is part of the outage.
+                    let kind = match error.raw_os_error() {
+                        Some(101 | 113) => FailureKind::Unreachable, // ENETUNREACH, EHOSTUNREACH
+                        _ => FailureKind::Send,
+                    };
+                    failure = Some(Outcome::failure(kind, format!("sending to {addr}: {error}")));
+                }
+                last_send = now;
+                sent += 1;
+            }
+        }
+    }
+    drop(registration);
+    (state.into_rtts(sent), failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_late_and_unsent_replies_are_not_counted() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_millis(100);
+        let mut round = RoundState::new(3, timeout);
+        round.sent(0, t0);
+        round.sent(1, t0);
+        assert_eq!(round.accept(0, t0 + Duration::from_millis(5)), Verdict::Counted);
+        assert_eq!(round.accept(0, t0 + Duration::from_millis(6)), Verdict::Duplicate);
+        assert_eq!(round.accept(1, t0 + Duration::from_millis(101)), Verdict::Late);
+        assert_eq!(round.accept(2, t0), Verdict::NotSent);
+        assert_eq!(round.accept(7, t0), Verdict::NotSent);
+        let rtts = round.into_rtts(2);
+        assert_eq!(rtts.len(), 2);
+        assert!((rtts[0].unwrap_or_default() - 5.0).abs() < 1e-6);
+        assert_eq!(rtts[1], None);
+    }
+
+    #[test]
+    fn a_reply_slower_than_the_spacing_still_counts() {
+        // Echo 0 answered after echo 1 was sent: RTT is what matters, not the send order.
+        let t0 = Instant::now();
+        let mut round = RoundState::new(2, Duration::from_secs(1));
+        round.sent(0, t0);
+        round.sent(1, t0 + Duration::from_millis(10));
+        assert_eq!(round.accept(1, t0 + Duration::from_millis(11)), Verdict::Counted);
+        assert_eq!(round.accept(0, t0 + Duration::from_millis(300)), Verdict::Counted);
+        let rtts = round.into_rtts(2);
+        assert!((rtts[0].unwrap_or_default() - 300.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn round_duration_covers_the_last_echo_and_its_timeout() {
+        let plan = RoundPlan {
+            count: 20,
+            spacing: Duration::from_millis(900),
+            timeout: Duration::from_secs(2),
+        };
+        assert_eq!(plan.duration(), Duration::from_millis(19 * 900 + 2000));
+    }
+}

@@ -1,0 +1,33 @@
+//! # probes — how vantage measures
+//!
+//! Each probe kind takes a target and returns an [`Observation`]; network failures are observations
+//! (with a [`FailureKind`]), never `Err`. This crate knows nothing of config files, stores or rules:
+//! those live in the `vantage` crate.
+//!
+//! ## Layout
+//! - [`observation`]: [`Observation`], [`Outcome`], [`FailureKind`], [`Measurement`]
+//! - [`stats`]: smokeping-style round statistics ([`PingStats`])
+//! - [`icmp`]: echo rounds over shared raw or datagram ICMP sockets ([`IcmpClient`])
+//!
+//! ## Example
+//! ```no_run
+//! # async fn demo() -> Result<(), probes::IcmpError> {
+//! use std::time::Duration;
+//! let client = probes::IcmpClient::new()?;
+//! let plan = probes::RoundPlan { count: 5, spacing: Duration::from_millis(200), timeout: Duration::from_secs(1) };
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! let observation = client.round("127.0.0.1".parse().expect("address"), plan, &stop).await;
+//! if let probes::Measurement::Ping(stats) = &observation.measurement {
+//!     println!("loss {}%, median {:?} ms", stats.loss_pct, stats.rtt_median_ms);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod icmp;
+pub mod observation;
+pub mod stats;
+
+pub use icmp::{IcmpClient, IcmpError, RoundPlan};
+pub use observation::{FailureKind, Measurement, Observation, Outcome};
+pub use stats::PingStats;
+pub use tokio_util::sync::CancellationToken;

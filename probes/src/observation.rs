@@ -1,0 +1,103 @@
+//! What every probe returns: an [`Observation`]. Network failures are observations, not `Err`s —
+//! a timeout, a refused connection or 100% loss is exactly the data an outage probe exists to record.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::stats::PingStats;
+
+/// One run of one probe against one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Observation {
+    /// Wall-clock time the measurement started; stores keep this as the point's timestamp.
+    #[serde(serialize_with = "serialize_unix_ns")]
+    pub started_at: SystemTime,
+    /// How long the run took, from first packet to verdict.
+    pub duration: Duration,
+    pub outcome: Outcome,
+    pub measurement: Measurement,
+}
+
+impl Observation {
+    pub fn is_success(&self) -> bool {
+        matches!(self.outcome, Outcome::Success)
+    }
+
+    /// Nanoseconds since the Unix epoch of [`Observation::started_at`] (0 for clocks before 1970).
+    pub fn timestamp_ns(&self) -> i64 {
+        unix_ns(self.started_at)
+    }
+}
+
+/// Did the run meet its expectations? Partial loss is still a `Success`: whether 5% loss matters is
+/// for rules to decide, not the probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failure { kind: FailureKind, message: String },
+}
+
+impl Outcome {
+    pub fn failure(kind: FailureKind, message: impl Into<String>) -> Self {
+        Outcome::Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A closed set of failure classes, stable enough to alert and graph on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// No answer within the deadline (for ICMP: every echo lost).
+    Timeout,
+    /// A router or the local stack said the destination cannot be reached.
+    Unreachable,
+    /// The target's name did not resolve.
+    Resolve,
+    /// The local system refused to send (permissions, no route, socket error).
+    Send,
+    /// The run was cut short by its deadline or by shutdown.
+    Deadline,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::Unreachable => "unreachable",
+            FailureKind::Resolve => "resolve",
+            FailureKind::Send => "send",
+            FailureKind::Deadline => "deadline",
+        }
+    }
+}
+
+/// The typed result of each probe kind; field names follow the measurement schema.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Measurement {
+    Ping(PingStats),
+}
+
+impl Measurement {
+    /// The measurement name in the schema (`ping`, `trace`, `http`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Measurement::Ping(_) => "ping",
+        }
+    }
+}
+
+pub(crate) fn unix_ns(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn serialize_unix_ns<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_i64(unix_ns(*t))
+}
