@@ -4,7 +4,10 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use probes::{CancellationToken, FailureKind, IcmpClient, Measurement, Observation, Outcome, PingStats, RoundPlan};
+use probes::{
+    CancellationToken, FailureKind, IcmpClient, Measurement, Observation, Outcome, PingStats,
+    RoundPlan,
+};
 
 use crate::config::{FamilyPreference, ProbeConfig, ProbeKind, Target};
 
@@ -48,10 +51,19 @@ impl Probe {
     }
 
     /// Measure `target` once. Never fails: problems are recorded in the observation.
-    pub async fn run(&self, target: &Target, stop: &CancellationToken) -> (Option<IpAddr>, Observation) {
+    pub async fn run(
+        &self,
+        target: &Target,
+        stop: &CancellationToken,
+    ) -> (Option<IpAddr>, Observation) {
         let address = match resolve(&target.host, target.family).await {
             Ok(address) => address,
-            Err(message) => return (None, self.failed_before_start(FailureKind::Resolve, message)),
+            Err(message) => {
+                return (
+                    None,
+                    self.failed_before_start(FailureKind::Resolve, message),
+                );
+            }
         };
         let observation = match self {
             Probe::Icmp { client, plan } => client.round(address, *plan, stop).await,

@@ -156,7 +156,12 @@ impl IcmpClient {
     /// Run one round against `addr`. Never fails: send errors, unreachables and silence are all part
     /// of the returned [`Observation`]. When `stop` fires, no further echoes are sent, but replies to
     /// the ones already sent are still awaited, so what was measured is kept.
-    pub async fn round(&self, addr: IpAddr, plan: RoundPlan, stop: &CancellationToken) -> Observation {
+    pub async fn round(
+        &self,
+        addr: IpAddr,
+        plan: RoundPlan,
+        stop: &CancellationToken,
+    ) -> Observation {
         let started_at = SystemTime::now();
         let started = Instant::now();
         let family = match addr {
@@ -175,10 +180,15 @@ impl IcmpClient {
         let outcome = match failure {
             _ if stats.received > 0 => Outcome::Success,
             Some(failure) => failure,
-            None if stats.sent == 0 => Outcome::failure(FailureKind::Deadline, "stopped before the first echo"),
+            None if stats.sent == 0 => {
+                Outcome::failure(FailureKind::Deadline, "stopped before the first echo")
+            }
             None => Outcome::failure(
                 FailureKind::Timeout,
-                format!("no reply to {} echoes within {:?} each", stats.sent, plan.timeout),
+                format!(
+                    "no reply to {} echoes within {:?} each",
+                    stats.sent, plan.timeout
+                ),
             ),
         };
         Observation {
@@ -236,8 +246,16 @@ fn open(family: Family, preferred: SocketKind) -> Result<Shared, OpenError> {
 
 fn open_kind(family: Family, kind: SocketKind) -> io::Result<UdpSocket> {
     let (domain, protocol, any) = match family {
-        Family::V4 => (Domain::IPV4, Protocol::ICMPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        Family::V6 => (Domain::IPV6, Protocol::ICMPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        Family::V4 => (
+            Domain::IPV4,
+            Protocol::ICMPV4,
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        ),
+        Family::V6 => (
+            Domain::IPV6,
+            Protocol::ICMPV6,
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ),
     };
     let ty = match kind {
         SocketKind::Raw => Type::RAW,
@@ -267,7 +285,9 @@ impl Endpoint {
                 }
             }
             Err(OpenError::Permission { raw, dgram }) => Endpoint {
-                socket: Err(format!("no ICMP socket for {family:?}: raw: {raw}; datagram: {dgram}")),
+                socket: Err(format!(
+                    "no ICMP socket for {family:?}: raw: {raw}; datagram: {dgram}"
+                )),
                 receiver: None,
             },
             Err(OpenError::Io(e)) => Endpoint {
@@ -291,20 +311,41 @@ async fn receive(shared: Arc<Shared>) {
             }
         };
         let at = Instant::now();
-        let inbound = classify(&buf[..len], from.ip(), shared.family, shared.kind, shared.ident, &shared.nonce);
+        let inbound = classify(
+            &buf[..len],
+            from.ip(),
+            shared.family,
+            shared.kind,
+            shared.ident,
+            &shared.nonce,
+        );
         let (key, unreachable) = match inbound {
             Ok(Inbound::EchoReply { from, seq }) => ((from, seq), None),
-            Ok(Inbound::Unreachable { target, seq, reporter, code }) => ((target, seq), Some((reporter, code))),
+            Ok(Inbound::Unreachable {
+                target,
+                seq,
+                reporter,
+                code,
+            }) => ((target, seq), Some((reporter, code))),
             Err(reason) => {
                 tracing::trace!(?reason, %from, "ignored ICMP datagram");
                 continue;
             }
         };
-        let waiting = shared.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiting = shared
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match waiting.get(&key) {
             // A closed channel means the round already ended: the reply is late, drop it.
-            Some(waiter) => drop(waiter.tx.send(Arrival { index: waiter.index, at, unreachable })),
-            None => tracing::trace!(from = %key.0, seq = key.1, "reply nobody waits for (late or foreign)"),
+            Some(waiter) => drop(waiter.tx.send(Arrival {
+                index: waiter.index,
+                at,
+                unreachable,
+            })),
+            None => {
+                tracing::trace!(from = %key.0, seq = key.1, "reply nobody waits for (late or foreign)")
+            }
         }
     }
 }
@@ -318,8 +359,16 @@ struct Registration<'a> {
 }
 
 impl<'a> Registration<'a> {
-    fn new(shared: &'a Shared, addr: IpAddr, count: usize, tx: mpsc::UnboundedSender<Arrival>) -> Self {
-        let mut waiting = shared.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+    fn new(
+        shared: &'a Shared,
+        addr: IpAddr,
+        count: usize,
+        tx: mpsc::UnboundedSender<Arrival>,
+    ) -> Self {
+        let mut waiting = shared
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut seq: u16 = rand::random();
         let mut seqs = Vec::with_capacity(count);
         for index in 0..count {
@@ -327,7 +376,10 @@ impl<'a> Registration<'a> {
             loop {
                 seq = seq.wrapping_add(1);
                 if let Entry::Vacant(slot) = waiting.entry((addr, seq)) {
-                    slot.insert(Waiter { index, tx: tx.clone() });
+                    slot.insert(Waiter {
+                        index,
+                        tx: tx.clone(),
+                    });
                     seqs.push(seq);
                     break;
                 }
@@ -339,7 +391,11 @@ impl<'a> Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        let mut waiting = self.shared.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut waiting = self
+            .shared
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for seq in &self.seqs {
             waiting.remove(&(self.addr, *seq));
         }
@@ -483,9 +539,18 @@ mod tests {
         let mut round = RoundState::new(3, timeout);
         round.sent(0, t0);
         round.sent(1, t0);
-        assert_eq!(round.accept(0, t0 + Duration::from_millis(5)), Verdict::Counted);
-        assert_eq!(round.accept(0, t0 + Duration::from_millis(6)), Verdict::Duplicate);
-        assert_eq!(round.accept(1, t0 + Duration::from_millis(101)), Verdict::Late);
+        assert_eq!(
+            round.accept(0, t0 + Duration::from_millis(5)),
+            Verdict::Counted
+        );
+        assert_eq!(
+            round.accept(0, t0 + Duration::from_millis(6)),
+            Verdict::Duplicate
+        );
+        assert_eq!(
+            round.accept(1, t0 + Duration::from_millis(101)),
+            Verdict::Late
+        );
         assert_eq!(round.accept(2, t0), Verdict::NotSent);
         assert_eq!(round.accept(7, t0), Verdict::NotSent);
         let rtts = round.into_rtts(2);
@@ -501,8 +566,14 @@ mod tests {
         let mut round = RoundState::new(2, Duration::from_secs(1));
         round.sent(0, t0);
         round.sent(1, t0 + Duration::from_millis(10));
-        assert_eq!(round.accept(1, t0 + Duration::from_millis(11)), Verdict::Counted);
-        assert_eq!(round.accept(0, t0 + Duration::from_millis(300)), Verdict::Counted);
+        assert_eq!(
+            round.accept(1, t0 + Duration::from_millis(11)),
+            Verdict::Counted
+        );
+        assert_eq!(
+            round.accept(0, t0 + Duration::from_millis(300)),
+            Verdict::Counted
+        );
         let rtts = round.into_rtts(2);
         assert!((rtts[0].unwrap_or_default() - 300.0).abs() < 1e-6);
     }

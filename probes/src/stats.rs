@@ -41,7 +41,8 @@ impl PingStats {
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len() as f64;
         let avg = (!sorted.is_empty()).then(|| sorted.iter().sum::<f64>() / n);
-        let stddev = avg.map(|mean| (sorted.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt());
+        let stddev =
+            avg.map(|mean| (sorted.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt());
         let jitter = (received_in_order.len() >= 2).then(|| {
             let diffs = received_in_order.windows(2).map(|w| (w[1] - w[0]).abs());
             diffs.sum::<f64>() / (n - 1.0)
@@ -150,7 +151,10 @@ mod tests {
                 s.rtt_p90_ms.unwrap_or(f64::NAN),
                 s.rtt_max_ms.unwrap_or(f64::NAN),
             ];
-            assert!(chain.windows(2).all(|w| w[0] <= w[1]), "unordered: {chain:?}");
+            assert!(
+                chain.windows(2).all(|w| w[0] <= w[1]),
+                "unordered: {chain:?}"
+            );
             let avg = s.rtt_avg_ms.unwrap_or(f64::NAN);
             assert!(min <= avg && avg <= chain[6]);
         }

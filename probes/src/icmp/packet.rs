@@ -68,7 +68,9 @@ pub fn echo_request(family: Family, ident: u16, seq: u16, nonce: &[u8; NONCE_LEN
     buf[6..8].copy_from_slice(&seq.to_be_bytes());
     buf[8..8 + NONCE_LEN].copy_from_slice(nonce);
     if family == Family::V4 {
-        let checksum = IcmpPacket::new(&buf).map(|p| icmp::checksum(&p)).unwrap_or(0);
+        let checksum = IcmpPacket::new(&buf)
+            .map(|p| icmp::checksum(&p))
+            .unwrap_or(0);
         buf[2..4].copy_from_slice(&checksum.to_be_bytes());
     }
     buf
@@ -113,7 +115,9 @@ pub fn classify(
                     let quoted = packet.payload().get(4..).ok_or(Rejected::Truncated)?;
                     let ip = Ipv4Packet::new(quoted).ok_or(Rejected::Truncated)?;
                     let header_len = usize::from(ip.get_header_length()) * 4;
-                    let echo = quoted.get(header_len..header_len + 8).ok_or(Rejected::Truncated)?;
+                    let echo = quoted
+                        .get(header_len..header_len + 8)
+                        .ok_or(Rejected::Truncated)?;
                     quoted_echo(echo, IcmpTypes::EchoRequest.0, check_ident, ident).map(|seq| {
                         Inbound::Unreachable {
                             target: IpAddr::V4(ip.get_destination()),
@@ -178,7 +182,12 @@ fn echo_reply(
 
 /// The first 8 bytes of the echo request a router quoted back: ours if it is an echo request with
 /// our identifier. Routers need only quote 8 bytes, so there is no nonce to check here.
-fn quoted_echo(echo: &[u8], request_type: u8, check_ident: bool, ident: u16) -> Result<u16, Rejected> {
+fn quoted_echo(
+    echo: &[u8],
+    request_type: u8,
+    check_ident: bool,
+    ident: u16,
+) -> Result<u16, Rejected> {
     if echo[0] != request_type {
         return Err(Rejected::NotForUs);
     }
@@ -203,7 +212,9 @@ mod tests {
         icmp[2..4].copy_from_slice(&[0, 0]);
         let checksum = icmp::checksum(&IcmpPacket::new(&icmp).expect("header"));
         icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
-        let mut ip = vec![0x45, 0, 0, 84, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 2, 2, 198, 18, 0, 2];
+        let mut ip = vec![
+            0x45, 0, 0, 84, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 2, 2, 198, 18, 0, 2,
+        ];
         ip.extend_from_slice(&icmp);
         ip
     }
@@ -216,22 +227,35 @@ mod tests {
     fn our_reply_is_accepted_with_its_sequence() {
         assert_eq!(
             classify_v4(&raw_v4_reply(ME, 7, &NONCE)),
-            Ok(Inbound::EchoReply { from: TARGET, seq: 7 })
+            Ok(Inbound::EchoReply {
+                from: TARGET,
+                seq: 7
+            })
         );
     }
 
     #[test]
     fn a_reply_to_another_process_is_rejected() {
-        assert_eq!(classify_v4(&raw_v4_reply(ME + 1, 7, &NONCE)), Err(Rejected::ForeignIdentifier));
+        assert_eq!(
+            classify_v4(&raw_v4_reply(ME + 1, 7, &NONCE)),
+            Err(Rejected::ForeignIdentifier)
+        );
         // Same identifier by coincidence, but not our payload.
-        assert_eq!(classify_v4(&raw_v4_reply(ME, 7, b"someone!")), Err(Rejected::ForeignPayload));
+        assert_eq!(
+            classify_v4(&raw_v4_reply(ME, 7, b"someone!")),
+            Err(Rejected::ForeignPayload)
+        );
     }
 
     #[test]
     fn truncated_and_corrupted_packets_are_rejected() {
         let reply = raw_v4_reply(ME, 7, &NONCE);
         for cut in [0, 10, 20, 24, 27] {
-            assert_eq!(classify_v4(&reply[..cut]), Err(Rejected::Truncated), "cut at {cut}");
+            assert_eq!(
+                classify_v4(&reply[..cut]),
+                Err(Rejected::Truncated),
+                "cut at {cut}"
+            );
         }
         // Header intact but the nonce cut short: checksum no longer matches.
         for cut in [30, 32, 40] {
@@ -266,7 +290,14 @@ mod tests {
             Ok(Inbound::EchoReply { from, seq: 3 })
         );
         assert_eq!(
-            classify(&icmp, from, Family::V6, SocketKind::Datagram, ME, b"12345678"),
+            classify(
+                &icmp,
+                from,
+                Family::V6,
+                SocketKind::Datagram,
+                ME,
+                b"12345678"
+            ),
             Err(Rejected::ForeignPayload)
         );
     }
@@ -275,18 +306,27 @@ mod tests {
     fn a_routers_unreachable_names_the_target_and_sequence() {
         // ICMP type 3 code 1 (host unreachable) quoting our request's IPv4 header + 8 bytes.
         let request = echo_request(Family::V4, ME, 9, &NONCE);
-        let quoted_ip = [0x45, 0, 0, 84, 0, 0, 0, 0, 63, 1, 0, 0, 198, 18, 0, 2, 198, 18, 2, 2];
+        let quoted_ip = [
+            0x45, 0, 0, 84, 0, 0, 0, 0, 63, 1, 0, 0, 198, 18, 0, 2, 198, 18, 2, 2,
+        ];
         let mut icmp = vec![3, 1, 0, 0, 0, 0, 0, 0];
         icmp.extend_from_slice(&quoted_ip);
         icmp.extend_from_slice(&request[..8]);
         let checksum = icmp::checksum(&IcmpPacket::new(&icmp).expect("header"));
         icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
-        let mut ip = vec![0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 1, 1, 198, 18, 0, 2];
+        let mut ip = vec![
+            0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 1, 1, 198, 18, 0, 2,
+        ];
         ip.extend_from_slice(&icmp);
         let router: IpAddr = "198.18.1.1".parse().expect("addr");
         assert_eq!(
             classify(&ip, router, Family::V4, SocketKind::Raw, ME, &NONCE),
-            Ok(Inbound::Unreachable { target: TARGET, seq: 9, reporter: router, code: 1 })
+            Ok(Inbound::Unreachable {
+                target: TARGET,
+                seq: 9,
+                reporter: router,
+                code: 1
+            })
         );
     }
 }

@@ -1,0 +1,141 @@
+//! `vantage run`: the agent's main job.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use probes::{CancellationToken, IcmpClient};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, ProbeKind};
+use crate::probe::{Probe, Resources};
+use crate::scheduler::{self, Counters, Identity, Job};
+use crate::store::{Store, writer};
+
+/// Records waiting for the store; probes wait (rather than lose data) only if it fills.
+const STORE_QUEUE: usize = 16_384;
+/// How often the agent logs a one-line summary of what it measured.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: not starting; fix the config (`vantage check --config {}`)",
+                path.display(),
+                path.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let store = Store::open(&config.agent.data_dir)?;
+    super::runtime()?.block_on(agent(config, store))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn agent(config: Config, store: Store) -> anyhow::Result<()> {
+    let needs_icmp = config
+        .probes
+        .iter()
+        .any(|p| matches!(p.kind, ProbeKind::Icmp { .. }));
+    let resources = Resources {
+        icmp: if needs_icmp {
+            Some(IcmpClient::new()?)
+        } else {
+            None
+        },
+    };
+
+    let mut jobs = Vec::new();
+    for probe_config in &config.probes {
+        let probe = Arc::new(Probe::new(probe_config, &resources)?);
+        for name in &probe_config.targets {
+            let target = config.target(name).with_context(|| {
+                format!(
+                    "probe {:?} names unknown target {name:?}",
+                    probe_config.name
+                )
+            })?;
+            jobs.push(Job {
+                probe_name: probe_config.name.clone(),
+                probe: Arc::clone(&probe),
+                target: Arc::new(target.clone()),
+                interval: probe_config.interval,
+            });
+        }
+    }
+
+    let stop = CancellationToken::new();
+    let counters = Arc::new(Counters::default());
+    let (tx, rx) = mpsc::channel(STORE_QUEUE);
+    let store_path = store.path().to_path_buf();
+    let writer = writer::spawn(store, rx, config.agent.retention);
+    tracing::info!(
+        agent = %config.agent.name,
+        site = %config.agent.site,
+        probes = config.probes.len(),
+        targets = config.targets.len(),
+        jobs = jobs.len(),
+        store = %store_path.display(),
+        "agent started"
+    );
+
+    let identity = Identity {
+        agent: config.agent.name.clone(),
+        site: config.agent.site.clone(),
+    };
+    let scheduler = tokio::spawn(scheduler::run(
+        jobs,
+        identity,
+        tx,
+        Arc::clone(&counters),
+        stop.clone(),
+    ));
+    let summary = tokio::spawn(log_summaries(Arc::clone(&counters)));
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping after in-flight runs"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: stopping after in-flight runs"),
+    }
+    stop.cancel();
+    summary.abort();
+    scheduler.await.context("scheduler task")?;
+    // Every sender is gone now; the writer drains the queue and returns.
+    let stored = tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("store writer panicked"))??;
+    tracing::info!(
+        observations = counters.observations.load(Ordering::Relaxed),
+        stored,
+        "agent stopped; everything measured is stored"
+    );
+    Ok(())
+}
+
+async fn log_summaries(counters: Arc<Counters>) {
+    let mut tick = tokio::time::interval(SUMMARY_EVERY);
+    tick.tick().await;
+    let (mut last_observations, mut last_failures) = (0, 0);
+    loop {
+        tick.tick().await;
+        let observations = counters.observations.load(Ordering::Relaxed);
+        let failures = counters.failures.load(Ordering::Relaxed);
+        tracing::info!(
+            observations = observations - last_observations,
+            failures = failures - last_failures,
+            skipped_ticks = counters.skipped_ticks.load(Ordering::Relaxed),
+            deadline_exceeded = counters.deadline_exceeded.load(Ordering::Relaxed),
+            max_lag_ms = counters.max_lag_us.swap(0, Ordering::Relaxed) as f64 / 1000.0,
+            "last minute"
+        );
+        (last_observations, last_failures) = (observations, failures);
+    }
+}

@@ -1,0 +1,149 @@
+//! `vantage ping`: the on-call one-shot. Many targets at once, like `fping -C`, with smokeping
+//! statistics per target.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use probes::{
+    CancellationToken, FailureKind, IcmpClient, Measurement, Observation, Outcome, RoundPlan,
+};
+use serde::Serialize;
+
+use super::table;
+use crate::config::FamilyPreference;
+use crate::probe::resolve;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Echoes per target.
+    #[arg(long, short = 'c', default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    count: u32,
+    /// Gap between echoes to the same target, in ms (like fping -p). Replies slower than this
+    /// still count, up to --timeout-ms.
+    #[arg(long, short = 'p', default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    interval_ms: u64,
+    /// How long to wait for each echo's reply, in ms.
+    #[arg(long, short = 't', default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+    /// One JSON object per target per line (fields of the `ping` measurement plus target, address,
+    /// rtts_ms and failure).
+    #[arg(long)]
+    json: bool,
+    /// Host names or IP addresses.
+    #[arg(required = true, value_name = "TARGET")]
+    targets: Vec<String>,
+}
+
+/// One line of `--json` output.
+#[derive(Debug, Serialize)]
+struct PingLine<'a> {
+    target: &'a str,
+    address: Option<String>,
+    #[serde(flatten)]
+    stats: &'a probes::PingStats,
+    failure: Option<&'a Outcome>,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    super::runtime()?.block_on(ping_all(args))
+}
+
+async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
+    let client = IcmpClient::new()?;
+    let plan = RoundPlan {
+        count: args.count,
+        spacing: Duration::from_millis(args.interval_ms),
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    let stop = CancellationToken::new();
+    let ctrl_c = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            ctrl_c.cancel();
+        }
+    });
+    // Stagger target starts across one interval so thousands of targets never go out in one burst.
+    let n = args.targets.len() as u32;
+    let mut rounds = tokio::task::JoinSet::new();
+    for (index, target) in args.targets.iter().enumerate() {
+        let (client, stop, target) = (client.clone(), stop.clone(), target.clone());
+        let offset = plan.spacing / n * index as u32;
+        rounds.spawn(async move {
+            tokio::time::sleep(offset).await;
+            let result = match resolve(&target, FamilyPreference::Any).await {
+                Ok(address) => Ok((address, client.round(address, plan, &stop).await)),
+                Err(message) => Err(message),
+            };
+            (index, target, result)
+        });
+    }
+    let mut results: Vec<(usize, String, Result<(IpAddr, Observation), String>)> = Vec::new();
+    while let Some(done) = rounds.join_next().await {
+        results.push(done?);
+    }
+    results.sort_by_key(|(index, ..)| *index);
+
+    let mut all_answered = true;
+    let mut rows = Vec::new();
+    let unresolved_stats = probes::PingStats::from_rtts(Vec::new());
+    for (_, target, result) in &results {
+        let unresolved;
+        let (address, stats, failure) = match result {
+            Ok((address, observation)) => {
+                let Measurement::Ping(stats) = &observation.measurement;
+                let failure = Some(&observation.outcome).filter(|o| **o != Outcome::Success);
+                (Some(*address), stats, failure)
+            }
+            Err(message) => {
+                unresolved = Outcome::failure(FailureKind::Resolve, message.clone());
+                (None, &unresolved_stats, Some(&unresolved))
+            }
+        };
+        all_answered &= stats.received > 0;
+        if args.json {
+            let line = PingLine {
+                target,
+                address: address.map(|a| a.to_string()),
+                stats,
+                failure,
+            };
+            println!("{}", serde_json::to_string(&line)?);
+        } else {
+            rows.push(vec![
+                target.clone(),
+                address.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                format!("{:.1}%", stats.loss_pct),
+                stats.sent.to_string(),
+                stats.received.to_string(),
+                table::ms(stats.rtt_min_ms),
+                table::ms(stats.rtt_median_ms),
+                table::ms(stats.rtt_p90_ms),
+                table::ms(stats.rtt_max_ms),
+                table::ms(stats.jitter_ms),
+                match failure {
+                    Some(Outcome::Failure { message, .. }) => message.clone(),
+                    _ => String::new(),
+                },
+            ]);
+        }
+    }
+    if !args.json {
+        print!(
+            "{}",
+            table::render(
+                &[
+                    "TARGET", "ADDRESS", "LOSS%", "SNT", "RCV", "MIN", "MEDIAN", "P90", "MAX",
+                    "JITTER", "FAILURE"
+                ],
+                &rows,
+                &[2, 3, 4, 5, 6, 7, 8, 9],
+            )
+        );
+    }
+    Ok(if all_answered {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
