@@ -35,6 +35,9 @@ pub struct Args {
     targets: Vec<String>,
 }
 
+/// A target's round, or why it could not start (its name did not resolve).
+type RoundResult = Result<(IpAddr, Observation), String>;
+
 /// One line of `--json` output.
 #[derive(Debug, Serialize)]
 struct PingLine<'a> {
@@ -78,7 +81,7 @@ async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
             (index, target, result)
         });
     }
-    let mut results: Vec<(usize, String, Result<(IpAddr, Observation), String>)> = Vec::new();
+    let mut results: Vec<(usize, String, RoundResult)> = Vec::new();
     while let Some(done) = rounds.join_next().await {
         results.push(done?);
     }
