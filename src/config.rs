@@ -1,5 +1,24 @@
 //! `Config`: the validated agent configuration. Parsing reports every mistake at once, each with
 //! file:line:column and a hint (see `vantage check`).
+//!
+//! The file format is documented for operators in `docs/config.md`; the example configs in
+//! `config/` and the fixtures in `tests/fixtures/config/` (one per mistake, with the exact
+//! message expected) are both tests.
+//!
+//! ## Layout
+//! - this file: the types the rest of the agent codes against, and [`ConfigError`]'s rendering
+//! - `validate`: the walk over the spanned TOML tree that checks every key and builds a [`Config`]
+//! - `duration`: [`parse_duration`] / [`format_duration`] (`"500ms"`, `"1.5s"`, `"14d"`)
+//! - `span`: [`LineIndex`], byte offsets to 1-based line:column
+//! - `suggest`: edit-distance "did you mean" suggestions
+
+mod duration;
+mod span;
+mod suggest;
+mod validate;
+
+pub use duration::{format_duration, parse_duration};
+pub use span::LineIndex;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,9 +102,11 @@ impl Config {
     }
 
     /// Validate config text; `path` names the file in messages and anchors a relative `data_dir`.
+    ///
+    /// On failure every mistake is returned, in file order (a TOML syntax error stops the check:
+    /// it is then the only one).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-        let _ = (text, path);
-        unimplemented!("config parsing")
+        validate::parse(text, path)
     }
 
     pub fn target(&self, name: &str) -> Option<&Target> {
@@ -129,7 +150,8 @@ impl std::fmt::Display for ConfigError {
         }
         write!(f, ": error: {}", self.message)?;
         if let Some(hint) = &self.hint {
-            write!(f, "\n  hint: {hint}")?;
+            // Continuation lines of a multi-line hint line up under its first line.
+            write!(f, "\n  hint: {}", hint.replace('\n', "\n        "))?;
         }
         Ok(())
     }

@@ -1,0 +1,1265 @@
+//! The walk over the parsed TOML: every key checked against the schema, every mistake recorded
+//! with its position and a hint, and a [`Config`] built only when there were none.
+//!
+//! A hand-written walk rather than `#[serde(deny_unknown_fields)]`: serde stops at the first
+//! error, and we want them all, each pointing at the offending key or value.
+
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_spanned::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::duration::{format_duration, parse_duration};
+use super::span::LineIndex;
+use super::suggest::closest;
+use super::{
+    AgentConfig, Config, ConfigError, ConfigErrors, FamilyPreference, ProbeConfig, ProbeKind,
+    Target,
+};
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// Defaults of a probe (and of the probe an agent gets when the config defines none).
+pub(super) const DEFAULT_PROBE_NAME: &str = "ping";
+pub(super) const DEFAULT_INTERVAL: Duration = Duration::from_secs(20);
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const DEFAULT_COUNT: u32 = 20;
+pub(super) const MAX_COUNT: i128 = 10_000;
+pub(super) const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
+pub(super) const DEFAULT_DATA_DIR: &str = "vantage-data";
+pub(super) const DEFAULT_TARGET_SITE: &str = "unknown";
+
+/// The probe kinds that exist; the order is the order hints list them in.
+const PROBE_KINDS: [&str; 1] = ["icmp"];
+
+/// Label keys that would collide with the tags every measurement already carries.
+const RESERVED_LABELS: [&str; 13] = [
+    "agent",
+    "site",
+    "probe",
+    "target",
+    "target_site",
+    "family",
+    "hop",
+    "method",
+    "server",
+    "record_type",
+    "rule",
+    "severity",
+    "scope",
+];
+
+/// What a key's value must be.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Type {
+    Str,
+    Duration,
+    Integer,
+    /// An array of target names.
+    Names,
+    /// A table of string labels.
+    Labels,
+    /// `[section]`
+    Table,
+    /// `[[section]]`
+    Tables,
+}
+
+/// One allowed key: its name, its type and an example line used in hints.
+#[derive(Debug)]
+struct Key {
+    name: &'static str,
+    ty: Type,
+    example: &'static str,
+}
+
+const fn key(name: &'static str, ty: Type, example: &'static str) -> Key {
+    Key { name, ty, example }
+}
+
+const ROOT: [Key; 3] = [
+    key("agent", Type::Table, "[agent]"),
+    key("target", Type::Tables, "[[target]]"),
+    key("probe", Type::Tables, "[[probe]]"),
+];
+const AGENT: [Key; 4] = [
+    key("name", Type::Str, r#"name = "scl3-probe-01""#),
+    key("site", Type::Str, r#"site = "scl3""#),
+    key("data_dir", Type::Str, r#"data_dir = "/var/lib/vantage""#),
+    key("retention", Type::Duration, r#"retention = "14d""#),
+];
+const TARGET: [Key; 5] = [
+    key("name", Type::Str, r#"name = "sjc1-core""#),
+    key("host", Type::Str, r#"host = "198.18.1.1""#),
+    key("site", Type::Str, r#"site = "sjc1""#),
+    key("family", Type::Str, r#"family = "ipv4""#),
+    key(
+        "labels",
+        Type::Labels,
+        r#"labels = { role = "core", provider = "aws" }"#,
+    ),
+];
+const PROBE: [Key; 5] = [
+    key("name", Type::Str, r#"name = "ping""#),
+    key("kind", Type::Str, r#"kind = "icmp""#),
+    key("interval", Type::Duration, r#"interval = "20s""#),
+    key("timeout", Type::Duration, r#"timeout = "2s""#),
+    key("targets", Type::Names, r#"targets = ["sjc1-core"]"#),
+];
+const ICMP: [Key; 2] = [
+    key("count", Type::Integer, "count = 20"),
+    key("spacing", Type::Duration, r#"spacing = "900ms""#),
+];
+
+/// The example shown when a config has no targets (continuation lines are indented under the
+/// hint by [`ConfigError`]'s `Display`).
+const TARGET_EXAMPLE: &str =
+    "add at least one target, e.g.\n[[target]]\nname = \"sjc1-core\"\nhost = \"198.18.1.1\"";
+
+/// The result of looking up one key.
+enum Got<T> {
+    /// The key is not there.
+    Absent,
+    /// The key is there but its value is wrong; the mistake has been recorded.
+    Invalid,
+    /// The value, and the span of the value.
+    Valid(T, Range<usize>),
+}
+
+/// A name defined in the file, with where it was defined (for duplicates and references).
+#[derive(Debug)]
+struct Defined {
+    name: String,
+    span: Range<usize>,
+}
+
+/// Collects mistakes, with positions resolved against the text.
+struct Checker<'a> {
+    path: &'a Path,
+    lines: LineIndex<'a>,
+    errors: Vec<ConfigError>,
+}
+
+pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let mut checker = Checker {
+        path,
+        lines: LineIndex::new(text),
+        errors: Vec::new(),
+    };
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(error) => {
+            let message = format!("invalid TOML: {}", error.message().trim_end());
+            let hint = "fix the syntax first; nothing else in the file is checked until it parses";
+            match error.span() {
+                Some(span) => checker.error(span, message, hint),
+                None => checker.file_error(message, hint),
+            }
+            return Err(checker.finish());
+        }
+    };
+    let root = root.get_ref();
+    checker.root_keys(root);
+    let agent = checker.agent(root, path);
+    let (targets, defined) = checker.targets(root);
+    let probes = checker.probes(root, &targets, &defined);
+    match (agent, checker.errors.is_empty()) {
+        (Some(agent), true) => Ok(Config {
+            source: path.to_path_buf(),
+            agent,
+            targets,
+            probes,
+        }),
+        _ => Err(checker.finish()),
+    }
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<String>) {
+        let (line, column) = self.lines.line_col(span.start);
+        self.push(line, column, message.into(), hint.into());
+    }
+
+    /// A mistake that is not at one place (something missing from the whole file).
+    fn file_error(&mut self, message: impl Into<String>, hint: impl Into<String>) {
+        self.push(0, 0, message.into(), hint.into());
+    }
+
+    fn push(&mut self, line: usize, column: usize, message: String, hint: String) {
+        self.errors.push(ConfigError {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            message,
+            hint: Some(hint),
+        });
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        self.lines.line_col(span.start).0
+    }
+
+    /// Every mistake in file order; mistakes about the whole file come last.
+    fn finish(mut self) -> ConfigErrors {
+        self.errors.sort_by_key(|e| (e.line == 0, e.line, e.column));
+        ConfigErrors {
+            errors: self.errors,
+        }
+    }
+
+    // ---- generic checks ------------------------------------------------------------------
+
+    /// Report keys of `table` that are not in `allowed` (nor in `also_accepted`, keys that are
+    /// valid but checked elsewhere or not at all).
+    fn unknown_keys(
+        &mut self,
+        table: &DeTable<'_>,
+        section: &str,
+        allowed: &[&Key],
+        accepted: &[&Key],
+    ) {
+        for (name, _) in table.iter() {
+            let name_str: &str = name.get_ref();
+            if allowed.iter().chain(accepted).any(|k| k.name == name_str) {
+                continue;
+            }
+            let hint = match closest(name_str, allowed.iter().map(|k| k.name)) {
+                Some(suggestion) => format!("did you mean `{suggestion}`?"),
+                None => format!(
+                    "allowed keys in {section}: {}",
+                    allowed
+                        .iter()
+                        .map(|k| k.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            self.error(
+                name.span(),
+                format!("unknown key `{name_str}` in {section}"),
+                hint,
+            );
+        }
+    }
+
+    /// Report a value of the wrong type, with a hint built from what was written when possible.
+    fn wrong_type(&mut self, value: &Value<'_>, key: &Key) {
+        let found = a(value.get_ref().type_str());
+        let name = key.name;
+        let scalar = scalar_text(value.get_ref());
+        let (message, hint) = match key.ty {
+            Type::Str => (
+                format!("`{name}` must be a string, not {found}"),
+                match scalar {
+                    Some(text) => format!("quote it: `{name} = \"{text}\"`"),
+                    None => format!("e.g. `{}`", key.example),
+                },
+            ),
+            Type::Duration => (
+                format!("`{name}` must be a duration string, not {found}"),
+                match value.get_ref() {
+                    DeValue::Integer(_) | DeValue::Float(_) => format!(
+                        "durations are strings with a unit (ms, s, m, h, d): `{name} = \"{}s\"`",
+                        scalar.unwrap_or_default()
+                    ),
+                    _ => format!(
+                        "durations are strings with a unit (ms, s, m, h, d), e.g. `{}`",
+                        key.example
+                    ),
+                },
+            ),
+            Type::Integer => (
+                format!("`{name}` must be an integer, not {found}"),
+                match value.get_ref().as_str().map(str::trim) {
+                    Some(text) if text.parse::<i64>().is_ok() => {
+                        format!("remove the quotes: `{name} = {text}`")
+                    }
+                    _ => format!("e.g. `{}`", key.example),
+                },
+            ),
+            Type::Names => (
+                format!("`{name}` must be an array of target names, not {found}"),
+                match value.get_ref().as_str() {
+                    Some(text) => {
+                        format!("use a list, even for one target: `{name} = [\"{text}\"]`")
+                    }
+                    None => format!("e.g. `{}`", key.example),
+                },
+            ),
+            Type::Labels => (
+                format!("`{name}` must be a table of strings, not {found}"),
+                format!("e.g. `{}`", key.example),
+            ),
+            Type::Table => (
+                format!("`{name}` must be a table, not {found}"),
+                format!(
+                    "write it as a section: `{}` on its own line, then its keys",
+                    key.example
+                ),
+            ),
+            Type::Tables => (
+                format!("`{name}` must be an array of tables, not {found}"),
+                format!(
+                    "write one `{}` section (double brackets) per {name}",
+                    key.example
+                ),
+            ),
+        };
+        self.error(value.span(), message, hint);
+    }
+
+    fn string<'t>(&mut self, table: &'t DeTable<'_>, key: &Key) -> Got<&'t str> {
+        match table.get(key.name) {
+            None => Got::Absent,
+            Some(value) => match value.get_ref().as_str() {
+                Some(text) => Got::Valid(text, value.span()),
+                None => {
+                    self.wrong_type(value, key);
+                    Got::Invalid
+                }
+            },
+        }
+    }
+
+    fn duration(&mut self, table: &DeTable<'_>, key: &Key) -> Got<Duration> {
+        match self.string(table, key) {
+            Got::Valid(text, span) => match parse_duration(text) {
+                Ok(duration) => Got::Valid(duration, span),
+                Err(reason) => {
+                    self.error(
+                        span,
+                        format!("invalid duration `{text}` for `{}`: {reason}", key.name),
+                        format!(
+                            "write a number and a unit (ms, s, m, h, d) without spaces, e.g. `{}`",
+                            key.example
+                        ),
+                    );
+                    Got::Invalid
+                }
+            },
+            Got::Absent => Got::Absent,
+            Got::Invalid => Got::Invalid,
+        }
+    }
+
+    /// A duration that must be longer than zero.
+    fn positive_duration(&mut self, table: &DeTable<'_>, key: &Key) -> Got<Duration> {
+        match self.duration(table, key) {
+            Got::Valid(duration, span) if duration.is_zero() => {
+                self.error(
+                    span,
+                    format!("`{}` must be longer than zero", key.name),
+                    format!("e.g. `{}`", key.example),
+                );
+                Got::Invalid
+            }
+            other => other,
+        }
+    }
+
+    fn integer(&mut self, table: &DeTable<'_>, key: &Key) -> Got<i128> {
+        let Some(value) = table.get(key.name) else {
+            return Got::Absent;
+        };
+        match value.get_ref().as_integer() {
+            Some(integer) => Got::Valid(
+                // Too large even for i128: as good as infinity for every range check.
+                i128::from_str_radix(integer.as_str(), integer.radix()).unwrap_or(i128::MAX),
+                value.span(),
+            ),
+            None => {
+                self.wrong_type(value, key);
+                Got::Invalid
+            }
+        }
+    }
+
+    /// Look up a key that must be present; a missing key is reported at the section header.
+    fn required<T>(
+        &mut self,
+        got: Got<T>,
+        section: &str,
+        section_span: &Range<usize>,
+        key: &Key,
+        why: &str,
+    ) -> Got<T> {
+        if let Got::Absent = got {
+            self.error(
+                section_span.clone(),
+                format!("missing required key `{}` in {section}", key.name),
+                format!("add `{}`{why}", key.example),
+            );
+            return Got::Invalid;
+        }
+        got
+    }
+
+    /// Names that become time-series tags: non-empty, `[A-Za-z0-9_.-]+`.
+    fn tag_name(&mut self, what: &str, name: &str, span: Range<usize>, example: &str) -> bool {
+        if name.is_empty() {
+            self.error(
+                span,
+                format!("{what} must not be empty"),
+                format!("e.g. `{example}`"),
+            );
+            return false;
+        }
+        let Some(bad) = name.chars().find(|&c| !is_tag_char(c)) else {
+            return true;
+        };
+        let fixed: String = name
+            .chars()
+            .map(|c| if is_tag_char(c) { c } else { '-' })
+            .collect();
+        self.error(
+            span,
+            format!("invalid {what} `{name}`: {bad:?} is not allowed"),
+            format!(
+                "{what}s become time-series tags: use only letters, digits, `_`, `.` and `-`, e.g. `{fixed}`"
+            ),
+        );
+        false
+    }
+
+    /// The second definition of a name; `first` is where it was defined before.
+    fn duplicate(
+        &mut self,
+        what: &str,
+        name: &str,
+        span: Range<usize>,
+        first: &Range<usize>,
+        tag: &str,
+    ) {
+        let first_line = self.line(first);
+        self.error(
+            span,
+            format!("duplicate {what} name `{name}` (first defined at line {first_line})"),
+            format!("{what} names must be unique because each becomes the `{tag}` tag; rename one of them"),
+        );
+    }
+
+    /// The entries of a `[[section]]` array of tables; anything else is reported.
+    fn tables<'t, 'i>(
+        &mut self,
+        value: &'t Value<'i>,
+        key: &Key,
+    ) -> Vec<(&'t DeTable<'i>, Range<usize>)> {
+        let Some(array) = value.get_ref().as_array() else {
+            self.wrong_type(value, key);
+            return Vec::new();
+        };
+        let mut tables = Vec::new();
+        for entry in array.iter() {
+            match entry.get_ref().as_table() {
+                Some(table) => tables.push((table, entry.span())),
+                None => self.error(
+                    entry.span(),
+                    format!(
+                        "each `{}` entry must be a table, not {}",
+                        key.name,
+                        a(entry.get_ref().type_str())
+                    ),
+                    format!("write one `{}` section per {}", key.example, key.name),
+                ),
+            }
+        }
+        tables
+    }
+
+    // ---- sections ---------------------------------------------------------------------------
+
+    fn root_keys(&mut self, root: &DeTable<'_>) {
+        for (name, _) in root.iter() {
+            let name_str: &str = name.get_ref();
+            if ROOT.iter().any(|k| k.name == name_str) {
+                continue;
+            }
+            let homes: Vec<&str> = [
+                ("[agent]", &AGENT[..]),
+                ("[[target]]", &TARGET[..]),
+                ("[[probe]]", &PROBE[..]),
+                ("[[probe]]", &ICMP[..]),
+            ]
+            .into_iter()
+            .filter(|(_, keys)| keys.iter().any(|k| k.name == name_str))
+            .map(|(section, _)| section)
+            .collect();
+            let hint = if let Some(suggestion) = closest(name_str, ROOT.iter().map(|k| k.name)) {
+                format!("did you mean `{suggestion}`?")
+            } else if homes.is_empty() {
+                "the top level holds only the [agent], [[target]] and [[probe]] sections"
+                    .to_string()
+            } else {
+                format!(
+                    "`{name_str}` belongs in {}: move it below that section's header",
+                    homes.join(" or ")
+                )
+            };
+            self.error(
+                name.span(),
+                format!("unknown key `{name_str}` at the top level"),
+                hint,
+            );
+        }
+    }
+
+    fn agent(&mut self, root: &DeTable<'_>, path: &Path) -> Option<AgentConfig> {
+        let Some(value) = root.get("agent") else {
+            self.file_error(
+                "missing [agent] section",
+                "add `[agent]` with `site = \"scl3\"` (the datacenter or cloud region this agent runs in)",
+            );
+            return None;
+        };
+        let Some(table) = value.get_ref().as_table() else {
+            self.wrong_type(value, &ROOT[0]);
+            return None;
+        };
+        let section = "[agent]";
+        let span = value.span();
+        let [name_key, site_key, data_dir_key, retention_key] = &AGENT;
+        self.unknown_keys(table, section, &AGENT.each_ref(), &[]);
+
+        let name = match self.string(table, name_key) {
+            Got::Absent => Some(default_agent_name()),
+            Got::Invalid => None,
+            Got::Valid(name, span) => self
+                .tag_name("agent name", name, span, name_key.example)
+                .then(|| name.to_string()),
+        };
+        let site = self.string(table, site_key);
+        let site = match self.required(
+            site,
+            section,
+            &span,
+            site_key,
+            ": the datacenter or cloud region this agent runs in",
+        ) {
+            Got::Valid(site, span) => self
+                .tag_name("site", site, span, site_key.example)
+                .then(|| site.to_string()),
+            Got::Absent | Got::Invalid => None,
+        };
+        let data_dir = match self.string(table, data_dir_key) {
+            Got::Absent => Some(DEFAULT_DATA_DIR),
+            Got::Invalid => None,
+            Got::Valid("", span) => {
+                self.error(
+                    span,
+                    "`data_dir` must not be empty",
+                    format!("remove it to use `{DEFAULT_DATA_DIR}` next to the config file, or e.g. `{}`", data_dir_key.example),
+                );
+                None
+            }
+            Got::Valid(dir, _) => Some(dir),
+        };
+        let retention = match self.positive_duration(table, retention_key) {
+            Got::Absent => Some(DEFAULT_RETENTION),
+            Got::Invalid => None,
+            Got::Valid(retention, _) => Some(retention),
+        };
+        let config_dir = path.parent().unwrap_or_else(|| Path::new(""));
+        Some(AgentConfig {
+            name: name?,
+            site: site?,
+            data_dir: config_dir.join(data_dir?),
+            retention: retention?,
+        })
+    }
+
+    /// The valid targets, and every target name written in the file (valid or not), so that a
+    /// probe's reference to a target with another mistake is not reported a second time.
+    fn targets(&mut self, root: &DeTable<'_>) -> (Vec<Target>, Vec<Defined>) {
+        let mut targets = Vec::new();
+        let mut defined: Vec<Defined> = Vec::new();
+        let Some(value) = root.get("target") else {
+            self.file_error("no targets: the agent has nothing to probe", TARGET_EXAMPLE);
+            return (targets, defined);
+        };
+        let tables = self.tables(value, &ROOT[1]);
+        if tables.is_empty() && value.get_ref().as_array().is_some_and(|a| a.is_empty()) {
+            self.error(
+                value.span(),
+                "no targets: the agent has nothing to probe",
+                TARGET_EXAMPLE,
+            );
+        }
+        let section = "[[target]]";
+        let [name_key, host_key, site_key, family_key, labels_key] = &TARGET;
+        for (table, span) in tables {
+            self.unknown_keys(table, section, &TARGET.each_ref(), &[]);
+
+            let name = self.string(table, name_key);
+            let name = match self.required(
+                name,
+                section,
+                &span,
+                name_key,
+                ": it names the target in every measurement and in probe `targets` lists",
+            ) {
+                Got::Valid(name, name_span) => {
+                    let valid =
+                        self.tag_name("target name", name, name_span.clone(), name_key.example);
+                    if let Some(first) = defined.iter().find(|d| d.name == name) {
+                        let first = first.span.clone();
+                        self.duplicate("target", name, name_span, &first, "target");
+                        None
+                    } else {
+                        defined.push(Defined {
+                            name: name.to_string(),
+                            span: name_span,
+                        });
+                        valid.then_some(name)
+                    }
+                }
+                Got::Absent | Got::Invalid => None,
+            };
+
+            let host = self.string(table, host_key);
+            let host = match self.required(
+                host,
+                section,
+                &span,
+                host_key,
+                ": an IP address or a DNS name",
+            ) {
+                Got::Valid(host, host_span) => match check_host(host) {
+                    Ok(literal) => Some((host, literal)),
+                    Err((message, hint)) => {
+                        self.error(host_span, message, hint);
+                        None
+                    }
+                },
+                Got::Absent | Got::Invalid => None,
+            };
+
+            let site = match self.string(table, site_key) {
+                Got::Absent => Some(DEFAULT_TARGET_SITE),
+                Got::Invalid => None,
+                Got::Valid(site, span) => self
+                    .tag_name("site", site, span, site_key.example)
+                    .then_some(site),
+            };
+
+            let family = match self.string(table, family_key) {
+                Got::Absent => Some(FamilyPreference::Any),
+                Got::Invalid => None,
+                Got::Valid(text, family_span) => {
+                    let family = match text {
+                        "any" => Some(FamilyPreference::Any),
+                        "ipv4" => Some(FamilyPreference::V4),
+                        "ipv6" => Some(FamilyPreference::V6),
+                        other => {
+                            let hint = match closest(other, ["any", "ipv4", "ipv6"]) {
+                                Some(suggestion) => format!("did you mean `{suggestion}`?"),
+                                None => "use one of: any, ipv4, ipv6".to_string(),
+                            };
+                            self.error(
+                                family_span.clone(),
+                                format!("unknown family `{other}`"),
+                                hint,
+                            );
+                            None
+                        }
+                    };
+                    let literal = host.and_then(|(_, literal)| literal);
+                    let mismatch = match (family, literal) {
+                        (Some(FamilyPreference::V4), Some(literal @ IpAddr::V6(_))) => {
+                            Some(("ipv4", literal, "an IPv6", "ipv6"))
+                        }
+                        (Some(FamilyPreference::V6), Some(literal @ IpAddr::V4(_))) => {
+                            Some(("ipv6", literal, "an IPv4", "ipv4"))
+                        }
+                        _ => None,
+                    };
+                    match mismatch {
+                        None => family,
+                        Some((wanted, literal, actual, fix)) => {
+                            self.error(
+                                family_span,
+                                format!("`family = \"{wanted}\"` contradicts host `{literal}`, which is {actual} address"),
+                                format!("remove `family` (it only matters for host names) or set `family = \"{fix}\"`"),
+                            );
+                            None
+                        }
+                    }
+                }
+            };
+
+            let labels = match table.get(labels_key.name) {
+                None => Some(Default::default()),
+                Some(value) => self.labels(value, labels_key),
+            };
+
+            if let (Some(name), Some((host, _)), Some(site), Some(family), Some(labels)) =
+                (name, host, site, family, labels)
+            {
+                targets.push(Target {
+                    name: name.to_string(),
+                    host: host.to_string(),
+                    site: site.to_string(),
+                    family,
+                    labels,
+                });
+            }
+        }
+        (targets, defined)
+    }
+
+    fn labels(
+        &mut self,
+        value: &Value<'_>,
+        key: &Key,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        let Some(table) = value.get_ref().as_table() else {
+            self.wrong_type(value, key);
+            return None;
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        let mut valid = true;
+        for (label, value) in table.iter() {
+            let label_str: &str = label.get_ref();
+            if RESERVED_LABELS.contains(&label_str) {
+                self.error(
+                    label.span(),
+                    format!("label `{label_str}` clashes with the built-in `{label_str}` tag"),
+                    format!("rename it, e.g. `peer_{label_str}`: the agent sets the `{label_str}` tag itself"),
+                );
+                valid = false;
+            } else if !self.tag_name("label key", label_str, label.span(), "role = \"core\"") {
+                valid = false;
+            }
+            match value.get_ref().as_str() {
+                Some("") => {
+                    self.error(
+                        value.span(),
+                        format!("label `{label_str}` is empty"),
+                        "give it a value or remove it",
+                    );
+                    valid = false;
+                }
+                Some(text) => {
+                    labels.insert(label_str.to_string(), text.to_string());
+                }
+                None => {
+                    let hint = match scalar_text(value.get_ref()) {
+                        Some(text) => format!("quote it: `{label_str} = \"{text}\"`"),
+                        None => format!("e.g. `{}`", key.example),
+                    };
+                    self.error(
+                        value.span(),
+                        format!(
+                            "label `{label_str}` must be a string, not {}",
+                            a(value.get_ref().type_str())
+                        ),
+                        hint,
+                    );
+                    valid = false;
+                }
+            }
+        }
+        valid.then_some(labels)
+    }
+
+    fn probes(
+        &mut self,
+        root: &DeTable<'_>,
+        targets: &[Target],
+        defined: &[Defined],
+    ) -> Vec<ProbeConfig> {
+        let mut probes = Vec::new();
+        let Some(value) = root.get("probe") else {
+            // The five-line config: one smokeping-style ping over every target.
+            let count = DEFAULT_COUNT;
+            probes.push(ProbeConfig {
+                name: DEFAULT_PROBE_NAME.to_string(),
+                interval: DEFAULT_INTERVAL,
+                timeout: DEFAULT_TIMEOUT,
+                targets: targets.iter().map(|t| t.name.clone()).collect(),
+                kind: ProbeKind::Icmp {
+                    count,
+                    spacing: (DEFAULT_INTERVAL - DEFAULT_TIMEOUT) / count,
+                },
+            });
+            return probes;
+        };
+        let tables = self.tables(value, &ROOT[2]);
+        if tables.is_empty() && value.get_ref().as_array().is_some_and(|a| a.is_empty()) {
+            self.error(
+                value.span(),
+                "`probe` is an empty list: the agent would measure nothing",
+                format!("remove `probe = []` to get the default `{DEFAULT_PROBE_NAME}` probe, or add a `[[probe]]` section"),
+            );
+        }
+        let section = "[[probe]]";
+        let [name_key, kind_key, interval_key, timeout_key, targets_key] = &PROBE;
+        let mut names: Vec<Defined> = Vec::new();
+        for (table, span) in tables {
+            let kind = self.string(table, kind_key);
+            let kind = match self.required(
+                kind,
+                section,
+                &span,
+                kind_key,
+                &format!(" (known kinds: {})", PROBE_KINDS.join(", ")),
+            ) {
+                Got::Valid("icmp", _) => Some("icmp"),
+                Got::Valid(other, kind_span) => {
+                    let known = PROBE_KINDS.join(", ");
+                    let hint = match closest(other, PROBE_KINDS) {
+                        Some(suggestion) => {
+                            format!("did you mean `{suggestion}`? known kinds: {known}")
+                        }
+                        None => format!("known kinds: {known}"),
+                    };
+                    self.error(kind_span, format!("unknown probe kind `{other}`"), hint);
+                    None
+                }
+                Got::Absent | Got::Invalid => None,
+            };
+            // Keys of the probe's own kind are allowed; when the kind is unknown, keys of any kind
+            // are accepted (unchecked) rather than reported as unknown.
+            let kind_keys: Vec<&Key> = match kind {
+                Some(_) => ICMP.iter().collect(),
+                None => Vec::new(),
+            };
+            let allowed: Vec<&Key> = PROBE.iter().chain(kind_keys).collect();
+            let accepted: Vec<&Key> = match kind {
+                Some(_) => Vec::new(),
+                None => ICMP.iter().collect(),
+            };
+            self.unknown_keys(table, section, &allowed, &accepted);
+
+            let name = self.string(table, name_key);
+            let name = match self.required(
+                name,
+                section,
+                &span,
+                name_key,
+                ": it becomes the `probe` tag of every measurement",
+            ) {
+                Got::Valid(name, name_span) => {
+                    let valid =
+                        self.tag_name("probe name", name, name_span.clone(), name_key.example);
+                    if let Some(first) = names.iter().find(|d| d.name == name) {
+                        let first = first.span.clone();
+                        self.duplicate("probe", name, name_span, &first, "probe");
+                        None
+                    } else {
+                        names.push(Defined {
+                            name: name.to_string(),
+                            span: name_span,
+                        });
+                        valid.then_some(name)
+                    }
+                }
+                Got::Absent | Got::Invalid => None,
+            };
+
+            let interval = match self.positive_duration(table, interval_key) {
+                Got::Absent => Some((DEFAULT_INTERVAL, None)),
+                Got::Invalid => None,
+                Got::Valid(interval, span) => Some((interval, Some(span))),
+            };
+            let timeout = match self.positive_duration(table, timeout_key) {
+                Got::Absent => Some((DEFAULT_TIMEOUT, None)),
+                Got::Invalid => None,
+                Got::Valid(timeout, span) => Some((timeout, Some(span))),
+            };
+            // Timings are checked only when each is valid on its own.
+            let timings = match (interval, timeout) {
+                (Some((interval, interval_span)), Some((timeout, timeout_span)))
+                    if timeout >= interval =>
+                {
+                    let default = if timeout_span.is_none() {
+                        ", the default"
+                    } else {
+                        ""
+                    };
+                    let at = timeout_span
+                        .or(interval_span)
+                        .unwrap_or_else(|| span.clone());
+                    self.error(
+                        at,
+                        format!(
+                            "`timeout` ({}{default}) must be shorter than `interval` ({})",
+                            format_duration(timeout),
+                            format_duration(interval)
+                        ),
+                        "a run must end before the next one starts: raise `interval` or lower `timeout`",
+                    );
+                    None
+                }
+                (Some((interval, _)), Some((timeout, _))) => Some((interval, timeout)),
+                _ => None,
+            };
+
+            let probe_targets = match table.get(targets_key.name) {
+                None => Some(targets.iter().map(|t| t.name.clone()).collect()),
+                Some(value) => self.target_refs(value, targets_key, name, defined),
+            };
+
+            let kind = match kind {
+                Some("icmp") => self.icmp(table, timings),
+                _ => None,
+            };
+            if let (Some(name), Some((interval, timeout)), Some(targets), Some(kind)) =
+                (name, timings, probe_targets, kind)
+            {
+                probes.push(ProbeConfig {
+                    name: name.to_string(),
+                    interval,
+                    timeout,
+                    targets,
+                    kind,
+                });
+            }
+        }
+        probes
+    }
+
+    /// The icmp-specific keys: `count` and `spacing`, and whether a round fits in the interval.
+    /// `timings` is `(interval, timeout)` when both are valid.
+    fn icmp(
+        &mut self,
+        table: &DeTable<'_>,
+        timings: Option<(Duration, Duration)>,
+    ) -> Option<ProbeKind> {
+        let [count_key, spacing_key] = &ICMP;
+        let count_hint = "`count` is the number of echoes per round, e.g. `count = 20`";
+        let count = match self.integer(table, count_key) {
+            Got::Absent => Some(DEFAULT_COUNT),
+            Got::Invalid => None,
+            Got::Valid(count, span) if count < 1 => {
+                self.error(
+                    span,
+                    format!("`count` must be at least 1, not {count}"),
+                    count_hint,
+                );
+                None
+            }
+            Got::Valid(count, span) if count > MAX_COUNT => {
+                self.error(
+                    span,
+                    format!("`count` must be at most {MAX_COUNT}, not {count}"),
+                    count_hint,
+                );
+                None
+            }
+            Got::Valid(count, _) => u32::try_from(count).ok(),
+        };
+        let spacing = self.duration(table, spacing_key);
+        let (Some((interval, timeout)), Some(count)) = (timings, count) else {
+            return None;
+        };
+        let spacing = match spacing {
+            Got::Invalid => return None,
+            // Spread the echoes over the interval; such a round always fits.
+            Got::Absent => (interval - timeout) / count,
+            Got::Valid(spacing, span) => {
+                let round = spacing * (count - 1) + timeout;
+                if round > interval {
+                    self.error(
+                        span,
+                        format!(
+                            "a round overlaps the next one: {count} echoes {} apart plus the {} \
+                             timeout take {}, but `interval` is {}",
+                            format_duration(spacing),
+                            format_duration(timeout),
+                            format_duration(round),
+                            format_duration(interval)
+                        ),
+                        format!(
+                            "lower `count` or `spacing`, or raise `interval` to at least {}",
+                            format_duration(ceil_to_millis(round))
+                        ),
+                    );
+                    return None;
+                }
+                spacing
+            }
+        };
+        Some(ProbeKind::Icmp { count, spacing })
+    }
+
+    /// A probe's `targets` list: every entry names a defined target, once.
+    fn target_refs(
+        &mut self,
+        value: &Value<'_>,
+        key: &Key,
+        probe: Option<&str>,
+        defined: &[Defined],
+    ) -> Option<Vec<String>> {
+        let probe = match probe {
+            Some(name) => format!("probe `{name}`"),
+            None => "this probe".to_string(),
+        };
+        let Some(array) = value.get_ref().as_array() else {
+            self.wrong_type(value, key);
+            return None;
+        };
+        if array.is_empty() {
+            self.error(
+                value.span(),
+                format!("{probe} has an empty `targets` list"),
+                "remove `targets` to probe every target, or list target names",
+            );
+            return None;
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut valid = true;
+        for entry in array.iter() {
+            let Some(name) = entry.get_ref().as_str() else {
+                self.error(
+                    entry.span(),
+                    format!(
+                        "each entry of `targets` must be a target name (a string), not {}",
+                        a(entry.get_ref().type_str())
+                    ),
+                    format!("e.g. `{}`", key.example),
+                );
+                valid = false;
+                continue;
+            };
+            if names.iter().any(|n| n == name) {
+                self.error(
+                    entry.span(),
+                    format!("target `{name}` is listed twice in `targets`"),
+                    format!("remove the second `{name}`"),
+                );
+                valid = false;
+            } else if defined.is_empty() {
+                // No targets at all: already reported once for the whole file.
+                valid = false;
+            } else if !defined.iter().any(|d| d.name == name) {
+                let hint = match closest(name, defined.iter().map(|d| d.name.as_str())) {
+                    Some(suggestion) => format!("did you mean `{suggestion}`?"),
+                    None => {
+                        let mut list: Vec<&str> =
+                            defined.iter().take(10).map(|d| d.name.as_str()).collect();
+                        if defined.len() > 10 {
+                            list.push("...");
+                        }
+                        format!("defined targets: {}", list.join(", "))
+                    }
+                };
+                self.error(
+                    entry.span(),
+                    format!("{probe} names unknown target `{name}`"),
+                    hint,
+                );
+                valid = false;
+            }
+            names.push(name.to_string());
+        }
+        valid.then_some(names)
+    }
+}
+
+/// Round up to whole milliseconds, so that a suggested minimum printed with at most three
+/// decimals is never too small.
+fn ceil_to_millis(duration: Duration) -> Duration {
+    let millis = duration.as_nanos().div_ceil(1_000_000);
+    Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
+fn is_tag_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// "a string", "an integer", ...
+fn a(type_name: &str) -> String {
+    match type_name.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {type_name}"),
+        _ => format!("a {type_name}"),
+    }
+}
+
+/// The text of a scalar that was probably meant as a string (to suggest quoting it).
+fn scalar_text(value: &DeValue<'_>) -> Option<String> {
+    match value {
+        DeValue::Integer(i) if i.radix() == 10 => Some(i.as_str().to_string()),
+        DeValue::Float(f) => Some(f.as_str().to_string()),
+        DeValue::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The host name this agent runs on: the default agent name.
+fn default_agent_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "vantage".to_string())
+}
+
+/// Check a target's `host`: an IP literal (returned) or a syntactically valid DNS name.
+/// The error is a message and a hint.
+fn check_host(host: &str) -> Result<Option<IpAddr>, (String, String)> {
+    if let Ok(address) = host.parse::<IpAddr>() {
+        return Ok(Some(address));
+    }
+    let name_hint = || {
+        "a host is an IPv4 or IPv6 address or a DNS name of letters, digits, `-` and dots, e.g. `probe.sjc1.example.net`".to_string()
+    };
+    if host.is_empty() {
+        return Err(("`host` must not be empty".into(), name_hint()));
+    }
+    if let Some((_, rest)) = host.split_once("://") {
+        let bare = rest
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default()
+            .rsplit('@')
+            .next()
+            .unwrap_or_default();
+        let bare = strip_port(bare);
+        return Err((
+            format!("host `{host}` is a URL, not a host name"),
+            format!("write only the host: `host = \"{bare}\"`"),
+        ));
+    }
+    if host.contains(':') || host.starts_with('[') {
+        let bare = strip_port(host);
+        if bare != host {
+            return Err((
+                format!("host `{host}` includes a port or brackets"),
+                format!("write only the address or name: `host = \"{bare}\"`"),
+            ));
+        }
+        return Err((
+            format!("`{host}` is not a valid IPv6 address"),
+            "write IPv6 addresses in the usual notation without brackets, e.g. `2001:db8::1`"
+                .into(),
+        ));
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err((
+            format!("`{host}` is not a valid IPv4 address"),
+            "an IPv4 address is four numbers from 0 to 255, e.g. `198.18.1.1`".into(),
+        ));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let invalid =
+        |reason: String| Err((format!("invalid host name `{host}`: {reason}"), name_hint()));
+    if name.len() > 253 {
+        return invalid(format!(
+            "it is {} characters long; the limit is 253",
+            name.len()
+        ));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return invalid("it has an empty label (two dots in a row, or a leading dot)".into());
+        }
+        if label.len() > 63 {
+            return invalid(format!(
+                "label `{label}` is {} characters long; the limit is 63",
+                label.len()
+            ));
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return invalid(format!("{bad:?} is not allowed"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return invalid(format!("label `{label}` starts or ends with `-`"));
+        }
+    }
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return invalid(
+            "the last label is all digits, so it is neither a name nor an address".into(),
+        );
+    }
+    Ok(None)
+}
+
+/// `[2001:db8::1]:80` -> `2001:db8::1`, `example.net:443` -> `example.net`; anything else as is.
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            check_host("198.18.1.1"),
+            Ok(Some("198.18.1.1".parse().expect("ip")))
+        );
+        assert_eq!(
+            check_host("2001:db8::1"),
+            Ok(Some("2001:db8::1".parse().expect("ip")))
+        );
+        assert_eq!(check_host("probe.sjc1.example.net"), Ok(None));
+        assert_eq!(check_host("probe.sjc1.example.net."), Ok(None));
+        assert_eq!(check_host("localhost"), Ok(None));
+        assert_eq!(check_host("1password.com"), Ok(None));
+        let message = |host: &str| check_host(host).expect_err("invalid").0;
+        assert_eq!(
+            message("198.18.1.300"),
+            "`198.18.1.300` is not a valid IPv4 address"
+        );
+        assert_eq!(
+            message("2001:db8::g"),
+            "`2001:db8::g` is not a valid IPv6 address"
+        );
+        assert_eq!(
+            message("[2001:db8::1]"),
+            "host `[2001:db8::1]` includes a port or brackets"
+        );
+        assert_eq!(
+            message("example.net:443"),
+            "host `example.net:443` includes a port or brackets"
+        );
+        assert_eq!(
+            message("https://example.net/health"),
+            "host `https://example.net/health` is a URL, not a host name"
+        );
+        assert_eq!(
+            message("a..b"),
+            "invalid host name `a..b`: it has an empty label (two dots in a row, or a leading dot)"
+        );
+        assert_eq!(
+            message("bad_host"),
+            "invalid host name `bad_host`: '_' is not allowed"
+        );
+        assert_eq!(
+            message("-x.net"),
+            "invalid host name `-x.net`: label `-x` starts or ends with `-`"
+        );
+        let long_label = "a".repeat(64);
+        assert!(message(&long_label).contains("is 64 characters long; the limit is 63"));
+        let long_name = vec!["a".repeat(63); 4].join(".") + ".net";
+        assert!(message(&long_name).contains("the limit is 253"));
+        assert_eq!(check_host(&vec!["a".repeat(63); 3].join(".")), Ok(None));
+    }
+
+    #[test]
+    fn strip_port_keeps_plain_hosts() {
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("a.net:80"), "a.net");
+        assert_eq!(strip_port("a.net"), "a.net");
+        assert_eq!(strip_port("2001:db8::g"), "2001:db8::g");
+    }
+}
