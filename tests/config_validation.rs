@@ -1,0 +1,546 @@
+//! Config validation, verbatim: one fixture per mistake in `tests/fixtures/config/`, and here the
+//! exact text `vantage check` prints for it (file:line:column, message, hint). The style of
+//! blackbox_exporter's `config/config_test.go`. When a message changes on purpose, change it here:
+//! the point is that every change to what an operator reads is reviewed.
+//!
+//! Also: the example configs in `config/` parse to what they promise, and the smallest useful
+//! config gets the default probe.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vantage::config::{Config, ConfigErrors, FamilyPreference, ProbeKind};
+
+const FIXTURES: &str = "tests/fixtures/config";
+
+/// Every fixture this file tests; `every_fixture_is_tested` keeps the list and the folder in step.
+const TESTED: [&str; 20] = [
+    "syntax_error.toml",
+    "unknown_key.toml",
+    "typo_key.toml",
+    "misplaced_key.toml",
+    "wrong_type.toml",
+    "missing_site.toml",
+    "no_targets.toml",
+    "duplicate_target.toml",
+    "duplicate_probe.toml",
+    "unknown_target_ref.toml",
+    "bad_host.toml",
+    "bad_target_name.toml",
+    "family_mismatch.toml",
+    "unknown_kind.toml",
+    "bad_duration.toml",
+    "zero_interval.toml",
+    "timeout_not_below_interval.toml",
+    "count_zero.toml",
+    "round_overlaps_interval.toml",
+    "several_mistakes.toml",
+];
+
+/// Load a fixture, which must be rejected, and compare the rendered errors with `expected`
+/// (leading and trailing newlines of `expected` are ignored, so it can be a raw string block).
+#[track_caller]
+fn assert_rejected(fixture: &str, expected: &str) {
+    let path = Path::new(FIXTURES).join(fixture);
+    let errors = match Config::load(&path) {
+        Ok(config) => panic!("{fixture} must be rejected, but parsed to {config:#?}"),
+        Err(errors) => errors,
+    };
+    let expected = expected.trim_matches('\n');
+    assert_eq!(
+        errors.to_string(),
+        expected,
+        "\n--- actual ---\n{errors}\n--- expected ---\n{expected}\n"
+    );
+}
+
+/// Parse text that must be rejected; the file name in messages is `vantage.toml`.
+fn reject(text: &str) -> ConfigErrors {
+    match Config::parse(text, Path::new("vantage.toml")) {
+        Ok(config) => panic!("must be rejected, but parsed to {config:#?}"),
+        Err(errors) => errors,
+    }
+}
+
+fn accept(text: &str) -> Config {
+    Config::parse(text, Path::new("/etc/vantage/vantage.toml"))
+        .unwrap_or_else(|errors| panic!("must parse, but:\n{errors}"))
+}
+
+#[test]
+fn every_fixture_is_tested() {
+    let on_disk: BTreeSet<String> = std::fs::read_dir(FIXTURES)
+        .expect("the fixtures folder exists")
+        .map(|entry| {
+            entry
+                .expect("a readable folder entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let tested: BTreeSet<String> = TESTED.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        on_disk, tested,
+        "a fixture without a test, or a test without a fixture"
+    );
+}
+
+// ---- one fixture per mistake, exact output ---------------------------------------------------
+
+#[test]
+fn syntax_error() {
+    assert_rejected(
+        "syntax_error.toml",
+        r#"
+tests/fixtures/config/syntax_error.toml:6:19: error: invalid TOML: invalid basic string, expected `"`
+  hint: fix the syntax first; nothing else in the file is checked until it parses
+"#,
+    );
+}
+
+#[test]
+fn unknown_key() {
+    assert_rejected(
+        "unknown_key.toml",
+        r#"
+tests/fixtures/config/unknown_key.toml:11:1: error: unknown key `protocol` in [[probe]]
+  hint: allowed keys in [[probe]]: name, kind, interval, timeout, targets, count, spacing
+"#,
+    );
+}
+
+#[test]
+fn typo_key() {
+    assert_rejected(
+        "typo_key.toml",
+        r#"
+tests/fixtures/config/typo_key.toml:11:1: error: unknown key `intervall` in [[probe]]
+  hint: did you mean `interval`?
+"#,
+    );
+}
+
+#[test]
+fn misplaced_key() {
+    assert_rejected(
+        "misplaced_key.toml",
+        r#"
+tests/fixtures/config/misplaced_key.toml:1:1: error: unknown key `site` at the top level
+  hint: `site` belongs in [agent] or [[target]]: move it below that section's header
+tests/fixtures/config/misplaced_key.toml:3:1: error: missing required key `site` in [agent]
+  hint: add `site = "scl3"`: the datacenter or cloud region this agent runs in
+"#,
+    );
+}
+
+#[test]
+fn wrong_type() {
+    assert_rejected(
+        "wrong_type.toml",
+        r#"
+tests/fixtures/config/wrong_type.toml:11:9: error: `count` must be an integer, not a string
+  hint: remove the quotes: `count = 20`
+"#,
+    );
+}
+
+#[test]
+fn missing_site() {
+    assert_rejected(
+        "missing_site.toml",
+        r#"
+tests/fixtures/config/missing_site.toml:1:1: error: missing required key `site` in [agent]
+  hint: add `site = "scl3"`: the datacenter or cloud region this agent runs in
+"#,
+    );
+}
+
+#[test]
+fn no_targets() {
+    assert_rejected(
+        "no_targets.toml",
+        r#"
+tests/fixtures/config/no_targets.toml: error: no targets: the agent has nothing to probe
+  hint: add at least one target, e.g.
+        [[target]]
+        name = "sjc1-core"
+        host = "198.18.1.1"
+"#,
+    );
+}
+
+#[test]
+fn duplicate_target() {
+    assert_rejected(
+        "duplicate_target.toml",
+        r#"
+tests/fixtures/config/duplicate_target.toml:9:8: error: duplicate target name `sjc1-core` (first defined at line 5)
+  hint: target names must be unique because each becomes the `target` tag; rename one of them
+"#,
+    );
+}
+
+#[test]
+fn duplicate_probe() {
+    assert_rejected(
+        "duplicate_probe.toml",
+        r#"
+tests/fixtures/config/duplicate_probe.toml:13:8: error: duplicate probe name `ping` (first defined at line 9)
+  hint: probe names must be unique because each becomes the `probe` tag; rename one of them
+"#,
+    );
+}
+
+#[test]
+fn unknown_target_ref() {
+    assert_rejected(
+        "unknown_target_ref.toml",
+        r#"
+tests/fixtures/config/unknown_target_ref.toml:15:25: error: probe `ping` names unknown target `sjc1-cor`
+  hint: did you mean `sjc1-core`?
+tests/fixtures/config/unknown_target_ref.toml:15:37: error: probe `ping` names unknown target `ams2-core`
+  hint: defined targets: sjc1-core, iad1-core
+"#,
+    );
+}
+
+#[test]
+fn bad_host() {
+    assert_rejected(
+        "bad_host.toml",
+        r#"
+tests/fixtures/config/bad_host.toml:6:8: error: `198.18.1.300` is not a valid IPv4 address
+  hint: an IPv4 address is four numbers from 0 to 255, e.g. `198.18.1.1`
+tests/fixtures/config/bad_host.toml:10:8: error: invalid host name `core_1.iad1.example.net`: '_' is not allowed
+  hint: a host is an IPv4 or IPv6 address or a DNS name of letters, digits, `-` and dots, e.g. `probe.sjc1.example.net`
+tests/fixtures/config/bad_host.toml:14:8: error: host `https://www.example.net/health` is a URL, not a host name
+  hint: write only the host: `host = "www.example.net"`
+"#,
+    );
+}
+
+#[test]
+fn bad_target_name() {
+    assert_rejected(
+        "bad_target_name.toml",
+        r#"
+tests/fixtures/config/bad_target_name.toml:5:8: error: invalid target name `sjc1 core`: ' ' is not allowed
+  hint: target names become time-series tags: use only letters, digits, `_`, `.` and `-`, e.g. `sjc1-core`
+"#,
+    );
+}
+
+#[test]
+fn family_mismatch() {
+    assert_rejected(
+        "family_mismatch.toml",
+        r#"
+tests/fixtures/config/family_mismatch.toml:7:10: error: `family = "ipv4"` contradicts host `2001:db8:1::1`, which is an IPv6 address
+  hint: remove `family` (it only matters for host names) or set `family = "ipv6"`
+"#,
+    );
+}
+
+#[test]
+fn unknown_kind() {
+    assert_rejected(
+        "unknown_kind.toml",
+        r#"
+tests/fixtures/config/unknown_kind.toml:10:8: error: unknown probe kind `http`
+  hint: known kinds: icmp
+"#,
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_rejected(
+        "bad_duration.toml",
+        r#"
+tests/fixtures/config/bad_duration.toml:3:13: error: invalid duration `2 weeks` for `retention`: it contains a space
+  hint: write a number and a unit (ms, s, m, h, d) without spaces, e.g. `retention = "14d"`
+tests/fixtures/config/bad_duration.toml:12:12: error: invalid duration `20sec` for `interval`: unknown unit `sec`
+  hint: write a number and a unit (ms, s, m, h, d) without spaces, e.g. `interval = "20s"`
+tests/fixtures/config/bad_duration.toml:13:11: error: `timeout` must be a duration string, not an integer
+  hint: durations are strings with a unit (ms, s, m, h, d): `timeout = "2s"`
+"#,
+    );
+}
+
+#[test]
+fn zero_interval() {
+    assert_rejected(
+        "zero_interval.toml",
+        r#"
+tests/fixtures/config/zero_interval.toml:11:12: error: `interval` must be longer than zero
+  hint: e.g. `interval = "20s"`
+"#,
+    );
+}
+
+#[test]
+fn timeout_not_below_interval() {
+    assert_rejected(
+        "timeout_not_below_interval.toml",
+        r#"
+tests/fixtures/config/timeout_not_below_interval.toml:12:11: error: `timeout` (2s) must be shorter than `interval` (2s)
+  hint: a run must end before the next one starts: raise `interval` or lower `timeout`
+"#,
+    );
+}
+
+#[test]
+fn count_zero() {
+    assert_rejected(
+        "count_zero.toml",
+        r#"
+tests/fixtures/config/count_zero.toml:11:9: error: `count` must be at least 1, not 0
+  hint: `count` is the number of echoes per round, e.g. `count = 20`
+"#,
+    );
+}
+
+#[test]
+fn round_overlaps_interval() {
+    assert_rejected(
+        "round_overlaps_interval.toml",
+        r#"
+tests/fixtures/config/round_overlaps_interval.toml:14:11: error: a round overlaps the next one: 20 echoes 1s apart plus the 2s timeout take 21s, but `interval` is 20s
+  hint: lower `count` or `spacing`, or raise `interval` to at least 21s
+"#,
+    );
+}
+
+#[test]
+fn several_mistakes() {
+    assert_rejected(
+        "several_mistakes.toml",
+        r#"
+tests/fixtures/config/several_mistakes.toml:2:1: error: missing required key `site` in [agent]
+  hint: add `site = "scl3"`: the datacenter or cloud region this agent runs in
+tests/fixtures/config/several_mistakes.toml:4:1: error: unknown key `retension` in [agent]
+  hint: did you mean `retention`?
+tests/fixtures/config/several_mistakes.toml:9:34: error: label `rack` must be a string, not an integer
+  hint: quote it: `rack = "12"`
+tests/fixtures/config/several_mistakes.toml:12:8: error: duplicate target name `sjc1-core` (first defined at line 7)
+  hint: target names must be unique because each becomes the `target` tag; rename one of them
+tests/fixtures/config/several_mistakes.toml:14:10: error: `family = "ipv4"` contradicts host `2001:db8:1::1`, which is an IPv6 address
+  hint: remove `family` (it only matters for host names) or set `family = "ipv6"`
+tests/fixtures/config/several_mistakes.toml:16:1: error: missing required key `name` in [[target]]
+  hint: add `name = "sjc1-core"`: it names the target in every measurement and in probe `targets` lists
+tests/fixtures/config/several_mistakes.toml:17:8: error: invalid host name `iad1..example.net`: it has an empty label (two dots in a row, or a leading dot)
+  hint: a host is an IPv4 or IPv6 address or a DNS name of letters, digits, `-` and dots, e.g. `probe.sjc1.example.net`
+tests/fixtures/config/several_mistakes.toml:25:11: error: a round overlaps the next one: 50 echoes 200ms apart plus the 500ms timeout take 10.3s, but `interval` is 10s
+  hint: lower `count` or `spacing`, or raise `interval` to at least 10.3s
+tests/fixtures/config/several_mistakes.toml:26:25: error: probe `ping` names unknown target `iad1-core`
+  hint: defined targets: sjc1-core
+tests/fixtures/config/several_mistakes.toml:30:8: error: unknown probe kind `mtr`
+  hint: known kinds: icmp
+"#,
+    );
+}
+
+// ---- mistakes without their own fixture -----------------------------------------------------
+
+#[test]
+fn errors_are_structured_and_in_file_order() {
+    let errors = reject(
+        "[agent]\nsite = \"scl3\"\n\n[[target]]\nname = \"a\"\nhost = \"198.18.1.1\"\n\n\
+         [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ncount = 0\ntimout = \"1s\"\n",
+    );
+    let positions: Vec<(usize, usize)> = errors.errors.iter().map(|e| (e.line, e.column)).collect();
+    assert_eq!(positions, [(11, 9), (12, 1)]);
+    assert_eq!(
+        errors.errors[1].message,
+        "unknown key `timout` in [[probe]]"
+    );
+    assert_eq!(
+        errors.errors[1].hint.as_deref(),
+        Some("did you mean `timeout`?")
+    );
+    assert_eq!(errors.errors[1].path, PathBuf::from("vantage.toml"));
+}
+
+#[test]
+fn missing_agent_section_and_single_bracket_target() {
+    let errors = reject("[target]\nname = \"a\"\nhost = \"198.18.1.1\"\n");
+    assert_eq!(
+        errors.to_string(),
+        "vantage.toml:1:1: error: `target` must be an array of tables, not a table\n  \
+         hint: write one `[[target]]` section (double brackets) per target\n\
+         vantage.toml: error: missing [agent] section\n  \
+         hint: add `[agent]` with `site = \"scl3\"` (the datacenter or cloud region this agent runs in)"
+    );
+}
+
+#[test]
+fn targets_list_written_as_a_string() {
+    let errors = reject(
+        "[agent]\nsite = \"scl3\"\n[[target]]\nname = \"a\"\nhost = \"198.18.1.1\"\n\
+         [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ntargets = \"a\"\n",
+    );
+    assert_eq!(
+        errors.to_string(),
+        "vantage.toml:9:11: error: `targets` must be an array of target names, not a string\n  \
+         hint: use a list, even for one target: `targets = [\"a\"]`"
+    );
+}
+
+#[test]
+fn labels_must_not_shadow_built_in_tags() {
+    let errors = reject(
+        "[agent]\nsite = \"scl3\"\n[[target]]\nname = \"a\"\nhost = \"198.18.1.1\"\n\
+         labels = { site = \"sjc1\", \"bad key\" = \"x\", role = \"\" }\n",
+    );
+    assert_eq!(
+        errors.to_string(),
+        "vantage.toml:6:12: error: label `site` clashes with the built-in `site` tag\n  \
+         hint: rename it, e.g. `peer_site`: the agent sets the `site` tag itself\n\
+         vantage.toml:6:27: error: invalid label key `bad key`: ' ' is not allowed\n  \
+         hint: label keys become time-series tags: use only letters, digits, `_`, `.` and `-`, e.g. `bad-key`\n\
+         vantage.toml:6:51: error: label `role` is empty\n  \
+         hint: give it a value or remove it"
+    );
+}
+
+#[test]
+fn count_above_the_limit_and_duration_as_a_number() {
+    let errors = reject(
+        "[agent]\nsite = \"scl3\"\n[[target]]\nname = \"a\"\nhost = \"198.18.1.1\"\n\
+         [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ncount = 20000\ninterval = 1.5\n",
+    );
+    assert_eq!(
+        errors.to_string(),
+        "vantage.toml:9:9: error: `count` must be at most 10000, not 20000\n  \
+         hint: `count` is the number of echoes per round, e.g. `count = 20`\n\
+         vantage.toml:10:12: error: `interval` must be a duration string, not a float\n  \
+         hint: durations are strings with a unit (ms, s, m, h, d): `interval = \"1.5s\"`"
+    );
+}
+
+#[test]
+fn a_default_timeout_longer_than_the_interval_is_pointed_at_the_interval() {
+    let errors = reject(
+        "[agent]\nsite = \"scl3\"\n[[target]]\nname = \"a\"\nhost = \"198.18.1.1\"\n\
+         [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"1s\"\n",
+    );
+    assert_eq!(
+        errors.to_string(),
+        "vantage.toml:9:12: error: `timeout` (2s, the default) must be shorter than `interval` (1s)\n  \
+         hint: a run must end before the next one starts: raise `interval` or lower `timeout`"
+    );
+}
+
+// ---- configs that must parse ---------------------------------------------------------------
+
+#[test]
+fn five_line_config_gets_the_default_ping_probe() {
+    let config = accept(
+        "[agent]\nsite = \"scl3\"\n[[target]]\nname = \"sjc1-core\"\nhost = \"198.18.1.1\"\n",
+    );
+    assert_eq!(config.agent.site, "scl3");
+    assert!(!config.agent.name.is_empty(), "defaults to the host name");
+    assert_eq!(
+        config.agent.data_dir,
+        PathBuf::from("/etc/vantage/vantage-data")
+    );
+    assert_eq!(config.agent.retention, Duration::from_secs(14 * 86_400));
+    let target = config.target("sjc1-core").expect("the target");
+    assert_eq!(target.site, "unknown");
+    assert_eq!(target.family, FamilyPreference::Any);
+    assert!(target.labels.is_empty());
+
+    assert_eq!(config.probes.len(), 1);
+    let probe = &config.probes[0];
+    assert_eq!(probe.name, "ping");
+    assert_eq!(probe.interval, Duration::from_secs(20));
+    assert_eq!(probe.timeout, Duration::from_secs(2));
+    assert_eq!(probe.targets, ["sjc1-core"]);
+    assert_eq!(
+        probe.kind,
+        ProbeKind::Icmp {
+            count: 20,
+            spacing: Duration::from_millis(900),
+        }
+    );
+}
+
+#[test]
+fn absolute_data_dir_and_inline_target_tables() {
+    let config = accept(
+        // Keys above the first section header are top-level keys, so `target` can be an inline
+        // array of tables there.
+        "target = [{ name = \"a\", host = \"probe.sjc1.example.net\", family = \"ipv6\" }]\n\
+         [agent]\nsite = \"scl3\"\nname = \"p1\"\ndata_dir = \"/var/lib/vantage\"\n",
+    );
+    assert_eq!(config.agent.name, "p1");
+    assert_eq!(config.agent.data_dir, PathBuf::from("/var/lib/vantage"));
+    assert_eq!(config.targets[0].family, FamilyPreference::V6);
+}
+
+#[test]
+fn quickstart_parses() {
+    let path = Path::new("config/quickstart.toml");
+    let config = Config::load(path).unwrap_or_else(|errors| panic!("{errors}"));
+    assert_eq!(config.agent.site, "local");
+    assert_eq!(config.agent.data_dir, Path::new("config/../vantage-data"));
+    let targets: Vec<(&str, &str)> = config
+        .targets
+        .iter()
+        .map(|t| (t.name.as_str(), t.host.as_str()))
+        .collect();
+    assert_eq!(
+        targets,
+        [("loopback-v4", "127.0.0.1"), ("loopback-v6", "::1")]
+    );
+    assert_eq!(config.probes.len(), 1);
+    let probe = &config.probes[0];
+    assert_eq!(probe.interval, Duration::from_secs(10));
+    assert_eq!(probe.targets, ["loopback-v4", "loopback-v6"]);
+    assert_eq!(
+        probe.kind,
+        ProbeKind::Icmp {
+            count: 10,
+            spacing: Duration::from_millis(900),
+        }
+    );
+}
+
+#[test]
+fn colo_example_parses() {
+    let path = Path::new("config/colo.example.toml");
+    let config = Config::load(path).unwrap_or_else(|errors| panic!("{errors}"));
+    assert_eq!(config.agent.name, "scl3-probe-01");
+    assert_eq!(config.agent.site, "scl3");
+    let sites: BTreeSet<&str> = config.targets.iter().map(|t| t.site.as_str()).collect();
+    assert_eq!(
+        sites,
+        BTreeSet::from(["ams2", "aws-us-east-1", "gcp-europe-west1", "iad1", "sjc1"])
+    );
+    for target in &config.targets {
+        for label in ["provider", "role", "group"] {
+            assert!(
+                target.labels.contains_key(label),
+                "{} has no {label}",
+                target.name
+            );
+        }
+    }
+    let probes: Vec<(&str, usize)> = config
+        .probes
+        .iter()
+        .map(|p| (p.name.as_str(), p.targets.len()))
+        .collect();
+    assert_eq!(probes, [("ping-fast", config.targets.len()), ("smoke", 5)]);
+    let fast = &config.probes[0];
+    assert_eq!(
+        fast.kind,
+        ProbeKind::Icmp {
+            count: 20,
+            spacing: Duration::from_secs(1),
+        },
+        "one echo per second"
+    );
+}
