@@ -544,3 +544,30 @@ fn colo_example_parses() {
         "one echo per second"
     );
 }
+
+#[test]
+fn a_key_or_section_written_twice() {
+    assert_eq!(
+        reject("[agent]\nsite = \"a\"\nsite = \"b\"\n").to_string(),
+        "vantage.toml:3:1: error: invalid TOML: `site` is defined twice\n  \
+         hint: a key or section may appear only once; remove one (nothing else in the file is \
+         checked until it parses)"
+    );
+    assert_eq!(
+        reject("[agent]\nsite = \"a\"\n[agent]\n").to_string(),
+        "vantage.toml:3:2: error: invalid TOML: `agent` is defined twice\n  \
+         hint: a key or section may appear only once; remove one (nothing else in the file is \
+         checked until it parses)"
+    );
+}
+
+#[test]
+fn misspelt_section_header() {
+    assert_eq!(
+        reject("[agnet]\nsite = \"scl3\"\n[[target]]\nname = \"a\"\nhost = \"::1\"\n").to_string(),
+        "vantage.toml:1:2: error: unknown key `agnet` at the top level\n  \
+         hint: did you mean `agent`?\n\
+         vantage.toml: error: missing [agent] section\n  \
+         hint: add `[agent]` with `site = \"scl3\"` (the datacenter or cloud region this agent runs in)"
+    );
+}

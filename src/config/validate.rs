@@ -152,8 +152,18 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let root = match DeTable::parse(text) {
         Ok(root) => root,
         Err(error) => {
-            let message = format!("invalid TOML: {}", error.message().trim_end());
-            let hint = "fix the syntax first; nothing else in the file is checked until it parses";
+            let unchecked = "nothing else in the file is checked until it parses";
+            let written = error.span().and_then(|span| text.get(span));
+            let (message, hint) = match (error.message().trim_end(), written) {
+                ("duplicate key", Some(key)) => (
+                    format!("invalid TOML: `{key}` is defined twice"),
+                    format!("a key or section may appear only once; remove one ({unchecked})"),
+                ),
+                (message, _) => (
+                    format!("invalid TOML: {message}"),
+                    format!("fix the syntax first; {unchecked}"),
+                ),
+            };
             match error.span() {
                 Some(span) => checker.error(span, message, hint),
                 None => checker.file_error(message, hint),
