@@ -1,0 +1,222 @@
+//! `vantage run` end to end on loopback: config in, rounds into SQLite, `vantage report` out, clean
+//! shutdown on SIGTERM that keeps what was measured, and 10,000 targets on one agent.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+const VANTAGE: &str = env!("CARGO_BIN_EXE_vantage");
+
+/// The agent as a child process, stopped (SIGKILL) if the test fails before it is stopped cleanly.
+struct Agent(Option<Child>);
+
+impl Agent {
+    fn start(config: &Path) -> Agent {
+        let child = Command::new(VANTAGE)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vantage run");
+        Agent(Some(child))
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn terminate(mut self) -> Output {
+        let child = self.0.take().expect("running agent");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("send SIGTERM");
+        assert!(status.success());
+        child.wait_with_output().expect("agent exit")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn write_config(dir: &Path, probe: &str, targets: &[(String, String)]) -> std::path::PathBuf {
+    let mut text = format!(
+        "[agent]\nname = \"test-agent\"\nsite = \"lab\"\ndata_dir = \"{}\"\n\n",
+        dir.join("data").display()
+    );
+    for (name, host) in targets {
+        writeln!(
+            text,
+            "[[target]]\nname = \"{name}\"\nhost = \"{host}\"\nsite = \"local\"\n"
+        )
+        .expect("write");
+    }
+    text.push_str(probe);
+    let path = dir.join("vantage.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn rounds(dir: &Path) -> Vec<(String, i64, i64, i64, bool)> {
+    let db = Connection::open(dir.join("data/vantage.db")).expect("open store");
+    let mut query = db
+        .prepare(
+            "SELECT target, ts_ns, json_extract(fields, '$.sent'), json_extract(fields, '$.received'), success
+             FROM observations WHERE measurement = 'ping' ORDER BY ts_ns",
+        )
+        .expect("query");
+    query
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("read rows")
+}
+
+#[test]
+fn run_stores_rounds_that_report_shows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe = "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"1s\"\ncount = 5\nspacing = \"100ms\"\ntimeout = \"400ms\"\n";
+    let config = write_config(
+        dir.path(),
+        probe,
+        &[
+            ("lo-v4".into(), "127.0.0.1".into()),
+            ("lo-v6".into(), "::1".into()),
+        ],
+    );
+    let started_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64;
+    let agent = Agent::start(&config);
+    std::thread::sleep(Duration::from_millis(3500));
+    let output = agent.terminate();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "agent exit {:?}: {log}",
+        output.status
+    );
+    assert!(log.contains("agent started"), "{log}");
+    assert!(log.contains("everything measured is stored"), "{log}");
+
+    let rows = rounds(dir.path());
+    for target in ["lo-v4", "lo-v6"] {
+        let mine: Vec<_> = rows.iter().filter(|r| r.0 == target).collect();
+        assert!(
+            mine.len() >= 3,
+            "{target}: {} rounds in 3.5 s at 1 s interval",
+            mine.len()
+        );
+        for (_, ts, sent, received, success) in &mine {
+            assert!(*ts >= started_ns, "timestamp is when the round started");
+            assert_eq!(sent, received, "loopback loses nothing");
+            assert!(*success);
+        }
+    }
+
+    let report = Command::new(VANTAGE)
+        .args(["report", "--config"])
+        .arg(&config)
+        .output()
+        .expect("report");
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let header = text.lines().next().expect("header");
+    for column in [
+        "TARGET",
+        "SITE",
+        "LOSS%",
+        "SNT",
+        "MEDIAN",
+        "P10–P90",
+        "MAX",
+        "LAST SEEN",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    for target in ["lo-v4", "lo-v6"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(target))
+            .unwrap_or_else(|| panic!("{target} in {text}"));
+        assert!(line.contains("0.0%") && line.contains(" 5 "), "{line}");
+    }
+}
+
+#[test]
+fn sigterm_mid_round_stores_the_echoes_already_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One 10-echo round takes ~5 s; stop after ~2 s.
+    let probe = "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"10s\"\ncount = 10\nspacing = \"500ms\"\ntimeout = \"1s\"\n";
+    let config = write_config(dir.path(), probe, &[("lo".into(), "127.0.0.1".into())]);
+    let agent = Agent::start(&config);
+    std::thread::sleep(Duration::from_millis(2000));
+    let stop_at = Instant::now();
+    let output = agent.terminate();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stop_at.elapsed() < Duration::from_secs(3),
+        "shutdown waits at most one echo timeout"
+    );
+    let rows = rounds(dir.path());
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (_, _, sent, received, _) = rows[0];
+    assert!((1..10).contains(&sent), "a partial round: sent {sent}");
+    assert_eq!(
+        sent, received,
+        "every echo sent before SIGTERM was awaited and stored"
+    );
+}
+
+#[test]
+fn one_agent_holds_ten_thousand_targets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 10,000 distinct loopback addresses (all of 127/8 answers on lo): 127.1.0.0 ..
+    let targets: Vec<(String, String)> = (0..10_000u32)
+        .map(|i| (format!("t{i}"), format!("127.1.{}.{}", i / 256, i % 256)))
+        .collect();
+    let probe = "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"5s\"\ncount = 2\nspacing = \"1s\"\ntimeout = \"2s\"\n";
+    let config = write_config(dir.path(), probe, &targets);
+    let agent = Agent::start(&config);
+    // Two full intervals plus the longest round (1 s spacing + 2 s timeout) and start-up slack.
+    std::thread::sleep(Duration::from_secs(14));
+    let output = agent.terminate();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows = rounds(dir.path());
+    let mut per_target = std::collections::HashMap::<&str, usize>::new();
+    for (target, _, sent, received, _) in &rows {
+        *per_target.entry(target).or_default() += 1;
+        assert_eq!(
+            sent, received,
+            "{target}: loopback must not lose echoes at 4,000 echoes/s"
+        );
+    }
+    assert_eq!(per_target.len(), 10_000, "every target was probed");
+    let fewest = per_target.values().min().copied().unwrap_or(0);
+    assert!(
+        fewest >= 2,
+        "every target got at least two rounds in 14 s at a 5 s interval (fewest: {fewest})"
+    );
+}
