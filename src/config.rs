@@ -1,7 +1,7 @@
 //! `Config`: the validated agent configuration. Parsing reports every mistake at once, each with
 //! file:line:column and a hint (see `vantage check`).
 //!
-//! The file format is documented for operators in `docs/config.md`; the example configs in
+//! The file format is documented for operators in the README's Configuration section; the example configs in
 //! `config/` and the fixtures in `tests/fixtures/config/` (one per mistake, with the exact
 //! message expected) are both tests.
 //!
