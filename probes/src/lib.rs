@@ -8,6 +8,8 @@
 //! - [`observation`]: [`Observation`], [`Outcome`], [`FailureKind`], [`Measurement`]
 //! - [`stats`]: smokeping-style round statistics ([`PingStats`])
 //! - [`icmp`]: echo rounds over shared raw or datagram ICMP sockets ([`IcmpClient`])
+//! - [`tcp`]: TCP connect checks ([`tcp::run`] with [`TcpSettings`])
+//! - [`net`]: what the TCP and HTTP checks share: [`IpPreference`], resolution, error classes
 //!
 //! ## Example
 //! ```no_run
@@ -24,10 +26,14 @@
 //! ```
 
 pub mod icmp;
+pub mod net;
 pub mod observation;
 pub mod stats;
+pub mod tcp;
 
 pub use icmp::{IcmpClient, IcmpError, RoundPlan};
 pub use observation::{FailureKind, Measurement, Observation, Outcome};
+pub use net::IpPreference;
 pub use stats::PingStats;
+pub use tcp::{TcpSettings, TcpStats};
 pub use tokio_util::sync::CancellationToken;
