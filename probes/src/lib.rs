@@ -8,6 +8,7 @@
 //! - [`observation`]: [`Observation`], [`Outcome`], [`FailureKind`], [`Measurement`]
 //! - [`stats`]: smokeping-style round statistics ([`PingStats`])
 //! - [`icmp`]: echo rounds over shared raw or datagram ICMP sockets ([`IcmpClient`])
+//! - [`http`]: HTTP(S) checks with phase timings ([`HttpCheck`] built from [`HttpSettings`])
 //! - [`tcp`]: TCP connect checks ([`tcp::run`] with [`TcpSettings`])
 //! - [`net`]: what the TCP and HTTP checks share: [`IpPreference`], resolution, error classes
 //!
@@ -25,15 +26,17 @@
 //! # Ok(()) }
 //! ```
 
+pub mod http;
 pub mod icmp;
 pub mod net;
 pub mod observation;
 pub mod stats;
 pub mod tcp;
 
+pub use http::{HeaderMatch, HttpCheck, HttpExpect, HttpSettings, HttpSettingsError, HttpStats};
 pub use icmp::{IcmpClient, IcmpError, RoundPlan};
-pub use observation::{FailureKind, Measurement, Observation, Outcome};
 pub use net::IpPreference;
+pub use observation::{FailureKind, Measurement, Observation, Outcome};
 pub use stats::PingStats;
 pub use tcp::{TcpSettings, TcpStats};
 pub use tokio_util::sync::CancellationToken;

@@ -60,7 +60,9 @@ pub async fn resolve(
         let result = if preference.allows(ip) {
             Ok(vec![SocketAddr::new(ip, port)])
         } else {
-            Err(format!("{ip} is not allowed by the address family preference {preference:?}"))
+            Err(format!(
+                "{ip} is not allowed by the address family preference {preference:?}"
+            ))
         };
         return (result, Duration::ZERO);
     }
@@ -73,7 +75,9 @@ pub async fn resolve(
             let count = all.len();
             let kept = preference.apply(all);
             if kept.is_empty() {
-                Err(format!("{bare} has no address usable with {preference:?} ({count} resolved)"))
+                Err(format!(
+                    "{bare} has no address usable with {preference:?} ({count} resolved)"
+                ))
             } else {
                 Ok(kept)
             }
@@ -88,10 +92,12 @@ pub fn classify_io_error(error: &io::Error) -> FailureKind {
     match error.kind() {
         io::ErrorKind::ConnectionRefused => FailureKind::Refused,
         io::ErrorKind::TimedOut => FailureKind::Timeout,
-        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => FailureKind::Unreachable,
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::UnexpectedEof => {
-            FailureKind::Protocol
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+            FailureKind::Unreachable
         }
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::UnexpectedEof => FailureKind::Protocol,
         _ => match error.raw_os_error() {
             // ENETUNREACH, EHOSTUNREACH, EHOSTDOWN (older std maps some of these to `Other`)
             Some(101 | 113 | 112) => FailureKind::Unreachable,
@@ -112,21 +118,41 @@ mod tests {
     use super::*;
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
-        list.iter().map(|a| a.parse().expect("socket address")).collect()
+        list.iter()
+            .map(|a| a.parse().expect("socket address"))
+            .collect()
     }
 
     #[test]
     fn preferences_filter_and_order_families() {
-        let both = addrs(&["[2001:db8::1]:80", "192.0.2.1:80", "[2001:db8::2]:80", "192.0.2.2:80"]);
+        let both = addrs(&[
+            "[2001:db8::1]:80",
+            "192.0.2.1:80",
+            "[2001:db8::2]:80",
+            "192.0.2.2:80",
+        ]);
         assert_eq!(
             IpPreference::PreferV4.apply(both.clone()),
-            addrs(&["192.0.2.1:80", "192.0.2.2:80", "[2001:db8::1]:80", "[2001:db8::2]:80"])
+            addrs(&[
+                "192.0.2.1:80",
+                "192.0.2.2:80",
+                "[2001:db8::1]:80",
+                "[2001:db8::2]:80"
+            ])
         );
         assert_eq!(
             IpPreference::PreferV6.apply(both.clone()),
-            addrs(&["[2001:db8::1]:80", "[2001:db8::2]:80", "192.0.2.1:80", "192.0.2.2:80"])
+            addrs(&[
+                "[2001:db8::1]:80",
+                "[2001:db8::2]:80",
+                "192.0.2.1:80",
+                "192.0.2.2:80"
+            ])
         );
-        assert_eq!(IpPreference::V4Only.apply(both.clone()), addrs(&["192.0.2.1:80", "192.0.2.2:80"]));
+        assert_eq!(
+            IpPreference::V4Only.apply(both.clone()),
+            addrs(&["192.0.2.1:80", "192.0.2.2:80"])
+        );
         assert_eq!(IpPreference::V6Only.apply(addrs(&["192.0.2.1:80"])), vec![]);
         assert_eq!(IpPreference::Any.apply(both.clone()), both);
     }

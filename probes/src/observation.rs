@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::http::HttpStats;
 use crate::stats::PingStats;
 use crate::tcp::TcpStats;
 
@@ -109,6 +110,7 @@ impl FailureKind {
 pub enum Measurement {
     Ping(PingStats),
     Tcp(TcpStats),
+    Http(HttpStats),
 }
 
 impl Measurement {
@@ -117,6 +119,7 @@ impl Measurement {
         match self {
             Measurement::Ping(_) => "ping",
             Measurement::Tcp(_) => "tcp",
+            Measurement::Http(_) => "http",
         }
     }
 }
@@ -139,8 +142,19 @@ mod tests {
     fn failure_kind_names_match_their_serialized_form() {
         use FailureKind::*;
         let all = [
-            Timeout, Unreachable, Resolve, Send, Deadline, Refused, Tls, Protocol, Status, Redirect, BodyLimit,
-            Rcode, Assertion,
+            Timeout,
+            Unreachable,
+            Resolve,
+            Send,
+            Deadline,
+            Refused,
+            Tls,
+            Protocol,
+            Status,
+            Redirect,
+            BodyLimit,
+            Rcode,
+            Assertion,
         ];
         for kind in all {
             let json = serde_json::to_value(kind).expect("serialize");

@@ -62,10 +62,17 @@ pub async fn run(settings: &TcpSettings) -> Observation {
     let outcome = match tokio::time::timeout_at(deadline, attempt(settings, &mut stats)).await {
         Ok(outcome) => outcome,
         Err(_) => {
-            let phase = if stats.resolve_ms.is_none() { "resolving" } else { "connecting" };
+            let phase = if stats.resolve_ms.is_none() {
+                "resolving"
+            } else {
+                "connecting"
+            };
             Outcome::failure(
                 FailureKind::Timeout,
-                format!("no answer within {:?} ({phase} {}:{})", settings.timeout, settings.host, settings.port),
+                format!(
+                    "no answer within {:?} ({phase} {}:{})",
+                    settings.timeout, settings.host, settings.port
+                ),
             )
         }
     };
@@ -83,7 +90,12 @@ async fn attempt(settings: &TcpSettings, stats: &mut TcpStats) -> Outcome {
     let addr = match resolved {
         Ok(addrs) => match addrs.first() {
             Some(addr) => *addr,
-            None => return Outcome::failure(FailureKind::Resolve, format!("{} has no address", settings.host)),
+            None => {
+                return Outcome::failure(
+                    FailureKind::Resolve,
+                    format!("{} has no address", settings.host),
+                );
+            }
         },
         Err(why) => return Outcome::failure(FailureKind::Resolve, why),
     };
@@ -95,6 +107,9 @@ async fn attempt(settings: &TcpSettings, stats: &mut TcpStats) -> Outcome {
             drop(stream);
             Outcome::Success
         }
-        Err(error) => Outcome::failure(classify_io_error(&error), format!("connecting to {addr}: {error}")),
+        Err(error) => Outcome::failure(
+            classify_io_error(&error),
+            format!("connecting to {addr}: {error}"),
+        ),
     }
 }
