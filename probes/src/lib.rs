@@ -8,6 +8,7 @@
 //! - [`observation`]: [`Observation`], [`Outcome`], [`FailureKind`], [`Measurement`]
 //! - [`stats`]: smokeping-style round statistics ([`PingStats`])
 //! - [`icmp`]: echo rounds over shared raw or datagram ICMP sockets ([`IcmpClient`])
+//! - [`dns`]: one DNS query to one explicit server ([`DnsCheck`] built from [`DnsSettings`])
 //! - [`http`]: HTTP(S) checks with phase timings ([`HttpCheck`] built from [`HttpSettings`])
 //! - [`tcp`]: TCP connect checks ([`tcp::run`] with [`TcpSettings`])
 //! - [`net`]: what the TCP and HTTP checks share: [`IpPreference`], resolution, error classes
@@ -26,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod dns;
 pub mod http;
 pub mod icmp;
 pub mod net;
@@ -33,6 +35,9 @@ pub mod observation;
 pub mod stats;
 pub mod tcp;
 
+pub use dns::{
+    DnsCheck, DnsExpect, DnsRecordType, DnsSettings, DnsSettingsError, DnsStats, DnsTransport,
+};
 pub use http::{HeaderMatch, HttpCheck, HttpExpect, HttpSettings, HttpSettingsError, HttpStats};
 pub use icmp::{IcmpClient, IcmpError, RoundPlan};
 pub use net::IpPreference;

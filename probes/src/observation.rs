@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::dns::DnsStats;
 use crate::http::HttpStats;
 use crate::stats::PingStats;
 use crate::tcp::TcpStats;
@@ -111,6 +112,7 @@ pub enum Measurement {
     Ping(PingStats),
     Tcp(TcpStats),
     Http(HttpStats),
+    Dns(DnsStats),
 }
 
 impl Measurement {
@@ -120,6 +122,7 @@ impl Measurement {
             Measurement::Ping(_) => "ping",
             Measurement::Tcp(_) => "tcp",
             Measurement::Http(_) => "http",
+            Measurement::Dns(_) => "dns",
         }
     }
 }
