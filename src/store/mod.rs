@@ -111,6 +111,9 @@ impl Store {
                 };
                 let fields = match &o.measurement {
                     Measurement::Ping(stats) => serde_json::to_string(stats)?,
+                    Measurement::Tcp(stats) => serde_json::to_string(stats)?,
+                    Measurement::Http(stats) => serde_json::to_string(stats)?,
+                    Measurement::Dns(stats) => serde_json::to_string(stats)?,
                 };
                 insert.execute(params![
                     o.timestamp_ns(),
