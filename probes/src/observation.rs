@@ -9,6 +9,7 @@ use crate::dns::DnsStats;
 use crate::http::HttpStats;
 use crate::stats::PingStats;
 use crate::tcp::TcpStats;
+use crate::trace::TraceReport;
 
 /// One run of one probe against one target.
 #[derive(Debug, Clone, Serialize)]
@@ -113,6 +114,7 @@ pub enum Measurement {
     Tcp(TcpStats),
     Http(HttpStats),
     Dns(DnsStats),
+    Trace(TraceReport),
 }
 
 impl Measurement {
@@ -123,6 +125,7 @@ impl Measurement {
             Measurement::Tcp(_) => "tcp",
             Measurement::Http(_) => "http",
             Measurement::Dns(_) => "dns",
+            Measurement::Trace(_) => "trace",
         }
     }
 }

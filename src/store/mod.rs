@@ -114,6 +114,7 @@ impl Store {
                     Measurement::Tcp(stats) => serde_json::to_string(stats)?,
                     Measurement::Http(stats) => serde_json::to_string(stats)?,
                     Measurement::Dns(stats) => serde_json::to_string(stats)?,
+                    Measurement::Trace(report) => serde_json::to_string(report)?,
                 };
                 insert.execute(params![
                     o.timestamp_ns(),
