@@ -208,7 +208,10 @@ impl Condition {
 /// A latency threshold: absolute, or relative to the field's own baseline.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LatencyThreshold {
-    Absolute { above_ms: f64, clear_below_ms: f64 },
+    Absolute {
+        above_ms: f64,
+        clear_below_ms: f64,
+    },
     /// `K ×` the median of the field over the trailing `window` (SmokePing's Medratio idea).
     Baseline {
         above_ratio: f64,

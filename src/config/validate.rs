@@ -140,7 +140,11 @@ const ICMP: [Key; 2] = [
 ];
 
 const INCIDENTS: [Key; 2] = [
-    key("status_updates", Type::Duration, r#"status_updates = "30m""#),
+    key(
+        "status_updates",
+        Type::Duration,
+        r#"status_updates = "30m""#,
+    ),
     key("history", Type::Duration, r#"history = "1h""#),
 ];
 const RULE: [Key; 11] = [
@@ -171,7 +175,11 @@ const RULE_LATENCY: [Key; 7] = [
     key("above_ms", Type::Number, "above_ms = 150"),
     key("clear_below_ms", Type::Number, "clear_below_ms = 100"),
     key("above_baseline", Type::Number, "above_baseline = 3"),
-    key("clear_below_baseline", Type::Number, "clear_below_baseline = 1.5"),
+    key(
+        "clear_below_baseline",
+        Type::Number,
+        "clear_below_baseline = 1.5",
+    ),
     key("baseline", Type::Duration, r#"baseline = "1h""#),
     key("runs", Type::Integer, "runs = 3"),
 ];
@@ -1183,8 +1191,12 @@ impl Checker<'_> {
         if array.is_empty() {
             let hint = match (section, what) {
                 ("probe", _) => "remove `targets` to probe every target, or list target names",
-                (_, "target") => "remove `targets` to watch every target of the rule's probes, or list target names",
-                _ => "remove `probes` to watch every probe the rule applies to, or list probe names",
+                (_, "target") => {
+                    "remove `targets` to watch every target of the rule's probes, or list target names"
+                }
+                _ => {
+                    "remove `probes` to watch every probe the rule applies to, or list probe names"
+                }
             };
             self.error(
                 value.span(),

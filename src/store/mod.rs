@@ -57,7 +57,10 @@ impl Store {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         // Canonical, so logs and errors name the directory plainly (no `config/../`).
-        let path = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf()).join(DB_FILE);
+        let path = data_dir
+            .canonicalize()
+            .unwrap_or_else(|_| data_dir.to_path_buf())
+            .join(DB_FILE);
         let conn = Connection::open(&path)
             .with_context(|| format!("cannot open store {}", path.display()))?;
         conn.execute_batch(

@@ -189,13 +189,8 @@ impl Checker<'_> {
                         .collect(),
                 ),
                 Some(value) => {
-                    let listed = self.name_refs(
-                        value,
-                        probes_key,
-                        ("rule", name),
-                        "probe",
-                        defined_probes,
-                    );
+                    let listed =
+                        self.name_refs(value, probes_key, ("rule", name), "probe", defined_probes);
                     listed.and_then(|listed| {
                         let mut found = Vec::new();
                         for probe_name in &listed {
@@ -231,8 +226,10 @@ impl Checker<'_> {
             let measured = |target: &str, probes: &[&ProbeConfig]| {
                 probes.iter().any(|p| p.targets.iter().any(|t| t == target))
             };
-            let rule_targets: Option<Vec<String>> = match (table.get(targets_key.name), &rule_probes)
-            {
+            let rule_targets: Option<Vec<String>> = match (
+                table.get(targets_key.name),
+                &rule_probes,
+            ) {
                 (None, Some(rule_probes)) => Some(
                     targets
                         .iter()
@@ -251,10 +248,16 @@ impl Checker<'_> {
                     );
                     match (listed, rule_probes) {
                         (Some(listed), Some(rule_probes)) => {
-                            let entries = value.get_ref().as_array().map(|a| a.iter().collect::<Vec<_>>()).unwrap_or_default();
+                            let entries = value
+                                .get_ref()
+                                .as_array()
+                                .map(|a| a.iter().collect::<Vec<_>>())
+                                .unwrap_or_default();
                             let mut valid = true;
                             for (target, entry) in listed.iter().zip(entries) {
-                                if !measured(target, rule_probes) && targets.iter().any(|t| &t.name == target) {
+                                if !measured(target, rule_probes)
+                                    && targets.iter().any(|t| &t.name == target)
+                                {
                                     let probe_names: Vec<&str> =
                                         rule_probes.iter().map(|p| p.name.as_str()).collect();
                                     self.error(
@@ -383,12 +386,20 @@ impl Checker<'_> {
         };
         match (scope, group_by) {
             ("group", Got::Valid(label, label_span)) => {
-                let valid = self.tag_name("label key", label, label_span.clone(), "group_by = \"group\"");
+                let valid = self.tag_name(
+                    "label key",
+                    label,
+                    label_span.clone(),
+                    "group_by = \"group\"",
+                );
                 let watched: Vec<&Target> = targets
                     .iter()
                     .filter(|t| rule_targets.is_some_and(|r| r.contains(&t.name)))
                     .collect();
-                if valid && rule_targets.is_some() && !watched.iter().any(|t| t.labels.contains_key(label)) {
+                if valid
+                    && rule_targets.is_some()
+                    && !watched.iter().any(|t| t.labels.contains_key(label))
+                {
                     let mut known: Vec<&str> = watched
                         .iter()
                         .flat_map(|t| t.labels.keys().map(String::as_str))
@@ -674,18 +685,26 @@ impl Checker<'_> {
                     let clear = match clear_ratio {
                         Got::Absent => Some(ratio * DEFAULT_LATENCY_CLEAR_SHARE),
                         Got::Valid(clear, span) if clear >= ratio => {
-                            self.hysteresis_error(span, clear_ratio_key, clear, above_ratio_key, ratio);
+                            self.hysteresis_error(
+                                span,
+                                clear_ratio_key,
+                                clear,
+                                above_ratio_key,
+                                ratio,
+                            );
                             None
                         }
                         Got::Valid(clear, _) => Some(clear),
                         Got::Invalid => None,
                     };
                     match (clear, or_default(window, DEFAULT_BASELINE)) {
-                        (Some(clear_below_ratio), Some(window)) => Some(LatencyThreshold::Baseline {
-                            above_ratio: ratio,
-                            clear_below_ratio,
-                            window,
-                        }),
+                        (Some(clear_below_ratio), Some(window)) => {
+                            Some(LatencyThreshold::Baseline {
+                                above_ratio: ratio,
+                                clear_below_ratio,
+                                window,
+                            })
+                        }
                         _ => None,
                     }
                 }
