@@ -7,6 +7,7 @@
 //! - [`config`]: [`Config`], validated with every error reported at once
 //! - [`scheduler`]: one scheduler for all probe kinds (stagger, jitter, skipped ticks, deadlines)
 //! - [`store`]: the embedded SQLite store (default), with retention
+//! - [`incident`]: incidents — state, durable outbox, drafts (Markdown, JSON, SVG), sinks
 //! - [`rules`]: the rules engine, a pure state machine from observations to incident transitions
 //!
 //! ## Data flow
@@ -15,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod incident;
 pub mod probe;
 pub mod rules;
 pub mod scheduler;
