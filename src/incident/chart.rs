@@ -66,7 +66,14 @@ impl Svg {
         );
     }
 
-    pub fn line(&mut self, class: &str, from: (f64, f64), to: (f64, f64), stroke: &str, width: f64) {
+    pub fn line(
+        &mut self,
+        class: &str,
+        from: (f64, f64),
+        to: (f64, f64),
+        stroke: &str,
+        width: f64,
+    ) {
         let _ = writeln!(
             self.body,
             r#"<line class="{class}" x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{stroke}" stroke-width="{width}"/>"#,
@@ -113,7 +120,13 @@ pub fn render(incident: &Incident) -> String {
     let from = incident.evidence.window_from.map(Timestamp::unix_ns);
     let to = incident.evidence.window_to.map(Timestamp::unix_ns);
     if series.is_empty() {
-        svg.text("empty", WIDTH / 2.0, TITLE_HEIGHT + PANEL_HEIGHT / 2.0, "middle", "no history in the store for the affected targets");
+        svg.text(
+            "empty",
+            WIDTH / 2.0,
+            TITLE_HEIGHT + PANEL_HEIGHT / 2.0,
+            "middle",
+            "no history in the store for the affected targets",
+        );
     }
     for (i, s) in series.iter().enumerate() {
         let top = TITLE_HEIGHT + i as f64 * (PANEL_HEIGHT + PANEL_GAP) + 10.0;
@@ -160,10 +173,28 @@ fn panel(
     // Axes and labels.
     svg.line("axis", (left, bottom), (right, bottom), "#000000", 1.0);
     svg.line("axis", (left, top), (left, bottom), "#000000", 1.0);
-    svg.text("y-label", left - 4.0, top + 10.0, "end", &format!("{max_ms:.1} ms"));
+    svg.text(
+        "y-label",
+        left - 4.0,
+        top + 10.0,
+        "end",
+        &format!("{max_ms:.1} ms"),
+    );
     svg.text("y-label", left - 4.0, bottom, "end", "0 ms");
-    svg.text("x-label", left, bottom + 14.0, "start", &Timestamp::from_unix_ns(t0).time());
-    svg.text("x-label", right, bottom + 14.0, "end", &Timestamp::from_unix_ns(t1).time());
+    svg.text(
+        "x-label",
+        left,
+        bottom + 14.0,
+        "start",
+        &Timestamp::from_unix_ns(t0).time(),
+    );
+    svg.text(
+        "x-label",
+        right,
+        bottom + 14.0,
+        "end",
+        &Timestamp::from_unix_ns(t1).time(),
+    );
 
     // Smoke: one band from the points that have the percentiles, broken where rounds had none.
     let runs = contiguous(series, |p| p.rtt_p10_ms.is_some() && p.rtt_p90_ms.is_some());
@@ -180,12 +211,23 @@ fn panel(
                 .map(|p| (x(p.timestamp_ns), y(lo(p).unwrap_or(0.0))));
             upper.into_iter().chain(lower).collect::<Vec<_>>()
         };
-        svg.polygon("smoke-p10-p90", &band(|p| p.rtt_p10_ms, |p| p.rtt_p90_ms), "#dddddd");
-        svg.polygon("smoke-p25-p75", &band(|p| p.rtt_p25_ms, |p| p.rtt_p75_ms), "#bbbbbb");
+        svg.polygon(
+            "smoke-p10-p90",
+            &band(|p| p.rtt_p10_ms, |p| p.rtt_p90_ms),
+            "#dddddd",
+        );
+        svg.polygon(
+            "smoke-p25-p75",
+            &band(|p| p.rtt_p25_ms, |p| p.rtt_p75_ms),
+            "#bbbbbb",
+        );
     }
     // The median, each segment coloured by the loss of the round it ends at.
-    let medians: Vec<&crate::store::PingPoint> =
-        series.points.iter().filter(|p| p.rtt_median_ms.is_some()).collect();
+    let medians: Vec<&crate::store::PingPoint> = series
+        .points
+        .iter()
+        .filter(|p| p.rtt_median_ms.is_some())
+        .collect();
     for pair in medians.windows(2) {
         let (a, b) = (pair[0], pair[1]);
         svg.line(
@@ -198,7 +240,13 @@ fn panel(
     }
     if let [only] = medians.as_slice() {
         let (px, py) = (x(only.timestamp_ns), y(only.rtt_median_ms.unwrap_or(0.0)));
-        svg.line("median", (px - 2.0, py), (px + 2.0, py), loss_colour(only.loss_pct), 2.0);
+        svg.line(
+            "median",
+            (px - 2.0, py),
+            (px + 2.0, py),
+            loss_colour(only.loss_pct),
+            2.0,
+        );
     }
     // Loss: a tick under every round with loss, full height for rounds that lost everything.
     for p in series.points.iter().filter(|p| p.loss_pct > 0.0) {
@@ -208,7 +256,14 @@ fn panel(
         } else {
             (p.loss_pct / 100.0 * PANEL_HEIGHT).max(4.0)
         };
-        svg.rect("loss", px - 1.5, bottom - h, 3.0, h, loss_colour(p.loss_pct));
+        svg.rect(
+            "loss",
+            px - 1.5,
+            bottom - h,
+            3.0,
+            h,
+            loss_colour(p.loss_pct),
+        );
     }
     // Detection and resolution.
     let mark = |svg: &mut Svg, class: &str, at: Timestamp, label: &str| {

@@ -83,11 +83,11 @@ impl IncidentDb {
 
     /// A new id for an incident detected on `date` (`2026-11-21` → `20261121-001`).
     pub fn next_id(&self, date: &str) -> anyhow::Result<(String, i64)> {
-        let seq: i64 = self
-            .conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM incidents", [], |r| {
-                r.get(0)
-            })?;
+        let seq: i64 =
+            self.conn
+                .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM incidents", [], |r| {
+                    r.get(0)
+                })?;
         Ok((format!("{}-{seq:03}", date.replace('-', "")), seq))
     }
 
@@ -108,9 +108,11 @@ impl IncidentDb {
         if updated == 0 {
             let seq = match seq {
                 Some(seq) => seq,
-                None => tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM incidents", [], |r| {
-                    r.get(0)
-                })?,
+                None => {
+                    tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM incidents", [], |r| {
+                        r.get(0)
+                    })?
+                }
             };
             tx.execute(
                 "INSERT INTO incidents (id, seq, key, status, opened_ns, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -183,14 +185,16 @@ impl IncidentDb {
         let mut query = self
             .conn
             .prepare(&format!("SELECT id, data FROM incidents {clause}"))?;
-        let rows = query.query_map(params, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let rows = query.query_map(params, |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         let mut incidents = Vec::new();
         for row in rows {
             let (id, data) = row?;
-            incidents.push(
-                serde_json::from_str(&data)
-                    .with_context(|| format!("corrupt incident {id} in {}", self.path.display()))?,
-            );
+            incidents
+                .push(serde_json::from_str(&data).with_context(|| {
+                    format!("corrupt incident {id} in {}", self.path.display())
+                })?);
         }
         Ok(incidents)
     }

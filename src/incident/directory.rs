@@ -43,12 +43,18 @@ impl IncidentSink for DirectorySink {
         let folder = self.folder(&incident.id);
         std::fs::create_dir_all(&folder)
             .with_context(|| format!("cannot create {}", folder.display()))?;
-        write_atomically(&folder.join("incident.md"), render::markdown(incident).as_bytes())?;
+        write_atomically(
+            &folder.join("incident.md"),
+            render::markdown(incident).as_bytes(),
+        )?;
         write_atomically(
             &folder.join("incident.json"),
             serde_json::to_string_pretty(incident)?.as_bytes(),
         )?;
-        write_atomically(&folder.join("chart.svg"), chart::render(incident).as_bytes())?;
+        write_atomically(
+            &folder.join("chart.svg"),
+            chart::render(incident).as_bytes(),
+        )?;
         write_atomically(
             &folder.join("evidence.json"),
             serde_json::to_string_pretty(&incident.evidence)?.as_bytes(),
@@ -59,7 +65,11 @@ impl IncidentSink for DirectorySink {
         let already = seen.lines().any(|line| {
             serde_json::from_str::<serde_json::Value>(line)
                 .ok()
-                .and_then(|v| v.get("idempotency_key")?.as_str().map(|k| k == event.idempotency_key))
+                .and_then(|v| {
+                    v.get("idempotency_key")?
+                        .as_str()
+                        .map(|k| k == event.idempotency_key)
+                })
                 .unwrap_or(false)
         });
         if !already {

@@ -99,7 +99,11 @@ pub fn gather(
     let others = store
         .latest_pings()?
         .into_iter()
-        .filter(|p| !members.iter().any(|(probe, target)| *probe == p.probe && *target == p.target))
+        .filter(|p| {
+            !members
+                .iter()
+                .any(|(probe, target)| *probe == p.probe && *target == p.target)
+        })
         .map(|p| Contrast {
             healthy: p.failure.is_none() && p.loss_pct < HEALTHY_BELOW_LOSS_PCT,
             probe: p.probe,
@@ -136,7 +140,13 @@ fn thin(points: Vec<PingPoint>, max: usize) -> Vec<PingPoint> {
 }
 
 /// The evidence window: `history` before detection up to `until`.
-pub fn window(detected: SystemTime, history: Duration, until: SystemTime) -> (SystemTime, SystemTime) {
-    let from = detected.checked_sub(history).unwrap_or(SystemTime::UNIX_EPOCH);
+pub fn window(
+    detected: SystemTime,
+    history: Duration,
+    until: SystemTime,
+) -> (SystemTime, SystemTime) {
+    let from = detected
+        .checked_sub(history)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     (from, until.max(detected))
 }

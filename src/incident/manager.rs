@@ -12,9 +12,7 @@ use super::evidence::{self, Evidence};
 use super::outbox::EventKind;
 use super::render;
 use super::{Incident, RuleSummary, Status, StatusUpdate, TimelineEntry, Timestamp};
-use crate::config::{
-    Condition, Config, LatencyThreshold, RuleConfig, RuleScope, format_duration,
-};
+use crate::config::{Condition, Config, LatencyThreshold, RuleConfig, RuleScope, format_duration};
 use crate::rules::{Engine, Mono, Transition, TransitionKind};
 use crate::store::Store;
 
@@ -160,7 +158,10 @@ impl Manager {
                 };
                 let at = Timestamp(wall);
                 incident.updated_at = at;
-                incident.impact = transition.impact.clone();
+                // A resolved incident keeps the figures it last had while breaching.
+                if !transition.impact.affected.is_empty() {
+                    incident.impact = transition.impact.clone();
+                }
                 incident.peak = transition.peak;
                 let event = if transition.kind == TransitionKind::Resolved {
                     incident.status = Status::Resolved;
@@ -241,7 +242,10 @@ impl Manager {
             incident.timeline.push(TimelineEntry {
                 at: Timestamp(began),
                 event: "breach".into(),
-                text: format!("Rule `{}` breached ({}).", rule.name, incident.rule.condition),
+                text: format!(
+                    "Rule `{}` breached: {}.",
+                    rule.name, incident.rule.condition
+                ),
             });
         }
         incident.timeline.push(TimelineEntry {
@@ -262,7 +266,8 @@ impl Manager {
             });
         }
         self.refresh_evidence(&mut incident, wall);
-        self.db.save(&incident, Some(seq), Some(EventKind::Opened))?;
+        self.db
+            .save(&incident, Some(seq), Some(EventKind::Opened))?;
         tracing::warn!(id = %id, key = %transition.key, severity = %incident.severity, title = %incident.title, "incident opened");
         self.open.insert(
             transition.key.clone(),
@@ -290,7 +295,9 @@ impl Manager {
             let at = Timestamp(wall);
             let number = incident.status_updates.len() as u32 + 1;
             let text = render::status_update_text(&incident, number, wall, self.status_updates);
-            incident.status_updates.push(StatusUpdate { number, at, text });
+            incident
+                .status_updates
+                .push(StatusUpdate { number, at, text });
             incident.timeline.push(TimelineEntry {
                 at,
                 event: "status-update".into(),
@@ -298,7 +305,8 @@ impl Manager {
             });
             incident.updated_at = at;
             self.refresh_evidence(&mut incident, wall);
-            self.db.save(&incident, None, Some(EventKind::StatusUpdate))?;
+            self.db
+                .save(&incident, None, Some(EventKind::StatusUpdate))?;
             if let Some(open) = self.open.get_mut(&key) {
                 open.last_update = now;
                 tracing::info!(id = %open.id, number, "status update drafted");
@@ -390,8 +398,5 @@ pub fn describe_rule(rule: &RuleConfig) -> String {
             format!(" on at least {share_pct}% of this agent's targets")
         }
     };
-    format!(
-        "{condition}{scope}, for {}",
-        format_duration(rule.open_for)
-    )
+    format!("{condition}{scope}, for {}", format_duration(rule.open_for))
 }

@@ -12,6 +12,7 @@
 //! - `chart`: a smokeping-style SVG chart, written by a small SVG writer of our own
 //! - `outbox`: [`IncidentSink`] and the delivery loop that retries while a sink is down
 //! - `directory`: the default sink, one folder per incident
+//! - `pipeline`: the agent's threads: rules engine + manager, and delivery
 
 pub mod chart;
 pub mod db;
@@ -19,6 +20,7 @@ pub mod directory;
 pub mod evidence;
 pub mod manager;
 pub mod outbox;
+pub mod pipeline;
 pub mod render;
 
 use std::time::{Duration, SystemTime};

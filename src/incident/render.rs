@@ -151,11 +151,10 @@ pub fn status_update_text(
         .duration_since(incident.detected_at.0)
         .unwrap_or_default();
     format!(
-        "[{site}] {title}\n\
+        "{title}\n\
          Status update {number} at {time} UTC (DRAFT; incident coordinator: unassigned).\n\
          Ongoing for {ongoing} since {detected} UTC. Current impact: {impact}. Peak so far: {peak}.\n\
          Next update by {next} UTC.",
-        site = incident.site,
         title = incident.title,
         time = &at.time()[..5],
         ongoing = human_duration(ongoing),
@@ -245,7 +244,7 @@ pub fn markdown(incident: &Incident) -> String {
         capitalize_first(&impact_sentence(&incident.impact, &incident.scope)),
         match incident.status {
             Status::Open => "now",
-            Status::Resolved => "at resolution",
+            Status::Resolved => "as last reported while open",
         }
     );
     let _ = writeln!(md, "\nPeak: {}.", peak_phrase(incident));
@@ -322,7 +321,11 @@ pub fn markdown(incident: &Incident) -> String {
     for series in &incident.evidence.series {
         let rounds = series.points.len();
         let lossy = series.points.iter().filter(|p| p.loss_pct > 0.0).count();
-        let medians: Vec<f64> = series.points.iter().filter_map(|p| p.rtt_median_ms).collect();
+        let medians: Vec<f64> = series
+            .points
+            .iter()
+            .filter_map(|p| p.rtt_median_ms)
+            .collect();
         let median = crate::rules::median(medians.iter().copied());
         let _ = writeln!(
             md,
@@ -331,7 +334,10 @@ pub fn markdown(incident: &Incident) -> String {
             series.probe,
             ms(median)
         );
-        let _ = writeln!(md, "| time (UTC) | loss | median | p10–p90 | failure |\n|---|---:|---:|---:|---|");
+        let _ = writeln!(
+            md,
+            "| time (UTC) | loss | median | p10–p90 | failure |\n|---|---:|---:|---:|---|"
+        );
         // The latest rounds matter most; older ones are in the chart and evidence.json.
         let shown = 15;
         for p in series.points.iter().skip(rounds.saturating_sub(shown)) {
@@ -350,7 +356,11 @@ pub fn markdown(incident: &Incident) -> String {
             );
         }
         if rounds > shown {
-            let _ = writeln!(md, "\n({} earlier rounds in the chart and evidence.json.)", rounds - shown);
+            let _ = writeln!(
+                md,
+                "\n({} earlier rounds in the chart and evidence.json.)",
+                rounds - shown
+            );
         }
         let _ = writeln!(md);
     }
@@ -358,7 +368,10 @@ pub fn markdown(incident: &Incident) -> String {
     if incident.evidence.failing.is_empty() {
         let _ = writeln!(md, "None in the window: the rounds answered, with loss.\n");
     } else {
-        let _ = writeln!(md, "| time (UTC) | target | probe | address | kind | error |\n|---|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "| time (UTC) | target | probe | address | kind | error |\n|---|---|---|---|---|---|"
+        );
         for f in &incident.evidence.failing {
             let _ = writeln!(
                 md,
@@ -384,7 +397,10 @@ pub fn markdown(incident: &Incident) -> String {
             incident.evidence.others.len(),
             pct(HEALTHY_BELOW_LOSS_PCT)
         );
-        let _ = writeln!(md, "| target | site | probe | state | loss | median | last seen (UTC) |\n|---|---|---|---|---:|---:|---|");
+        let _ = writeln!(
+            md,
+            "| target | site | probe | state | loss | median | last seen (UTC) |\n|---|---|---|---|---:|---:|---|"
+        );
         for c in &incident.evidence.others {
             let _ = writeln!(
                 md,
@@ -414,11 +430,19 @@ pub fn markdown(incident: &Incident) -> String {
     let _ = writeln!(md, "\n## Engage\n");
     let affected = incident.impact.affected_targets();
     let segment = match &incident.scope {
-        Scope::Agent => format!("this site's network ({}: the agent host and its uplink)", incident.site),
-        Scope::Group { label, value } => format!("the `{label}={value}` targets and the path to them"),
+        Scope::Agent => format!(
+            "this site's network ({}: the agent host and its uplink)",
+            incident.site
+        ),
+        Scope::Group { label, value } => {
+            format!("the `{label}={value}` targets and the path to them")
+        }
         Scope::Target { target } => format!("`{target}` and the path to it"),
     };
-    let _ = writeln!(md, "- [ ] File a bug with this draft (attach `incident.md`, `chart.svg`, `evidence.json`).");
+    let _ = writeln!(
+        md,
+        "- [ ] File a bug with this draft (attach `incident.md`, `chart.svg`, `evidence.json`)."
+    );
     let _ = writeln!(md, "- [ ] Cc the owners of the faulty segment: {segment}.");
     if !affected.is_empty() && !matches!(incident.scope, Scope::Target { .. }) {
         let _ = writeln!(md, "  Affected: {}.", affected.join(", "));
@@ -451,7 +475,12 @@ pub fn markdown(incident: &Incident) -> String {
 
     if incident.status == Status::Resolved {
         let _ = writeln!(md, "\n## Resolution\n");
-        match incident.timeline.iter().rev().find(|e| e.event == "resolved") {
+        match incident
+            .timeline
+            .iter()
+            .rev()
+            .find(|e| e.event == "resolved")
+        {
             Some(entry) => {
                 let _ = writeln!(md, "{}", entry.text);
             }
