@@ -12,7 +12,7 @@ const WIDTH: f64 = 800.0;
 const PANEL_HEIGHT: f64 = 160.0;
 const MARGIN_LEFT: f64 = 60.0;
 const MARGIN_RIGHT: f64 = 20.0;
-const TITLE_HEIGHT: f64 = 30.0;
+const TITLE_HEIGHT: f64 = 50.0;
 const PANEL_GAP: f64 = 40.0;
 /// Panels beyond this many targets are left out (they are in evidence.json).
 pub const MAX_PANELS: usize = 6;
@@ -66,6 +66,13 @@ impl Svg {
         );
     }
 
+    pub fn rect_translucent(&mut self, class: &str, x: f64, y: f64, w: f64, h: f64, fill: &str) {
+        let _ = writeln!(
+            self.body,
+            r#"<rect class="{class}" x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{fill}" fill-opacity="0.6"/>"#
+        );
+    }
+
     pub fn line(
         &mut self,
         class: &str,
@@ -116,7 +123,8 @@ pub fn render(incident: &Incident) -> String {
     let panels = series.len().max(1);
     let height = TITLE_HEIGHT + panels as f64 * (PANEL_HEIGHT + PANEL_GAP);
     let mut svg = Svg::default();
-    svg.text("title", WIDTH / 2.0, 18.0, "middle", &incident.title);
+    svg.text("title", WIDTH / 2.0, 14.0, "middle", &incident.title);
+    legend(&mut svg, 30.0);
     let from = incident.evidence.window_from.map(Timestamp::unix_ns);
     let to = incident.evidence.window_to.map(Timestamp::unix_ns);
     if series.is_empty() {
@@ -133,6 +141,30 @@ pub fn render(incident: &Incident) -> String {
         panel(&mut svg, s, top, from, to, incident);
     }
     svg.finish(WIDTH, height, &incident.title)
+}
+
+/// What the marks mean: smoke bands, and the loss colours of the median and the loss bars.
+fn legend(svg: &mut Svg, y: f64) {
+    let mut x = MARGIN_LEFT;
+    svg.rect("legend", x, y - 8.0, 12.0, 8.0, "#dddddd");
+    svg.text("legend", x + 15.0, y, "start", "p10–p90");
+    x += 70.0;
+    svg.rect("legend", x, y - 8.0, 12.0, 8.0, "#bbbbbb");
+    svg.text("legend", x + 15.0, y, "start", "p25–p75");
+    x += 70.0;
+    svg.text("legend", x, y, "start", "median and loss bars by loss:");
+    x += 165.0;
+    for (loss, label) in [
+        (0.0, "0%"),
+        (1.0, "<5%"),
+        (10.0, "<20%"),
+        (30.0, "<50%"),
+        (100.0, "≥50%"),
+    ] {
+        svg.rect("legend", x, y - 8.0, 12.0, 8.0, loss_colour(loss));
+        svg.text("legend", x + 15.0, y, "start", label);
+        x += 55.0;
+    }
 }
 
 fn panel(
@@ -256,7 +288,7 @@ fn panel(
         } else {
             (p.loss_pct / 100.0 * PANEL_HEIGHT).max(4.0)
         };
-        svg.rect(
+        svg.rect_translucent(
             "loss",
             px - 1.5,
             bottom - h,
@@ -271,7 +303,12 @@ fn panel(
         if ns >= t0 && ns <= t1 {
             let px = x(ns);
             svg.line(class, (px, top), (px, bottom), "#000000", 1.0);
-            svg.text(class, px + 3.0, top + 10.0, "start", label);
+            // Labels near the right edge go to the left of their line.
+            if px > right - 60.0 {
+                svg.text(class, px - 3.0, top + 10.0, "end", label);
+            } else {
+                svg.text(class, px + 3.0, top + 10.0, "start", label);
+            }
         }
     };
     mark(svg, "detected", incident.detected_at, "detected");

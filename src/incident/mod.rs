@@ -168,3 +168,6 @@ impl Incident {
         self.status == Status::Open
     }
 }
+
+#[cfg(test)]
+mod tests;
