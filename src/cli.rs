@@ -97,12 +97,13 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     match Config::load(path) {
         Ok(config) => {
             println!(
-                "{}: ok — agent {:?} at site {:?}, {} targets, {} probes, data in {}",
+                "{}: ok — agent {:?} at site {:?}, {} targets, {} probes, {} rules, data in {}",
                 path.display(),
                 config.agent.name,
                 config.agent.site,
                 config.targets.len(),
                 config.probes.len(),
+                config.rules.len(),
                 config.agent.data_dir.display()
             );
             Ok(ExitCode::SUCCESS)
