@@ -12,7 +12,10 @@
 //!
 //! ## Data flow
 //! `Config` → [`scheduler`] runs each [`Probe`] per target → [`Observation`]s (failures included) →
-//! the dispatcher persists them in the [`store::Store`].
+//! the dispatcher persists them in the [`store::Store`] → once stored, the [`rules::Engine`] turns
+//! them into transitions → the [`incident::Manager`] opens/updates/resolves incidents (state and
+//! a durable outbox event in one transaction) → the outbox delivers them to incident sinks (the
+//! [`incident::DirectorySink`] by default).
 
 pub mod cli;
 pub mod config;

@@ -637,3 +637,40 @@ fn titles_name_symptom_and_scope() {
     assert_eq!(render::human_duration(Duration::from_secs(200)), "3m 20s");
     assert_eq!(render::human_duration(Duration::from_secs(45)), "45s");
 }
+
+#[test]
+fn an_open_incident_whose_rule_left_the_config_is_resolved_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    drive(&mut store, &mut engine, &mut manager, 0, 700);
+    let db = IncidentDb::open(dir.path()).expect("db");
+    assert_eq!(db.open_incidents().expect("open").len(), 1);
+
+    let mut without_rules = config.clone();
+    without_rules.rules.clear();
+    let mut engine = Engine::new(&without_rules);
+    let mut manager = new_manager(dir.path(), &without_rules);
+    assert_eq!(
+        manager
+            .resume(&mut engine, Duration::ZERO, wall(800))
+            .expect("resume"),
+        0
+    );
+    let incident = db.get("20261121-001").expect("get").expect("incident");
+    assert_eq!(incident.status, Status::Resolved);
+    assert!(
+        incident
+            .timeline
+            .last()
+            .is_some_and(|e| e.text.contains("no longer in the config")),
+        "{:#?}",
+        incident.timeline
+    );
+    assert_eq!(
+        db.events("20261121-001").expect("events"),
+        ["20261121-001/opened", "20261121-001/resolved"]
+    );
+}
