@@ -33,7 +33,8 @@
 //! ## Transitions
 //! [`TransitionKind::Opened`] when an alert starts firing; [`TransitionKind::Updated`] only on a
 //! significant change (more targets affected than last reported, or the impact value at least
-//! doubled); [`TransitionKind::Resolved`] with the duration and the peak impact. Every transition
+//! doubled; checked, with the peak, on each [`Engine::tick`]); [`TransitionKind::Resolved`] with
+//! the duration and the peak impact. Every transition
 //! carries the alert's stable dedup key, `rule/scope/value`.
 
 use std::collections::{HashMap, VecDeque};
@@ -403,28 +404,30 @@ impl Engine {
         }
         let mut transitions = Vec::new();
         // Agent-scope alerts first: they decide what is held back.
-        self.evaluate_agent_alerts(now, &mut transitions);
+        self.evaluate_agent_alerts(now, false, &mut transitions);
         let held = self.held_probes();
         for (rule_index, alert_index) in touched {
             if !matches!(self.rules[rule_index].config.scope, RuleScope::Agent { .. }) {
-                self.evaluate(rule_index, alert_index, now, &held, &mut transitions);
+                self.evaluate(rule_index, alert_index, now, &held, false, &mut transitions);
             }
         }
         transitions
     }
 
-    /// Let time pass: opens alerts whose `for` elapsed and resolves those whose clear condition
-    /// held long enough. Call it about once a second.
+    /// Let time pass: opens alerts whose `for` elapsed, resolves those whose clear condition
+    /// held long enough, and reports significant changes of firing alerts (updates and peaks are
+    /// sampled here, not per observation, so that a mass outage costs one pass a second). Call it
+    /// about once a second.
     pub fn tick(&mut self, now: Mono) -> Vec<Transition> {
         let mut transitions = Vec::new();
-        self.evaluate_agent_alerts(now, &mut transitions);
+        self.evaluate_agent_alerts(now, true, &mut transitions);
         let held = self.held_probes();
         for rule_index in 0..self.rules.len() {
             if matches!(self.rules[rule_index].config.scope, RuleScope::Agent { .. }) {
                 continue;
             }
             for alert_index in 0..self.rules[rule_index].alerts.len() {
-                self.evaluate(rule_index, alert_index, now, &held, &mut transitions);
+                self.evaluate(rule_index, alert_index, now, &held, true, &mut transitions);
             }
         }
         transitions
@@ -473,11 +476,11 @@ impl Engine {
         })
     }
 
-    fn evaluate_agent_alerts(&mut self, now: Mono, transitions: &mut Vec<Transition>) {
+    fn evaluate_agent_alerts(&mut self, now: Mono, full: bool, transitions: &mut Vec<Transition>) {
         for rule_index in 0..self.rules.len() {
             if matches!(self.rules[rule_index].config.scope, RuleScope::Agent { .. }) {
                 for alert_index in 0..self.rules[rule_index].alerts.len() {
-                    self.evaluate(rule_index, alert_index, now, &[], transitions);
+                    self.evaluate(rule_index, alert_index, now, &[], full, transitions);
                 }
             }
         }
@@ -499,6 +502,8 @@ impl Engine {
         alert_index: usize,
         now: Mono,
         held: &[String],
+        // Also look for significant changes and new peaks (costs a pass over the members).
+        full: bool,
         transitions: &mut Vec<Transition>,
     ) {
         let rule = &self.rules[rule_index];
@@ -530,16 +535,16 @@ impl Engine {
                 reported,
                 peak,
             } => {
-                let current = impact(rule, alert);
-                let affected = current.affected_targets().len();
                 // The peak counts while the condition holds, not while the last members clear.
-                let peak = if breaching {
-                    Peak {
+                let current = (full && breaching).then(|| impact(rule, alert));
+                let peak = match &current {
+                    Some(current) => Peak {
                         value: max_option(peak.value, current.value),
-                        affected_targets: peak.affected_targets.max(affected),
-                    }
-                } else {
-                    peak
+                        affected_targets: peak
+                            .affected_targets
+                            .max(current.affected_targets().len()),
+                    },
+                    None => peak,
                 };
                 if clear {
                     let clear_since = clear_since.unwrap_or(now);
@@ -567,14 +572,16 @@ impl Engine {
                     }
                 } else {
                     let mut reported = reported;
-                    if let Some(reason) = significant_change(reported, &current) {
+                    if let Some(current) = &current
+                        && let Some(reason) = significant_change(reported, current)
+                    {
                         emit = Some((
                             TransitionKind::Updated,
                             now.saturating_sub(opened),
                             peak,
                             reason,
                         ));
-                        reported = (affected, current.value);
+                        reported = (current.affected_targets().len(), current.value);
                     }
                     Phase::Firing {
                         opened,

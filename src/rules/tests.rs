@@ -468,3 +468,59 @@ fn median_of_even_and_odd_counts() {
     assert_eq!(median([4.0, 1.0, 2.0, 3.0].into_iter()), Some(2.5));
     assert_eq!(median(std::iter::empty()), None);
 }
+
+#[test]
+fn a_thousand_targets_failing_at_once_is_one_incident() {
+    let names: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
+    let targets: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "g")).collect();
+    let mut text = String::from("[agent]\nname = \"a1\"\nsite = \"scl3\"\n");
+    for (i, (name, group)) in targets.iter().enumerate() {
+        text.push_str(&format!(
+            "[[target]]\nname = \"{name}\"\nhost = \"198.18.{}.{}\"\nlabels = {{ group = \"{group}\" }}\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    text.push_str(
+        "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"10s\"\ntimeout = \"1s\"\ncount = 5\nspacing = \"1s\"\n",
+    );
+    text.push_str(AGENT_AND_TARGET);
+    let config = Config::parse(&text, Path::new("big.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let mut engine = Engine::new(&config);
+    let started = std::time::Instant::now();
+    let mut lines = Vec::new();
+    // Rounds staggered over the 10 s interval; everything is lost from t=100 to t=300.
+    for t in 0..400u64 {
+        let now = Duration::from_secs(t);
+        let mut transitions = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let offset = (i as u64 * 10) / 1000;
+            if t % 10 == offset {
+                let round = if (100..300).contains(&t) {
+                    "xxxxx"
+                } else {
+                    "....."
+                };
+                transitions.extend(engine.observe(now, &record(name, round, steady_wall(t))));
+            }
+        }
+        transitions.extend(engine.tick(now));
+        lines.extend(
+            transitions
+                .iter()
+                .map(|tr| format!("{t}s {} {}", tr.kind.as_str(), tr.key)),
+        );
+    }
+    assert_eq!(
+        lines,
+        [
+            "119s opened uplink/agent/agent",
+            "320s resolved uplink/agent/agent"
+        ]
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "400 s of 1000 targets took {:?}",
+        started.elapsed()
+    );
+}
