@@ -4,11 +4,14 @@
 //! (for that target: not one for the agent, whose other targets answer), keep it — not re-open it,
 //! not deliver it again — across a restart, and resolve it when the rule is removed.
 //!
+//! A second test cuts every echo ("our own uplink"): one agent-side incident, not one per target.
+//!
 //! Needs root (network namespaces) and nftables (`apt-get install nftables`); without them it
 //! fails, it never skips. The namespace and the agent are removed by Drop guards, also on panic.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vantage::incident::{IncidentDb, Status};
@@ -20,7 +23,12 @@ struct Netns(String);
 
 impl Netns {
     fn new() -> Netns {
-        let name = format!("vt-incidents-{}", std::process::id());
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "vt-incidents-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let added = Command::new("ip")
             .args(["netns", "add", &name])
             .output()
@@ -51,8 +59,17 @@ impl Netns {
     /// Drop echo requests to `address` as they arrive, so it never answers (a timeout, as a dead
     /// host looks, rather than a local send error).
     fn blackhole(&self, address: &str) {
+        self.drop_matching(&format!("ip daddr {address} icmp type echo-request"));
+    }
+
+    /// Drop every echo request: as if the agent's own uplink were cut.
+    fn cut_uplink(&self) {
+        self.drop_matching("icmp type echo-request");
+    }
+
+    fn drop_matching(&self, matching: &str) {
         let rules = format!(
-            "table inet vantage_test {{\n chain input {{\n  type filter hook input priority 0;\n  ip daddr {address} icmp type echo-request drop\n }}\n}}\n"
+            "table inet vantage_test {{\n chain input {{\n  type filter hook input priority 0;\n  {matching} drop\n }}\n}}\n"
         );
         let path = std::env::temp_dir().join(format!("{}.nft", self.0));
         std::fs::write(&path, rules).expect("write nft rules");
@@ -375,4 +392,106 @@ min_hold = "3s"
     assert_eq!(String::from_utf8_lossy(&show.stdout), md);
     let missing = vantage(&["incidents", "show", "19700101-999", "--data-dir", data_arg]);
     assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn every_target_failing_is_one_agent_side_incident() {
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("vantage.toml");
+    let mut text = format!(
+        "[agent]\nname = \"e2e\"\nsite = \"lab\"\ndata_dir = \"{}\"\n\n",
+        data.display()
+    );
+    for i in 1..=4 {
+        text.push_str(&format!(
+            "[[target]]\nname = \"lo-{i}\"\nhost = \"127.0.0.{i}\"\nsite = \"local\"\n\n"
+        ));
+    }
+    // The agent rule's `for` is shorter than the target rule's by more than one interval (1 s).
+    text.push_str(
+        r#"
+[[probe]]
+name = "ping"
+kind = "icmp"
+interval = "1s"
+timeout = "300ms"
+count = 5
+spacing = "100ms"
+
+[[rule]]
+name = "loss"
+kind = "loss"
+above_pct = 20
+echoes = 10
+for = "4s"
+clear_for = "3s"
+min_hold = "3s"
+
+[[rule]]
+name = "uplink"
+kind = "loss"
+severity = "critical"
+scope = "agent"
+above_pct = 20
+echoes = 10
+for = "1s"
+clear_for = "3s"
+min_hold = "3s"
+"#,
+    );
+    std::fs::write(&config, text).expect("write config");
+
+    let agent = Agent::start(&netns, &config, dir.path().join("agent.log"));
+    // Healthy first, then the uplink is cut.
+    std::thread::sleep(Duration::from_secs(3));
+    netns.cut_uplink();
+    let open = wait_for(
+        "the agent-side incident",
+        Duration::from_secs(30),
+        &agent,
+        || {
+            let db = IncidentDb::open(&data).ok()?;
+            db.all().ok()?.into_iter().next()
+        },
+    );
+    assert_eq!(open.key, "uplink/agent/agent");
+    assert_eq!(open.severity, "critical");
+    assert_eq!(
+        open.title,
+        format!(
+            "{} [lab] 100% packet loss from this agent (agent-side: 4 of 4 targets)",
+            open.detected_at.date()
+        )
+    );
+    // Long past the target rule's `for`: still only the one incident.
+    std::thread::sleep(Duration::from_secs(8));
+    netns.restore();
+    wait_for(
+        "the agent-side incident to resolve",
+        Duration::from_secs(30),
+        &agent,
+        || {
+            let db = IncidentDb::open(&data).ok()?;
+            let incident = db.get(&open.id).ok()??;
+            (incident.status == Status::Resolved).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let log = agent.stop();
+    let db = IncidentDb::open(&data).expect("incidents.db");
+    let all = db.all().expect("incidents");
+    let keys: Vec<&str> = all.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["uplink/agent/agent"],
+        "one incident, not one per target:\n{log}"
+    );
+    let md = std::fs::read_to_string(data.join("incidents").join(&open.id).join("incident.md"))
+        .expect("incident.md");
+    assert!(
+        md.contains("the fault is most likely on the agent's side"),
+        "{md}"
+    );
 }
