@@ -77,8 +77,10 @@ async fn agent(config: Config, store: Store) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel(STORE_QUEUE);
     let store_path = store.path().to_path_buf();
     // Stored observations flow on to the rules engine; incidents go out through the outbox.
+    // Without rules nothing is evaluated (the pipeline still resumes or closes open incidents).
     let (rules_tx, incidents) = pipeline::start(&config, &config.agent.data_dir)?;
-    let writer = writer::spawn_with_tap(store, rx, config.agent.retention, Some(rules_tx));
+    let tap = (!config.rules.is_empty()).then_some(rules_tx);
+    let writer = writer::spawn_with_tap(store, rx, config.agent.retention, tap);
     tracing::info!(
         agent = %config.agent.name,
         site = %config.agent.site,

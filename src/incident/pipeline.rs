@@ -30,33 +30,43 @@ pub struct Pipeline {
     stop_delivery: Arc<AtomicBool>,
 }
 
-/// Start evaluating and delivering. Feed the returned sender with stored records; drop it to
-/// stop, then [`Pipeline::join`].
+/// Start evaluating and delivering. Returns at once: each thread opens its own state (SQLite
+/// files, the store for evidence), so probing never waits for it, and if incident state cannot be
+/// opened the agent keeps measuring and says so. Feed the returned sender with stored records;
+/// drop it to stop, then [`Pipeline::join`].
 pub fn start(config: &Config, data_dir: &Path) -> anyhow::Result<(SyncSender<Record>, Pipeline)> {
-    let mut engine = Engine::new(config);
-    let store = Store::open(data_dir)?;
-    let mut manager = Manager::new(
-        IncidentDb::open(data_dir)?,
-        Some(store),
-        config,
-        Box::new(NoDiagnostics),
-    );
-    let origin = Instant::now();
-    let resumed = manager.resume(&mut engine, Duration::ZERO, SystemTime::now())?;
-    tracing::info!(rules = config.rules.len(), resumed, "rules engine started");
-    let sinks: Vec<Box<dyn IncidentSink>> =
-        vec![Box::new(DirectorySink::new(data_dir.join(DIRECTORY)))];
-    let deliverer = Deliverer::new(IncidentDb::open(data_dir)?, sinks)?;
-
     let (tx, rx) = sync_channel(RULES_QUEUE);
+    let origin = Instant::now();
+    let rules_config = config.clone();
+    let rules_dir = data_dir.to_path_buf();
     let rules = std::thread::Builder::new()
         .name("rules".into())
-        .spawn(move || evaluate_loop(engine, manager, rx, origin))?;
+        .spawn(move || {
+            let (engine, manager) = match prepare(&rules_config, &rules_dir, origin) {
+                Ok(ready) => ready,
+                Err(error) => {
+                    // Dropping `rx` tells the store writer to stop offering observations.
+                    tracing::error!(error = %format!("{error:#}"), "cannot open incident state: rules are NOT evaluated (probing goes on)");
+                    return;
+                }
+            };
+            evaluate_loop(engine, manager, rx, origin);
+        })?;
     let stop_delivery = Arc::new(AtomicBool::new(false));
     let stop = Arc::clone(&stop_delivery);
+    let delivery_dir = data_dir.to_path_buf();
     let delivery = std::thread::Builder::new()
         .name("incident-outbox".into())
-        .spawn(move || deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed)))?;
+        .spawn(move || {
+            let deliverer = IncidentDb::open(&delivery_dir)
+                .and_then(|db| Deliverer::new(db, sinks(&delivery_dir)));
+            match deliverer {
+                Ok(deliverer) => deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed)),
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "cannot open the incident outbox: drafts are NOT delivered");
+                }
+            }
+        })?;
     Ok((
         tx,
         Pipeline {
@@ -65,6 +75,26 @@ pub fn start(config: &Config, data_dir: &Path) -> anyhow::Result<(SyncSender<Rec
             stop_delivery,
         },
     ))
+}
+
+/// The incident sinks of this agent: the directory (default).
+fn sinks(data_dir: &Path) -> Vec<Box<dyn IncidentSink>> {
+    vec![Box::new(DirectorySink::new(data_dir.join(DIRECTORY)))]
+}
+
+/// Open incident state and resume what was open. The sinks are registered here, before any event
+/// can be queued, so that a sink never misses an event of this run.
+fn prepare(config: &Config, data_dir: &Path, origin: Instant) -> anyhow::Result<(Engine, Manager)> {
+    let mut engine = Engine::new(config);
+    let db = IncidentDb::open(data_dir)?;
+    for sink in sinks(data_dir) {
+        db.register_sink(sink.name())?;
+    }
+    let store = Store::open(data_dir)?;
+    let mut manager = Manager::new(db, Some(store), config, Box::new(NoDiagnostics));
+    let resumed = manager.resume(&mut engine, origin.elapsed(), SystemTime::now())?;
+    tracing::info!(rules = config.rules.len(), resumed, "rules engine started");
+    Ok((engine, manager))
 }
 
 impl Pipeline {
