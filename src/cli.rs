@@ -1,7 +1,8 @@
-//! The `vantage` command line: the agent (`run`), its config check, the local report, and the
-//! on-call one-shots.
+//! The `vantage` command line: the agent (`run`), its config check, the local report, the
+//! incident drafts (`incidents list|show`), and the on-call one-shots.
 
 mod agent;
+mod incidents;
 mod ping;
 mod report;
 mod table;
@@ -55,6 +56,8 @@ enum Command {
     Report(report::Args),
     /// Ping targets now, smokeping-style: many targets at once, like `fping -C`.
     Ping(ping::Args),
+    /// The incident drafts this agent wrote: `list`, `show ID`.
+    Incidents(incidents::Args),
 }
 
 /// Parse the command line, set up logging, run the command. Exit codes: 0 fine, 1 the command's
@@ -67,6 +70,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Report(args) => report::run(&args),
         Command::Ping(args) => ping::run(&args),
+        Command::Incidents(args) => incidents::run(&args),
     };
     match result {
         Ok(code) => code,
@@ -93,12 +97,13 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     match Config::load(path) {
         Ok(config) => {
             println!(
-                "{}: ok — agent {:?} at site {:?}, {} targets, {} probes, data in {}",
+                "{}: ok — agent {:?} at site {:?}, {} targets, {} probes, {} rules, data in {}",
                 path.display(),
                 config.agent.name,
                 config.agent.site,
                 config.targets.len(),
                 config.probes.len(),
+                config.rules.len(),
                 config.agent.data_dir.display()
             );
             Ok(ExitCode::SUCCESS)

@@ -32,6 +32,11 @@ pub struct Config {
     pub agent: AgentConfig,
     pub targets: Vec<Target>,
     pub probes: Vec<ProbeConfig>,
+    /// Outage rules; none unless the file has `[[rule]]` sections (no paging for noise nobody
+    /// asked about).
+    pub rules: Vec<RuleConfig>,
+    /// How incidents are drafted (`[incidents]`).
+    pub incidents: IncidentsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +91,200 @@ pub enum ProbeKind {
     Icmp { count: u32, spacing: Duration },
 }
 
+/// `[incidents]`: how drafts are written while an incident is open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentsConfig {
+    /// A ready-to-send status update is drafted this often while an incident is open; default 30m.
+    pub status_updates: Duration,
+    /// How much history before the breach the evidence (tables, chart) shows; default 1h.
+    pub history: Duration,
+}
+
+/// One `[[rule]]`: when a measurement means an outage, for which scope, and when it is over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleConfig {
+    /// Unique; the `rule` tag and the first part of every dedup key.
+    pub name: String,
+    pub severity: Severity,
+    /// The probes whose observations the rule reads (default: every probe the kind applies to).
+    pub probes: Vec<String>,
+    /// The targets it watches (default: every target of those probes).
+    pub targets: Vec<String>,
+    pub scope: RuleScope,
+    pub condition: Condition,
+    /// How long the condition must hold before an incident opens (`for`).
+    pub open_for: Duration,
+    /// How long the clear condition must hold before the incident resolves.
+    pub clear_for: Duration,
+    /// The shortest time an incident stays open, however soon it clears.
+    pub min_hold: Duration,
+}
+
+/// How bad it is; ordered from least to most severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Severity {
+    Minor,
+    #[default]
+    Major,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 3] = [Severity::Critical, Severity::Major, Severity::Minor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Major => "major",
+            Severity::Minor => "minor",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Severity> {
+        Severity::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// Who an incident is about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleScope {
+    /// One incident per target.
+    Target,
+    /// One incident per group: the targets sharing a value of the `label` label. It opens when at
+    /// least `share_pct` percent of the group's targets breach (inclusive).
+    Group { label: String, share_pct: f64 },
+    /// One incident for the whole agent ("agent-side": our own uplink) when at least `share_pct`
+    /// percent of every watched target breach. While it is pending or open, target and group
+    /// incidents of the same probes are held back.
+    Agent { share_pct: f64 },
+}
+
+impl RuleScope {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuleScope::Target => "target",
+            RuleScope::Group { .. } => "group",
+            RuleScope::Agent { .. } => "agent",
+        }
+    }
+}
+
+/// What breaching means for one target, and what clear means (hysteresis: the clear threshold
+/// sits below the open threshold, and values in between keep the current state).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// Loss over the last `echoes` echoes (pooled across rounds) above `above_pct` (exclusive);
+    /// clear at or below `clear_below_pct`.
+    Loss {
+        above_pct: f64,
+        clear_below_pct: f64,
+        echoes: u32,
+    },
+    /// At least `failures` of the last `runs` runs failed (inclusive); clear when at most
+    /// `clear_failures` of the last `runs` failed.
+    Failures {
+        failures: u32,
+        runs: u32,
+        clear_failures: u32,
+    },
+    /// The median of `field` over the last `runs` runs above a threshold (exclusive).
+    Latency {
+        field: LatencyField,
+        runs: u32,
+        threshold: LatencyThreshold,
+    },
+}
+
+impl Condition {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Condition::Loss { .. } => "loss",
+            Condition::Failures { .. } => "failures",
+            Condition::Latency { .. } => "latency",
+        }
+    }
+}
+
+/// A latency threshold: absolute, or relative to the field's own baseline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LatencyThreshold {
+    Absolute {
+        above_ms: f64,
+        clear_below_ms: f64,
+    },
+    /// `K ×` the median of the field over the trailing `window` (SmokePing's Medratio idea).
+    Baseline {
+        above_ratio: f64,
+        clear_below_ratio: f64,
+        window: Duration,
+    },
+}
+
+/// The `ping` fields a latency rule can watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyField {
+    Min,
+    P10,
+    P25,
+    Median,
+    P75,
+    P90,
+    Max,
+    Avg,
+    Stddev,
+    Jitter,
+}
+
+impl LatencyField {
+    pub const ALL: [LatencyField; 10] = [
+        LatencyField::Median,
+        LatencyField::Min,
+        LatencyField::P10,
+        LatencyField::P25,
+        LatencyField::P75,
+        LatencyField::P90,
+        LatencyField::Max,
+        LatencyField::Avg,
+        LatencyField::Stddev,
+        LatencyField::Jitter,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LatencyField::Min => "rtt_min_ms",
+            LatencyField::P10 => "rtt_p10_ms",
+            LatencyField::P25 => "rtt_p25_ms",
+            LatencyField::Median => "rtt_median_ms",
+            LatencyField::P75 => "rtt_p75_ms",
+            LatencyField::P90 => "rtt_p90_ms",
+            LatencyField::Max => "rtt_max_ms",
+            LatencyField::Avg => "rtt_avg_ms",
+            LatencyField::Stddev => "rtt_stddev_ms",
+            LatencyField::Jitter => "jitter_ms",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<LatencyField> {
+        LatencyField::ALL.into_iter().find(|f| f.as_str() == text)
+    }
+
+    /// The field's value in a ping round, if the round has one.
+    pub fn of(self, stats: &probes::PingStats) -> Option<f64> {
+        match self {
+            LatencyField::Min => stats.rtt_min_ms,
+            LatencyField::P10 => stats.rtt_p10_ms,
+            LatencyField::P25 => stats.rtt_p25_ms,
+            LatencyField::Median => stats.rtt_median_ms,
+            LatencyField::P75 => stats.rtt_p75_ms,
+            LatencyField::P90 => stats.rtt_p90_ms,
+            LatencyField::Max => stats.rtt_max_ms,
+            LatencyField::Avg => stats.rtt_avg_ms,
+            LatencyField::Stddev => stats.rtt_stddev_ms,
+            LatencyField::Jitter => stats.jitter_ms,
+        }
+    }
+}
+
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -111,6 +310,10 @@ impl Config {
 
     pub fn target(&self, name: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn probe(&self, name: &str) -> Option<&ProbeConfig> {
+        self.probes.iter().find(|p| p.name == name)
     }
 }
 

@@ -7,14 +7,21 @@
 //! - [`config`]: [`Config`], validated with every error reported at once
 //! - [`scheduler`]: one scheduler for all probe kinds (stagger, jitter, skipped ticks, deadlines)
 //! - [`store`]: the embedded SQLite store (default), with retention
+//! - [`incident`]: incidents — state, durable outbox, drafts (Markdown, JSON, SVG), sinks
+//! - [`rules`]: the rules engine, a pure state machine from observations to incident transitions
 //!
 //! ## Data flow
 //! `Config` → [`scheduler`] runs each [`Probe`] per target → [`Observation`]s (failures included) →
-//! the dispatcher persists them in the [`store::Store`].
+//! the dispatcher persists them in the [`store::Store`] → once stored, the [`rules::Engine`] turns
+//! them into transitions → the [`incident::Manager`] opens/updates/resolves incidents (state and
+//! a durable outbox event in one transaction) → the outbox delivers them to incident sinks (the
+//! [`incident::DirectorySink`] by default).
 
 pub mod cli;
 pub mod config;
+pub mod incident;
 pub mod probe;
+pub mod rules;
 pub mod scheduler;
 pub mod store;
 

@@ -10,12 +10,15 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vantage::config::{Config, ConfigErrors, FamilyPreference, ProbeKind};
+use vantage::config::{
+    Condition, Config, ConfigErrors, FamilyPreference, IncidentsConfig, LatencyField,
+    LatencyThreshold, ProbeKind, RuleScope, Severity,
+};
 
 const FIXTURES: &str = "tests/fixtures/config";
 
 /// Every fixture this file tests; `every_fixture_is_tested` keeps the list and the folder in step.
-const TESTED: [&str; 20] = [
+const TESTED: [&str; 33] = [
     "syntax_error.toml",
     "unknown_key.toml",
     "typo_key.toml",
@@ -36,6 +39,19 @@ const TESTED: [&str; 20] = [
     "count_zero.toml",
     "round_overlaps_interval.toml",
     "several_mistakes.toml",
+    "rule_unknown_kind.toml",
+    "rule_missing_threshold.toml",
+    "rule_clear_not_below.toml",
+    "rule_group_without_group_by.toml",
+    "rule_unknown_group_label.toml",
+    "rule_unknown_probe.toml",
+    "rule_key_of_other_kind.toml",
+    "rule_failures_above_runs.toml",
+    "rule_share_out_of_range.toml",
+    "rule_latency_two_thresholds.toml",
+    "rule_unknown_severity.toml",
+    "rule_duplicate_name.toml",
+    "incidents_zero_status_updates.toml",
 ];
 
 /// Load a fixture, which must be rejected, and compare the rendered errors with `expected`
@@ -342,6 +358,151 @@ tests/fixtures/config/several_mistakes.toml:30:8: error: unknown probe kind `mtr
     );
 }
 
+// ---- rules and incidents: one fixture per mistake ---------------------------------------------
+
+#[test]
+fn rule_unknown_kind() {
+    assert_rejected(
+        "rule_unknown_kind.toml",
+        r#"
+tests/fixtures/config/rule_unknown_kind.toml:15:8: error: unknown rule kind `drops`
+  hint: known kinds: loss, failures, latency
+"#,
+    );
+}
+
+#[test]
+fn rule_missing_threshold() {
+    assert_rejected(
+        "rule_missing_threshold.toml",
+        r#"
+tests/fixtures/config/rule_missing_threshold.toml:13:1: error: missing required key `above_pct` in [[rule]]
+  hint: add `above_pct = 20`: the loss percentage it opens above
+"#,
+    );
+}
+
+#[test]
+fn rule_clear_not_below() {
+    assert_rejected(
+        "rule_clear_not_below.toml",
+        r#"
+tests/fixtures/config/rule_clear_not_below.toml:17:19: error: `clear_below_pct` (30) must be below `above_pct` (20)
+  hint: the gap between the two keeps a value hovering at the threshold from opening and clearing over and over; leave it out for the default
+"#,
+    );
+}
+
+#[test]
+fn rule_group_without_group_by() {
+    assert_rejected(
+        "rule_group_without_group_by.toml",
+        r#"
+tests/fixtures/config/rule_group_without_group_by.toml:17:9: error: `scope = "group"` needs `group_by`
+  hint: name the target label whose values form the groups, e.g. `group_by = "group"`
+"#,
+    );
+}
+
+#[test]
+fn rule_unknown_group_label() {
+    assert_rejected(
+        "rule_unknown_group_label.toml",
+        r#"
+tests/fixtures/config/rule_unknown_group_label.toml:18:12: error: no target this rule watches has the label `grp`
+  hint: labels of its targets: group
+"#,
+    );
+}
+
+#[test]
+fn rule_unknown_probe() {
+    assert_rejected(
+        "rule_unknown_probe.toml",
+        r#"
+tests/fixtures/config/rule_unknown_probe.toml:17:11: error: rule `loss` names unknown probe `ping-fats`
+  hint: did you mean `ping-fast`?
+"#,
+    );
+}
+
+#[test]
+fn rule_key_of_other_kind() {
+    assert_rejected(
+        "rule_key_of_other_kind.toml",
+        r#"
+tests/fixtures/config/rule_key_of_other_kind.toml:18:1: error: `echoes` does not apply to a rule of kind `failures`
+  hint: `echoes` belongs to `kind = "loss"`; keys of `failures`: failures, runs, clear_failures
+"#,
+    );
+}
+
+#[test]
+fn rule_failures_above_runs() {
+    assert_rejected(
+        "rule_failures_above_runs.toml",
+        r#"
+tests/fixtures/config/rule_failures_above_runs.toml:16:12: error: `failures` (5) cannot be more than `runs` (3)
+  hint: `failures = 5` counts failures among the last `runs` runs: raise `runs` to at least 5
+"#,
+    );
+}
+
+#[test]
+fn rule_share_out_of_range() {
+    assert_rejected(
+        "rule_share_out_of_range.toml",
+        r#"
+tests/fixtures/config/rule_share_out_of_range.toml:18:13: error: `share_pct` must be above 0 and at most 100, not 150
+  hint: `share_pct` is the percentage of the scope's targets that must breach, e.g. `share_pct = 50`
+"#,
+    );
+}
+
+#[test]
+fn rule_latency_two_thresholds() {
+    assert_rejected(
+        "rule_latency_two_thresholds.toml",
+        r#"
+tests/fixtures/config/rule_latency_two_thresholds.toml:17:18: error: `above_baseline` and `above_ms` cannot both be set
+  hint: keep one threshold per rule; write a second rule for the other
+"#,
+    );
+}
+
+#[test]
+fn rule_unknown_severity() {
+    assert_rejected(
+        "rule_unknown_severity.toml",
+        r#"
+tests/fixtures/config/rule_unknown_severity.toml:16:12: error: unknown severity `page`
+  hint: use one of: critical, major, minor
+"#,
+    );
+}
+
+#[test]
+fn rule_duplicate_name() {
+    assert_rejected(
+        "rule_duplicate_name.toml",
+        r#"
+tests/fixtures/config/rule_duplicate_name.toml:19:8: error: duplicate rule name `loss` (first defined at line 14)
+  hint: rule names must be unique because each becomes the `rule` tag; rename one of them
+"#,
+    );
+}
+
+#[test]
+fn incidents_zero_status_updates() {
+    assert_rejected(
+        "incidents_zero_status_updates.toml",
+        r#"
+tests/fixtures/config/incidents_zero_status_updates.toml:14:18: error: `status_updates` must be longer than zero
+  hint: e.g. `status_updates = "30m"`
+"#,
+    );
+}
+
 // ---- mistakes without their own fixture -----------------------------------------------------
 
 #[test]
@@ -542,6 +703,125 @@ fn colo_example_parses() {
             spacing: Duration::from_secs(1),
         },
         "one echo per second"
+    );
+    let rules: Vec<(&str, &str, &str)> = config
+        .rules
+        .iter()
+        .map(|r| (r.name.as_str(), r.condition.kind(), r.scope.kind()))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("agent-uplink", "loss", "agent"),
+            ("group-loss", "loss", "group"),
+            ("target-loss", "loss", "target"),
+            ("latency-shift", "latency", "target"),
+        ]
+    );
+    // The agent rule must win the race against the others of the same probe: shorter `for` by
+    // more than one interval.
+    let agent_for = config.rules[0].open_for;
+    for rule in &config.rules[1..3] {
+        assert!(rule.open_for > agent_for + fast.interval, "{}", rule.name);
+    }
+    assert_eq!(config.incidents.status_updates, Duration::from_secs(1800));
+}
+
+#[test]
+fn rules_get_their_defaults() {
+    let config = accept(
+        "[agent]\nsite = \"scl3\"\n\
+         [[target]]\nname = \"a\"\nhost = \"198.18.1.1\"\nlabels = { group = \"g\" }\n\
+         [[rule]]\nname = \"loss\"\nkind = \"loss\"\nabove_pct = 20\n\
+         [[rule]]\nname = \"grp\"\nkind = \"failures\"\nfailures = 3\nscope = \"group\"\ngroup_by = \"group\"\n\
+         [[rule]]\nname = \"slow\"\nkind = \"latency\"\nabove_baseline = 2.5\nscope = \"agent\"\n",
+    );
+    assert_eq!(
+        config.incidents,
+        IncidentsConfig {
+            status_updates: Duration::from_secs(1800),
+            history: Duration::from_secs(3600),
+        }
+    );
+    let loss = &config.rules[0];
+    assert_eq!(loss.severity, Severity::Major);
+    assert_eq!(loss.probes, ["ping"], "the default probe");
+    assert_eq!(loss.targets, ["a"]);
+    assert_eq!(loss.scope, RuleScope::Target);
+    assert_eq!(
+        loss.condition,
+        Condition::Loss {
+            above_pct: 20.0,
+            clear_below_pct: 10.0,
+            echoes: 100
+        }
+    );
+    assert_eq!(
+        (loss.open_for, loss.clear_for, loss.min_hold),
+        (
+            Duration::from_secs(60),
+            Duration::from_secs(120),
+            Duration::from_secs(300)
+        )
+    );
+    assert_eq!(
+        config.rules[1].scope,
+        RuleScope::Group {
+            label: "group".into(),
+            share_pct: 50.0
+        }
+    );
+    assert_eq!(
+        config.rules[1].condition,
+        Condition::Failures {
+            failures: 3,
+            runs: 3,
+            clear_failures: 0
+        }
+    );
+    assert_eq!(config.rules[2].scope, RuleScope::Agent { share_pct: 100.0 });
+    assert_eq!(
+        config.rules[2].condition,
+        Condition::Latency {
+            field: LatencyField::Median,
+            runs: 3,
+            threshold: LatencyThreshold::Baseline {
+                above_ratio: 2.5,
+                clear_below_ratio: 2.0,
+                window: Duration::from_secs(3600)
+            }
+        }
+    );
+    // No [[rule]]: no rules, so no incidents.
+    let none =
+        accept("[agent]\nsite = \"scl3\"\n[[target]]\nname = \"a\"\nhost = \"198.18.1.1\"\n");
+    assert!(none.rules.is_empty());
+}
+
+#[test]
+fn rule_mistakes_without_their_own_fixture() {
+    let errors = reject(
+        "[agent]\nsite = \"scl3\"\n[[target]]\nname = \"a\"\nhost = \"198.18.1.1\"\n\
+         [[rule]]\nname = \"r\"\nkind = \"loss\"\nabove_pct = \"20\"\nshare_pct = 50\ngroup_by = \"group\"\ntargets = [\"b\"]\n\
+         [[rule]]\nname = \"s\"\nkind = \"latency\"\nabove_ms = 100\nclear_below_baseline = 2\n\
+         [[rule]]\nkind = \"failures\"\nfailures = 0\nclear_failures = 1\n",
+    );
+    assert_eq!(
+        errors.to_string(),
+        "vantage.toml:9:13: error: `above_pct` must be a number, not a string\n  \
+         hint: remove the quotes: `above_pct = 20`\n\
+         vantage.toml:10:13: error: `share_pct` applies only to `scope = \"group\"` or `scope = \"agent\"`\n  \
+         hint: a target-scope rule opens one incident per breaching target: remove `share_pct`\n\
+         vantage.toml:11:12: error: `group_by` applies only to `scope = \"group\"`, not `target`\n  \
+         hint: remove `group_by`, or set `scope = \"group\"`\n\
+         vantage.toml:12:12: error: rule `r` names unknown target `b`\n  \
+         hint: defined targets: a\n\
+         vantage.toml:17:24: error: `clear_below_baseline` does not go with `above_ms`\n  \
+         hint: `above_ms` pairs with `clear_below_ms`; `above_baseline` with `clear_below_baseline` and `baseline`\n\
+         vantage.toml:18:1: error: missing required key `name` in [[rule]]\n  \
+         hint: add `name = \"packet-loss\"`: it becomes the `rule` tag and starts every incident's dedup key\n\
+         vantage.toml:20:12: error: `failures` must be at least 1, not 0\n  \
+         hint: `failures` is how many of the last `runs` runs must fail, e.g. `failures = 3`"
     );
 }
 

@@ -12,6 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, ProbeKind};
+use crate::incident::pipeline;
 use crate::probe::{Probe, Resources};
 use crate::scheduler::{self, Counters, Identity, Job};
 use crate::store::{Store, writer};
@@ -75,7 +76,11 @@ async fn agent(config: Config, store: Store) -> anyhow::Result<()> {
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(STORE_QUEUE);
     let store_path = store.path().to_path_buf();
-    let writer = writer::spawn(store, rx, config.agent.retention);
+    // Stored observations flow on to the rules engine; incidents go out through the outbox.
+    // Without rules nothing is evaluated (the pipeline still resumes or closes open incidents).
+    let (rules_tx, incidents) = pipeline::start(&config, &config.agent.data_dir)?;
+    let tap = (!config.rules.is_empty()).then_some(rules_tx);
+    let writer = writer::spawn_with_tap(store, rx, config.agent.retention, tap);
     tracing::info!(
         agent = %config.agent.name,
         site = %config.agent.site,
@@ -112,6 +117,8 @@ async fn agent(config: Config, store: Store) -> anyhow::Result<()> {
     let stored = tokio::task::spawn_blocking(move || writer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("store writer panicked"))??;
+    // The writer is gone, and with it the rules engine's feed: let it finish and deliver.
+    tokio::task::spawn_blocking(move || incidents.join()).await?;
     tracing::info!(
         observations = counters.observations.load(Ordering::Relaxed),
         stored,

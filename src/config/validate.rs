@@ -20,6 +20,8 @@ use super::{
     Target,
 };
 
+mod rule;
+
 type Value<'i> = Spanned<DeValue<'i>>;
 
 /// Defaults of a probe (and of the probe an agent gets when the config defines none).
@@ -31,6 +33,23 @@ pub(super) const MAX_COUNT: i128 = 10_000;
 pub(super) const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
 pub(super) const DEFAULT_DATA_DIR: &str = "vantage-data";
 pub(super) const DEFAULT_TARGET_SITE: &str = "unknown";
+pub(super) const DEFAULT_STATUS_UPDATES: Duration = Duration::from_secs(30 * 60);
+pub(super) const DEFAULT_HISTORY: Duration = Duration::from_secs(3600);
+pub(super) const DEFAULT_RULE_FOR: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_CLEAR_FOR: Duration = Duration::from_secs(120);
+pub(super) const DEFAULT_MIN_HOLD: Duration = Duration::from_secs(300);
+pub(super) const DEFAULT_GROUP_SHARE_PCT: f64 = 50.0;
+pub(super) const DEFAULT_AGENT_SHARE_PCT: f64 = 100.0;
+pub(super) const DEFAULT_ECHOES: u32 = 100;
+pub(super) const DEFAULT_LATENCY_RUNS: u32 = 3;
+pub(super) const DEFAULT_BASELINE: Duration = Duration::from_secs(3600);
+/// A latency rule's clear threshold, when not given, as a share of its open threshold.
+pub(super) const DEFAULT_LATENCY_CLEAR_SHARE: f64 = 0.8;
+pub(super) const MAX_WINDOW: i128 = 100_000;
+
+/// The rule kinds that exist; the order is the order hints list them in.
+const RULE_KINDS: [&str; 3] = ["loss", "failures", "latency"];
+const SCOPES: [&str; 3] = ["target", "group", "agent"];
 
 /// The probe kinds that exist; the order is the order hints list them in.
 const PROBE_KINDS: [&str; 1] = ["icmp"];
@@ -60,6 +79,10 @@ enum Type {
     Integer,
     /// An array of target names.
     Names,
+    /// An array of probe names.
+    ProbeNames,
+    /// An integer or a float.
+    Number,
     /// A table of string labels.
     Labels,
     /// `[section]`
@@ -80,10 +103,12 @@ const fn key(name: &'static str, ty: Type, example: &'static str) -> Key {
     Key { name, ty, example }
 }
 
-const ROOT: [Key; 3] = [
+const ROOT: [Key; 5] = [
     key("agent", Type::Table, "[agent]"),
     key("target", Type::Tables, "[[target]]"),
     key("probe", Type::Tables, "[[probe]]"),
+    key("rule", Type::Tables, "[[rule]]"),
+    key("incidents", Type::Table, "[incidents]"),
 ];
 const AGENT: [Key; 4] = [
     key("name", Type::Str, r#"name = "scl3-probe-01""#),
@@ -113,6 +138,60 @@ const ICMP: [Key; 2] = [
     key("count", Type::Integer, "count = 20"),
     key("spacing", Type::Duration, r#"spacing = "900ms""#),
 ];
+
+const INCIDENTS: [Key; 2] = [
+    key(
+        "status_updates",
+        Type::Duration,
+        r#"status_updates = "30m""#,
+    ),
+    key("history", Type::Duration, r#"history = "1h""#),
+];
+const RULE: [Key; 11] = [
+    key("name", Type::Str, r#"name = "packet-loss""#),
+    key("kind", Type::Str, r#"kind = "loss""#),
+    key("severity", Type::Str, r#"severity = "major""#),
+    key("probes", Type::ProbeNames, r#"probes = ["ping-fast"]"#),
+    key("targets", Type::Names, r#"targets = ["sjc1-core"]"#),
+    key("scope", Type::Str, r#"scope = "group""#),
+    key("group_by", Type::Str, r#"group_by = "group""#),
+    key("share_pct", Type::Number, "share_pct = 50"),
+    key("for", Type::Duration, r#"for = "1m""#),
+    key("clear_for", Type::Duration, r#"clear_for = "2m""#),
+    key("min_hold", Type::Duration, r#"min_hold = "5m""#),
+];
+const RULE_LOSS: [Key; 3] = [
+    key("above_pct", Type::Number, "above_pct = 20"),
+    key("clear_below_pct", Type::Number, "clear_below_pct = 5"),
+    key("echoes", Type::Integer, "echoes = 100"),
+];
+const RULE_FAILURES: [Key; 3] = [
+    key("failures", Type::Integer, "failures = 3"),
+    key("runs", Type::Integer, "runs = 5"),
+    key("clear_failures", Type::Integer, "clear_failures = 0"),
+];
+const RULE_LATENCY: [Key; 7] = [
+    key("field", Type::Str, r#"field = "rtt_median_ms""#),
+    key("above_ms", Type::Number, "above_ms = 150"),
+    key("clear_below_ms", Type::Number, "clear_below_ms = 100"),
+    key("above_baseline", Type::Number, "above_baseline = 3"),
+    key(
+        "clear_below_baseline",
+        Type::Number,
+        "clear_below_baseline = 1.5",
+    ),
+    key("baseline", Type::Duration, r#"baseline = "1h""#),
+    key("runs", Type::Integer, "runs = 3"),
+];
+
+/// The kind-specific keys of a rule kind.
+fn rule_kind_keys(kind: &str) -> &'static [Key] {
+    match kind {
+        "loss" => &RULE_LOSS,
+        "failures" => &RULE_FAILURES,
+        _ => &RULE_LATENCY,
+    }
+}
 
 /// The example shown when a config has no targets (continuation lines are indented under the
 /// hint by [`ConfigError`]'s `Display`).
@@ -175,13 +254,17 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     checker.root_keys(root);
     let agent = checker.agent(root, path);
     let (targets, defined) = checker.targets(root);
-    let probes = checker.probes(root, &targets, &defined);
-    match (agent, checker.errors.is_empty()) {
-        (Some(agent), true) => Ok(Config {
+    let (probes, probe_names) = checker.probes(root, &targets, &defined);
+    let incidents = checker.incidents(root);
+    let rules = checker.rules(root, &targets, &defined, &probes, &probe_names);
+    match (agent, incidents, checker.errors.is_empty()) {
+        (Some(agent), Some(incidents), true) => Ok(Config {
             source: path.to_path_buf(),
             agent,
             targets,
             probes,
+            rules,
+            incidents,
         }),
         _ => Err(checker.finish()),
     }
@@ -299,6 +382,24 @@ impl Checker<'_> {
                     None => format!("e.g. `{}`", key.example),
                 },
             ),
+            Type::ProbeNames => (
+                format!("`{name}` must be an array of probe names, not {found}"),
+                match value.get_ref().as_str() {
+                    Some(text) => {
+                        format!("use a list, even for one probe: `{name} = [\"{text}\"]`")
+                    }
+                    None => format!("e.g. `{}`", key.example),
+                },
+            ),
+            Type::Number => (
+                format!("`{name}` must be a number, not {found}"),
+                match value.get_ref().as_str().map(str::trim) {
+                    Some(text) if text.parse::<f64>().is_ok() => {
+                        format!("remove the quotes: `{name} = {text}`")
+                    }
+                    _ => format!("e.g. `{}`", key.example),
+                },
+            ),
             Type::Labels => (
                 format!("`{name}` must be a table of strings, not {found}"),
                 format!("e.g. `{}`", key.example),
@@ -384,6 +485,67 @@ impl Checker<'_> {
                 self.wrong_type(value, key);
                 Got::Invalid
             }
+        }
+    }
+
+    /// An integer or a float.
+    fn number(&mut self, table: &DeTable<'_>, key: &Key) -> Got<f64> {
+        let Some(value) = table.get(key.name) else {
+            return Got::Absent;
+        };
+        let number = match value.get_ref() {
+            DeValue::Integer(integer) => i128::from_str_radix(integer.as_str(), integer.radix())
+                .ok()
+                .map(|i| i as f64),
+            DeValue::Float(float) => float.as_str().replace('_', "").parse::<f64>().ok(),
+            _ => None,
+        };
+        match number {
+            Some(number) if number.is_finite() => Got::Valid(number, value.span()),
+            Some(_) => {
+                self.error(
+                    value.span(),
+                    format!("`{}` must be a finite number", key.name),
+                    format!("e.g. `{}`", key.example),
+                );
+                Got::Invalid
+            }
+            None => {
+                self.wrong_type(value, key);
+                Got::Invalid
+            }
+        }
+    }
+
+    /// An integer from `min` to `max` (inclusive); `what` explains the key in the hint.
+    fn bounded_integer(
+        &mut self,
+        table: &DeTable<'_>,
+        key: &Key,
+        min: i128,
+        max: i128,
+        what: &str,
+    ) -> Got<u32> {
+        match self.integer(table, key) {
+            Got::Valid(n, span) if n < min || n > max => {
+                let bound = if n < min {
+                    format!("at least {min}")
+                } else {
+                    format!("at most {max}")
+                };
+                self.error(
+                    span,
+                    format!("`{}` must be {bound}, not {n}", key.name),
+                    format!("`{}` is {what}, e.g. `{}`", key.name, key.example),
+                );
+                Got::Invalid
+            }
+            Got::Valid(n, span) => match u32::try_from(n) {
+                Ok(n) => Got::Valid(n, span),
+                Err(_) => Got::Invalid,
+            },
+            Got::Absent => Got::Absent,
+            Got::Invalid => Got::Invalid,
         }
     }
 
@@ -487,20 +649,26 @@ impl Checker<'_> {
             if ROOT.iter().any(|k| k.name == name_str) {
                 continue;
             }
-            let homes: Vec<&str> = [
+            let mut homes: Vec<&str> = [
                 ("[agent]", &AGENT[..]),
                 ("[[target]]", &TARGET[..]),
                 ("[[probe]]", &PROBE[..]),
                 ("[[probe]]", &ICMP[..]),
+                ("[[rule]]", &RULE[..]),
+                ("[[rule]]", &RULE_LOSS[..]),
+                ("[[rule]]", &RULE_FAILURES[..]),
+                ("[[rule]]", &RULE_LATENCY[..]),
+                ("[incidents]", &INCIDENTS[..]),
             ]
             .into_iter()
             .filter(|(_, keys)| keys.iter().any(|k| k.name == name_str))
             .map(|(section, _)| section)
             .collect();
+            homes.dedup();
             let hint = if let Some(suggestion) = closest(name_str, ROOT.iter().map(|k| k.name)) {
                 format!("did you mean `{suggestion}`?")
             } else if homes.is_empty() {
-                "the top level holds only the [agent], [[target]] and [[probe]] sections"
+                "the top level holds only the [agent], [[target]], [[probe]], [[rule]] and [incidents] sections"
                     .to_string()
             } else {
                 format!(
@@ -779,8 +947,9 @@ impl Checker<'_> {
         root: &DeTable<'_>,
         targets: &[Target],
         defined: &[Defined],
-    ) -> Vec<ProbeConfig> {
+    ) -> (Vec<ProbeConfig>, Vec<Defined>) {
         let mut probes = Vec::new();
+        let mut names: Vec<Defined> = Vec::new();
         let Some(value) = root.get("probe") else {
             // The five-line config: one smokeping-style ping over every target.
             let count = DEFAULT_COUNT;
@@ -794,7 +963,11 @@ impl Checker<'_> {
                     spacing: (DEFAULT_INTERVAL - DEFAULT_TIMEOUT) / count,
                 },
             });
-            return probes;
+            names.push(Defined {
+                name: DEFAULT_PROBE_NAME.to_string(),
+                span: 0..0,
+            });
+            return (probes, names);
         };
         let tables = self.tables(value, &ROOT[2]);
         if tables.is_empty() && value.get_ref().as_array().is_some_and(|a| a.is_empty()) {
@@ -806,7 +979,6 @@ impl Checker<'_> {
         }
         let section = "[[probe]]";
         let [name_key, kind_key, interval_key, timeout_key, targets_key] = &PROBE;
-        let mut names: Vec<Defined> = Vec::new();
         for (table, span) in tables {
             let kind = self.string(table, kind_key);
             let kind = match self.required(
@@ -909,7 +1081,9 @@ impl Checker<'_> {
 
             let probe_targets = match table.get(targets_key.name) {
                 None => Some(targets.iter().map(|t| t.name.clone()).collect()),
-                Some(value) => self.target_refs(value, targets_key, name, defined),
+                Some(value) => {
+                    self.name_refs(value, targets_key, ("probe", name), "target", defined)
+                }
             };
 
             let kind = match kind {
@@ -928,7 +1102,7 @@ impl Checker<'_> {
                 });
             }
         }
-        probes
+        (probes, names)
     }
 
     /// The icmp-specific keys: `count` and `spacing`, and whether a round fits in the interval.
@@ -995,27 +1169,39 @@ impl Checker<'_> {
         Some(ProbeKind::Icmp { count, spacing })
     }
 
-    /// A probe's `targets` list: every entry names a defined target, once.
-    fn target_refs(
+    /// A `targets` (or `probes`) list: every entry names a defined target (probe), once.
+    /// `owner` is `("probe", Some(name))` for the section the list is in.
+    fn name_refs(
         &mut self,
         value: &Value<'_>,
         key: &Key,
-        probe: Option<&str>,
+        owner: (&str, Option<&str>),
+        what: &str,
         defined: &[Defined],
     ) -> Option<Vec<String>> {
-        let probe = match probe {
-            Some(name) => format!("probe `{name}`"),
-            None => "this probe".to_string(),
+        let (section, name) = owner;
+        let owner = match name {
+            Some(name) => format!("{section} `{name}`"),
+            None => format!("this {section}"),
         };
         let Some(array) = value.get_ref().as_array() else {
             self.wrong_type(value, key);
             return None;
         };
         if array.is_empty() {
+            let hint = match (section, what) {
+                ("probe", _) => "remove `targets` to probe every target, or list target names",
+                (_, "target") => {
+                    "remove `targets` to watch every target of the rule's probes, or list target names"
+                }
+                _ => {
+                    "remove `probes` to watch every probe the rule applies to, or list probe names"
+                }
+            };
             self.error(
                 value.span(),
-                format!("{probe} has an empty `targets` list"),
-                "remove `targets` to probe every target, or list target names",
+                format!("{owner} has an empty `{}` list", key.name),
+                hint,
             );
             return None;
         }
@@ -1026,7 +1212,8 @@ impl Checker<'_> {
                 self.error(
                     entry.span(),
                     format!(
-                        "each entry of `targets` must be a target name (a string), not {}",
+                        "each entry of `{}` must be a {what} name (a string), not {}",
+                        key.name,
                         a(entry.get_ref().type_str())
                     ),
                     format!("e.g. `{}`", key.example),
@@ -1037,12 +1224,12 @@ impl Checker<'_> {
             if names.iter().any(|n| n == name) {
                 self.error(
                     entry.span(),
-                    format!("target `{name}` is listed twice in `targets`"),
+                    format!("{what} `{name}` is listed twice in `{}`", key.name),
                     format!("remove the second `{name}`"),
                 );
                 valid = false;
             } else if defined.is_empty() {
-                // No targets at all: already reported once for the whole file.
+                // Nothing defined at all: already reported once for the whole file.
                 valid = false;
             } else if !defined.iter().any(|d| d.name == name) {
                 let hint = match closest(name, defined.iter().map(|d| d.name.as_str())) {
@@ -1053,12 +1240,12 @@ impl Checker<'_> {
                         if defined.len() > 10 {
                             list.push("...");
                         }
-                        format!("defined targets: {}", list.join(", "))
+                        format!("defined {what}s: {}", list.join(", "))
                     }
                 };
                 self.error(
                     entry.span(),
-                    format!("{probe} names unknown target `{name}`"),
+                    format!("{owner} names unknown {what} `{name}`"),
                     hint,
                 );
                 valid = false;
@@ -1078,6 +1265,11 @@ fn ceil_to_millis(duration: Duration) -> Duration {
 
 fn is_tag_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// A number as an operator wrote it: `20`, `2.5`.
+fn format_number(n: f64) -> String {
+    format!("{n}")
 }
 
 /// "a string", "an integer", ...

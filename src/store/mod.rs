@@ -51,6 +51,22 @@ pub struct LatestPing {
     pub rtt_max_ms: Option<f64>,
 }
 
+/// One ping round as history: what an incident's evidence tables and chart are drawn from.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct PingPoint {
+    pub timestamp_ns: i64,
+    pub address: Option<String>,
+    pub failure_kind: Option<String>,
+    pub failure: Option<String>,
+    pub sent: u32,
+    pub loss_pct: f64,
+    pub rtt_p10_ms: Option<f64>,
+    pub rtt_p25_ms: Option<f64>,
+    pub rtt_median_ms: Option<f64>,
+    pub rtt_p75_ms: Option<f64>,
+    pub rtt_p90_ms: Option<f64>,
+}
+
 impl Store {
     /// Open (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
@@ -156,6 +172,52 @@ impl Store {
         Ok(self
             .conn
             .query_row("SELECT COUNT(*) FROM observations", [], |row| row.get(0))?)
+    }
+
+    /// The ping rounds of one (probe, target) from `from_ns` to `to_ns` (inclusive), oldest
+    /// first: the evidence an incident draft shows.
+    pub fn ping_history(
+        &self,
+        probe: &str,
+        target: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> anyhow::Result<Vec<PingPoint>> {
+        let mut query = self.conn.prepare_cached(
+            "SELECT ts_ns, address, failure_kind, failure, fields FROM observations
+             WHERE measurement = 'ping' AND probe = ?1 AND target = ?2 AND ts_ns BETWEEN ?3 AND ?4
+             ORDER BY ts_ns",
+        )?;
+        let rows = query.query_map(rusqlite::params![probe, target, from_ns, to_ns], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, Option<String>>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut points = Vec::new();
+        for row in rows {
+            let (timestamp_ns, address, failure_kind, failure, fields) = row?;
+            let fields: serde_json::Value = serde_json::from_str(&fields)
+                .with_context(|| format!("corrupt fields for {probe}/{target}"))?;
+            let number = |name: &str| fields.get(name).and_then(serde_json::Value::as_f64);
+            points.push(PingPoint {
+                timestamp_ns,
+                address,
+                failure_kind,
+                failure,
+                sent: number("sent").unwrap_or(0.0) as u32,
+                loss_pct: number("loss_pct").unwrap_or(100.0),
+                rtt_p10_ms: number("rtt_p10_ms"),
+                rtt_p25_ms: number("rtt_p25_ms"),
+                rtt_median_ms: number("rtt_median_ms"),
+                rtt_p75_ms: number("rtt_p75_ms"),
+                rtt_p90_ms: number("rtt_p90_ms"),
+            });
+        }
+        Ok(points)
     }
 
     /// The most recent ping round per (probe, target), ordered by probe then target.

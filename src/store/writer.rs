@@ -25,9 +25,21 @@ pub fn spawn(
     rx: mpsc::Receiver<Record>,
     retention: Duration,
 ) -> JoinHandle<anyhow::Result<u64>> {
+    spawn_with_tap(store, rx, retention, None)
+}
+
+/// As [`spawn`], and every record, once stored, is offered to `tap` (the rules engine), so that
+/// what the rules see is already in the store for the evidence. The writer never waits for the
+/// tap: when it is full the record is not offered, and the count is logged.
+pub fn spawn_with_tap(
+    store: Store,
+    rx: mpsc::Receiver<Record>,
+    retention: Duration,
+    tap: Option<std::sync::mpsc::SyncSender<Record>>,
+) -> JoinHandle<anyhow::Result<u64>> {
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || write_loop(store, rx, retention))
+        .spawn(move || write_loop(store, rx, retention, tap))
         .expect("spawning a thread only fails when the process is out of resources")
 }
 
@@ -35,7 +47,9 @@ fn write_loop(
     mut store: Store,
     mut rx: mpsc::Receiver<Record>,
     retention: Duration,
+    mut tap: Option<std::sync::mpsc::SyncSender<Record>>,
 ) -> anyhow::Result<u64> {
+    let mut tap_dropped = 0u64;
     let mut pending: VecDeque<Record> = VecDeque::new();
     let (mut stored, mut dropped) = (0u64, 0u64);
     let mut last_prune = Instant::now();
@@ -62,7 +76,34 @@ fn write_loop(
         let batch = pending.len().min(BATCH);
         match store.insert(&pending.make_contiguous()[..batch]) {
             Ok(()) => {
-                pending.drain(..batch);
+                let stored_now = pending.drain(..batch);
+                let mut tap_gone = false;
+                match &tap {
+                    Some(sender) => {
+                        for record in stored_now {
+                            match sender.try_send(record) {
+                                Ok(()) => {}
+                                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                                    tap_dropped += 1;
+                                    if tap_dropped.is_power_of_two() {
+                                        tracing::warn!(
+                                            tap_dropped,
+                                            "rules engine queue full: observations not evaluated"
+                                        );
+                                    }
+                                }
+                                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                                    tap_gone = true;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    None => drop(stored_now),
+                }
+                if tap_gone {
+                    tap = None;
+                }
                 stored += batch as u64;
                 failures_in_a_row = 0;
             }

@@ -1,0 +1,115 @@
+//! `vantage incidents list` and `vantage incidents show ID`: the incident drafts this agent wrote,
+//! read from its data directory (`incidents.db`; the documents are in `incidents/<id>/`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use crate::config::Config;
+use crate::incident::render::{self, human_duration};
+use crate::incident::{DB_FILE, DIRECTORY, IncidentDb};
+
+use super::report::DEFAULT_DATA_DIR;
+use super::table;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Read the data directory from this config file.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The data directory to read (default: the config's, else ./vantage-data).
+    #[arg(long, global = true, conflicts_with = "config")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: IncidentsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum IncidentsCommand {
+    /// Every incident, newest first: id, status, severity, detected, duration, title.
+    List,
+    /// One incident's status document (Markdown), or its data with --json.
+    Show {
+        /// The incident id, e.g. 20261121-001 (see `vantage incidents list`).
+        id: String,
+        /// Print incident.json instead of the Markdown document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let data_dir = match (&args.config, &args.data_dir) {
+        (Some(path), _) => match Config::load(path) {
+            Ok(config) => config.agent.data_dir,
+            Err(errors) => {
+                eprintln!("{errors}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
+    };
+    if !data_dir.join(DB_FILE).exists() {
+        anyhow::bail!(
+            "no incident state at {}: the agent has not run with this data directory (point at it with --config/--data-dir)",
+            data_dir.join(DB_FILE).display()
+        );
+    }
+    let db = IncidentDb::open(&data_dir)?;
+    match &args.command {
+        IncidentsCommand::List => {
+            let incidents = db.all()?;
+            if incidents.is_empty() {
+                println!("no incidents in {}", db.path().display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = incidents
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.id.clone(),
+                        i.status.as_str().to_string(),
+                        i.severity.clone(),
+                        i.detected_at.display(),
+                        match i.duration_s {
+                            Some(s) => human_duration(Duration::from_secs(s)),
+                            None => "open".into(),
+                        },
+                        i.title.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table::render(
+                    &["ID", "STATUS", "SEVERITY", "DETECTED", "DURATION", "TITLE"],
+                    &rows,
+                    &[],
+                )
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        IncidentsCommand::Show { id, json } => {
+            let Some(incident) = db.get(id)? else {
+                eprintln!(
+                    "no incident {id:?} in {}; see `vantage incidents list`",
+                    db.path().display()
+                );
+                return Ok(ExitCode::from(1));
+            };
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&incident)?);
+            } else {
+                print!("{}", render::markdown(&incident));
+                eprintln!(
+                    "(documents: {})",
+                    data_dir.join(DIRECTORY).join(&incident.id).display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Incident state and the durable outbox in SQLite (`DATA_DIR/incidents.db`, its own file so the
+//! store's retention never touches it).
+//!
+//! The incident row and the outbox event that announces the change are written in **one
+//! transaction** (the transactional-outbox pattern): an event exists if and only if the state it
+//! describes was saved. Deliveries are tracked per sink; a sink sees each event at most once
+//! unless it failed before it was marked delivered, so sinks de-duplicate by idempotency key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::outbox::{EventKind, OutboxEvent};
+use super::{DB_FILE, Incident, Status, Timestamp};
+
+#[derive(Debug)]
+pub struct IncidentDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// One sink's delivery of one event, for `vantage incidents show` and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub idempotency_key: String,
+    pub sink: String,
+    pub attempts: u32,
+    pub delivered: bool,
+    pub last_error: Option<String>,
+}
+
+impl IncidentDb {
+    /// Open (creating if needed) `incidents.db` in `data_dir`.
+    pub fn open(data_dir: &Path) -> anyhow::Result<IncidentDb> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path)
+            .with_context(|| format!("cannot open incident state {}", path.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS incidents (
+                 id        TEXT PRIMARY KEY,
+                 seq       INTEGER NOT NULL UNIQUE,
+                 key       TEXT NOT NULL,
+                 status    TEXT NOT NULL,
+                 opened_ns INTEGER NOT NULL,
+                 data      TEXT NOT NULL
+             );
+             CREATE UNIQUE INDEX IF NOT EXISTS incidents_one_open_per_key
+                 ON incidents (key) WHERE status = 'open';
+             CREATE TABLE IF NOT EXISTS outbox (
+                 seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+                 idempotency_key TEXT NOT NULL UNIQUE,
+                 incident_id     TEXT NOT NULL,
+                 event           TEXT NOT NULL,
+                 created_ns      INTEGER NOT NULL,
+                 payload         TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS sinks (
+                 name     TEXT PRIMARY KEY,
+                 from_seq INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS deliveries (
+                 outbox_seq   INTEGER NOT NULL,
+                 sink         TEXT NOT NULL,
+                 attempts     INTEGER NOT NULL,
+                 delivered_ns INTEGER,
+                 last_error   TEXT,
+                 PRIMARY KEY (outbox_seq, sink)
+             );",
+        )
+        .with_context(|| format!("cannot initialise incident state {}", path.display()))?;
+        Ok(IncidentDb { conn, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new id for an incident detected on `date` (`2026-11-21` → `20261121-001`).
+    pub fn next_id(&self, date: &str) -> anyhow::Result<(String, i64)> {
+        let seq: i64 =
+            self.conn
+                .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM incidents", [], |r| {
+                    r.get(0)
+                })?;
+        Ok((format!("{}-{seq:03}", date.replace('-', "")), seq))
+    }
+
+    /// Save the incident and, in the same transaction, queue `event` about it. Returns the event
+    /// as queued (None if `event` is None).
+    pub fn save(
+        &mut self,
+        incident: &Incident,
+        seq: Option<i64>,
+        event: Option<EventKind>,
+    ) -> anyhow::Result<Option<OutboxEvent>> {
+        let tx = self.conn.transaction()?;
+        let data = serde_json::to_string(incident)?;
+        let updated = tx.execute(
+            "UPDATE incidents SET status = ?2, data = ?3 WHERE id = ?1",
+            params![incident.id, incident.status.as_str(), data],
+        )?;
+        if updated == 0 {
+            let seq = match seq {
+                Some(seq) => seq,
+                None => {
+                    tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM incidents", [], |r| {
+                        r.get(0)
+                    })?
+                }
+            };
+            tx.execute(
+                "INSERT INTO incidents (id, seq, key, status, opened_ns, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    incident.id,
+                    seq,
+                    incident.key,
+                    incident.status.as_str(),
+                    incident.detected_at.unix_ns(),
+                    data
+                ],
+            )?;
+        }
+        let queued = match event {
+            None => None,
+            Some(kind) => {
+                let earlier: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM outbox WHERE incident_id = ?1 AND event = ?2",
+                    params![incident.id, kind.as_str()],
+                    |r| r.get(0),
+                )?;
+                let idempotency_key = match kind {
+                    EventKind::Opened | EventKind::Resolved => {
+                        format!("{}/{}", incident.id, kind.as_str())
+                    }
+                    EventKind::Updated | EventKind::StatusUpdate => {
+                        format!("{}/{}/{}", incident.id, kind.as_str(), earlier + 1)
+                    }
+                };
+                let mut event = OutboxEvent {
+                    seq: 0,
+                    idempotency_key,
+                    event: kind,
+                    at: incident.updated_at,
+                    incident: incident.clone(),
+                };
+                tx.execute(
+                    "INSERT INTO outbox (idempotency_key, incident_id, event, created_ns, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        event.idempotency_key,
+                        incident.id,
+                        kind.as_str(),
+                        incident.updated_at.unix_ns(),
+                        serde_json::to_string(&event)?
+                    ],
+                )?;
+                event.seq = tx.last_insert_rowid();
+                Some(event)
+            }
+        };
+        tx.commit()?;
+        Ok(queued)
+    }
+
+    pub fn open_incidents(&self) -> anyhow::Result<Vec<Incident>> {
+        self.query("WHERE status = 'open' ORDER BY seq", [])
+    }
+
+    /// Every incident, newest first.
+    pub fn all(&self) -> anyhow::Result<Vec<Incident>> {
+        self.query("ORDER BY seq DESC", [])
+    }
+
+    pub fn get(&self, id: &str) -> anyhow::Result<Option<Incident>> {
+        Ok(self.query("WHERE id = ?1", [id])?.into_iter().next())
+    }
+
+    fn query<P: rusqlite::Params>(&self, clause: &str, params: P) -> anyhow::Result<Vec<Incident>> {
+        let mut query = self
+            .conn
+            .prepare(&format!("SELECT id, data FROM incidents {clause}"))?;
+        let rows = query.query_map(params, |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut incidents = Vec::new();
+        for row in rows {
+            let (id, data) = row?;
+            incidents
+                .push(serde_json::from_str(&data).with_context(|| {
+                    format!("corrupt incident {id} in {}", self.path.display())
+                })?);
+        }
+        Ok(incidents)
+    }
+
+    /// Make `sink` known; a sink seen for the first time receives only events queued from now on.
+    pub fn register_sink(&self, sink: &str) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO sinks (name, from_seq)
+             SELECT ?1, COALESCE(MAX(seq), 0) + 1 FROM outbox",
+            [sink],
+        )?;
+        Ok(())
+    }
+
+    /// Events `sink` has not received yet, oldest first.
+    pub fn pending(&self, sink: &str, limit: usize) -> anyhow::Result<Vec<OutboxEvent>> {
+        let mut query = self.conn.prepare_cached(
+            "SELECT o.seq, o.payload FROM outbox o
+             JOIN sinks s ON s.name = ?1 AND o.seq >= s.from_seq
+             LEFT JOIN deliveries d ON d.outbox_seq = o.seq AND d.sink = ?1
+             WHERE d.delivered_ns IS NULL
+             ORDER BY o.seq LIMIT ?2",
+        )?;
+        let rows = query.query_map(params![sink, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (seq, payload) = row?;
+            let mut event: OutboxEvent = serde_json::from_str(&payload)
+                .with_context(|| format!("corrupt outbox event {seq}"))?;
+            event.seq = seq;
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    pub fn mark_delivered(&self, seq: i64, sink: &str, at: Timestamp) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT INTO deliveries (outbox_seq, sink, attempts, delivered_ns) VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT (outbox_seq, sink) DO UPDATE
+                 SET attempts = attempts + 1, delivered_ns = ?3, last_error = NULL",
+            params![seq, sink, at.unix_ns()],
+        )?;
+        Ok(())
+    }
+
+    pub fn mark_failed(&self, seq: i64, sink: &str, error: &str) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT INTO deliveries (outbox_seq, sink, attempts, last_error) VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT (outbox_seq, sink) DO UPDATE SET attempts = attempts + 1, last_error = ?3",
+            params![seq, sink, error],
+        )?;
+        Ok(())
+    }
+
+    /// Every delivery record (of events of `incident_id`, or all), in outbox order.
+    pub fn deliveries(&self, incident_id: Option<&str>) -> anyhow::Result<Vec<Delivery>> {
+        let mut query = self.conn.prepare(
+            "SELECT o.idempotency_key, d.sink, d.attempts, d.delivered_ns IS NOT NULL, d.last_error
+             FROM deliveries d JOIN outbox o ON o.seq = d.outbox_seq
+             WHERE ?1 IS NULL OR o.incident_id = ?1
+             ORDER BY o.seq, d.sink",
+        )?;
+        let rows = query.query_map([incident_id], |r| {
+            Ok(Delivery {
+                idempotency_key: r.get(0)?,
+                sink: r.get(1)?,
+                attempts: r.get(2)?,
+                delivered: r.get(3)?,
+                last_error: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Events queued for `incident_id` (idempotency keys), in order.
+    pub fn events(&self, incident_id: &str) -> anyhow::Result<Vec<String>> {
+        let mut query = self
+            .conn
+            .prepare("SELECT idempotency_key FROM outbox WHERE incident_id = ?1 ORDER BY seq")?;
+        let rows = query.query_map([incident_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The open incident with this dedup key, if any.
+    pub fn open_by_key(&self, key: &str) -> anyhow::Result<Option<Incident>> {
+        let data: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT data FROM incidents WHERE key = ?1 AND status = ?2",
+                params![key, Status::Open.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        data.map(|d| serde_json::from_str(&d).context("corrupt incident"))
+            .transpose()
+    }
+}

@@ -1,0 +1,402 @@
+//! The [`Manager`]: rule transitions in, incident state and outbox events out. It also drafts a
+//! status update every `[incidents] status_updates` while an incident is open, and resumes the
+//! incidents that were open when the agent stopped.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::db::IncidentDb;
+use super::evidence::{self, Evidence};
+use super::outbox::EventKind;
+use super::render;
+use super::{Incident, RuleSummary, Status, StatusUpdate, TimelineEntry, Timestamp};
+use crate::config::{Condition, Config, LatencyThreshold, RuleConfig, RuleScope, format_duration};
+use crate::rules::{Engine, Mono, Transition, TransitionKind};
+use crate::store::Store;
+
+/// The path trace at the moment of breach and its verdict, as the trace probe will report them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceEvidence {
+    /// The mtr-style report (one line per hop), shown verbatim.
+    pub report_text: String,
+    /// Where loss begins: hop and address; agent side, transit or target side.
+    pub verdict_text: String,
+}
+
+/// What one-shot diagnostics found at the moment of breach.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Diagnosis {
+    pub trace: Option<TraceEvidence>,
+    /// Other findings (DNS, HTTP detail), one line each, added to the timeline.
+    pub notes: Vec<String>,
+}
+
+/// One-shot diagnostics run when an incident opens (trace, DNS, HTTP detail). The seam the
+/// path-trace probe plugs into; it must return within a few seconds (the manager runs it inline).
+pub trait Diagnostics: Send {
+    /// `targets`: (probe, target) pairs affected at the moment of breach.
+    fn at_breach(&self, key: &str, targets: &[(String, String)]) -> Diagnosis;
+}
+
+/// Today's diagnostics: none (the trace probe is not in this build yet).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDiagnostics;
+
+impl Diagnostics for NoDiagnostics {
+    fn at_breach(&self, _key: &str, _targets: &[(String, String)]) -> Diagnosis {
+        Diagnosis::default()
+    }
+}
+
+/// Per open incident, in memory: when its last status update was drafted (monotonic).
+#[derive(Debug)]
+struct Open {
+    id: String,
+    last_update: Mono,
+}
+
+/// Keeps incidents in step with the rules engine.
+pub struct Manager {
+    db: IncidentDb,
+    store: Option<Store>,
+    agent: String,
+    site: String,
+    status_updates: Duration,
+    history: Duration,
+    rules: Vec<RuleConfig>,
+    diagnostics: Box<dyn Diagnostics>,
+    open: HashMap<String, Open>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("db", &self.db.path())
+            .field("open", &self.open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    /// `store` is read for evidence; without one, drafts carry no history.
+    pub fn new(
+        db: IncidentDb,
+        store: Option<Store>,
+        config: &Config,
+        diagnostics: Box<dyn Diagnostics>,
+    ) -> Manager {
+        Manager {
+            db,
+            store,
+            agent: config.agent.name.clone(),
+            site: config.agent.site.clone(),
+            status_updates: config.incidents.status_updates,
+            history: config.incidents.history,
+            rules: config.rules.clone(),
+            diagnostics,
+            open: HashMap::new(),
+        }
+    }
+
+    pub fn db(&self) -> &IncidentDb {
+        &self.db
+    }
+
+    /// After a (re)start: every incident still open resumes in the engine as firing, so it is
+    /// neither opened nor announced again. One whose rule or target left the config is resolved.
+    /// Returns how many resumed.
+    pub fn resume(
+        &mut self,
+        engine: &mut Engine,
+        now: Mono,
+        wall: SystemTime,
+    ) -> anyhow::Result<usize> {
+        let mut resumed = 0;
+        for mut incident in self.db.open_incidents()? {
+            let reported = (
+                incident.impact.affected_targets().len(),
+                incident.impact.value,
+            );
+            if engine.restore(&incident.key, now, reported) {
+                self.open.insert(
+                    incident.key.clone(),
+                    Open {
+                        id: incident.id.clone(),
+                        last_update: now,
+                    },
+                );
+                resumed += 1;
+                tracing::info!(id = %incident.id, key = %incident.key, "incident still open after restart; resumed");
+            } else {
+                let at = Timestamp(wall);
+                incident.status = Status::Resolved;
+                incident.updated_at = at;
+                incident.resolved_at = Some(at);
+                incident.timeline.push(TimelineEntry {
+                    at,
+                    event: "resolved".into(),
+                    text: "Closed at agent start: its rule or target is no longer in the config."
+                        .into(),
+                });
+                self.db.save(&incident, None, Some(EventKind::Resolved))?;
+                tracing::info!(id = %incident.id, key = %incident.key, "incident's rule left the config; resolved");
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Apply one transition from the engine.
+    pub fn apply(&mut self, transition: &Transition, wall: SystemTime) -> anyhow::Result<()> {
+        match transition.kind {
+            TransitionKind::Opened => self.opened(transition, wall),
+            TransitionKind::Updated | TransitionKind::Resolved => {
+                let Some(mut incident) = self.db.open_by_key(&transition.key)? else {
+                    tracing::warn!(key = %transition.key, kind = transition.kind.as_str(), "no open incident for this transition; ignored");
+                    return Ok(());
+                };
+                let at = Timestamp(wall);
+                incident.updated_at = at;
+                // A resolved incident keeps the figures it last had while breaching.
+                if !transition.impact.affected.is_empty() {
+                    incident.impact = transition.impact.clone();
+                }
+                incident.peak = transition.peak;
+                let event = if transition.kind == TransitionKind::Resolved {
+                    incident.status = Status::Resolved;
+                    incident.resolved_at = Some(at);
+                    incident.duration_s = Some(transition.open_for.as_secs());
+                    incident.timeline.push(TimelineEntry {
+                        at,
+                        event: "resolved".into(),
+                        text: render::resolution_text(&incident, transition.open_for),
+                    });
+                    self.open.remove(&transition.key);
+                    EventKind::Resolved
+                } else {
+                    incident.title = render::title(&incident);
+                    incident.timeline.push(TimelineEntry {
+                        at,
+                        event: "updated".into(),
+                        text: format!(
+                            "{}: {}.",
+                            capitalize(&transition.reason),
+                            render::impact_sentence(&incident.impact, &incident.scope)
+                        ),
+                    });
+                    EventKind::Updated
+                };
+                self.refresh_evidence(&mut incident, wall);
+                self.db.save(&incident, None, Some(event))?;
+                tracing::info!(id = %incident.id, key = %transition.key, event = event.as_str(), title = %incident.title, "incident {}", event.as_str());
+                Ok(())
+            }
+        }
+    }
+
+    fn opened(&mut self, transition: &Transition, wall: SystemTime) -> anyhow::Result<()> {
+        if let Some(existing) = self.db.open_by_key(&transition.key)? {
+            // The engine restarted without being told (it always is, by `resume`): keep one.
+            tracing::warn!(id = %existing.id, key = %transition.key, "already open; not opening twice");
+            return Ok(());
+        }
+        let at = Timestamp(wall);
+        let (id, seq) = self.db.next_id(&at.date())?;
+        let rule = self.rules.iter().find(|r| r.name == transition.rule);
+        let members: Vec<(String, String)> = transition
+            .impact
+            .affected
+            .iter()
+            .map(|m| (m.probe.clone(), m.target.clone()))
+            .collect();
+        let diagnosis = self.diagnostics.at_breach(&transition.key, &members);
+        let mut incident = Incident {
+            id: id.clone(),
+            key: transition.key.clone(),
+            rule: RuleSummary {
+                name: transition.rule.clone(),
+                condition: rule.map(describe_rule).unwrap_or_default(),
+            },
+            severity: transition.severity.as_str().to_string(),
+            scope: transition.scope.clone(),
+            agent: self.agent.clone(),
+            site: self.site.clone(),
+            status: Status::Open,
+            title: String::new(),
+            detected_at: at,
+            updated_at: at,
+            resolved_at: None,
+            duration_s: None,
+            impact: transition.impact.clone(),
+            peak: transition.peak,
+            timeline: Vec::new(),
+            status_updates: Vec::new(),
+            trace: diagnosis.trace,
+            evidence: Evidence::default(),
+            status_update_every_s: self.status_updates.as_secs(),
+        };
+        incident.title = render::title(&incident);
+        if let Some(rule) = rule {
+            let began = wall.checked_sub(rule.open_for).unwrap_or(wall);
+            incident.timeline.push(TimelineEntry {
+                at: Timestamp(began),
+                event: "breach".into(),
+                text: format!(
+                    "Rule `{}` breached: {}.",
+                    rule.name, incident.rule.condition
+                ),
+            });
+        }
+        incident.timeline.push(TimelineEntry {
+            at,
+            event: "opened".into(),
+            text: format!(
+                "Draft opened by agent {} ({}): {}.",
+                self.agent,
+                self.site,
+                render::impact_sentence(&incident.impact, &incident.scope)
+            ),
+        });
+        for note in diagnosis.notes {
+            incident.timeline.push(TimelineEntry {
+                at,
+                event: "diagnostics".into(),
+                text: note,
+            });
+        }
+        self.refresh_evidence(&mut incident, wall);
+        self.db
+            .save(&incident, Some(seq), Some(EventKind::Opened))?;
+        tracing::warn!(id = %id, key = %transition.key, severity = %incident.severity, title = %incident.title, "incident opened");
+        self.open.insert(
+            transition.key.clone(),
+            Open {
+                id,
+                last_update: transition.at,
+            },
+        );
+        Ok(())
+    }
+
+    /// Draft a status update for every incident open for another `status_updates` period.
+    pub fn tick(&mut self, now: Mono, wall: SystemTime) -> anyhow::Result<()> {
+        let due: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, o)| now.saturating_sub(o.last_update) >= self.status_updates)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            let Some(mut incident) = self.db.open_by_key(&key)? else {
+                self.open.remove(&key);
+                continue;
+            };
+            let at = Timestamp(wall);
+            let number = incident.status_updates.len() as u32 + 1;
+            let text = render::status_update_text(&incident, number, wall, self.status_updates);
+            incident
+                .status_updates
+                .push(StatusUpdate { number, at, text });
+            incident.timeline.push(TimelineEntry {
+                at,
+                event: "status-update".into(),
+                text: format!("Status update {number} drafted."),
+            });
+            incident.updated_at = at;
+            self.refresh_evidence(&mut incident, wall);
+            self.db
+                .save(&incident, None, Some(EventKind::StatusUpdate))?;
+            if let Some(open) = self.open.get_mut(&key) {
+                open.last_update = now;
+                tracing::info!(id = %open.id, number, "status update drafted");
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-read the evidence window (history before detection up to now) for every target the
+    /// incident has affected so far.
+    fn refresh_evidence(&self, incident: &mut Incident, wall: SystemTime) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let mut members: Vec<(String, String)> = incident
+            .evidence
+            .series
+            .iter()
+            .map(|s| (s.probe.clone(), s.target.clone()))
+            .collect();
+        for m in &incident.impact.affected {
+            if !members.iter().any(|(p, t)| *p == m.probe && *t == m.target) {
+                members.push((m.probe.clone(), m.target.clone()));
+            }
+        }
+        let (from, to) = evidence::window(incident.detected_at.0, self.history, wall);
+        match evidence::gather(store, &members, from, to) {
+            Ok(evidence) => incident.evidence = evidence,
+            Err(error) => {
+                tracing::warn!(id = %incident.id, error = %format!("{error:#}"), "cannot read evidence from the store; keeping the previous");
+            }
+        }
+    }
+}
+
+fn capitalize(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The rule in words: "loss above 20% over the last 100 echoes (clears at or below 10%), for 1m".
+pub fn describe_rule(rule: &RuleConfig) -> String {
+    let condition = match &rule.condition {
+        Condition::Loss {
+            above_pct,
+            clear_below_pct,
+            echoes,
+        } => format!(
+            "loss above {above_pct}% over the last {echoes} echoes (clears at or below {clear_below_pct}%)"
+        ),
+        Condition::Failures {
+            failures,
+            runs,
+            clear_failures,
+        } => format!(
+            "at least {failures} of the last {runs} runs failed (clears at {clear_failures} or fewer)"
+        ),
+        Condition::Latency {
+            field,
+            runs,
+            threshold,
+        } => {
+            let what = format!("{} (median of the last {runs} runs)", field.as_str());
+            match threshold {
+                LatencyThreshold::Absolute {
+                    above_ms,
+                    clear_below_ms,
+                } => format!("{what} above {above_ms} ms (clears at or below {clear_below_ms} ms)"),
+                LatencyThreshold::Baseline {
+                    above_ratio,
+                    clear_below_ratio,
+                    window,
+                } => format!(
+                    "{what} above {above_ratio}× its median over the last {} (clears at or below {clear_below_ratio}×)",
+                    format_duration(*window)
+                ),
+            }
+        }
+    };
+    let scope = match &rule.scope {
+        RuleScope::Target => String::new(),
+        RuleScope::Group { label, share_pct } => {
+            format!(" on at least {share_pct}% of the targets of a `{label}` group")
+        }
+        RuleScope::Agent { share_pct } => {
+            format!(" on at least {share_pct}% of this agent's targets")
+        }
+    };
+    format!("{condition}{scope}, for {}", format_duration(rule.open_for))
+}

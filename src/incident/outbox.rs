@@ -1,0 +1,146 @@
+//! Delivery from the durable outbox to incident sinks. Every event is already saved (with its
+//! idempotency key) before a sink sees it; a sink's events are delivered in order, each marked
+//! delivered per sink, and retried with backoff while the sink is down — a failing sink holds up
+//! only itself. The directory is the default sink; Alertmanager and webhook sinks implement the
+//! same [`IncidentSink`] trait.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::db::IncidentDb;
+use super::{Incident, Timestamp};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Opened,
+    Updated,
+    StatusUpdate,
+    Resolved,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Opened => "opened",
+            EventKind::Updated => "updated",
+            EventKind::StatusUpdate => "status-update",
+            EventKind::Resolved => "resolved",
+        }
+    }
+}
+
+/// One incident event as sinks receive it: the incident as it was when the event happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    /// Position in the outbox (not part of the payload's meaning).
+    #[serde(skip)]
+    pub seq: i64,
+    /// Unique per event, stable across retries and restarts: `20261121-001/opened`,
+    /// `20261121-001/updated/2`, `20261121-001/status-update/1`, `20261121-001/resolved`.
+    pub idempotency_key: String,
+    pub event: EventKind,
+    pub at: Timestamp,
+    pub incident: Incident,
+}
+
+/// Where incident events go. `deliver` must be idempotent by `event.idempotency_key`: after a
+/// crash between delivering and marking delivered, the same event comes again.
+pub trait IncidentSink: Send {
+    /// A stable name: deliveries are tracked per sink name.
+    fn name(&self) -> &str;
+    fn deliver(&mut self, event: &OutboxEvent) -> anyhow::Result<()>;
+}
+
+/// The first retry after a failure; doubled per failure up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// One sink and its retry state.
+struct Slot {
+    sink: Box<dyn IncidentSink>,
+    backoff: Duration,
+    next_try: Instant,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("sink", &self.sink.name())
+            .field("backoff", &self.backoff)
+            .finish()
+    }
+}
+
+/// Delivers pending outbox events to every sink.
+#[derive(Debug)]
+pub struct Deliverer {
+    db: IncidentDb,
+    slots: Vec<Slot>,
+}
+
+impl Deliverer {
+    pub fn new(db: IncidentDb, sinks: Vec<Box<dyn IncidentSink>>) -> anyhow::Result<Deliverer> {
+        for sink in &sinks {
+            db.register_sink(sink.name())?;
+        }
+        let now = Instant::now();
+        Ok(Deliverer {
+            db,
+            slots: sinks
+                .into_iter()
+                .map(|sink| Slot {
+                    sink,
+                    backoff: FIRST_BACKOFF,
+                    next_try: now,
+                })
+                .collect(),
+        })
+    }
+
+    /// Deliver what is pending to every sink that is not backing off; returns how many events
+    /// were delivered.
+    pub fn run_once(&mut self) -> anyhow::Result<usize> {
+        let mut delivered = 0;
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            if now < slot.next_try {
+                continue;
+            }
+            let name = slot.sink.name().to_string();
+            for event in self.db.pending(&name, 100)? {
+                match slot.sink.deliver(&event) {
+                    Ok(()) => {
+                        self.db
+                            .mark_delivered(event.seq, &name, Timestamp(SystemTime::now()))?;
+                        slot.backoff = FIRST_BACKOFF;
+                        delivered += 1;
+                    }
+                    Err(error) => {
+                        let error = format!("{error:#}");
+                        self.db.mark_failed(event.seq, &name, &error)?;
+                        tracing::warn!(sink = %name, event = %event.idempotency_key, %error, retry_in = ?slot.backoff, "incident sink is down; will retry");
+                        slot.next_try = now + slot.backoff;
+                        slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+                        break; // keep the order: nothing after a failed event goes first
+                    }
+                }
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Deliver until `stop` says so, checking every `every`; one last pass at the end.
+    pub fn run(mut self, every: Duration, stop: impl Fn() -> bool) {
+        loop {
+            if let Err(error) = self.run_once() {
+                tracing::error!(error = %format!("{error:#}"), "incident outbox: delivery pass failed; will retry");
+            }
+            if stop() {
+                return;
+            }
+            std::thread::sleep(every);
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The agent's incident pipeline: stored observations → rules engine → [`Manager`] (incident
+//! state + outbox, in one transaction) → [`Deliverer`] → sinks. Two threads: one evaluates (fed
+//! by a bounded channel from the store writer, ticking once a second for durations and status
+//! updates), one delivers (so a slow or dead sink never delays evaluation).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::outbox::Deliverer;
+use super::{DIRECTORY, DirectorySink, IncidentDb, IncidentSink, Manager, NoDiagnostics};
+use crate::config::Config;
+use crate::rules::Engine;
+use crate::store::{Record, Store};
+
+/// Observations waiting for the rules engine.
+pub const RULES_QUEUE: usize = 16_384;
+/// How often durations are re-evaluated without new observations.
+pub const TICK: Duration = Duration::from_secs(1);
+/// How often the outbox is checked for events to deliver.
+pub const DELIVERY_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug)]
+pub struct Pipeline {
+    rules: JoinHandle<()>,
+    delivery: JoinHandle<()>,
+    stop_delivery: Arc<AtomicBool>,
+}
+
+/// Start evaluating and delivering. Returns at once: each thread opens its own state (SQLite
+/// files, the store for evidence), so probing never waits for it, and if incident state cannot be
+/// opened the agent keeps measuring and says so. Feed the returned sender with stored records;
+/// drop it to stop, then [`Pipeline::join`].
+pub fn start(config: &Config, data_dir: &Path) -> anyhow::Result<(SyncSender<Record>, Pipeline)> {
+    let (tx, rx) = sync_channel(RULES_QUEUE);
+    let origin = Instant::now();
+    let rules_config = config.clone();
+    let rules_dir = data_dir.to_path_buf();
+    let rules = std::thread::Builder::new()
+        .name("rules".into())
+        .spawn(move || {
+            let (engine, manager) = match prepare(&rules_config, &rules_dir, origin) {
+                Ok(ready) => ready,
+                Err(error) => {
+                    // Dropping `rx` tells the store writer to stop offering observations.
+                    tracing::error!(error = %format!("{error:#}"), "cannot open incident state: rules are NOT evaluated (probing goes on)");
+                    return;
+                }
+            };
+            evaluate_loop(engine, manager, rx, origin);
+        })?;
+    let stop_delivery = Arc::new(AtomicBool::new(false));
+    let stop = Arc::clone(&stop_delivery);
+    let delivery_dir = data_dir.to_path_buf();
+    let delivery = std::thread::Builder::new()
+        .name("incident-outbox".into())
+        .spawn(move || {
+            let deliverer = IncidentDb::open(&delivery_dir)
+                .and_then(|db| Deliverer::new(db, sinks(&delivery_dir)));
+            match deliverer {
+                Ok(deliverer) => deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed)),
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "cannot open the incident outbox: drafts are NOT delivered");
+                }
+            }
+        })?;
+    Ok((
+        tx,
+        Pipeline {
+            rules,
+            delivery,
+            stop_delivery,
+        },
+    ))
+}
+
+/// The incident sinks of this agent: the directory (default).
+fn sinks(data_dir: &Path) -> Vec<Box<dyn IncidentSink>> {
+    vec![Box::new(DirectorySink::new(data_dir.join(DIRECTORY)))]
+}
+
+/// Open incident state and resume what was open. The sinks are registered here, before any event
+/// can be queued, so that a sink never misses an event of this run.
+fn prepare(config: &Config, data_dir: &Path, origin: Instant) -> anyhow::Result<(Engine, Manager)> {
+    let mut engine = Engine::new(config);
+    let db = IncidentDb::open(data_dir)?;
+    for sink in sinks(data_dir) {
+        db.register_sink(sink.name())?;
+    }
+    let store = Store::open(data_dir)?;
+    let mut manager = Manager::new(db, Some(store), config, Box::new(NoDiagnostics));
+    let resumed = manager.resume(&mut engine, origin.elapsed(), SystemTime::now())?;
+    tracing::info!(rules = config.rules.len(), resumed, "rules engine started");
+    Ok((engine, manager))
+}
+
+impl Pipeline {
+    /// Wait for the rules thread to drain its queue (its sender must be gone), then let the
+    /// deliverer make one last pass.
+    pub fn join(self) {
+        if self.rules.join().is_err() {
+            tracing::error!("rules thread panicked");
+        }
+        self.stop_delivery.store(true, Ordering::Relaxed);
+        if self.delivery.join().is_err() {
+            tracing::error!("incident outbox thread panicked");
+        }
+    }
+}
+
+fn evaluate_loop(mut engine: Engine, mut manager: Manager, rx: Receiver<Record>, origin: Instant) {
+    let mut last_tick = Instant::now();
+    loop {
+        let transitions = match rx.recv_timeout(TICK) {
+            Ok(record) => engine.observe(origin.elapsed(), &record),
+            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        apply(&mut manager, &transitions);
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            let now = origin.elapsed();
+            let transitions = engine.tick(now);
+            apply(&mut manager, &transitions);
+            if let Err(error) = manager.tick(now, SystemTime::now()) {
+                tracing::error!(error = %format!("{error:#}"), "cannot draft status updates");
+            }
+        }
+    }
+}
+
+fn apply(manager: &mut Manager, transitions: &[crate::rules::Transition]) {
+    for transition in transitions {
+        if let Err(error) = manager.apply(transition, SystemTime::now()) {
+            // The engine has moved on; the incident state is unchanged and the next transition
+            // of this key will find it as it was.
+            tracing::error!(key = %transition.key, kind = transition.kind.as_str(), error = %format!("{error:#}"), "cannot record incident transition");
+        }
+    }
+}

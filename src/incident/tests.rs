@@ -1,0 +1,676 @@
+//! Incidents in process: a store with an hour of history, the engine and the manager on top, and
+//! the draft read the way a person reads it (sections, figures), the chart parsed back as XML,
+//! the outbox retried while a sink is down, and a restart that neither re-opens nor re-sends.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use probes::{FailureKind, Measurement, Observation, Outcome, PingStats};
+
+use super::outbox::Deliverer;
+use super::*;
+use crate::config::Config;
+use crate::rules::{Engine, Transition};
+use crate::store::{Record, Store};
+
+/// 2026-11-21 10:00:00 UTC.
+const T0: u64 = 1_795_255_200;
+
+fn wall(t: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + t)
+}
+
+const CONFIG: &str = r#"
+[agent]
+name = "scl3-probe-01"
+site = "scl3"
+
+[incidents]
+status_updates = "30m"
+history = "10m"
+
+[[target]]
+name = "aws-a"
+host = "198.18.10.1"
+site = "aws-us-east-1"
+labels = { group = "aws-us-east-1" }
+[[target]]
+name = "aws-b"
+host = "198.18.10.2"
+site = "aws-us-east-1"
+labels = { group = "aws-us-east-1" }
+[[target]]
+name = "aws-c"
+host = "198.18.10.3"
+site = "aws-us-east-1"
+labels = { group = "aws-us-east-1" }
+[[target]]
+name = "aws-d"
+host = "198.18.10.4"
+site = "aws-us-east-1"
+labels = { group = "aws-us-east-1" }
+[[target]]
+name = "sjc1-core"
+host = "198.18.1.1"
+site = "sjc1"
+labels = { group = "west" }
+
+[[probe]]
+name = "ping"
+kind = "icmp"
+interval = "20s"
+timeout = "1s"
+count = 10
+spacing = "1s"
+
+[[rule]]
+name = "cloud-loss"
+kind = "loss"
+scope = "group"
+group_by = "group"
+above_pct = 20
+echoes = 20
+for = "40s"
+clear_for = "1m"
+min_hold = "5m"
+"#;
+
+fn config() -> Config {
+    Config::parse(CONFIG, Path::new("vantage.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A round of 10 echoes with `lost` of them lost (the first ones), RTTs around `rtt`.
+fn record(target: &str, t: u64, lost: usize, rtt: f64) -> Record {
+    let rtts: Vec<Option<f64>> = (0..10)
+        .map(|i| (i >= lost).then_some(rtt + i as f64 * 0.5))
+        .collect();
+    let stats = PingStats::from_rtts(rtts);
+    let outcome = if stats.received == 0 {
+        Outcome::failure(FailureKind::Timeout, "no reply within 1s")
+    } else {
+        Outcome::Success
+    };
+    Record {
+        agent: "scl3-probe-01".into(),
+        site: "scl3".into(),
+        probe: "ping".into(),
+        target: target.into(),
+        target_site: if target.starts_with("aws") {
+            "aws-us-east-1".into()
+        } else {
+            "sjc1".into()
+        },
+        address: Some("198.18.10.1".into()),
+        observation: Observation {
+            started_at: wall(t),
+            duration: Duration::from_secs(10),
+            outcome,
+            measurement: Measurement::Ping(stats),
+        },
+    }
+}
+
+/// What each target sees at time `t`: aws-a, -b and -c lose 3–4 of 10 echoes from t=600 to
+/// t=1200 (and aws-c everything from 900 to 960), aws-d and sjc1-core are fine.
+fn round(target: &str, t: u64) -> Record {
+    let breach = (600..1200).contains(&t);
+    match target {
+        "aws-a" | "aws-b" if breach => record(target, t, 3 + (t as usize / 20) % 2, 70.0),
+        "aws-c" if (900..960).contains(&t) => record(target, t, 10, 0.0),
+        "aws-c" if breach => record(target, t, 4, 72.0),
+        "sjc1-core" => record(target, t, 0, 12.0),
+        _ => record(target, t, 0, 68.0),
+    }
+}
+
+const TARGETS: [&str; 5] = ["aws-a", "aws-b", "aws-c", "aws-d", "sjc1-core"];
+
+/// Drive store + engine + manager from `from` to `to` (seconds; a round every 20 s).
+fn drive(
+    store: &mut Store,
+    engine: &mut Engine,
+    manager: &mut Manager,
+    from: u64,
+    to: u64,
+) -> Vec<Transition> {
+    let mut all = Vec::new();
+    for t in (from..to).step_by(20) {
+        let records: Vec<Record> = TARGETS.iter().map(|target| round(target, t)).collect();
+        store.insert(&records).expect("insert");
+        let mut transitions = Vec::new();
+        for record in &records {
+            transitions.extend(engine.observe(Duration::from_secs(t), record));
+        }
+        transitions.extend(engine.tick(Duration::from_secs(t)));
+        for transition in &transitions {
+            manager.apply(transition, wall(t)).expect("apply");
+        }
+        manager
+            .tick(Duration::from_secs(t), wall(t))
+            .expect("status updates");
+        all.extend(transitions);
+    }
+    all
+}
+
+fn new_manager(dir: &Path, config: &Config) -> Manager {
+    Manager::new(
+        IncidentDb::open(dir).expect("incidents.db"),
+        Some(Store::open(dir).expect("store")),
+        config,
+        Box::new(NoDiagnostics),
+    )
+}
+
+/// A sink that records what it got, and fails while `down` is set.
+#[derive(Clone, Default)]
+struct Recorder {
+    got: Arc<Mutex<Vec<String>>>,
+    down: Arc<Mutex<bool>>,
+}
+
+impl IncidentSink for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+
+    fn deliver(&mut self, event: &OutboxEvent) -> anyhow::Result<()> {
+        if *self.down.lock().expect("lock") {
+            anyhow::bail!("connection refused");
+        }
+        self.got
+            .lock()
+            .expect("lock")
+            .push(event.idempotency_key.clone());
+        Ok(())
+    }
+}
+
+/// The text of a `## name` section of a Markdown document.
+fn section(md: &str, name: &str) -> String {
+    let start = md
+        .find(&format!("\n## {name}\n"))
+        .unwrap_or_else(|| panic!("no section {name:?} in:\n{md}"));
+    let rest = &md[start + name.len() + 5..];
+    rest[..rest.find("\n## ").unwrap_or(rest.len())].to_string()
+}
+
+#[test]
+fn a_group_breach_becomes_one_draft_with_the_evidence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    let transitions = drive(&mut store, &mut engine, &mut manager, 0, 1000);
+    let kinds: Vec<String> = transitions
+        .iter()
+        .map(|t| format!("{} {}", t.kind.as_str(), t.key))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["opened cloud-loss/group/group=aws-us-east-1"],
+        "one incident for the group, not one per target"
+    );
+
+    let db = IncidentDb::open(dir.path()).expect("db");
+    let incidents = db.all().expect("incidents");
+    assert_eq!(incidents.len(), 1);
+    let incident = &incidents[0];
+    assert_eq!(incident.id, "20261121-001");
+    // Breaching from t=620 (two lossy rounds fill the 20-echo window: 35–40%), so detected at
+    // t=660 after `for` (40 s).
+    assert_eq!(
+        incident.title,
+        "2026-11-21 [scl3] 36.7% packet loss to aws-us-east-1 (3 of 4 targets)"
+    );
+    assert_eq!(incident.detected_at.display(), "2026-11-21 10:11:00 UTC");
+
+    let md = render::markdown(incident);
+    let open_section = |name: &str| section(&md, name);
+    assert!(md.starts_with(&format!("# {}\n", incident.title)), "{md}");
+    assert!(md.contains("| **Status** | DRAFT — open |"));
+    assert!(md.contains("| **Severity** | major |"));
+    assert!(md.contains(
+        "| **Detected at** | 2026-11-21 10:11:00 UTC by agent `scl3-probe-01` (site scl3) |"
+    ));
+    assert!(md.contains("| **Incident coordinator** | unassigned |"));
+    assert!(md.contains("| **Dedup key** | `cloud-loss/group/group=aws-us-east-1` |"));
+    let impact = open_section("Impact");
+    assert!(
+        impact.contains("36.7% packet loss on average (worst 40%) on 3 of 4 targets of the `group=aws-us-east-1` group: aws-a, aws-b, aws-c (now)."),
+        "{impact}"
+    );
+    let symptoms = open_section("Symptoms");
+    assert!(symptoms.contains("| aws-c | ping | 40% |  |"), "{symptoms}");
+    let scope = open_section("Scope and localization");
+    assert!(
+        scope.contains("group `group=aws-us-east-1` — 3 of 4 targets affected"),
+        "{scope}"
+    );
+    assert!(
+        scope.contains("All 2 other targets measured from this agent are healthy"),
+        "{scope}"
+    );
+    assert!(scope.contains("Path trace: none attached"), "{scope}");
+    let evidence = open_section("Evidence");
+    // The window starts `history` (10 min) before detection.
+    assert!(
+        evidence.contains("Window: 2026-11-21 10:01:00 UTC to 2026-11-21 10:11:00 UTC"),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains("**aws-a** (ping): 31 rounds, 4 with loss"),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains("| 10:11:00 | 40% | 73.2 ms | 72.2 ms–74.2 ms |"),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains("| sjc1-core | sjc1 | ping | healthy | 0% | 14.2 ms |"),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains("| aws-d | aws-us-east-1 | ping | healthy |"),
+        "{evidence}"
+    );
+    let timeline = open_section("Timeline (UTC)");
+    assert!(
+        timeline.contains("- 2026-11-21 10:10:20 — Rule `cloud-loss` breached"),
+        "{timeline}"
+    );
+    assert!(
+        timeline.contains("- 2026-11-21 10:11:00 — Draft opened by agent scl3-probe-01 (scl3)"),
+        "{timeline}"
+    );
+    let engage = open_section("Engage");
+    for item in [
+        "- [ ] File a bug with this draft",
+        "- [ ] Cc the owners of the faulty segment: the `group=aws-us-east-1` targets",
+        "- [ ] Set the channel topic to the bug number.",
+        "- [ ] Send a status update every 30m",
+    ] {
+        assert!(engage.contains(item), "{item:?} in {engage}");
+    }
+    assert!(!md.contains("## Resolution"));
+
+    // The same data as JSON.
+    let json: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(incident).expect("json")).expect("parse");
+    assert_eq!(json["status"], "open");
+    assert_eq!(json["detected_at"], "2026-11-21T10:11:00Z");
+    assert_eq!(json["scope"]["kind"], "group");
+    assert_eq!(json["impact"]["affected"].as_array().map(Vec::len), Some(3));
+    assert_eq!(json["trace"], serde_json::Value::Null);
+
+    // aws-c loses everything for a minute: not a doubling (36.7% → 56.7%), but the failures show.
+    // Then the group recovers: resolved, with duration and peak, after a status update.
+    let transitions = drive(&mut store, &mut engine, &mut manager, 1000, 3000);
+    let kinds: Vec<String> = transitions
+        .iter()
+        .map(|t| format!("{} {}", t.kind.as_str(), t.key))
+        .collect();
+    assert_eq!(kinds, ["resolved cloud-loss/group/group=aws-us-east-1"]);
+    let incident = db.get("20261121-001").expect("get").expect("the incident");
+    assert_eq!(incident.status, Status::Resolved);
+    assert_eq!(incident.status_updates.len(), 0, "resolved within 30m");
+    let md = render::markdown(&incident);
+    assert!(md.contains("| **Status** | DRAFT — resolved |"));
+    assert!(md.contains("| **Duration** | 10m 20s |"), "{md}");
+    assert!(
+        md.contains("| 10:15:00 | aws-c | ping | 198.18.10.1 | timeout | no reply within 1s |"),
+        "{md}"
+    );
+    assert!(section(&md, "Resolution").contains(
+        "Resolved after 10m 20s: the clear conditions held. Peak impact: 56.7% packet loss on 3 of 4 targets."
+    ), "{md}");
+    assert_eq!(
+        db.events("20261121-001").expect("events"),
+        ["20261121-001/opened", "20261121-001/resolved"]
+    );
+}
+
+#[test]
+fn status_updates_every_period_while_open_and_a_restart_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config();
+    config.incidents.status_updates = Duration::from_secs(120);
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    // Open at t=660; status updates at 780, 900; restart at 920.
+    drive(&mut store, &mut engine, &mut manager, 0, 920);
+    let db = IncidentDb::open(dir.path()).expect("db");
+    let id = "20261121-001";
+    assert_eq!(
+        db.events(id).expect("events"),
+        [
+            "20261121-001/opened",
+            "20261121-001/status-update/1",
+            "20261121-001/status-update/2"
+        ]
+    );
+    let incident = db.get(id).expect("get").expect("incident");
+    let update = &incident.status_updates[1];
+    assert_eq!(update.number, 2);
+    assert!(update.text.starts_with(&incident.title), "{}", update.text);
+    assert!(
+        update.text.contains("Status update 2 at 10:15 UTC"),
+        "{}",
+        update.text
+    );
+    assert!(
+        update.text.contains("Ongoing for 4m since 10:11 UTC."),
+        "{}",
+        update.text
+    );
+    assert!(
+        update.text.contains("Next update by 10:17 UTC."),
+        "{}",
+        update.text
+    );
+    assert!(render::markdown(&incident).contains("### Update 2 — 10:15:00 UTC"));
+
+    // Restart: a fresh engine and manager (the monotonic clock starts again at 0).
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    assert_eq!(
+        manager
+            .resume(&mut engine, Duration::ZERO, wall(920))
+            .expect("resume"),
+        1
+    );
+    assert_eq!(engine.firing(), ["cloud-loss/group/group=aws-us-east-1"]);
+    // Still breaching for five minutes: no second `opened`, no new incident.
+    let mut shifted_store = store;
+    let transitions = {
+        let mut all = Vec::new();
+        for t in (920..1200).step_by(20) {
+            let records: Vec<Record> = TARGETS.iter().map(|target| round(target, t)).collect();
+            shifted_store.insert(&records).expect("insert");
+            for record in &records {
+                all.extend(engine.observe(Duration::from_secs(t - 920), record));
+            }
+            all.extend(engine.tick(Duration::from_secs(t - 920)));
+        }
+        all
+    };
+    assert!(
+        transitions
+            .iter()
+            .all(|t| t.kind != crate::rules::TransitionKind::Opened),
+        "{transitions:#?}"
+    );
+    assert_eq!(db.all().expect("all").len(), 1);
+}
+
+#[test]
+fn the_outbox_retries_a_sink_that_is_down_and_delivers_each_event_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let recorder = Recorder::default();
+    let sinks: Vec<Box<dyn IncidentSink>> = vec![
+        Box::new(recorder.clone()),
+        Box::new(DirectorySink::new(dir.path().join(DIRECTORY))),
+    ];
+    let mut deliverer =
+        Deliverer::new(IncidentDb::open(dir.path()).expect("db"), sinks).expect("deliverer");
+    *recorder.down.lock().expect("lock") = true;
+
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    drive(&mut store, &mut engine, &mut manager, 0, 3000);
+
+    // The recorder is down: the directory still gets everything, in order.
+    assert_eq!(deliverer.run_once().expect("deliver"), 2);
+    assert!(recorder.got.lock().expect("lock").is_empty());
+    // Retried with backoff: nothing while backing off, then everything once it is back.
+    assert_eq!(deliverer.run_once().expect("deliver"), 0);
+    *recorder.down.lock().expect("lock") = false;
+    std::thread::sleep(outbox::FIRST_BACKOFF + Duration::from_millis(100));
+    assert_eq!(deliverer.run_once().expect("deliver"), 2);
+    assert_eq!(deliverer.run_once().expect("deliver"), 0, "nothing twice");
+    assert_eq!(
+        *recorder.got.lock().expect("lock"),
+        ["20261121-001/opened", "20261121-001/resolved"]
+    );
+    let deliveries = IncidentDb::open(dir.path())
+        .expect("db")
+        .deliveries(None)
+        .expect("deliveries");
+    let summary: Vec<String> = deliveries
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} attempts={} delivered={} error={}",
+                d.idempotency_key,
+                d.sink,
+                d.attempts,
+                d.delivered,
+                d.last_error.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "20261121-001/opened directory attempts=1 delivered=true error=-",
+            "20261121-001/opened recorder attempts=2 delivered=true error=-",
+            "20261121-001/resolved directory attempts=1 delivered=true error=-",
+            "20261121-001/resolved recorder attempts=1 delivered=true error=-",
+        ]
+    );
+
+    // A redelivery (a crash between delivering and marking) does not duplicate the event log.
+    let db = IncidentDb::open(dir.path()).expect("db");
+    let incident = db.get("20261121-001").expect("get").expect("incident");
+    let event = OutboxEvent {
+        seq: 1,
+        idempotency_key: "20261121-001/opened".into(),
+        event: EventKind::Opened,
+        at: incident.detected_at,
+        incident: incident.clone(),
+    };
+    let mut directory = DirectorySink::new(dir.path().join(DIRECTORY));
+    directory.deliver(&event).expect("again");
+    let folder = directory.folder("20261121-001");
+    let log = std::fs::read_to_string(folder.join("events.jsonl")).expect("events.jsonl");
+    assert_eq!(log.lines().count(), 2, "{log}");
+    for file in ["incident.md", "incident.json", "chart.svg", "evidence.json"] {
+        assert!(folder.join(file).is_file(), "{file}");
+    }
+}
+
+#[test]
+fn the_chart_parses_back_with_bands_median_loss_and_marks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    drive(&mut store, &mut engine, &mut manager, 0, 3000);
+    let incident = IncidentDb::open(dir.path())
+        .expect("db")
+        .get("20261121-001")
+        .expect("get")
+        .expect("incident");
+    let svg = chart::render(&incident);
+    let doc = roxmltree::Document::parse(&svg).expect("the chart is well-formed XML");
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "svg");
+    assert_eq!(
+        root.tag_name().namespace(),
+        Some("http://www.w3.org/2000/svg")
+    );
+    let panels = incident.evidence.series.len();
+    assert_eq!(panels, 3, "one panel per affected target");
+    assert_eq!(
+        root.attribute("height"),
+        Some(format!("{}", 50 + 3 * 200).as_str())
+    );
+    let class = |name: &str| {
+        doc.descendants()
+            .filter(|n| n.attribute("class") == Some(name))
+            .collect::<Vec<_>>()
+    };
+    let title = doc
+        .descendants()
+        .find(|n| n.has_tag_name("title"))
+        .and_then(|n| n.text());
+    assert_eq!(title, Some(incident.title.as_str()));
+    assert_eq!(class("panel").len(), 3);
+    assert!(class("smoke-p10-p90").len() >= 3 && class("smoke-p25-p75").len() >= 3);
+    for polygon in class("smoke-p10-p90") {
+        let points = polygon.attribute("points").expect("points");
+        assert!(points.split(' ').count() >= 3, "{points}");
+    }
+    let medians = class("median");
+    assert!(
+        medians.len() > 100,
+        "a median segment per round: {}",
+        medians.len()
+    );
+    let colours: std::collections::BTreeSet<&str> = medians
+        .iter()
+        .filter_map(|m| m.attribute("stroke"))
+        .collect();
+    // Green before and after, orange for 30–40% loss.
+    assert!(colours.contains(chart::loss_colour(0.0)), "{colours:?}");
+    assert!(colours.contains(chart::loss_colour(35.0)), "{colours:?}");
+    // aws-c's minute of total loss: full-height red bars.
+    let red_bars = class("loss")
+        .into_iter()
+        .filter(|r| r.attribute("fill") == Some(chart::loss_colour(100.0)))
+        .count();
+    assert_eq!(red_bars, 3, "aws-c lost every echo of 3 rounds");
+    assert_eq!(class("detected").len(), 6, "a line and a label per panel");
+    assert_eq!(class("resolved").len(), 6);
+    let labels: Vec<&str> = class("panel-title")
+        .iter()
+        .filter_map(|n| n.text())
+        .collect();
+    assert_eq!(labels, ["aws-a (ping)", "aws-b (ping)", "aws-c (ping)"]);
+}
+
+#[test]
+fn svg_text_is_escaped() {
+    assert_eq!(chart::escape("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
+    let mut svg = chart::Svg::default();
+    svg.text("t", 0.0, 0.0, "start", "<script>&");
+    let doc = svg.finish(10.0, 10.0, "x & y");
+    let parsed = roxmltree::Document::parse(&doc).expect("well-formed");
+    let texts: Vec<&str> = parsed.descendants().filter_map(|n| n.text()).collect();
+    assert!(
+        texts.contains(&"<script>&") && texts.contains(&"x & y"),
+        "{texts:?}"
+    );
+}
+
+#[test]
+fn titles_name_symptom_and_scope() {
+    use crate::rules::{Impact, Metric, Scope, TargetImpact};
+    let member = |target: &str, value: f64| TargetImpact {
+        probe: "ping".into(),
+        target: target.into(),
+        value: Some(value),
+        baseline: None,
+        failure: None,
+    };
+    let impact = |affected: Vec<TargetImpact>, total, metric| {
+        let values: Vec<f64> = affected.iter().filter_map(|m| m.value).collect();
+        Impact {
+            metric,
+            value: Some(values.iter().sum::<f64>() / values.len() as f64),
+            worst: values.iter().copied().reduce(f64::max),
+            affected,
+            total_targets: total,
+        }
+    };
+    let loss = impact(
+        vec![member("a", 30.0), member("b", 34.0), member("c", 38.0)],
+        4,
+        Metric::LossPct,
+    );
+    let group = Scope::Group {
+        label: "group".into(),
+        value: "aws-us-east-1".into(),
+    };
+    assert_eq!(
+        format!(
+            "{} {}",
+            render::symptom(&loss),
+            render::scope_phrase(&group, &loss)
+        ),
+        "34% packet loss to aws-us-east-1 (3 of 4 targets)"
+    );
+    let all = impact(
+        vec![member("a", 100.0), member("b", 100.0)],
+        2,
+        Metric::LossPct,
+    );
+    assert_eq!(
+        format!(
+            "{} {}",
+            render::symptom(&all),
+            render::scope_phrase(&Scope::Agent, &all)
+        ),
+        "100% packet loss from this agent (agent-side: 2 of 2 targets)"
+    );
+    let mut slow = impact(
+        vec![member("a", 180.0)],
+        1,
+        Metric::LatencyMs(crate::config::LatencyField::Median),
+    );
+    slow.affected[0].baseline = Some(58.0);
+    assert_eq!(
+        format!(
+            "{} {}",
+            render::symptom(&slow),
+            render::scope_phrase(&Scope::Target { target: "a".into() }, &slow)
+        ),
+        "high latency (rtt_median_ms 180 ms, 3.1× its baseline of 58.0 ms) to a"
+    );
+    assert_eq!(render::human_duration(Duration::from_secs(4200)), "1h 10m");
+    assert_eq!(render::human_duration(Duration::from_secs(200)), "3m 20s");
+    assert_eq!(render::human_duration(Duration::from_secs(45)), "45s");
+}
+
+#[test]
+fn an_open_incident_whose_rule_left_the_config_is_resolved_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    drive(&mut store, &mut engine, &mut manager, 0, 700);
+    let db = IncidentDb::open(dir.path()).expect("db");
+    assert_eq!(db.open_incidents().expect("open").len(), 1);
+
+    let mut without_rules = config.clone();
+    without_rules.rules.clear();
+    let mut engine = Engine::new(&without_rules);
+    let mut manager = new_manager(dir.path(), &without_rules);
+    assert_eq!(
+        manager
+            .resume(&mut engine, Duration::ZERO, wall(800))
+            .expect("resume"),
+        0
+    );
+    let incident = db.get("20261121-001").expect("get").expect("incident");
+    assert_eq!(incident.status, Status::Resolved);
+    assert!(
+        incident
+            .timeline
+            .last()
+            .is_some_and(|e| e.text.contains("no longer in the config")),
+        "{:#?}",
+        incident.timeline
+    );
+    assert_eq!(
+        db.events("20261121-001").expect("events"),
+        ["20261121-001/opened", "20261121-001/resolved"]
+    );
+}

@@ -1,0 +1,913 @@
+//! `Rule`s: from observations to incident transitions. A pure, deterministic state machine — no
+//! I/O, no clock of its own. The caller passes a **monotonic** time ([`Mono`]) with every call, so
+//! a wall-clock step (NTP, a VM resumed, an operator's `date -s`) can neither open nor clear
+//! anything; wall time appears only in the observations, for display.
+//!
+//! ## Model
+//! - A rule watches **members**: (probe, target) pairs. Each member has a window (the last N
+//!   echoes pooled across rounds, the last N runs, or the last N latency values plus a trailing
+//!   baseline) and a latched state: `Unknown` until its window says otherwise, `Bad` once the open
+//!   condition holds, `Good` once the clear condition holds. Values between the two thresholds
+//!   keep the state (hysteresis).
+//! - Members form **alerts**, one per scope instance: a target (any of its members bad), a group
+//!   (targets sharing a label value; at least `share_pct`% of members bad), or the agent (at least
+//!   `share_pct`% of every member bad). An alert is `Idle`, `Pending` (condition holds, waiting for
+//!   `for`) or `Firing` (an incident is open). It resolves when its clear condition — fewer than the
+//!   required share bad even if every `Unknown` member were bad — has held for `clear_for` and it
+//!   has been open at least `min_hold`.
+//! - While an agent-scope alert is pending or firing, target and group alerts of rules that share a
+//!   probe with it are **held back**: they stay pending instead of opening one incident per target.
+//!   Give the agent rule a shorter `for` than the target rules (by at least one probe interval), so
+//!   that when our own uplink fails the agent rule wins the race.
+//!
+//! ## Thresholds: which side is inclusive
+//! - `loss`: breaches when loss is **strictly above** `above_pct` (exactly 20% with `above_pct = 20`
+//!   does not open); clears **at or below** `clear_below_pct`.
+//! - `failures`: breaches when **at least** `failures` of the last `runs` runs failed (3 of 5 is 3);
+//!   clears when **at most** `clear_failures` failed.
+//! - `latency`: breaches when the value is **strictly above** the threshold; clears **at or
+//!   below** the clear threshold.
+//! - Group and agent shares: breach when the share of bad members is **at least** `share_pct`
+//!   ("≥ 50% of the targets failing").
+//!
+//! ## Transitions
+//! [`TransitionKind::Opened`] when an alert starts firing; [`TransitionKind::Updated`] only on a
+//! significant change (more targets affected than last reported, or the impact value at least
+//! doubled; checked, with the peak, on each [`Engine::tick`]); [`TransitionKind::Resolved`] with
+//! the duration and the peak impact. Every transition
+//! carries the alert's stable dedup key, `rule/scope/value`.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use probes::Measurement;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{
+    Condition, Config, LatencyField, LatencyThreshold, ProbeKind, RuleConfig, RuleScope, Severity,
+};
+use crate::store::Record;
+
+/// Monotonic time since an arbitrary origin (the agent uses the time since it started).
+pub type Mono = Duration;
+
+/// A latency baseline needs at least this many samples before a ratio means anything.
+pub const MIN_BASELINE_SAMPLES: usize = 5;
+
+/// Who an incident is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Scope {
+    Target { target: String },
+    Group { label: String, value: String },
+    Agent,
+}
+
+impl Scope {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Scope::Target { .. } => "target",
+            Scope::Group { .. } => "group",
+            Scope::Agent => "agent",
+        }
+    }
+
+    /// The last part of the dedup key: `sjc1-core`, `group=cloud`, `agent`.
+    pub fn value(&self) -> String {
+        match self {
+            Scope::Target { target } => target.clone(),
+            Scope::Group { label, value } => format!("{label}={value}"),
+            Scope::Agent => "agent".to_string(),
+        }
+    }
+}
+
+/// The stable identity of an alert: `rule/scope/value`, e.g. `packet-loss/group/group=cloud`.
+pub fn dedup_key(rule: &str, scope: &Scope) -> String {
+    format!("{rule}/{}/{}", scope.kind(), scope.value())
+}
+
+/// What a rule measures, for wording and units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Percent of echoes lost.
+    LossPct,
+    /// Percent of runs that failed.
+    FailedRunsPct,
+    /// Milliseconds of the named latency field.
+    LatencyMs(#[serde(with = "field_name")] LatencyField),
+}
+
+mod field_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::config::LatencyField;
+
+    pub fn serialize<S: Serializer>(field: &LatencyField, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(field.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LatencyField, D::Error> {
+        let text = String::deserialize(d)?;
+        LatencyField::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown latency field {text:?}")))
+    }
+}
+
+/// One target's part in an incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetImpact {
+    pub probe: String,
+    pub target: String,
+    /// The rule's metric for this member right now (loss %, failed runs %, latency ms).
+    pub value: Option<f64>,
+    /// For baseline latency rules: the baseline the value is compared with.
+    pub baseline: Option<f64>,
+    /// The latest failure message, if the latest run failed.
+    pub failure: Option<String>,
+}
+
+/// How bad an alert is at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Impact {
+    pub metric: Metric,
+    /// Members in the bad state, sorted by target.
+    pub affected: Vec<TargetImpact>,
+    /// Distinct targets in the scope.
+    pub total_targets: usize,
+    /// Mean of the metric over the affected members.
+    pub value: Option<f64>,
+    /// Worst value among the affected members.
+    pub worst: Option<f64>,
+}
+
+impl Impact {
+    /// Distinct affected targets.
+    pub fn affected_targets(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.affected.iter().map(|m| m.target.as_str()).collect();
+        names.dedup();
+        names
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionKind {
+    Opened,
+    Updated,
+    Resolved,
+}
+
+impl TransitionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionKind::Opened => "opened",
+            TransitionKind::Updated => "updated",
+            TransitionKind::Resolved => "resolved",
+        }
+    }
+}
+
+/// An alert changed in a way an incident must know about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub kind: TransitionKind,
+    pub key: String,
+    pub rule: String,
+    pub severity: Severity,
+    pub scope: Scope,
+    /// When it happened (monotonic).
+    pub at: Mono,
+    /// How long the alert has been firing (zero when opened; the duration when resolved).
+    pub open_for: Duration,
+    pub impact: Impact,
+    /// The worst the alert has been since it opened (by value, and by affected targets).
+    pub peak: Peak,
+    /// Why, in words: "scope grew from 1 to 3 of 4 targets", "loss doubled: 20.0% → 45.0%".
+    pub reason: String,
+}
+
+/// The worst an incident got.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Peak {
+    pub value: Option<f64>,
+    pub affected_targets: usize,
+}
+
+// ---- members -------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Unknown,
+    Good,
+    Bad,
+}
+
+#[derive(Debug)]
+enum Window {
+    /// `true` = lost.
+    Echoes {
+        lost: VecDeque<bool>,
+        lost_count: usize,
+    },
+    /// `true` = failed.
+    Runs {
+        failed: VecDeque<bool>,
+        failed_count: usize,
+    },
+    Latency {
+        recent: VecDeque<f64>,
+        baseline: VecDeque<(Mono, f64)>,
+    },
+}
+
+#[derive(Debug)]
+struct Member {
+    probe: String,
+    target: String,
+    /// Echoes a round sends; a round that failed before sending counts as this many lost.
+    echoes_per_round: u32,
+    window: Window,
+    state: State,
+    value: Option<f64>,
+    baseline: Option<f64>,
+    failure: Option<String>,
+    alert: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Idle,
+    Pending {
+        since: Mono,
+    },
+    Firing {
+        opened: Mono,
+        clear_since: Option<Mono>,
+        /// Affected targets and value as last reported (opened or updated).
+        reported: (usize, Option<f64>),
+        peak: Peak,
+    },
+}
+
+#[derive(Debug)]
+struct Alert {
+    key: String,
+    scope: Scope,
+    members: Vec<usize>,
+    targets: usize,
+    bad: usize,
+    unknown: usize,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    config: RuleConfig,
+    members: Vec<Member>,
+    alerts: Vec<Alert>,
+}
+
+/// The rules engine of one agent.
+#[derive(Debug)]
+pub struct Engine {
+    rules: Vec<CompiledRule>,
+    /// probe → target → (rule, member) pairs that read its observations.
+    routes: HashMap<String, HashMap<String, Vec<(usize, usize)>>>,
+}
+
+impl Engine {
+    /// Compile the config's rules (an agent without rules gets an engine that never fires).
+    pub fn new(config: &Config) -> Engine {
+        let mut rules = Vec::new();
+        let mut routes: HashMap<String, HashMap<String, Vec<(usize, usize)>>> = HashMap::new();
+        for (rule_index, rule) in config.rules.iter().enumerate() {
+            let mut members = Vec::new();
+            let mut alerts: Vec<Alert> = Vec::new();
+            let mut alert_of: HashMap<Scope, usize> = HashMap::new();
+            for probe_name in &rule.probes {
+                let Some(probe) = config.probe(probe_name) else {
+                    continue;
+                };
+                let echoes_per_round = match probe.kind {
+                    ProbeKind::Icmp { count, .. } => count,
+                };
+                for target_name in probe.targets.iter().filter(|t| rule.targets.contains(t)) {
+                    let Some(target) = config.target(target_name) else {
+                        continue;
+                    };
+                    let scope = match &rule.scope {
+                        RuleScope::Target => Some(Scope::Target {
+                            target: target.name.clone(),
+                        }),
+                        RuleScope::Group { label, .. } => {
+                            target.labels.get(label).map(|value| Scope::Group {
+                                label: label.clone(),
+                                value: value.clone(),
+                            })
+                        }
+                        RuleScope::Agent { .. } => Some(Scope::Agent),
+                    };
+                    let member_index = members.len();
+                    let alert = scope.map(|scope| {
+                        *alert_of.entry(scope.clone()).or_insert_with(|| {
+                            alerts.push(Alert {
+                                key: dedup_key(&rule.name, &scope),
+                                scope,
+                                members: Vec::new(),
+                                targets: 0,
+                                bad: 0,
+                                unknown: 0,
+                                phase: Phase::Idle,
+                            });
+                            alerts.len() - 1
+                        })
+                    });
+                    if let Some(alert) = alert {
+                        let alert = &mut alerts[alert];
+                        alert.members.push(member_index);
+                        alert.unknown += 1;
+                    }
+                    members.push(Member {
+                        probe: probe.name.clone(),
+                        target: target.name.clone(),
+                        echoes_per_round,
+                        window: match &rule.condition {
+                            Condition::Loss { .. } => Window::Echoes {
+                                lost: VecDeque::new(),
+                                lost_count: 0,
+                            },
+                            Condition::Failures { .. } => Window::Runs {
+                                failed: VecDeque::new(),
+                                failed_count: 0,
+                            },
+                            Condition::Latency { .. } => Window::Latency {
+                                recent: VecDeque::new(),
+                                baseline: VecDeque::new(),
+                            },
+                        },
+                        state: State::Unknown,
+                        value: None,
+                        baseline: None,
+                        failure: None,
+                        alert,
+                    });
+                    routes
+                        .entry(probe.name.clone())
+                        .or_default()
+                        .entry(target.name.clone())
+                        .or_default()
+                        .push((rule_index, member_index));
+                }
+            }
+            for alert in &mut alerts {
+                let mut names: Vec<&str> = alert
+                    .members
+                    .iter()
+                    .map(|&m| members[m].target.as_str())
+                    .collect();
+                names.sort_unstable();
+                names.dedup();
+                alert.targets = names.len();
+            }
+            rules.push(CompiledRule {
+                config: rule.clone(),
+                members,
+                alerts,
+            });
+        }
+        Engine { rules, routes }
+    }
+
+    /// Feed one stored observation; returns the transitions it caused (in rule order).
+    pub fn observe(&mut self, now: Mono, record: &Record) -> Vec<Transition> {
+        let routes = self
+            .routes
+            .get(&record.probe)
+            .and_then(|targets| targets.get(&record.target))
+            .cloned()
+            .unwrap_or_default();
+        let mut touched: Vec<(usize, usize)> = Vec::new();
+        for (rule_index, member_index) in routes {
+            let rule = &mut self.rules[rule_index];
+            let member = &mut rule.members[member_index];
+            let before = member.state;
+            update_member(member, &rule.config.condition, now, record);
+            let after = member.state;
+            if let Some(alert_index) = member.alert {
+                let alert = &mut rule.alerts[alert_index];
+                count(alert, before, -1);
+                count(alert, after, 1);
+                touched.push((rule_index, alert_index));
+            }
+        }
+        let mut transitions = Vec::new();
+        // Agent-scope alerts first: they decide what is held back.
+        self.evaluate_agent_alerts(now, false, &mut transitions);
+        let held = self.held_probes();
+        for (rule_index, alert_index) in touched {
+            if !matches!(self.rules[rule_index].config.scope, RuleScope::Agent { .. }) {
+                self.evaluate(rule_index, alert_index, now, &held, false, &mut transitions);
+            }
+        }
+        transitions
+    }
+
+    /// Let time pass: opens alerts whose `for` elapsed, resolves those whose clear condition
+    /// held long enough, and reports significant changes of firing alerts (updates and peaks are
+    /// sampled here, not per observation, so that a mass outage costs one pass a second). Call it
+    /// about once a second.
+    pub fn tick(&mut self, now: Mono) -> Vec<Transition> {
+        let mut transitions = Vec::new();
+        self.evaluate_agent_alerts(now, true, &mut transitions);
+        let held = self.held_probes();
+        for rule_index in 0..self.rules.len() {
+            if matches!(self.rules[rule_index].config.scope, RuleScope::Agent { .. }) {
+                continue;
+            }
+            for alert_index in 0..self.rules[rule_index].alerts.len() {
+                self.evaluate(rule_index, alert_index, now, &held, true, &mut transitions);
+            }
+        }
+        transitions
+    }
+
+    /// An incident that was open when the agent last stopped: its alert resumes as firing (so it
+    /// is neither opened again nor lost), and resolves through the clear conditions as usual.
+    /// `reported` is what the incident last said (affected targets, value), so that the first
+    /// observations after a restart do not count as a significant change. Returns false if no
+    /// alert has that key (the rule or target was removed from the config).
+    pub fn restore(&mut self, key: &str, now: Mono, reported: (usize, Option<f64>)) -> bool {
+        for rule in &mut self.rules {
+            if let Some(alert) = rule.alerts.iter_mut().find(|a| a.key == key) {
+                alert.phase = Phase::Firing {
+                    opened: now,
+                    clear_since: None,
+                    reported,
+                    peak: Peak {
+                        value: reported.1,
+                        affected_targets: reported.0,
+                    },
+                };
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The keys of the alerts that are firing.
+    pub fn firing(&self) -> Vec<&str> {
+        self.rules
+            .iter()
+            .flat_map(|r| &r.alerts)
+            .filter(|a| matches!(a.phase, Phase::Firing { .. }))
+            .map(|a| a.key.as_str())
+            .collect()
+    }
+
+    /// The current impact of an alert, for evidence (None for an unknown key).
+    pub fn impact(&self, key: &str) -> Option<Impact> {
+        self.rules.iter().find_map(|rule| {
+            rule.alerts
+                .iter()
+                .find(|a| a.key == key)
+                .map(|alert| impact(rule, alert))
+        })
+    }
+
+    fn evaluate_agent_alerts(&mut self, now: Mono, full: bool, transitions: &mut Vec<Transition>) {
+        for rule_index in 0..self.rules.len() {
+            if matches!(self.rules[rule_index].config.scope, RuleScope::Agent { .. }) {
+                for alert_index in 0..self.rules[rule_index].alerts.len() {
+                    self.evaluate(rule_index, alert_index, now, &[], full, transitions);
+                }
+            }
+        }
+    }
+
+    /// Probes of agent-scope rules whose alert is pending or firing.
+    fn held_probes(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter(|r| matches!(r.config.scope, RuleScope::Agent { .. }))
+            .filter(|r| r.alerts.iter().any(|a| !matches!(a.phase, Phase::Idle)))
+            .flat_map(|r| r.config.probes.iter().cloned())
+            .collect()
+    }
+
+    fn evaluate(
+        &mut self,
+        rule_index: usize,
+        alert_index: usize,
+        now: Mono,
+        held: &[String],
+        // Also look for significant changes and new peaks (costs a pass over the members).
+        full: bool,
+        transitions: &mut Vec<Transition>,
+    ) {
+        let rule = &self.rules[rule_index];
+        let config = &rule.config;
+        let alert = &rule.alerts[alert_index];
+        let members = alert.members.len();
+        let share = match config.scope {
+            RuleScope::Target => None,
+            RuleScope::Group { share_pct, .. } | RuleScope::Agent { share_pct } => Some(share_pct),
+        };
+        let enough = |bad: usize| match share {
+            None => bad >= 1,
+            Some(share_pct) => members > 0 && bad as f64 * 100.0 >= share_pct * members as f64,
+        };
+        let breaching = enough(alert.bad);
+        let clear = !enough(alert.bad + alert.unknown);
+        let is_held = held.iter().any(|p| config.probes.contains(p));
+
+        let mut emit: Option<(TransitionKind, Duration, Peak, String)> = None;
+        let next = match alert.phase.clone() {
+            Phase::Idle | Phase::Pending { .. } if !breaching => Phase::Idle,
+            Phase::Idle => self.try_open(rule_index, alert_index, now, now, is_held, &mut emit),
+            Phase::Pending { since } => {
+                self.try_open(rule_index, alert_index, since, now, is_held, &mut emit)
+            }
+            Phase::Firing {
+                opened,
+                clear_since,
+                reported,
+                peak,
+            } => {
+                // The peak counts while the condition holds, not while the last members clear.
+                let current = (full && breaching).then(|| impact(rule, alert));
+                let peak = match &current {
+                    Some(current) => Peak {
+                        value: max_option(peak.value, current.value),
+                        affected_targets: peak
+                            .affected_targets
+                            .max(current.affected_targets().len()),
+                    },
+                    None => peak,
+                };
+                if clear {
+                    let clear_since = clear_since.unwrap_or(now);
+                    let open_for = now.saturating_sub(opened);
+                    if now.saturating_sub(clear_since) >= config.clear_for
+                        && open_for >= config.min_hold
+                    {
+                        emit = Some((
+                            TransitionKind::Resolved,
+                            open_for,
+                            peak,
+                            format!(
+                                "clear for {}",
+                                crate::config::format_duration(now.saturating_sub(clear_since))
+                            ),
+                        ));
+                        Phase::Idle
+                    } else {
+                        Phase::Firing {
+                            opened,
+                            clear_since: Some(clear_since),
+                            reported,
+                            peak,
+                        }
+                    }
+                } else {
+                    let mut reported = reported;
+                    if let Some(current) = &current
+                        && let Some(reason) = significant_change(reported, current)
+                    {
+                        emit = Some((
+                            TransitionKind::Updated,
+                            now.saturating_sub(opened),
+                            peak,
+                            reason,
+                        ));
+                        reported = (current.affected_targets().len(), current.value);
+                    }
+                    Phase::Firing {
+                        opened,
+                        clear_since: None,
+                        reported,
+                        peak,
+                    }
+                }
+            }
+        };
+        let rule = &mut self.rules[rule_index];
+        rule.alerts[alert_index].phase = next;
+        if let Some((kind, open_for, peak, reason)) = emit {
+            let alert = &rule.alerts[alert_index];
+            transitions.push(Transition {
+                kind,
+                key: alert.key.clone(),
+                rule: rule.config.name.clone(),
+                severity: rule.config.severity,
+                scope: alert.scope.clone(),
+                at: now,
+                open_for,
+                impact: impact(rule, alert),
+                peak,
+                reason,
+            });
+        }
+    }
+
+    /// A breaching alert that has been pending since `since`: fire if `for` elapsed and nothing
+    /// holds it back.
+    fn try_open(
+        &self,
+        rule_index: usize,
+        alert_index: usize,
+        since: Mono,
+        now: Mono,
+        held: bool,
+        emit: &mut Option<(TransitionKind, Duration, Peak, String)>,
+    ) -> Phase {
+        let rule = &self.rules[rule_index];
+        if now.saturating_sub(since) < rule.config.open_for || held {
+            return Phase::Pending { since };
+        }
+        let current = impact(rule, &rule.alerts[alert_index]);
+        let affected = current.affected_targets().len();
+        let peak = Peak {
+            value: current.value,
+            affected_targets: affected,
+        };
+        *emit = Some((
+            TransitionKind::Opened,
+            Duration::ZERO,
+            peak,
+            format!(
+                "breaching for {}",
+                crate::config::format_duration(now.saturating_sub(since))
+            ),
+        ));
+        Phase::Firing {
+            opened: now,
+            clear_since: None,
+            reported: (affected, current.value),
+            peak,
+        }
+    }
+}
+
+fn max_option(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// More targets than last reported, or the value at least doubled.
+fn significant_change(reported: (usize, Option<f64>), current: &Impact) -> Option<String> {
+    let affected = current.affected_targets().len();
+    let (was_affected, was_value) = reported;
+    if affected > was_affected {
+        return Some(format!(
+            "scope grew from {was_affected} to {affected} of {} targets",
+            current.total_targets
+        ));
+    }
+    match (was_value, current.value) {
+        (Some(was), Some(now)) if was > 0.0 && now >= 2.0 * was => {
+            let (what, unit) = match current.metric {
+                Metric::LossPct => ("loss", "%"),
+                Metric::FailedRunsPct => ("failed runs", "%"),
+                Metric::LatencyMs(_) => ("latency", " ms"),
+            };
+            Some(format!("{what} doubled: {was:.1}{unit} → {now:.1}{unit}"))
+        }
+        _ => None,
+    }
+}
+
+fn count(alert: &mut Alert, state: State, delta: isize) {
+    let slot = match state {
+        State::Bad => &mut alert.bad,
+        State::Unknown => &mut alert.unknown,
+        State::Good => return,
+    };
+    *slot = slot.saturating_add_signed(delta);
+}
+
+fn impact(rule: &CompiledRule, alert: &Alert) -> Impact {
+    let mut affected: Vec<TargetImpact> = alert
+        .members
+        .iter()
+        .map(|&m| &rule.members[m])
+        .filter(|m| m.state == State::Bad)
+        .map(|m| TargetImpact {
+            probe: m.probe.clone(),
+            target: m.target.clone(),
+            value: m.value,
+            baseline: m.baseline,
+            failure: m.failure.clone(),
+        })
+        .collect();
+    affected.sort_by(|a, b| (&a.target, &a.probe).cmp(&(&b.target, &b.probe)));
+    let values: Vec<f64> = affected.iter().filter_map(|m| m.value).collect();
+    let value = (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
+    let worst = values.iter().copied().reduce(f64::max);
+    Impact {
+        metric: metric(&rule.config.condition),
+        affected,
+        total_targets: alert.targets,
+        value,
+        worst,
+    }
+}
+
+fn metric(condition: &Condition) -> Metric {
+    match condition {
+        Condition::Loss { .. } => Metric::LossPct,
+        Condition::Failures { .. } => Metric::FailedRunsPct,
+        Condition::Latency { field, .. } => Metric::LatencyMs(*field),
+    }
+}
+
+/// Push into a bounded window; returns what fell out.
+fn push_bounded<T>(window: &mut VecDeque<T>, item: T, capacity: usize) -> Option<T> {
+    window.push_back(item);
+    if window.len() > capacity.max(1) {
+        window.pop_front()
+    } else {
+        None
+    }
+}
+
+/// Fold one observation into a member's window and re-derive its state.
+fn update_member(member: &mut Member, condition: &Condition, now: Mono, record: &Record) {
+    let observation = &record.observation;
+    member.failure = match &observation.outcome {
+        probes::Outcome::Success => None,
+        probes::Outcome::Failure { message, .. } => Some(message.clone()),
+    };
+    let stats = match &observation.measurement {
+        Measurement::Ping(stats) => Some(stats),
+    };
+    // The new state when the open (`Some(true)`) or clear (`Some(false)`) condition holds.
+    let verdict: Option<bool> = match (condition, &mut member.window) {
+        (
+            Condition::Loss {
+                above_pct,
+                clear_below_pct,
+                echoes,
+            },
+            Window::Echoes { lost, lost_count },
+        ) => {
+            let mut push = |is_lost: bool| {
+                *lost_count += usize::from(is_lost);
+                if push_bounded(lost, is_lost, *echoes as usize) == Some(true) {
+                    *lost_count -= 1;
+                }
+            };
+            match stats {
+                Some(stats) if !stats.rtts_ms.is_empty() => {
+                    for rtt in &stats.rtts_ms {
+                        push(rtt.is_none());
+                    }
+                }
+                // A round that could not even send (name did not resolve, no route): every
+                // echo it should have sent is lost.
+                _ if !observation.is_success() => {
+                    for _ in 0..member.echoes_per_round.max(1) {
+                        push(true);
+                    }
+                }
+                _ => {}
+            }
+            let total = lost.len() as f64;
+            let lost = *lost_count as f64;
+            member.value = (total > 0.0).then(|| 100.0 * lost / total);
+            // Compared without dividing, so "exactly at the threshold" is exact.
+            if total == 0.0 {
+                None
+            } else if 100.0 * lost > above_pct * total {
+                Some(true)
+            } else if 100.0 * lost <= clear_below_pct * total {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        (
+            Condition::Failures {
+                failures,
+                runs,
+                clear_failures,
+            },
+            Window::Runs {
+                failed,
+                failed_count,
+            },
+        ) => {
+            let is_failed = !observation.is_success();
+            *failed_count += usize::from(is_failed);
+            if push_bounded(failed, is_failed, *runs as usize) == Some(true) {
+                *failed_count -= 1;
+            }
+            member.value = Some(100.0 * *failed_count as f64 / failed.len() as f64);
+            if *failed_count >= *failures as usize {
+                Some(true)
+            } else if *failed_count <= *clear_failures as usize {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        (
+            Condition::Latency {
+                field,
+                runs,
+                threshold,
+            },
+            Window::Latency { recent, baseline },
+        ) => {
+            let value = stats.and_then(|s| field.of(s));
+            if let Some(value) = value {
+                let evicted = push_bounded(recent, value, *runs as usize);
+                // While the member is bad the baseline is frozen: neither fed with the bad
+                // values nor aged out, so a long incident does not become its own baseline.
+                if member.state != State::Bad {
+                    if let Some(evicted) = evicted {
+                        baseline.push_back((now, evicted));
+                    }
+                    if let LatencyThreshold::Baseline { window, .. } = threshold {
+                        while baseline
+                            .front()
+                            .is_some_and(|(at, _)| now.saturating_sub(*at) > *window)
+                        {
+                            baseline.pop_front();
+                        }
+                    }
+                }
+            }
+            if recent.len() < *runs as usize {
+                None
+            } else {
+                let current = median(recent.iter().copied());
+                member.value = current;
+                match (threshold, current) {
+                    (
+                        LatencyThreshold::Absolute {
+                            above_ms,
+                            clear_below_ms,
+                        },
+                        Some(current),
+                    ) => {
+                        if current > *above_ms {
+                            Some(true)
+                        } else if current <= *clear_below_ms {
+                            Some(false)
+                        } else {
+                            None
+                        }
+                    }
+                    (
+                        LatencyThreshold::Baseline {
+                            above_ratio,
+                            clear_below_ratio,
+                            ..
+                        },
+                        Some(current),
+                    ) if baseline.len() >= MIN_BASELINE_SAMPLES => {
+                        let base = median(baseline.iter().map(|(_, v)| *v)).unwrap_or(0.0);
+                        member.baseline = Some(base);
+                        if current > above_ratio * base {
+                            Some(true)
+                        } else if current <= clear_below_ratio * base {
+                            Some(false)
+                        } else {
+                            None
+                        }
+                    }
+                    _ => None,
+                }
+            }
+        }
+        // The window always matches the condition it was built for.
+        _ => None,
+    };
+    member.state = match verdict {
+        Some(true) => State::Bad,
+        Some(false) => State::Good,
+        None => member.state,
+    };
+}
+
+/// The median (mean of the middle two for an even count); None when empty.
+pub fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    Some(if sorted.len() % 2 == 0 {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    })
+}
+
+#[cfg(test)]
+mod tests;

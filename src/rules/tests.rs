@@ -1,0 +1,526 @@
+//! Scenario tests from data: a table of observations (time, target, what the round saw) in, the
+//! transitions out, as one line each. Rounds are 5 echoes; `.` is a reply (10 ms), `x` a lost
+//! echo, `!` a round that failed before sending (name did not resolve), a number `N` a round of
+//! five replies of N ms.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use probes::{FailureKind, Measurement, Observation, Outcome, PingStats};
+
+use super::*;
+use crate::config::Config;
+
+/// A config with the given targets (name, group label) on 127.0.0.x, one probe `ping` (5 echoes
+/// every 10 s), and the given `[[rule]]` text.
+fn make_config(targets: &[(&str, &str)], rules: &str) -> Config {
+    let mut text = String::from("[agent]\nname = \"a1\"\nsite = \"scl3\"\n");
+    for (i, (name, group)) in targets.iter().enumerate() {
+        text.push_str(&format!(
+            "[[target]]\nname = \"{name}\"\nhost = \"127.0.0.{}\"\nlabels = {{ group = \"{group}\" }}\n",
+            i + 1
+        ));
+    }
+    text.push_str(
+        "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"10s\"\ntimeout = \"1s\"\ncount = 5\nspacing = \"1s\"\n",
+    );
+    text.push_str(rules);
+    Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn record(target: &str, round: &str, wall: SystemTime) -> Record {
+    let rtts: Vec<Option<f64>> = match round {
+        "!" => Vec::new(),
+        _ if round.parse::<f64>().is_ok() => {
+            vec![Some(round.parse::<f64>().expect("number")); 5]
+        }
+        _ => round.chars().map(|c| (c == '.').then_some(10.0)).collect(),
+    };
+    let stats = PingStats::from_rtts(rtts);
+    let outcome = match (round, stats.received) {
+        ("!", _) => Outcome::failure(FailureKind::Resolve, "cannot resolve"),
+        (_, 0) => Outcome::failure(FailureKind::Timeout, "no reply"),
+        _ => Outcome::Success,
+    };
+    Record {
+        agent: "a1".into(),
+        site: "scl3".into(),
+        probe: "ping".into(),
+        target: target.into(),
+        target_site: "lab".into(),
+        address: None,
+        observation: Observation {
+            started_at: wall,
+            duration: Duration::from_secs(5),
+            outcome,
+            measurement: Measurement::Ping(stats),
+        },
+    }
+}
+
+/// `(from, to, every, target, round)`: the round seen at `from`, `from + every`, ... before `to`.
+type Rows<'a> = &'a [(u64, u64, u64, &'a str, &'a str)];
+
+/// Run a scenario second by second (observations of a second first, then a tick) and describe
+/// each transition: `70s opened rule/target/a 100.0 1/1`. `wall` maps a second to the wall-clock
+/// time stamped on its observations.
+fn run_with(
+    config: &Config,
+    rows: Rows<'_>,
+    end: u64,
+    wall: impl Fn(u64) -> SystemTime,
+) -> Vec<String> {
+    let mut engine = Engine::new(config);
+    run_engine(&mut engine, rows, 0, end, wall)
+}
+
+fn run_engine(
+    engine: &mut Engine,
+    rows: Rows<'_>,
+    start: u64,
+    end: u64,
+    wall: impl Fn(u64) -> SystemTime,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for t in start..=end {
+        let now = Duration::from_secs(t);
+        let mut transitions = Vec::new();
+        for &(from, to, every, target, round) in rows {
+            if t >= from && t < to && (t - from) % every == 0 {
+                transitions.extend(engine.observe(now, &record(target, round, wall(t))));
+            }
+        }
+        transitions.extend(engine.tick(now));
+        for tr in transitions {
+            let value = tr.impact.value.map_or("-".into(), |v| format!("{v:.1}"));
+            let mut line = format!(
+                "{t}s {} {} {value} {}/{}",
+                tr.kind.as_str(),
+                tr.key,
+                tr.impact.affected_targets().len(),
+                tr.impact.total_targets
+            );
+            match tr.kind {
+                TransitionKind::Opened => {}
+                TransitionKind::Updated => line.push_str(&format!(" ({})", tr.reason)),
+                TransitionKind::Resolved => line.push_str(&format!(
+                    " after {}s, peak {}",
+                    tr.open_for.as_secs(),
+                    tr.peak.value.map_or("-".into(), |v| format!("{v:.1}"))
+                )),
+            }
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+fn steady_wall(t: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + t)
+}
+
+fn run(config: &Config, rows: Rows<'_>, end: u64) -> Vec<String> {
+    run_with(config, rows, end, steady_wall)
+}
+
+const LOSS: &str = r#"
+[[rule]]
+name = "loss"
+kind = "loss"
+above_pct = 20
+clear_below_pct = 10
+echoes = 10
+for = "20s"
+clear_for = "30s"
+min_hold = "60s"
+"#;
+
+#[test]
+fn loss_opens_after_for_and_resolves_after_clear_for_and_min_hold() {
+    let config = make_config(&[("a", "g")], LOSS);
+    let rows: Rows = &[
+        (0, 50, 10, "a", "....."),
+        (50, 100, 10, "a", "xxxxx"),
+        (100, 300, 10, "a", "....."),
+    ];
+    // t=50: 5 of the last 10 echoes lost (50%): bad, pending. t=70: `for` elapsed, opened (100%:
+    // two lost rounds). t=110: 0 of 10 lost: clear. t=140: clear for 30s and open for 70s ≥ 60s.
+    assert_eq!(
+        run(&config, rows, 300),
+        [
+            "70s opened loss/target/a 100.0 1/1",
+            "140s resolved loss/target/a - 0/1 after 70s, peak 100.0",
+        ]
+    );
+}
+
+#[test]
+fn exactly_at_the_threshold() {
+    // Loss: above_pct = 20 is exclusive (2 of 10 lost = 20% does not open, 3 of 10 does);
+    // clear_below_pct = 10 is inclusive (1 of 10 = 10% clears).
+    let config = make_config(&[("a", "g")], LOSS);
+    let rows: Rows = &[
+        (0, 100, 10, "a", "x...."),   // 1 of 5 per round: 20% exactly, for ever
+        (100, 150, 10, "a", "xx..."), // 3 of 10 at t=100, then 4 of 10: 30%, 40%
+        (150, 400, 10, "a", "x...."), // back to 30%, then 20%: in the band, stays open
+        (400, 600, 10, "a", "....x"), // 2 of 10 = 20%, then (at 410) still 20%...
+        (600, 800, 10, "a", "....."), // 1 of 10 at t=600: 10% clears (inclusive)
+    ];
+    assert_eq!(
+        run(&config, rows, 800),
+        [
+            "120s opened loss/target/a 40.0 1/1",
+            "630s resolved loss/target/a - 0/1 after 510s, peak 40.0",
+        ]
+    );
+
+    // Failures: at least 2 of the last 4 runs (inclusive); clear at most 0 of 4.
+    let failures = make_config(
+        &[("a", "g")],
+        "[[rule]]\nname = \"down\"\nkind = \"failures\"\nfailures = 2\nruns = 4\nfor = \"0s\"\nclear_for = \"0s\"\nmin_hold = \"0s\"\n",
+    );
+    let rows: Rows = &[
+        (0, 10, 10, "a", "xxxxx"),   // 1 failure of 1
+        (10, 40, 10, "a", "....."),  // 1 of 4: below
+        (40, 50, 10, "a", "xxxxx"),  // the first failure left the window at t=40: 1 of 4
+        (50, 60, 10, "a", "!"),      // 2 of 4: opens
+        (60, 100, 10, "a", "....."), // 2, 2, 1, 0 of 4 at t=90: clears
+    ];
+    assert_eq!(
+        run(&failures, rows, 120),
+        [
+            "50s opened down/target/a 50.0 1/1",
+            "90s resolved down/target/a - 0/1 after 40s, peak 50.0",
+        ]
+    );
+}
+
+#[test]
+fn a_flapping_target_gives_one_incident() {
+    // The window is one round, so the target flips between 100% and 0% loss every 10 s for
+    // 10 minutes. Clear periods (10 s) never last `clear_for` (60 s): one incident, no updates.
+    let config = make_config(
+        &[("a", "g")],
+        "[[rule]]\nname = \"loss\"\nkind = \"loss\"\nabove_pct = 50\nechoes = 5\nfor = \"0s\"\nclear_for = \"60s\"\nmin_hold = \"2m\"\n",
+    );
+    let rows: Rows = &[
+        (0, 600, 20, "a", "xxxxx"),
+        (10, 600, 20, "a", "....."),
+        (600, 900, 10, "a", "....."),
+    ];
+    assert_eq!(
+        run(&config, rows, 900),
+        [
+            "0s opened loss/target/a 100.0 1/1",
+            "650s resolved loss/target/a - 0/1 after 650s, peak 100.0",
+        ]
+    );
+}
+
+#[test]
+fn group_scope_needs_a_share_of_the_group_and_grows() {
+    let config = make_config(
+        &[
+            ("a", "cloud"),
+            ("b", "cloud"),
+            ("c", "cloud"),
+            ("d", "cloud"),
+            ("e", "west"),
+            ("f", "west"),
+            ("g", "west"),
+        ],
+        "[[rule]]\nname = \"grp\"\nkind = \"loss\"\nabove_pct = 20\nechoes = 5\nscope = \"group\"\ngroup_by = \"group\"\nshare_pct = 50\nfor = \"0s\"\nclear_for = \"0s\"\nmin_hold = \"0s\"\n",
+    );
+    let rows: Rows = &[
+        // One member of `cloud` fails from t=0: 1 of 4 is not an incident.
+        (0, 200, 10, "a", "xxxxx"),
+        // A second from t=50: 2 of 4 = 50% (inclusive) opens one group incident.
+        (0, 50, 10, "b", "....."),
+        (50, 200, 10, "b", "xxx.."),
+        // A third from t=100: the scope grew.
+        (0, 100, 10, "c", "....."),
+        (100, 200, 10, "c", "xxxxx"),
+        (0, 300, 10, "d", "....."),
+        // One of three in `west` for the whole time: never an incident.
+        (0, 300, 10, "e", "xxxxx"),
+        (0, 300, 10, "f", "....."),
+        (0, 300, 10, "g", "....."),
+        (200, 300, 10, "a", "....."),
+        (200, 300, 10, "b", "....."),
+        (200, 300, 10, "c", "....."),
+    ];
+    assert_eq!(
+        run(&config, rows, 300),
+        [
+            "50s opened grp/group/group=cloud 80.0 2/4",
+            "100s updated grp/group/group=cloud 86.7 3/4 (scope grew from 2 to 3 of 4 targets)",
+            // At t=200 a and b recover before c: 1 of 4 is below the share, so it resolves.
+            "200s resolved grp/group/group=cloud 100.0 1/4 after 150s, peak 86.7",
+        ]
+    );
+}
+
+const AGENT_AND_TARGET: &str = r#"
+[[rule]]
+name = "loss"
+kind = "loss"
+above_pct = 20
+echoes = 5
+for = "30s"
+clear_for = "20s"
+min_hold = "0s"
+
+[[rule]]
+name = "uplink"
+kind = "loss"
+severity = "critical"
+above_pct = 20
+echoes = 5
+scope = "agent"
+for = "10s"
+clear_for = "20s"
+min_hold = "0s"
+"#;
+
+#[test]
+fn every_target_failing_is_one_agent_side_incident() {
+    let config = make_config(&[("a", "x"), ("b", "y"), ("c", "z")], AGENT_AND_TARGET);
+    // Our uplink dies at t≈100: the targets' rounds (staggered by 3 s) lose everything from then
+    // on, until t≈300. The agent rule opens; the target rule is held back for all three.
+    let rows: Rows = &[
+        (0, 100, 10, "a", "....."),
+        (3, 103, 10, "b", "....."),
+        (6, 106, 10, "c", "....."),
+        (100, 300, 10, "a", "xxxxx"),
+        (103, 303, 10, "b", "xxxxx"),
+        (106, 306, 10, "c", "xxxxx"),
+        (300, 500, 10, "a", "....."),
+        (303, 503, 10, "b", "....."),
+        (306, 506, 10, "c", "....."),
+    ];
+    assert_eq!(
+        run(&config, rows, 500),
+        [
+            "116s opened uplink/agent/agent 100.0 3/3",
+            "320s resolved uplink/agent/agent - 0/3 after 204s, peak 100.0",
+        ]
+    );
+
+    // One target failing alone is the target's incident, not ours.
+    let rows: Rows = &[
+        (0, 400, 10, "a", "....."),
+        (3, 400, 10, "b", "....."),
+        (6, 106, 10, "c", "....."),
+        (106, 400, 10, "c", "xxxxx"),
+    ];
+    assert_eq!(
+        run(&config, rows, 400),
+        ["136s opened loss/target/c 100.0 1/1"]
+    );
+}
+
+#[test]
+fn a_wall_clock_step_opens_and_clears_nothing() {
+    let config = make_config(&[("a", "g")], LOSS);
+    let rows: Rows = &[
+        (0, 50, 10, "a", "....."),
+        (50, 100, 10, "a", "xxxxx"),
+        (100, 300, 10, "a", "....."),
+    ];
+    // NTP steps the wall clock back two hours at t=60 and forward a day at t=120: the same
+    // transitions at the same (monotonic) times as with a steady clock.
+    let stepped = |t: u64| match t {
+        0..60 => steady_wall(t),
+        60..120 => steady_wall(t) - Duration::from_secs(7200),
+        _ => steady_wall(t) + Duration::from_secs(86_400),
+    };
+    assert_eq!(
+        run_with(&config, rows, 300, stepped),
+        run(&config, rows, 300)
+    );
+    // And a healthy target stays quiet whatever the wall clock does.
+    let healthy: Rows = &[(0, 300, 10, "a", ".....")];
+    assert!(run_with(&config, healthy, 300, stepped).is_empty());
+}
+
+#[test]
+fn loss_doubling_is_an_update_and_small_changes_are_not() {
+    let config = make_config(
+        &[("a", "g")],
+        "[[rule]]\nname = \"loss\"\nkind = \"loss\"\nabove_pct = 10\nechoes = 5\nfor = \"0s\"\nclear_for = \"0s\"\nmin_hold = \"0s\"\n",
+    );
+    let rows: Rows = &[
+        (0, 30, 10, "a", "x...."),   // 20%: opened
+        (30, 60, 10, "a", "xx..."),  // 40%: doubled
+        (60, 90, 10, "a", "xxx.."),  // 60%: not double of 40%
+        (90, 120, 10, "a", "xxxx."), // 80%: double of 40%, the last figure reported
+    ];
+    assert_eq!(
+        run(&config, rows, 120),
+        [
+            "0s opened loss/target/a 20.0 1/1",
+            "30s updated loss/target/a 40.0 1/1 (loss doubled: 20.0% → 40.0%)",
+            "90s updated loss/target/a 80.0 1/1 (loss doubled: 40.0% → 80.0%)",
+        ]
+    );
+}
+
+#[test]
+fn latency_above_its_own_baseline() {
+    let config = make_config(
+        &[("a", "g")],
+        "[[rule]]\nname = \"slow\"\nkind = \"latency\"\nabove_baseline = 3\nbaseline = \"10m\"\nruns = 3\nfor = \"0s\"\nclear_for = \"0s\"\nmin_hold = \"0s\"\n",
+    );
+    let rows: Rows = &[
+        (0, 300, 10, "a", "10"),
+        (300, 320, 10, "a", "20"), // 2× the baseline: not above 3×
+        (320, 360, 10, "a", "40"), // the median of the last 3 runs reaches 40 at t=330
+        // An hour at 40 ms: the baseline is frozen while breaching, so this stays an incident.
+        (360, 3960, 10, "a", "40"),
+        (3960, 4000, 10, "a", "10"), // back to normal: the median is 10 again at t=3970
+    ];
+    assert_eq!(
+        run(&config, rows, 4000),
+        [
+            "330s opened slow/target/a 40.0 1/1",
+            "3970s resolved slow/target/a - 0/1 after 3640s, peak 40.0",
+        ]
+    );
+}
+
+#[test]
+fn absolute_latency_with_hysteresis() {
+    let config = make_config(
+        &[("a", "g")],
+        "[[rule]]\nname = \"slow\"\nkind = \"latency\"\nfield = \"rtt_median_ms\"\nabove_ms = 100\nclear_below_ms = 50\nruns = 1\nfor = \"0s\"\nclear_for = \"0s\"\nmin_hold = \"0s\"\n",
+    );
+    let rows: Rows = &[
+        (0, 10, 10, "a", "100"),  // exactly 100: not above
+        (10, 20, 10, "a", "101"), // opens
+        (20, 40, 10, "a", "60"),  // between the thresholds: stays open
+        (40, 50, 10, "a", "50"),  // at the clear threshold: clears
+    ];
+    assert_eq!(
+        run(&config, rows, 50),
+        [
+            "10s opened slow/target/a 101.0 1/1",
+            "40s resolved slow/target/a - 0/1 after 30s, peak 101.0",
+        ]
+    );
+}
+
+#[test]
+fn a_restored_incident_is_neither_reopened_nor_lost() {
+    let config = make_config(&[("a", "g")], LOSS);
+    // Still bad after the restart: no second `opened`, and no `updated` for the same figures.
+    let mut engine = Engine::new(&config);
+    assert!(engine.restore("loss/target/a", Duration::ZERO, (1, Some(100.0))));
+    let bad: Rows = &[(0, 200, 10, "a", "xxxxx")];
+    assert!(run_engine(&mut engine, bad, 0, 200, steady_wall).is_empty());
+    assert_eq!(engine.firing(), ["loss/target/a"]);
+
+    // Healthy after the restart: resolves through the clear conditions (clear for 30 s from the
+    // second round, t=10; the hold counts from the restart).
+    let mut engine = Engine::new(&config);
+    assert!(engine.restore("loss/target/a", Duration::ZERO, (1, Some(100.0))));
+    let healthy: Rows = &[(0, 200, 10, "a", ".....")];
+    assert_eq!(
+        run_engine(&mut engine, healthy, 0, 200, steady_wall),
+        ["60s resolved loss/target/a - 0/1 after 60s, peak 100.0"]
+    );
+    assert!(!engine.restore("loss/target/gone", Duration::ZERO, (1, None)));
+}
+
+#[test]
+fn no_rules_no_transitions() {
+    let config = make_config(&[("a", "g")], "");
+    let rows: Rows = &[(0, 100, 10, "a", "!")];
+    assert!(run(&config, rows, 100).is_empty());
+}
+
+#[test]
+fn dedup_keys_are_stable() {
+    assert_eq!(
+        dedup_key(
+            "loss",
+            &Scope::Target {
+                target: "sjc1-core".into()
+            }
+        ),
+        "loss/target/sjc1-core"
+    );
+    assert_eq!(
+        dedup_key(
+            "grp",
+            &Scope::Group {
+                label: "group".into(),
+                value: "cloud".into()
+            }
+        ),
+        "grp/group/group=cloud"
+    );
+    assert_eq!(dedup_key("uplink", &Scope::Agent), "uplink/agent/agent");
+}
+
+#[test]
+fn median_of_even_and_odd_counts() {
+    assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
+    assert_eq!(median([4.0, 1.0, 2.0, 3.0].into_iter()), Some(2.5));
+    assert_eq!(median(std::iter::empty()), None);
+}
+
+#[test]
+fn a_thousand_targets_failing_at_once_is_one_incident() {
+    let names: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
+    let targets: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "g")).collect();
+    let mut text = String::from("[agent]\nname = \"a1\"\nsite = \"scl3\"\n");
+    for (i, (name, group)) in targets.iter().enumerate() {
+        text.push_str(&format!(
+            "[[target]]\nname = \"{name}\"\nhost = \"198.18.{}.{}\"\nlabels = {{ group = \"{group}\" }}\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    text.push_str(
+        "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"10s\"\ntimeout = \"1s\"\ncount = 5\nspacing = \"1s\"\n",
+    );
+    text.push_str(AGENT_AND_TARGET);
+    let config = Config::parse(&text, Path::new("big.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let mut engine = Engine::new(&config);
+    let started = std::time::Instant::now();
+    let mut lines = Vec::new();
+    // Rounds staggered over the 10 s interval; everything is lost from t=100 to t=300.
+    for t in 0..400u64 {
+        let now = Duration::from_secs(t);
+        let mut transitions = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let offset = (i as u64 * 10) / 1000;
+            if t % 10 == offset {
+                let round = if (100..300).contains(&t) {
+                    "xxxxx"
+                } else {
+                    "....."
+                };
+                transitions.extend(engine.observe(now, &record(name, round, steady_wall(t))));
+            }
+        }
+        transitions.extend(engine.tick(now));
+        lines.extend(
+            transitions
+                .iter()
+                .map(|tr| format!("{t}s {} {}", tr.kind.as_str(), tr.key)),
+        );
+    }
+    assert_eq!(
+        lines,
+        [
+            "119s opened uplink/agent/agent",
+            "320s resolved uplink/agent/agent"
+        ]
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "400 s of 1000 targets took {:?}",
+        started.elapsed()
+    );
+}
