@@ -743,6 +743,7 @@ fn update_member(member: &mut Member, condition: &Condition, now: Mono, record: 
     };
     let stats = match &observation.measurement {
         Measurement::Ping(stats) => Some(stats),
+        _ => None,
     };
     // The new state when the open (`Some(true)`) or clear (`Some(false)`) condition holds.
     let verdict: Option<bool> = match (condition, &mut member.window) {
