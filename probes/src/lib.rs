@@ -8,6 +8,12 @@
 //! - [`observation`]: [`Observation`], [`Outcome`], [`FailureKind`], [`Measurement`]
 //! - [`stats`]: smokeping-style round statistics ([`PingStats`])
 //! - [`icmp`]: echo rounds over shared raw or datagram ICMP sockets ([`IcmpClient`])
+//! - [`dns`]: one DNS query to one explicit server ([`DnsCheck`] built from [`DnsSettings`])
+//! - [`http`]: HTTP(S) checks with phase timings ([`HttpCheck`] built from [`HttpSettings`])
+//! - [`tcp`]: TCP connect checks ([`tcp::run`] with [`TcpSettings`])
+//! - [`trace`]: mtr-style path traces on trippy-core ([`trace::run`] with [`TraceSettings`]), the
+//!   [`locate_loss`] verdict and the [`render_report`] table
+//! - [`net`]: what the TCP and HTTP checks share: [`IpPreference`], resolution, error classes
 //!
 //! ## Example
 //! ```no_run
@@ -23,11 +29,25 @@
 //! # Ok(()) }
 //! ```
 
+pub mod dns;
+pub mod http;
 pub mod icmp;
+pub mod net;
 pub mod observation;
 pub mod stats;
+pub mod tcp;
+pub mod trace;
 
+pub use dns::{
+    DnsCheck, DnsExpect, DnsRecordType, DnsSettings, DnsSettingsError, DnsStats, DnsTransport,
+};
+pub use http::{HeaderMatch, HttpCheck, HttpExpect, HttpSettings, HttpSettingsError, HttpStats};
 pub use icmp::{IcmpClient, IcmpError, RoundPlan};
+pub use net::IpPreference;
 pub use observation::{FailureKind, Measurement, Observation, Outcome};
 pub use stats::PingStats;
+pub use tcp::{TcpSettings, TcpStats};
 pub use tokio_util::sync::CancellationToken;
+pub use trace::{
+    Hop, LossVerdict, TraceProtocol, TraceReport, TraceSettings, locate_loss, render_report,
+};

@@ -5,7 +5,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::dns::DnsStats;
+use crate::http::HttpStats;
 use crate::stats::PingStats;
+use crate::tcp::TcpStats;
+use crate::trace::TraceReport;
 
 /// One run of one probe against one target.
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +66,24 @@ pub enum FailureKind {
     Send,
     /// The run was cut short by its deadline or by shutdown.
     Deadline,
+    /// The peer actively refused: TCP reset on connect.
+    Refused,
+    /// The TLS handshake failed (certificate not trusted, name mismatch, protocol error).
+    Tls,
+    /// The peer answered, but not in a way the protocol allows (malformed HTTP or DNS).
+    Protocol,
+    /// The HTTP status code was not one of the expected ones.
+    Status,
+    /// The server redirected more often than the check allows (a loop, usually).
+    Redirect,
+    /// The response body was larger than the check is willing to read.
+    BodyLimit,
+    /// The DNS server answered with a response code other than the expected one
+    /// (NXDOMAIN, SERVFAIL, REFUSED, ...).
+    Rcode,
+    /// The response arrived but did not meet an expectation of the check (body, header, answers,
+    /// certificate lifetime, maximum duration).
+    Assertion,
 }
 
 impl FailureKind {
@@ -72,6 +94,14 @@ impl FailureKind {
             FailureKind::Resolve => "resolve",
             FailureKind::Send => "send",
             FailureKind::Deadline => "deadline",
+            FailureKind::Refused => "refused",
+            FailureKind::Tls => "tls",
+            FailureKind::Protocol => "protocol",
+            FailureKind::Status => "status",
+            FailureKind::Redirect => "redirect",
+            FailureKind::BodyLimit => "body_limit",
+            FailureKind::Rcode => "rcode",
+            FailureKind::Assertion => "assertion",
         }
     }
 }
@@ -81,6 +111,10 @@ impl FailureKind {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Measurement {
     Ping(PingStats),
+    Tcp(TcpStats),
+    Http(HttpStats),
+    Dns(DnsStats),
+    Trace(TraceReport),
 }
 
 impl Measurement {
@@ -88,6 +122,10 @@ impl Measurement {
     pub fn name(&self) -> &'static str {
         match self {
             Measurement::Ping(_) => "ping",
+            Measurement::Tcp(_) => "tcp",
+            Measurement::Http(_) => "http",
+            Measurement::Dns(_) => "dns",
+            Measurement::Trace(_) => "trace",
         }
     }
 }
@@ -100,4 +138,33 @@ pub(crate) fn unix_ns(t: SystemTime) -> i64 {
 
 fn serialize_unix_ns<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_i64(unix_ns(*t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_kind_names_match_their_serialized_form() {
+        use FailureKind::*;
+        let all = [
+            Timeout,
+            Unreachable,
+            Resolve,
+            Send,
+            Deadline,
+            Refused,
+            Tls,
+            Protocol,
+            Status,
+            Redirect,
+            BodyLimit,
+            Rcode,
+            Assertion,
+        ];
+        for kind in all {
+            let json = serde_json::to_value(kind).expect("serialize");
+            assert_eq!(json.as_str(), Some(kind.as_str()), "{kind:?}");
+        }
+    }
 }

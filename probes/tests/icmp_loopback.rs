@@ -24,7 +24,9 @@ async fn loopback_round_answers_every_echo() {
                 &CancellationToken::new(),
             )
             .await;
-        let Measurement::Ping(stats) = &obs.measurement;
+        let Measurement::Ping(stats) = &obs.measurement else {
+            panic!("not a ping: {obs:?}")
+        };
         assert_eq!((stats.sent, stats.received), (10, 10), "{addr}: {obs:?}");
         assert!(obs.is_success());
         assert!(stats.rtt_max_ms.unwrap_or(f64::MAX) < 500.0);
@@ -41,7 +43,9 @@ async fn concurrent_rounds_to_the_same_address_do_not_steal_each_others_replies(
         client.round(addr, plan(50), &stop)
     );
     for obs in [a, b] {
-        let Measurement::Ping(stats) = &obs.measurement;
+        let Measurement::Ping(stats) = &obs.measurement else {
+            panic!("not a ping: {obs:?}")
+        };
         assert_eq!((stats.sent, stats.received), (50, 50));
     }
 }
@@ -63,7 +67,9 @@ async fn stopping_a_round_keeps_what_was_measured() {
     let obs = client
         .round("127.0.0.1".parse().expect("addr"), slow, &stop)
         .await;
-    let Measurement::Ping(stats) = &obs.measurement;
+    let Measurement::Ping(stats) = &obs.measurement else {
+        panic!("not a ping: {obs:?}")
+    };
     assert!(stats.sent > 3 && stats.sent < 100, "sent {}", stats.sent);
     assert_eq!(
         stats.received, stats.sent,
@@ -88,6 +94,8 @@ async fn datagram_sockets_work_where_ping_group_range_allows() {
             &CancellationToken::new(),
         )
         .await;
-    let Measurement::Ping(stats) = &obs.measurement;
+    let Measurement::Ping(stats) = &obs.measurement else {
+        panic!("not a ping: {obs:?}")
+    };
     assert_eq!((stats.sent, stats.received), (5, 5), "{obs:?}");
 }

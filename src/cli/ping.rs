@@ -94,7 +94,11 @@ async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
         let unresolved;
         let (address, stats, failure) = match result {
             Ok((address, observation)) => {
-                let Measurement::Ping(stats) = &observation.measurement;
+                // An ICMP round always measures `ping`; anything else would be a bug upstream.
+                let stats = match &observation.measurement {
+                    Measurement::Ping(stats) => stats,
+                    _ => &unresolved_stats,
+                };
                 let failure = Some(&observation.outcome).filter(|o| **o != Outcome::Success);
                 (Some(*address), stats, failure)
             }

@@ -56,7 +56,11 @@ impl Store {
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-        let path = data_dir.join(DB_FILE);
+        // Canonical, so logs and errors name the directory plainly (no `config/../`).
+        let path = data_dir
+            .canonicalize()
+            .unwrap_or_else(|_| data_dir.to_path_buf())
+            .join(DB_FILE);
         let conn = Connection::open(&path)
             .with_context(|| format!("cannot open store {}", path.display()))?;
         conn.execute_batch(
@@ -110,6 +114,10 @@ impl Store {
                 };
                 let fields = match &o.measurement {
                     Measurement::Ping(stats) => serde_json::to_string(stats)?,
+                    Measurement::Tcp(stats) => serde_json::to_string(stats)?,
+                    Measurement::Http(stats) => serde_json::to_string(stats)?,
+                    Measurement::Dns(stats) => serde_json::to_string(stats)?,
+                    Measurement::Trace(report) => serde_json::to_string(report)?,
                 };
                 insert.execute(params![
                     o.timestamp_ns(),
