@@ -80,6 +80,25 @@ fn dropping_the_lab_removes_its_namespaces() {
 }
 
 #[test]
+fn a_panicking_test_still_removes_its_lab() {
+    let mut names = Vec::new();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut lab = Lab::routed();
+        lab.inject_delay(Router::R2, Duration::from_millis(5));
+        names.extend([lab.agent(), lab.router(Router::R2)].map(|ns| ns.name().to_owned()));
+        panic!("a test failing with its lab up");
+    }));
+    assert!(outcome.is_err());
+    assert_eq!(names.len(), 2);
+    for name in names {
+        assert!(
+            !Path::new("/run/netns").join(&name).exists(),
+            "{name} still exists"
+        );
+    }
+}
+
+#[test]
 fn loss_drops_both_directions() {
     let lab = Lab::routed();
     lab.inject_loss(Router::R2, 50);
