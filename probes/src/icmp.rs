@@ -18,7 +18,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, RawFd};
+
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt};
+use nix::sys::time::TimeSpec;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -263,6 +269,8 @@ fn open_kind(family: Family, kind: SocketKind) -> io::Result<UdpSocket> {
     };
     let socket = Socket::new(domain, ty, Some(protocol))?;
     socket.set_nonblocking(true)?;
+    // Kernel receive timestamps: RTTs that do not include our own scheduling delay (as fping).
+    setsockopt(&socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
     // Bursts of replies from thousands of targets must not overflow the default ~200 KiB buffer.
     let _ = socket.set_recv_buffer_size(8 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
@@ -301,8 +309,14 @@ impl Endpoint {
 /// Receive loop: classify every datagram and hand ours to the round waiting for it.
 async fn receive(shared: Arc<Shared>) {
     let mut buf = vec![0u8; 65_536];
+    let mut control = nix::cmsg_space!(TimeSpec);
+    let fd = shared.socket.as_raw_fd();
     loop {
-        let (len, from) = match shared.socket.recv_from(&mut buf).await {
+        let read = shared
+            .socket
+            .async_io(Interest::READABLE, || read_datagram(fd, &mut buf, &mut control))
+            .await;
+        let (len, from, queued_for) = match read {
             Ok(received) => received,
             Err(error) => {
                 tracing::warn!(%error, family = ?shared.family, "ICMP receive failed");
@@ -310,44 +324,53 @@ async fn receive(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let at = Instant::now();
-        let inbound = classify(
-            &buf[..len],
-            from.ip(),
-            shared.family,
-            shared.kind,
-            shared.ident,
-            &shared.nonce,
-        );
+        // The kernel stamped the packet on arrival; back-date our clock by how long it sat in the
+        // queue, so a slow wake-up of this task does not show up as network latency.
+        let now = Instant::now();
+        let at = queued_for.and_then(|q| now.checked_sub(q)).unwrap_or(now);
+        let inbound = classify(&buf[..len], from, shared.family, shared.kind, shared.ident, &shared.nonce);
         let (key, unreachable) = match inbound {
             Ok(Inbound::EchoReply { from, seq }) => ((from, seq), None),
-            Ok(Inbound::Unreachable {
-                target,
-                seq,
-                reporter,
-                code,
-            }) => ((target, seq), Some((reporter, code))),
+            Ok(Inbound::Unreachable { target, seq, reporter, code }) => ((target, seq), Some((reporter, code))),
             Err(reason) => {
                 tracing::trace!(?reason, %from, "ignored ICMP datagram");
                 continue;
             }
         };
-        let waiting = shared
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let waiting = shared.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         match waiting.get(&key) {
             // A closed channel means the round already ended: the reply is late, drop it.
-            Some(waiter) => drop(waiter.tx.send(Arrival {
-                index: waiter.index,
-                at,
-                unreachable,
-            })),
-            None => {
-                tracing::trace!(from = %key.0, seq = key.1, "reply nobody waits for (late or foreign)")
-            }
+            Some(waiter) => drop(waiter.tx.send(Arrival { index: waiter.index, at, unreachable })),
+            None => tracing::trace!(from = %key.0, seq = key.1, "reply nobody waits for (late or foreign)"),
         }
     }
+}
+
+/// One datagram, its source, and how long ago the kernel received it (from `SO_TIMESTAMPNS`).
+fn read_datagram(fd: RawFd, buf: &mut [u8], control: &mut Vec<u8>) -> io::Result<(usize, IpAddr, Option<Duration>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let message = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(control), MsgFlags::MSG_DONTWAIT)?;
+    let from = message
+        .address
+        .as_ref()
+        .and_then(|a| match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+            (Some(v4), _) => Some(IpAddr::V4(v4.ip())),
+            (_, Some(v6)) => Some(IpAddr::V6(v6.ip())),
+            _ => None,
+        })
+        .ok_or_else(|| io::Error::other("ICMP datagram without a source address"))?;
+    let stamped = message.cmsgs().ok().and_then(|mut messages| {
+        messages.find_map(|m| match m {
+            ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
+            _ => None,
+        })
+    });
+    let queued_for = stamped.and_then(|ts| {
+        let arrived = SystemTime::UNIX_EPOCH + Duration::new(u64::try_from(ts.tv_sec()).ok()?, u32::try_from(ts.tv_nsec()).ok()?);
+        // A wall-clock step makes the difference meaningless; then use our own clock alone.
+        SystemTime::now().duration_since(arrived).ok().filter(|q| *q < Duration::from_secs(10))
+    });
+    Ok((message.bytes, from, queued_for))
 }
 
 /// The sequence numbers a round holds in the shared table; released when dropped, however the round
