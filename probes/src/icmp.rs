@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, RawFd};
 
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt};
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+};
 use nix::sys::time::TimeSpec;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
@@ -314,7 +316,9 @@ async fn receive(shared: Arc<Shared>) {
     loop {
         let read = shared
             .socket
-            .async_io(Interest::READABLE, || read_datagram(fd, &mut buf, &mut control))
+            .async_io(Interest::READABLE, || {
+                read_datagram(fd, &mut buf, &mut control)
+            })
             .await;
         let (len, from, queued_for) = match read {
             Ok(received) => received,
@@ -328,26 +332,51 @@ async fn receive(shared: Arc<Shared>) {
         // queue, so a slow wake-up of this task does not show up as network latency.
         let now = Instant::now();
         let at = queued_for.and_then(|q| now.checked_sub(q)).unwrap_or(now);
-        let inbound = classify(&buf[..len], from, shared.family, shared.kind, shared.ident, &shared.nonce);
+        let inbound = classify(
+            &buf[..len],
+            from,
+            shared.family,
+            shared.kind,
+            shared.ident,
+            &shared.nonce,
+        );
         let (key, unreachable) = match inbound {
             Ok(Inbound::EchoReply { from, seq }) => ((from, seq), None),
-            Ok(Inbound::Unreachable { target, seq, reporter, code }) => ((target, seq), Some((reporter, code))),
+            Ok(Inbound::Unreachable {
+                target,
+                seq,
+                reporter,
+                code,
+            }) => ((target, seq), Some((reporter, code))),
             Err(reason) => {
                 tracing::trace!(?reason, %from, "ignored ICMP datagram");
                 continue;
             }
         };
-        let waiting = shared.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiting = shared
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match waiting.get(&key) {
             // A closed channel means the round already ended: the reply is late, drop it.
-            Some(waiter) => drop(waiter.tx.send(Arrival { index: waiter.index, at, unreachable })),
-            None => tracing::trace!(from = %key.0, seq = key.1, "reply nobody waits for (late or foreign)"),
+            Some(waiter) => drop(waiter.tx.send(Arrival {
+                index: waiter.index,
+                at,
+                unreachable,
+            })),
+            None => {
+                tracing::trace!(from = %key.0, seq = key.1, "reply nobody waits for (late or foreign)")
+            }
         }
     }
 }
 
 /// One datagram, its source, and how long ago the kernel received it (from `SO_TIMESTAMPNS`).
-fn read_datagram(fd: RawFd, buf: &mut [u8], control: &mut Vec<u8>) -> io::Result<(usize, IpAddr, Option<Duration>)> {
+fn read_datagram(
+    fd: RawFd,
+    buf: &mut [u8],
+    control: &mut Vec<u8>,
+) -> io::Result<(usize, IpAddr, Option<Duration>)> {
     let mut iov = [IoSliceMut::new(buf)];
     let message = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(control), MsgFlags::MSG_DONTWAIT)?;
     let from = message
@@ -366,9 +395,16 @@ fn read_datagram(fd: RawFd, buf: &mut [u8], control: &mut Vec<u8>) -> io::Result
         })
     });
     let queued_for = stamped.and_then(|ts| {
-        let arrived = SystemTime::UNIX_EPOCH + Duration::new(u64::try_from(ts.tv_sec()).ok()?, u32::try_from(ts.tv_nsec()).ok()?);
+        let arrived = SystemTime::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(ts.tv_sec()).ok()?,
+                u32::try_from(ts.tv_nsec()).ok()?,
+            );
         // A wall-clock step makes the difference meaningless; then use our own clock alone.
-        SystemTime::now().duration_since(arrived).ok().filter(|q| *q < Duration::from_secs(10))
+        SystemTime::now()
+            .duration_since(arrived)
+            .ok()
+            .filter(|q| *q < Duration::from_secs(10))
     });
     Ok((message.bytes, from, queued_for))
 }
