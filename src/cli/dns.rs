@@ -116,7 +116,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 stats.rcode.clone().unwrap_or_else(|| "-".to_string()),
             ),
             ("latency", format!("{} ms", table::ms(stats.latency_ms))),
-            ("flags", flags.join(", ")),
+            (
+                "flags",
+                if flags.is_empty() {
+                    "-".to_string()
+                } else {
+                    flags.join(", ")
+                },
+            ),
             ("answers", stats.answers.to_string()),
         ];
         for (name, value) in lines {
