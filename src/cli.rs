@@ -1,11 +1,16 @@
 //! The `vantage` command line: the agent (`run`), its config check, the local report, the
-//! incident drafts (`incidents list|show`), and the on-call one-shots.
+//! incident drafts (`incidents list|show`), and the on-call one-shots (`ping`, `trace`, `http`,
+//! `dns`, `tcp`: exit 0 ok, 1 the check failed, 2 could not run).
 
 mod agent;
+mod dns;
+mod http;
 mod incidents;
 mod ping;
 mod report;
 mod table;
+mod tcp;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,9 +25,13 @@ use crate::config::Config;
     version,
     about = "Network and service outage probe agent",
     long_about = "vantage probes other sites and cloud endpoints continuously (smokeping-style ICMP \
-rounds), stores every result in an embedded SQLite store, and reports where the fault is.\n\n\
+rounds, mtr-style path traces, HTTP(S), DNS and TCP checks), stores every result in an embedded \
+SQLite store, and reports where the fault is.\n\n\
 Quick start:\n  vantage check --config config/quickstart.toml\n  vantage run --config config/quickstart.toml\n  \
-vantage report --config config/quickstart.toml\n\nOn call:\n  vantage ping --count 20 198.18.2.2 2001:db8::2",
+vantage report --config config/quickstart.toml\n\nOn call:\n  vantage ping --count 20 198.18.2.2 2001:db8::2\n  \
+vantage trace 198.18.2.2\n  vantage http https://api.example.net/healthz\n  \
+vantage dns www.example.net --server 198.18.0.53\n  vantage tcp db.example.net:5432\n\n\
+The one-shot commands exit 0 when the check passed, 1 when it failed, 2 when it could not run.",
     after_help = "Logs go to stderr; set the level with RUST_LOG (e.g. RUST_LOG=vantage=debug)."
 )]
 pub struct Cli {
@@ -52,10 +61,58 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Show the latest ping round per target from the embedded store, mtr-style.
+    /// Show the latest ping round, service check and path trace per target from the embedded store.
     Report(report::Args),
     /// Ping targets now, smokeping-style: many targets at once, like `fping -C`.
     Ping(ping::Args),
+    /// Trace the path to a target now, like `mtr --report`, and say where loss begins.
+    #[command(
+        long_about = "Trace the path to TARGET hop by hop, like `mtr --report --report-cycles N`: \
+every round sends one probe per TTL, and each hop's loss and round-trip times are summarised over \
+the rounds. The table can be pasted into a bug unchanged (columns Loss% Snt Last Avg Best Wrst \
+StDev; `???` for a hop that never answered), and is followed by the verdict: the first hop where \
+loss begins and persists to the destination, told apart from a router that merely rate-limits its \
+own ICMP replies while the hops after it are clean.\n\n\
+Examples:\n  vantage trace 198.18.2.2\n  vantage trace --protocol udp --count 50 198.18.2.2   \
+# flow-stable (Paris) under ECMP\n  vantage trace --json 198.18.2.2 | jq '.hops[] | [.ttl, .loss_pct]'\n\n\
+Exit status: 0 the destination answered, 1 it did not (or did not resolve), 2 could not trace \
+(arguments, privileges)."
+    )]
+    Trace(trace::Args),
+    /// Run one HTTP(S) check now: phase timings and every assertion's result.
+    #[command(
+        long_about = "Request URL once on a fresh connection (no pooling, no TLS resumption, \
+no retries) and print the phases in milliseconds — resolve, connect, tls, processing (to the \
+first response byte), transfer, total — then every assertion with its result.\n\n\
+Examples:\n  vantage http https://api.example.net/healthz\n  \
+vantage http --expect-status 200,204 --body-contains '\"up\"' --min-cert-expiry-days 14 https://api.example.net/healthz\n  \
+vantage http -X POST -H 'Content-Type: application/json' -d '{}' --max-total-ms 500 http://198.18.1.1:8080/ping\n  \
+vantage http --ca-file ca.pem --server-name api.internal https://198.18.1.1/\n\n\
+Exit status: 0 every assertion passed, 1 the check failed, 2 could not run (bad URL, CA file, regex)."
+    )]
+    Http(http::Args),
+    /// Ask one DNS server one question now: rcode, latency, answers.
+    #[command(
+        long_about = "Send one DNS query for NAME to one server — exactly one datagram (or \
+one TCP connection), no retries, no cache, no search domains — and print the response code, the \
+latency, the flags and the answers. NXDOMAIN, SERVFAIL and silence are failures (exit 1), unless \
+--expect-rcode says otherwise.\n\n\
+Examples:\n  vantage dns www.example.net --server 198.18.0.53\n  \
+vantage dns example.net --type MX --tcp --server 127.0.0.1:5353\n  \
+vantage dns gone.example.net --expect-rcode NXDOMAIN --server 198.18.0.53\n\n\
+Without --server the first nameserver of /etc/resolv.conf is asked.\n\n\
+Exit status: 0 the answer met every expectation, 1 it did not, 2 could not run."
+    )]
+    Dns(dns::Args),
+    /// Try a TCP handshake with HOST:PORT now and time it.
+    #[command(
+        long_about = "Connect to HOST:PORT once and time the handshake; the connection is \
+closed as soon as it is up. A reset is `refused`, an ICMP or local \"no route\" is `unreachable`, \
+silence until the timeout is `timeout`.\n\n\
+Examples:\n  vantage tcp 198.18.1.1:443\n  vantage tcp --json '[2001:db8::1]:5432'\n\n\
+Exit status: 0 connected, 1 did not, 2 could not run."
+    )]
+    Tcp(tcp::Args),
     /// The incident drafts this agent wrote: `list`, `show ID`.
     Incidents(incidents::Args),
 }
@@ -70,6 +127,10 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Report(args) => report::run(&args),
         Command::Ping(args) => ping::run(&args),
+        Command::Trace(args) => trace::run(&args),
+        Command::Http(args) => http::run(&args),
+        Command::Dns(args) => dns::run(&args),
+        Command::Tcp(args) => tcp::run(&args),
         Command::Incidents(args) => incidents::run(&args),
     };
     match result {

@@ -89,7 +89,100 @@ pub struct ProbeConfig {
 pub enum ProbeKind {
     /// Smokeping-style rounds of `count` echoes, one every `spacing`.
     Icmp { count: u32, spacing: Duration },
+    /// A TCP handshake with `port` of the target.
+    Tcp { port: u16 },
+    /// An HTTP(S) request to a URL built from the target's host.
+    Http(Box<HttpProbe>),
+    /// A DNS query sent to the target, which is the DNS server.
+    Dns(DnsProbe),
+    /// An mtr-style path trace to the target.
+    Trace(TraceProbe),
 }
+
+impl ProbeKind {
+    /// The `kind` as written in the config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProbeKind::Icmp { .. } => "icmp",
+            ProbeKind::Tcp { .. } => "tcp",
+            ProbeKind::Http(_) => "http",
+            ProbeKind::Dns(_) => "dns",
+            ProbeKind::Trace(_) => "trace",
+        }
+    }
+}
+
+/// `kind = "http"`: what to request from each target and what the answer must look like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpProbe {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// `None`: the scheme's default port (80 or 443), left out of the URL.
+    pub port: Option<u16>,
+    /// Path and query, starting with `/`.
+    pub path: String,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
+    /// Accepted status codes; empty: any 2xx.
+    pub expect_status: Vec<u16>,
+    pub body_contains: Option<String>,
+    pub body_regex: Option<String>,
+    /// (header name, regex) pairs the response must have.
+    pub header_matches: Vec<(String, String)>,
+    pub max_total: Option<Duration>,
+    pub min_cert_expiry_days: Option<f64>,
+    /// Resolved against the config file's directory.
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub max_redirects: u32,
+    pub max_body_bytes: u64,
+}
+
+impl HttpProbe {
+    /// The URL for a target `host` (IPv6 literals in brackets).
+    pub fn url(&self, host: &str) -> String {
+        let host = if host.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        match self.port {
+            Some(port) => format!("{}://{host}:{port}{}", self.scheme, self.path),
+            None => format!("{}://{host}{}", self.scheme, self.path),
+        }
+    }
+}
+
+/// `kind = "dns"`: the question to ask each target (a DNS server) and the answer expected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsProbe {
+    pub query: String,
+    pub record_type: probes::DnsRecordType,
+    pub transport: probes::DnsTransport,
+    pub port: u16,
+    /// The RD bit: ask the server to recurse (a resolver) or not (an authoritative server).
+    pub recursion: bool,
+    /// Accepted response code (upper case); `None`: NOERROR.
+    pub expect_rcode: Option<String>,
+    /// Each must be one of the answers.
+    pub expect_answers: Vec<String>,
+    pub min_answers: Option<u32>,
+}
+
+/// `kind = "trace"`: an mtr-style trace of `count` rounds, each waiting `timeout` for replies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceProbe {
+    pub protocol: probes::TraceProtocol,
+    /// Rounds: probes per hop.
+    pub count: u32,
+    pub max_ttl: u8,
+    /// UDP or TCP destination port; `None`: 33434 (UDP) or 80 (TCP).
+    pub port: Option<u16>,
+}
+
+/// How long a trace waits for late replies after its last round (the tracer's grace period).
+pub const TRACE_GRACE: Duration = Duration::from_millis(100);
 
 /// `[incidents]`: how drafts are written while an incident is open.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,9 @@
 //! WHEN to measure, WHERE results go, WHAT they mean. How to measure lives in the `probes` crate.
 //!
 //! ## Layout
-//! - [`cli`]: the `vantage` command line (`run`, `check`, `report`, `ping`)
+//! - [`cli`]: the `vantage` command line (`run`, `check`, `report`, `incidents`, and the on-call
+//!   one-shots `ping`, `trace`, `http`, `dns`, `tcp`)
+//! - [`probe`]: [`Probe`], the closed set of probe kinds (icmp, tcp, http, dns, trace)
 //! - [`config`]: [`Config`], validated with every error reported at once
 //! - [`scheduler`]: one scheduler for all probe kinds (stagger, jitter, skipped ticks, deadlines)
 //! - [`store`]: the embedded SQLite store (default), with retention

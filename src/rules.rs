@@ -290,8 +290,10 @@ impl Engine {
                 let Some(probe) = config.probe(probe_name) else {
                     continue;
                 };
+                // Only loss windows count echoes; other kinds are read by `failures` rules.
                 let echoes_per_round = match probe.kind {
                     ProbeKind::Icmp { count, .. } => count,
+                    _ => 1,
                 };
                 for target_name in probe.targets.iter().filter(|t| rule.targets.contains(t)) {
                     let Some(target) = config.target(target_name) else {

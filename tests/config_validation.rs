@@ -10,15 +10,16 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use probes::{DnsRecordType, DnsTransport, TraceProtocol};
 use vantage::config::{
-    Condition, Config, ConfigErrors, FamilyPreference, IncidentsConfig, LatencyField,
-    LatencyThreshold, ProbeKind, RuleScope, Severity,
+    Condition, Config, ConfigErrors, DnsProbe, FamilyPreference, IncidentsConfig, LatencyField,
+    LatencyThreshold, ProbeKind, RuleScope, Severity, TraceProbe,
 };
 
 const FIXTURES: &str = "tests/fixtures/config";
 
 /// Every fixture this file tests; `every_fixture_is_tested` keeps the list and the folder in step.
-const TESTED: [&str; 33] = [
+const TESTED: [&str; 54] = [
     "syntax_error.toml",
     "unknown_key.toml",
     "typo_key.toml",
@@ -52,6 +53,27 @@ const TESTED: [&str; 33] = [
     "rule_unknown_severity.toml",
     "rule_duplicate_name.toml",
     "incidents_zero_status_updates.toml",
+    "probe_key_of_other_kind.toml",
+    "tcp_missing_port.toml",
+    "port_out_of_range.toml",
+    "http_bad_path.toml",
+    "http_bad_status.toml",
+    "http_bad_regex.toml",
+    "http_max_total_not_below_timeout.toml",
+    "http_tls_key_on_plain_http.toml",
+    "http_bad_header.toml",
+    "http_ca_file_missing.toml",
+    "http_bad_method.toml",
+    "dns_missing_query.toml",
+    "dns_bad_query.toml",
+    "dns_unknown_record_type.toml",
+    "dns_unknown_rcode.toml",
+    "dns_expect_answers_not_a_list.toml",
+    "dns_recursion_quoted.toml",
+    "trace_unknown_protocol.toml",
+    "trace_overlaps_interval.toml",
+    "trace_port_with_icmp.toml",
+    "trace_max_ttl_out_of_range.toml",
 ];
 
 /// Load a fixture, which must be rejected, and compare the rendered errors with `expected`
@@ -121,7 +143,7 @@ fn unknown_key() {
     assert_rejected(
         "unknown_key.toml",
         r#"
-tests/fixtures/config/unknown_key.toml:11:1: error: unknown key `protocol` in [[probe]]
+tests/fixtures/config/unknown_key.toml:11:1: error: unknown key `size` in [[probe]]
   hint: allowed keys in [[probe]]: name, kind, interval, timeout, targets, count, spacing
 "#,
     );
@@ -264,8 +286,8 @@ fn unknown_kind() {
     assert_rejected(
         "unknown_kind.toml",
         r#"
-tests/fixtures/config/unknown_kind.toml:10:8: error: unknown probe kind `http`
-  hint: known kinds: icmp
+tests/fixtures/config/unknown_kind.toml:10:8: error: unknown probe kind `https`
+  hint: did you mean `http`? known kinds: icmp, tcp, http, dns, trace
 "#,
     );
 }
@@ -353,7 +375,7 @@ tests/fixtures/config/several_mistakes.toml:25:11: error: a round overlaps the n
 tests/fixtures/config/several_mistakes.toml:26:25: error: probe `ping` names unknown target `iad1-core`
   hint: defined targets: sjc1-core
 tests/fixtures/config/several_mistakes.toml:30:8: error: unknown probe kind `mtr`
-  hint: known kinds: icmp
+  hint: did you mean `trace`? known kinds: icmp, tcp, http, dns, trace
 "#,
     );
 }
@@ -500,6 +522,360 @@ fn incidents_zero_status_updates() {
 tests/fixtures/config/incidents_zero_status_updates.toml:14:18: error: `status_updates` must be longer than zero
   hint: e.g. `status_updates = "30m"`
 "#,
+    );
+}
+
+// ---- service and path probes: one fixture per mistake ---------------------------------------
+
+#[test]
+fn probe_key_of_other_kind() {
+    assert_rejected(
+        "probe_key_of_other_kind.toml",
+        r#"
+tests/fixtures/config/probe_key_of_other_kind.toml:11:1: error: `protocol` does not apply to a probe of kind `icmp`
+  hint: `protocol` belongs to `kind = "trace"`; keys of `icmp`: count, spacing
+"#,
+    );
+}
+
+#[test]
+fn tcp_missing_port() {
+    assert_rejected(
+        "tcp_missing_port.toml",
+        r#"
+tests/fixtures/config/tcp_missing_port.toml:8:1: error: missing required key `port` in [[probe]]
+  hint: add `port = 443`: a tcp probe connects to this port of each target
+"#,
+    );
+}
+
+#[test]
+fn port_out_of_range() {
+    assert_rejected(
+        "port_out_of_range.toml",
+        r#"
+tests/fixtures/config/port_out_of_range.toml:11:8: error: `port` must be at most 65535, not 70000
+  hint: `port` is the TCP port to connect to, e.g. `port = 443`
+"#,
+    );
+}
+
+#[test]
+fn http_bad_path() {
+    assert_rejected(
+        "http_bad_path.toml",
+        r#"
+tests/fixtures/config/http_bad_path.toml:11:8: error: `path` must start with `/`, not `healthz`
+  hint: the path is appended to `scheme://host:port`: `path = "/healthz"`
+"#,
+    );
+}
+
+#[test]
+fn http_bad_status() {
+    assert_rejected(
+        "http_bad_status.toml",
+        r#"
+tests/fixtures/config/http_bad_status.toml:11:23: error: `expect_status` entries must be HTTP status codes from 100 to 599, not 2000
+  hint: e.g. `expect_status = [200, 204]`
+"#,
+    );
+}
+
+#[test]
+fn http_bad_regex() {
+    assert_rejected(
+        "http_bad_regex.toml",
+        r#"
+tests/fixtures/config/http_bad_regex.toml:11:14: error: invalid regex in `body_regex`: unclosed group
+  hint: the syntax is the Rust `regex` crate's (like RE2: no look-around or back-references); escape `\` as `\\` in TOML basic strings, or use a 'literal string'
+"#,
+    );
+}
+
+#[test]
+fn http_max_total_not_below_timeout() {
+    assert_rejected(
+        "http_max_total_not_below_timeout.toml",
+        r#"
+tests/fixtures/config/http_max_total_not_below_timeout.toml:12:13: error: `max_total` (5s) must be shorter than `timeout` (2s)
+  hint: the check gives up at `timeout`, so this assertion could never fail: lower `max_total` or raise `timeout`
+"#,
+    );
+}
+
+#[test]
+fn http_tls_key_on_plain_http() {
+    assert_rejected(
+        "http_tls_key_on_plain_http.toml",
+        r#"
+tests/fixtures/config/http_tls_key_on_plain_http.toml:12:24: error: `min_cert_expiry_days` needs `scheme = "https"`
+  hint: plain HTTP has no TLS: remove it, or set `scheme = "https"`
+"#,
+    );
+}
+
+#[test]
+fn http_bad_header() {
+    assert_rejected(
+        "http_bad_header.toml",
+        r#"
+tests/fixtures/config/http_bad_header.toml:11:13: error: invalid header name `X Request Id` in `headers`
+  hint: header names are letters, digits and `-` (no spaces or colons), e.g. `Content-Type`
+"#,
+    );
+}
+
+#[test]
+fn http_ca_file_missing() {
+    assert_rejected(
+        "http_ca_file_missing.toml",
+        r#"
+tests/fixtures/config/http_ca_file_missing.toml:11:11: error: cannot read `ca_file` tests/fixtures/config/missing-ca.pem: No such file or directory (os error 2)
+  hint: a PEM file of the CA certificates to trust instead of the system's; a relative path is relative to the config file's directory
+"#,
+    );
+}
+
+#[test]
+fn http_bad_method() {
+    assert_rejected(
+        "http_bad_method.toml",
+        r#"
+tests/fixtures/config/http_bad_method.toml:11:10: error: invalid HTTP method `get`
+  hint: methods are case-sensitive: `method = "GET"`
+"#,
+    );
+}
+
+#[test]
+fn dns_missing_query() {
+    assert_rejected(
+        "dns_missing_query.toml",
+        r#"
+tests/fixtures/config/dns_missing_query.toml:8:1: error: missing required key `query` in [[probe]]
+  hint: add `query = "www.example.net"`: the name to look up; each target is a DNS server to ask
+"#,
+    );
+}
+
+#[test]
+fn dns_bad_query() {
+    assert_rejected(
+        "dns_bad_query.toml",
+        r#"
+tests/fixtures/config/dns_bad_query.toml:11:9: error: invalid `query` name `www..example.net`: it has an empty label (two dots in a row, or a leading dot)
+  hint: a DNS name of labels (letters, digits, `-`, `_`) separated by dots, e.g. `query = "www.example.net"`
+"#,
+    );
+}
+
+#[test]
+fn dns_unknown_record_type() {
+    assert_rejected(
+        "dns_unknown_record_type.toml",
+        r#"
+tests/fixtures/config/dns_unknown_record_type.toml:12:15: error: unknown record type `AAA`
+  hint: did you mean `AAAA`? use one of: A, AAAA, CNAME, MX, TXT, SOA, NS
+"#,
+    );
+}
+
+#[test]
+fn dns_unknown_rcode() {
+    assert_rejected(
+        "dns_unknown_rcode.toml",
+        r#"
+tests/fixtures/config/dns_unknown_rcode.toml:12:16: error: unknown response code `NXDOMIAN`
+  hint: did you mean `NXDOMAIN`? use one of: NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, YXDOMAIN, YXRRSET, NXRRSET, NOTAUTH, NOTZONE
+"#,
+    );
+}
+
+#[test]
+fn dns_expect_answers_not_a_list() {
+    assert_rejected(
+        "dns_expect_answers_not_a_list.toml",
+        r#"
+tests/fixtures/config/dns_expect_answers_not_a_list.toml:12:18: error: `expect_answers` must be an array of strings, not a string
+  hint: use a list, even for one value: `expect_answers = ["198.18.0.10"]`
+"#,
+    );
+}
+
+#[test]
+fn dns_recursion_quoted() {
+    assert_rejected(
+        "dns_recursion_quoted.toml",
+        r#"
+tests/fixtures/config/dns_recursion_quoted.toml:12:13: error: `recursion` must be true or false, not a string
+  hint: remove the quotes: `recursion = false`
+"#,
+    );
+}
+
+#[test]
+fn trace_unknown_protocol() {
+    assert_rejected(
+        "trace_unknown_protocol.toml",
+        r#"
+tests/fixtures/config/trace_unknown_protocol.toml:11:12: error: unknown trace protocol `icpm`
+  hint: did you mean `icmp`? use one of: icmp, udp, tcp
+"#,
+    );
+}
+
+#[test]
+fn trace_overlaps_interval() {
+    assert_rejected(
+        "trace_overlaps_interval.toml",
+        r#"
+tests/fixtures/config/trace_overlaps_interval.toml:12:9: error: a trace overlaps the next one: 10 rounds of 1s plus 100ms for late replies take 10.1s, but `interval` is 5s
+  hint: lower `count` or `timeout` (each round waits `timeout` for its replies), or raise `interval` to at least 10.1s
+"#,
+    );
+}
+
+#[test]
+fn trace_port_with_icmp() {
+    assert_rejected(
+        "trace_port_with_icmp.toml",
+        r#"
+tests/fixtures/config/trace_port_with_icmp.toml:11:8: error: `port` does not apply to `protocol = "icmp"`
+  hint: ICMP echo has no ports: remove `port`, or set `protocol = "udp"` or `"tcp"`
+"#,
+    );
+}
+
+#[test]
+fn trace_max_ttl_out_of_range() {
+    assert_rejected(
+        "trace_max_ttl_out_of_range.toml",
+        r#"
+tests/fixtures/config/trace_max_ttl_out_of_range.toml:11:11: error: `max_ttl` must be at most 64, not 255
+  hint: `max_ttl` is the most hops to probe, e.g. `max_ttl = 30`
+"#,
+    );
+}
+
+#[test]
+fn service_and_trace_probes_get_their_defaults() {
+    let config = accept(
+        r#"
+[agent]
+site = "scl3"
+[[target]]
+name = "web"
+host = "2001:db8::80"
+[[probe]]
+name = "https"
+kind = "http"
+[[probe]]
+name = "resolver"
+kind = "dns"
+query = "www.example.net"
+[[probe]]
+name = "ssh"
+kind = "tcp"
+port = 22
+[[probe]]
+name = "path"
+kind = "trace"
+"#,
+    );
+    let by_name = |name: &str| config.probe(name).expect("probe");
+    let http = by_name("https");
+    assert_eq!(
+        (http.interval, http.timeout),
+        (Duration::from_secs(20), Duration::from_secs(10))
+    );
+    let ProbeKind::Http(h) = &http.kind else {
+        panic!("{:?}", http.kind)
+    };
+    assert_eq!(h.url("2001:db8::80"), "https://[2001:db8::80]/");
+    assert_eq!(
+        (h.method.as_str(), h.max_redirects, h.max_body_bytes),
+        ("GET", 10, 1 << 20)
+    );
+    assert!(h.expect_status.is_empty(), "any 2xx");
+    let dns = by_name("resolver");
+    assert_eq!(dns.timeout, Duration::from_secs(2));
+    assert_eq!(
+        dns.kind,
+        ProbeKind::Dns(DnsProbe {
+            query: "www.example.net".into(),
+            record_type: DnsRecordType::A,
+            transport: DnsTransport::Udp,
+            port: 53,
+            recursion: true,
+            expect_rcode: None,
+            expect_answers: Vec::new(),
+            min_answers: None,
+        })
+    );
+    assert_eq!(by_name("ssh").kind, ProbeKind::Tcp { port: 22 });
+    let trace = by_name("path");
+    assert_eq!(
+        (trace.interval, trace.timeout),
+        (Duration::from_secs(300), Duration::from_secs(1)),
+        "traces every 5 minutes, a second per round"
+    );
+    assert_eq!(
+        trace.kind,
+        ProbeKind::Trace(TraceProbe {
+            protocol: TraceProtocol::Icmp,
+            count: 10,
+            max_ttl: 30,
+            port: None,
+        })
+    );
+}
+
+#[test]
+fn service_probe_mistakes_without_their_own_fixture() {
+    let errors = reject(
+        r#"
+[agent]
+site = "scl3"
+[[target]]
+name = "web"
+host = "198.18.1.1"
+[[probe]]
+name = "web"
+kind = "http"
+scheme = "ftp"
+header_matches = { "Content-Type" = "(json" }
+expect_status = []
+server_name = "198.18.1.1"
+[[probe]]
+name = "dig"
+kind = "dns"
+query = "www.example.net"
+transport = "TCP"
+expect_answers = []
+[[probe]]
+name = "mtr"
+kind = "trace"
+protocol = "udp"
+spacing = "1s"
+"#,
+    );
+    let messages: Vec<String> = errors
+        .errors
+        .iter()
+        .map(|e| format!("{}:{} {}", e.line, e.column, e.message))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "10:10 unknown scheme `ftp`",
+            "11:37 invalid regex in `header_matches`: unclosed group",
+            "12:17 `expect_status` is an empty list",
+            "13:15 `server_name` must be a DNS name, not `198.18.1.1`",
+            "18:13 unknown transport `TCP`",
+            "19:18 `expect_answers` is an empty list",
+            "24:1 `spacing` does not apply to a probe of kind `trace`",
+        ]
     );
 }
 
@@ -694,7 +1070,33 @@ fn colo_example_parses() {
         .iter()
         .map(|p| (p.name.as_str(), p.targets.len()))
         .collect();
-    assert_eq!(probes, [("ping-fast", config.targets.len()), ("smoke", 5)]);
+    assert_eq!(
+        probes,
+        [
+            ("ping-fast", config.targets.len()),
+            ("smoke", 5),
+            ("path", 5),
+            ("api-health", 2),
+            ("api-tcp", 2),
+            ("resolver", 2),
+        ]
+    );
+    let kinds: Vec<&str> = config.probes.iter().map(|p| p.kind.name()).collect();
+    assert_eq!(kinds, ["icmp", "icmp", "trace", "http", "tcp", "dns"]);
+    let path = &config.probes[2];
+    assert_eq!(
+        path.interval,
+        Duration::from_secs(300),
+        "traces every 5 minutes"
+    );
+    let ProbeKind::Http(api) = &config.probes[3].kind else {
+        panic!("api-health is an http probe")
+    };
+    assert_eq!(
+        api.url("api.sjc1.example.net"),
+        "https://api.sjc1.example.net/healthz"
+    );
+    assert_eq!(api.body_regex.as_deref(), Some(r#""status":\s*"up""#));
     let fast = &config.probes[0];
     assert_eq!(
         fast.kind,
@@ -716,6 +1118,7 @@ fn colo_example_parses() {
             ("group-loss", "loss", "group"),
             ("target-loss", "loss", "target"),
             ("latency-shift", "latency", "target"),
+            ("api-down", "failures", "target"),
         ]
     );
     // The agent rule must win the race against the others of the same probe: shorter `for` by

@@ -279,6 +279,12 @@ impl HttpCheck {
 
     /// Run the check once. Never fails: every problem is part of the [`Observation`].
     pub async fn run(&self) -> Observation {
+        self.run_detailed().await.0
+    }
+
+    /// As [`HttpCheck::run`], and every expectation's result (empty when no complete response
+    /// arrived: nothing could be checked). The observation's outcome is the first that failed.
+    pub async fn run_detailed(&self) -> (Observation, Vec<AssertionResult>) {
         let started_at = SystemTime::now();
         let started = Instant::now();
         let recorder = Recorder::default();
@@ -291,8 +297,13 @@ impl HttpCheck {
         let result = tokio::time::timeout(self.settings.timeout, exchange).await;
         stats.cert_expiry_days = recorder.cert_expiry_days();
         stats.body_bytes = body.len() as u64;
+        let mut assertions = Vec::new();
         let outcome = match result {
-            Ok(Ok(response)) => self.judge(&response, &body, &stats, started.elapsed()),
+            Ok(Ok(response)) => {
+                let (outcome, results) = self.judge(&response, &body, &stats, started.elapsed());
+                assertions = results;
+                outcome
+            }
             Ok(Err(failure)) => failure,
             Err(_) => {
                 // The exchange was dropped mid-phase: fold what the recorder saw into the totals.
@@ -307,12 +318,13 @@ impl HttpCheck {
             }
         };
         stats.total_ms = ms(started.elapsed());
-        Observation {
+        let observation = Observation {
             started_at,
             duration: started.elapsed(),
             outcome,
             measurement: Measurement::Http(stats),
-        }
+        };
+        (observation, assertions)
     }
 
     fn client(
@@ -516,94 +528,156 @@ impl HttpCheck {
         })
     }
 
-    /// Apply the expectations to a complete response.
+    /// Apply every expectation to a complete response: one [`AssertionResult`] per expectation,
+    /// in a fixed order (status, headers, body substrings, body regexes, certificate, time). The
+    /// outcome is the first one that failed.
     fn judge(
         &self,
         response: &Response,
         body: &[u8],
         stats: &HttpStats,
         elapsed: Duration,
-    ) -> Outcome {
+    ) -> (Outcome, Vec<AssertionResult>) {
         let expect = &self.settings.expect;
+        let mut results: Vec<(AssertionResult, Option<(FailureKind, String)>)> = Vec::new();
+        let mut check = |assertion: String, failure: Option<(FailureKind, String)>, ok: String| {
+            let detail = match &failure {
+                Some((_, message)) => message.clone(),
+                None => ok,
+            };
+            results.push((
+                AssertionResult {
+                    assertion,
+                    passed: failure.is_none(),
+                    detail,
+                },
+                failure,
+            ));
+        };
+
         let code = response.status.as_u16();
         let status_ok = if expect.status_codes.is_empty() {
             response.status.is_success()
         } else {
             expect.status_codes.contains(&code)
         };
-        if !status_ok {
-            let wanted = if expect.status_codes.is_empty() {
-                "2xx".to_owned()
-            } else {
-                format!("{:?}", expect.status_codes)
-            };
-            return Outcome::failure(
-                FailureKind::Status,
-                format!("status {code}, expected {wanted}"),
-            );
-        }
+        let wanted = if expect.status_codes.is_empty() {
+            "2xx".to_owned()
+        } else {
+            format!("{:?}", expect.status_codes)
+        };
+        check(
+            format!("status is {wanted}"),
+            (!status_ok).then(|| {
+                (
+                    FailureKind::Status,
+                    format!("status {code}, expected {wanted}"),
+                )
+            }),
+            format!("status {code}"),
+        );
         for (name, regex) in &self.header_matches {
-            let matched = response
+            let values: Vec<String> = response
                 .headers
                 .get_all(name)
                 .iter()
-                .any(|v| regex.is_match(&String::from_utf8_lossy(v.as_bytes())));
-            if !matched {
-                return Outcome::failure(
-                    FailureKind::Assertion,
-                    format!("no header {name} matching /{regex}/"),
-                );
-            }
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            let matched = values.iter().find(|v| regex.is_match(v));
+            check(
+                format!("header {name} matches /{regex}/"),
+                matched.is_none().then(|| {
+                    (
+                        FailureKind::Assertion,
+                        format!("no header {name} matching /{regex}/"),
+                    )
+                }),
+                format!("{name}: {}", matched.cloned().unwrap_or_default()),
+            );
         }
         for needle in &expect.body_contains {
-            if !contains(body, needle.as_bytes()) {
-                return Outcome::failure(
-                    FailureKind::Assertion,
-                    format!("body does not contain {needle:?}"),
-                );
-            }
+            check(
+                format!("body contains {needle:?}"),
+                (!contains(body, needle.as_bytes())).then(|| {
+                    (
+                        FailureKind::Assertion,
+                        format!("body does not contain {needle:?}"),
+                    )
+                }),
+                "found".to_owned(),
+            );
         }
         if !self.body_matches.is_empty() {
             let text = String::from_utf8_lossy(body);
             for regex in &self.body_matches {
-                if !regex.is_match(&text) {
-                    return Outcome::failure(
-                        FailureKind::Assertion,
-                        format!("body does not match /{regex}/"),
-                    );
-                }
+                check(
+                    format!("body matches /{regex}/"),
+                    (!regex.is_match(&text)).then(|| {
+                        (
+                            FailureKind::Assertion,
+                            format!("body does not match /{regex}/"),
+                        )
+                    }),
+                    "matched".to_owned(),
+                );
             }
         }
         if let Some(min_days) = expect.min_cert_expiry_days {
+            let assertion = format!("certificate valid for at least {min_days} days");
             match stats.cert_expiry_days_hint(self.url.scheme()) {
-                CertDays::Plain => {}
-                CertDays::Missing => {
-                    return Outcome::failure(
+                CertDays::Plain => check(assertion, None, "plain HTTP: no certificate".to_owned()),
+                CertDays::Missing => check(
+                    assertion,
+                    Some((
                         FailureKind::Assertion,
-                        "no certificate to check the expiry of",
-                    );
-                }
-                CertDays::Days(days) if days < min_days => {
-                    return Outcome::failure(
-                        FailureKind::Assertion,
-                        format!(
-                            "certificate expires in {days:.1} days, expected at least {min_days}"
-                        ),
-                    );
-                }
-                CertDays::Days(_) => {}
+                        "no certificate to check the expiry of".to_owned(),
+                    )),
+                    String::new(),
+                ),
+                CertDays::Days(days) => check(
+                    assertion,
+                    (days < min_days).then(|| {
+                        (
+                            FailureKind::Assertion,
+                            format!(
+                                "certificate expires in {days:.1} days, expected at least {min_days}"
+                            ),
+                        )
+                    }),
+                    format!("expires in {days:.1} days"),
+                ),
             }
         }
-        if let Some(max) = expect.max_total
-            && elapsed > max
-        {
-            return Outcome::failure(
-                FailureKind::Assertion,
-                format!("took {elapsed:?}, expected at most {max:?}"),
+        if let Some(max) = expect.max_total {
+            check(
+                format!("total time at most {max:?}"),
+                (elapsed > max).then(|| {
+                    (
+                        FailureKind::Assertion,
+                        format!("took {elapsed:?}, expected at most {max:?}"),
+                    )
+                }),
+                format!("took {elapsed:?}"),
             );
         }
-        Outcome::Success
+        let outcome = results
+            .iter()
+            .find_map(|(_, failure)| failure.clone())
+            .map_or(Outcome::Success, |(kind, message)| {
+                Outcome::failure(kind, message)
+            });
+        (outcome, results.into_iter().map(|(r, _)| r).collect())
     }
+}
+
+/// One expectation of an HTTP check and whether the response met it ([`HttpCheck::run_detailed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AssertionResult {
+    /// What was expected, e.g. `status is 2xx`, `body contains "ok"`.
+    pub assertion: String,
+    pub passed: bool,
+    /// What was found (`status 200`), or why it failed.
+    pub detail: String,
 }
 
 /// What [`HttpCheck::judge`] needs of a response once its body is read.

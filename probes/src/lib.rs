@@ -41,7 +41,9 @@ pub mod trace;
 pub use dns::{
     DnsCheck, DnsExpect, DnsRecordType, DnsSettings, DnsSettingsError, DnsStats, DnsTransport,
 };
-pub use http::{HeaderMatch, HttpCheck, HttpExpect, HttpSettings, HttpSettingsError, HttpStats};
+pub use http::{
+    AssertionResult, HeaderMatch, HttpCheck, HttpExpect, HttpSettings, HttpSettingsError, HttpStats,
+};
 pub use icmp::{IcmpClient, IcmpError, RoundPlan};
 pub use net::IpPreference;
 pub use observation::{FailureKind, Measurement, Observation, Outcome};

@@ -95,6 +95,9 @@ pub struct TraceReport {
     /// FNV-1a 64 of the responding addresses per TTL (silent TTLs as `*`), in hex: equal hashes,
     /// same path. Stable across runs and versions.
     pub path_hash: String,
+    /// Whether `path_hash` differs from the previous trace of the same target. One trace cannot
+    /// know: always `false` here, set by whoever keeps the previous hash (the agent's trace probe).
+    pub path_changed: bool,
 }
 
 /// One TTL of a trace (the `trace_hop` measurement).
@@ -128,6 +131,7 @@ impl TraceReport {
             hops,
             reached,
             path_hash,
+            path_changed: false,
         }
     }
 

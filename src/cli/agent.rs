@@ -53,9 +53,27 @@ async fn agent(config: Config, store: Store) -> anyhow::Result<()> {
         },
     };
 
+    let raw_traces: Vec<&str> = config
+        .probes
+        .iter()
+        .filter(
+            |p| matches!(&p.kind, ProbeKind::Trace(t) if t.protocol != probes::TraceProtocol::Icmp),
+        )
+        .map(|p| p.name.as_str())
+        .collect();
+    if !raw_traces.is_empty() && !crate::probe::has_cap_net_raw() {
+        tracing::warn!(probes = ?raw_traces, "UDP and TCP traces need CAP_NET_RAW, which this process lacks: each of their runs will fail (see ICMP privileges in the README)");
+    }
+    // Trace probes compare each path with the previous one; after a restart, the stored one.
+    let mut path_hashes = match store.latest_path_hashes() {
+        Ok(hashes) => hashes,
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "cannot read the last traced paths; the first trace of each target will not flag a change");
+            Default::default()
+        }
+    };
     let mut jobs = Vec::new();
     for probe_config in &config.probes {
-        let probe = Arc::new(Probe::new(probe_config, &resources)?);
         for name in &probe_config.targets {
             let target = config.target(name).with_context(|| {
                 format!(
@@ -63,9 +81,13 @@ async fn agent(config: Config, store: Store) -> anyhow::Result<()> {
                     probe_config.name
                 )
             })?;
+            let probe = Probe::new(probe_config, target, &resources)?;
+            if let Some(hash) = path_hashes.remove(&(probe_config.name.clone(), name.clone())) {
+                probe.seed_path_hash(hash);
+            }
             jobs.push(Job {
                 probe_name: probe_config.name.clone(),
-                probe: Arc::clone(&probe),
+                probe: Arc::new(probe),
                 target: Arc::new(target.clone()),
                 interval: probe_config.interval,
             });

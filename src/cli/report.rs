@@ -1,11 +1,12 @@
-//! `vantage report`: the latest round per target from the embedded store, as an mtr-like table.
+//! `vantage report`: from the embedded store, the latest ping round per target (an mtr-like
+//! table), then the latest service check (http, dns, tcp) and the latest path trace of each.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::store::{DB_FILE, Store};
+use crate::store::{DB_FILE, LatestCheck, LatestPing, LatestTrace, Store};
 
 use super::table;
 
@@ -42,11 +43,29 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     let store = Store::open(&data_dir)?;
     let latest = store.latest_pings()?;
-    if latest.is_empty() {
-        println!("no ping rounds stored yet in {}", store.path().display());
+    let checks = store.latest_checks()?;
+    let traces = store.latest_traces()?;
+    if latest.is_empty() && checks.is_empty() && traces.is_empty() {
+        println!("nothing stored yet in {}", store.path().display());
         return Ok(ExitCode::SUCCESS);
     }
     let now = SystemTime::now();
+    let mut sections = Vec::new();
+    if !latest.is_empty() {
+        sections.push(pings_table(&latest, now));
+    }
+    if !checks.is_empty() {
+        sections.push(format!("SERVICE CHECKS\n{}", checks_table(&checks, now)));
+    }
+    if !traces.is_empty() {
+        sections.push(format!("PATH TRACES\n{}", traces_table(&traces, now)));
+    }
+    print!("{}", sections.join("\n"));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The latest ping round per target.
+fn pings_table(latest: &[LatestPing], now: SystemTime) -> String {
     let rows: Vec<Vec<String>> = latest
         .iter()
         .map(|p| {
@@ -69,24 +88,140 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table::render(
-            &[
-                "TARGET",
-                "SITE",
-                "PROBE",
-                "LOSS%",
-                "SNT",
-                "MEDIAN",
-                "P10–P90",
-                "MAX",
-                "LAST SEEN",
-                "FAILURE"
-            ],
-            &rows,
-            &[3, 4, 5, 6, 7],
-        )
-    );
-    Ok(ExitCode::SUCCESS)
+    table::render(
+        &[
+            "TARGET",
+            "SITE",
+            "PROBE",
+            "LOSS%",
+            "SNT",
+            "MEDIAN",
+            "P10–P90",
+            "MAX",
+            "LAST SEEN",
+            "FAILURE",
+        ],
+        &rows,
+        &[3, 4, 5, 6, 7],
+    )
+}
+
+/// The latest http/dns/tcp run per (probe, target): the key timing of each kind (HTTP total,
+/// DNS latency, TCP connect) and what the answer was.
+fn checks_table(checks: &[LatestCheck], now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .map(|c| {
+            let f = &c.fields;
+            let number = |name: &str| f[name].as_f64();
+            let (time, detail) = match c.measurement.as_str() {
+                "http" => {
+                    let mut detail = match f["status_code"].as_u64() {
+                        Some(code) => format!("HTTP {code}"),
+                        None => "no response".to_string(),
+                    };
+                    match f["redirects"].as_u64() {
+                        Some(0) | None => {}
+                        Some(1) => detail.push_str(", 1 redirect"),
+                        Some(n) => detail.push_str(&format!(", {n} redirects")),
+                    }
+                    if let Some(days) = number("cert_expiry_days") {
+                        detail.push_str(&format!(", cert {days:.0} d"));
+                    }
+                    // A run that never got a response has no meaningful total.
+                    let time = f["status_code"].as_u64().and(number("total_ms"));
+                    (time, detail)
+                }
+                "dns" => {
+                    let detail = match f["rcode"].as_str() {
+                        Some(rcode) => format!(
+                            "{rcode}, {} {} {}",
+                            f["answers"].as_u64().unwrap_or(0),
+                            f["record_type"].as_str().unwrap_or("?"),
+                            if f["answers"].as_u64() == Some(1) {
+                                "answer"
+                            } else {
+                                "answers"
+                            }
+                        ),
+                        None => "no response".to_string(),
+                    };
+                    (number("latency_ms"), detail)
+                }
+                _ => (
+                    number("connect_ms"),
+                    f["address"].as_str().unwrap_or("-").to_string(),
+                ),
+            };
+            vec![
+                c.target.clone(),
+                c.target_site.clone(),
+                c.probe.clone(),
+                c.measurement.clone(),
+                if c.success { "ok" } else { "FAILED" }.to_string(),
+                table::ms(time),
+                detail,
+                table::last_seen(c.timestamp_ns, now),
+                c.failure.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "TARGET",
+            "SITE",
+            "PROBE",
+            "KIND",
+            "RESULT",
+            "TIME MS",
+            "DETAIL",
+            "LAST SEEN",
+            "FAILURE",
+        ],
+        &rows,
+        &[5],
+    )
+}
+
+/// The latest trace per (probe, target): the path, whether it reached and changed, the verdict.
+fn traces_table(traces: &[LatestTrace], now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = traces
+        .iter()
+        .map(|t| {
+            let path: Vec<&str> = t
+                .hops
+                .iter()
+                .map(|h| h.as_deref().unwrap_or("???"))
+                .collect();
+            vec![
+                t.target.clone(),
+                t.target_site.clone(),
+                t.probe.clone(),
+                t.hops.len().to_string(),
+                if t.reached { "yes" } else { "no" }.to_string(),
+                if t.path_changed { "CHANGED" } else { "same" }.to_string(),
+                table::last_seen(t.timestamp_ns, now),
+                t.verdict
+                    .clone()
+                    .or_else(|| t.failure.clone())
+                    .unwrap_or_default(),
+                path.join(" > "),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "TARGET",
+            "SITE",
+            "PROBE",
+            "HOPS",
+            "REACHED",
+            "PATH",
+            "LAST SEEN",
+            "VERDICT",
+            "HOP ADDRESSES",
+        ],
+        &rows,
+        &[3],
+    )
 }

@@ -20,6 +20,7 @@ use super::{
     Target,
 };
 
+mod kinds;
 mod rule;
 
 type Value<'i> = Spanned<DeValue<'i>>;
@@ -28,6 +29,12 @@ type Value<'i> = Spanned<DeValue<'i>>;
 pub(super) const DEFAULT_PROBE_NAME: &str = "ping";
 pub(super) const DEFAULT_INTERVAL: Duration = Duration::from_secs(20);
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Traces run on their own, slower cadence: every few minutes.
+pub(super) const DEFAULT_TRACE_INTERVAL: Duration = Duration::from_secs(300);
+/// A trace's `timeout` is how long each round waits for its replies.
+pub(super) const DEFAULT_TRACE_TIMEOUT: Duration = Duration::from_secs(1);
+/// An HTTP check includes connect, TLS, and the body.
+pub(super) const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const DEFAULT_COUNT: u32 = 20;
 pub(super) const MAX_COUNT: i128 = 10_000;
 pub(super) const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -52,7 +59,7 @@ const RULE_KINDS: [&str; 3] = ["loss", "failures", "latency"];
 const SCOPES: [&str; 3] = ["target", "group", "agent"];
 
 /// The probe kinds that exist; the order is the order hints list them in.
-const PROBE_KINDS: [&str; 1] = ["icmp"];
+const PROBE_KINDS: [&str; 5] = ["icmp", "tcp", "http", "dns", "trace"];
 
 /// Label keys that would collide with the tags every measurement already carries.
 const RESERVED_LABELS: [&str; 13] = [
@@ -85,6 +92,14 @@ enum Type {
     Number,
     /// A table of string labels.
     Labels,
+    /// `true` or `false`.
+    Bool,
+    /// An array of strings.
+    Strings,
+    /// An array of integers.
+    Integers,
+    /// A table of string values (HTTP headers).
+    StrTable,
     /// `[section]`
     Table,
     /// `[[section]]`
@@ -138,6 +153,95 @@ const ICMP: [Key; 2] = [
     key("count", Type::Integer, "count = 20"),
     key("spacing", Type::Duration, r#"spacing = "900ms""#),
 ];
+const TCP: [Key; 1] = [key("port", Type::Integer, "port = 443")];
+const HTTP: [Key; 16] = [
+    key("scheme", Type::Str, r#"scheme = "https""#),
+    key("port", Type::Integer, "port = 8443"),
+    key("path", Type::Str, r#"path = "/healthz""#),
+    key("method", Type::Str, r#"method = "GET""#),
+    key(
+        "headers",
+        Type::StrTable,
+        r#"headers = { "Accept" = "application/json" }"#,
+    ),
+    key("body", Type::Str, r#"body = "{}""#),
+    key(
+        "expect_status",
+        Type::Integers,
+        "expect_status = [200, 204]",
+    ),
+    key("body_contains", Type::Str, r#"body_contains = "ok""#),
+    key("body_regex", Type::Str, r#"body_regex = "status.*up""#),
+    key(
+        "header_matches",
+        Type::StrTable,
+        r#"header_matches = { "Content-Type" = "^application/json" }"#,
+    ),
+    key("max_total", Type::Duration, r#"max_total = "2s""#),
+    key(
+        "min_cert_expiry_days",
+        Type::Number,
+        "min_cert_expiry_days = 14",
+    ),
+    key("ca_file", Type::Str, r#"ca_file = "/etc/vantage/ca.pem""#),
+    key(
+        "server_name",
+        Type::Str,
+        r#"server_name = "api.example.net""#,
+    ),
+    key("max_redirects", Type::Integer, "max_redirects = 3"),
+    key("max_body_bytes", Type::Integer, "max_body_bytes = 1048576"),
+];
+const DNS: [Key; 8] = [
+    key("query", Type::Str, r#"query = "www.example.net""#),
+    key("record_type", Type::Str, r#"record_type = "AAAA""#),
+    key("transport", Type::Str, r#"transport = "tcp""#),
+    key("port", Type::Integer, "port = 53"),
+    key("recursion", Type::Bool, "recursion = false"),
+    key("expect_rcode", Type::Str, r#"expect_rcode = "NOERROR""#),
+    key(
+        "expect_answers",
+        Type::Strings,
+        r#"expect_answers = ["198.18.0.10"]"#,
+    ),
+    key("min_answers", Type::Integer, "min_answers = 1"),
+];
+const TRACE: [Key; 4] = [
+    key("protocol", Type::Str, r#"protocol = "udp""#),
+    key("count", Type::Integer, "count = 10"),
+    key("max_ttl", Type::Integer, "max_ttl = 30"),
+    key("port", Type::Integer, "port = 33434"),
+];
+
+/// Other names of the probe kinds, for "did you mean" hints.
+const PROBE_ALIASES: [(&str, &str); 6] = [
+    ("ping", "icmp"),
+    ("mtr", "trace"),
+    ("traceroute", "trace"),
+    ("dig", "dns"),
+    ("curl", "http"),
+    ("connect", "tcp"),
+];
+
+/// The kind-specific keys of a probe kind.
+fn probe_kind_keys(kind: &str) -> &'static [Key] {
+    match kind {
+        "icmp" => &ICMP,
+        "tcp" => &TCP,
+        "http" => &HTTP,
+        "dns" => &DNS,
+        _ => &TRACE,
+    }
+}
+
+/// A probe kind's default `interval` and `timeout`.
+fn probe_kind_timings(kind: &str) -> (Duration, Duration) {
+    match kind {
+        "http" => (DEFAULT_INTERVAL, DEFAULT_HTTP_TIMEOUT),
+        "trace" => (DEFAULT_TRACE_INTERVAL, DEFAULT_TRACE_TIMEOUT),
+        _ => (DEFAULT_INTERVAL, DEFAULT_TIMEOUT),
+    }
+}
 
 const INCIDENTS: [Key; 2] = [
     key(
@@ -400,9 +504,39 @@ impl Checker<'_> {
                     _ => format!("e.g. `{}`", key.example),
                 },
             ),
-            Type::Labels => (
+            Type::Labels | Type::StrTable => (
                 format!("`{name}` must be a table of strings, not {found}"),
                 format!("e.g. `{}`", key.example),
+            ),
+            Type::Bool => (
+                format!("`{name}` must be true or false, not {found}"),
+                match value.get_ref().as_str().map(str::trim) {
+                    Some(text @ ("true" | "false")) => {
+                        format!("remove the quotes: `{name} = {text}`")
+                    }
+                    _ => format!("e.g. `{}`", key.example),
+                },
+            ),
+            Type::Strings => (
+                format!("`{name}` must be an array of strings, not {found}"),
+                match value.get_ref().as_str().map(str::to_string).or(scalar) {
+                    Some(text) => {
+                        format!("use a list, even for one value: `{name} = [\"{text}\"]`")
+                    }
+                    None => format!("e.g. `{}`", key.example),
+                },
+            ),
+            Type::Integers => (
+                format!("`{name}` must be an array of integers, not {found}"),
+                match value.get_ref() {
+                    DeValue::Integer(i) => {
+                        format!(
+                            "use a list, even for one value: `{name} = [{}]`",
+                            i.as_str()
+                        )
+                    }
+                    _ => format!("e.g. `{}`", key.example),
+                },
             ),
             Type::Table => (
                 format!("`{name}` must be a table, not {found}"),
@@ -654,6 +788,10 @@ impl Checker<'_> {
                 ("[[target]]", &TARGET[..]),
                 ("[[probe]]", &PROBE[..]),
                 ("[[probe]]", &ICMP[..]),
+                ("[[probe]]", &TCP[..]),
+                ("[[probe]]", &HTTP[..]),
+                ("[[probe]]", &DNS[..]),
+                ("[[probe]]", &TRACE[..]),
                 ("[[rule]]", &RULE[..]),
                 ("[[rule]]", &RULE_LOSS[..]),
                 ("[[rule]]", &RULE_FAILURES[..]),
@@ -981,39 +1119,68 @@ impl Checker<'_> {
         let [name_key, kind_key, interval_key, timeout_key, targets_key] = &PROBE;
         for (table, span) in tables {
             let kind = self.string(table, kind_key);
-            let kind = match self.required(
+            let kind: Option<&'static str> = match self.required(
                 kind,
                 section,
                 &span,
                 kind_key,
                 &format!(" (known kinds: {})", PROBE_KINDS.join(", ")),
             ) {
-                Got::Valid("icmp", _) => Some("icmp"),
-                Got::Valid(other, kind_span) => {
-                    let known = PROBE_KINDS.join(", ");
-                    let hint = match closest(other, PROBE_KINDS) {
-                        Some(suggestion) => {
-                            format!("did you mean `{suggestion}`? known kinds: {known}")
-                        }
-                        None => format!("known kinds: {known}"),
-                    };
-                    self.error(kind_span, format!("unknown probe kind `{other}`"), hint);
-                    None
-                }
+                Got::Valid(kind, kind_span) => match PROBE_KINDS.iter().find(|k| **k == kind) {
+                    Some(kind) => Some(*kind),
+                    None => {
+                        let known = PROBE_KINDS.join(", ");
+                        // The tools people know these kinds by, then plain typos.
+                        let alias = PROBE_ALIASES
+                            .iter()
+                            .find(|(tool, _)| tool.eq_ignore_ascii_case(kind))
+                            .map(|(_, kind)| *kind);
+                        let hint = match alias.or_else(|| closest(kind, PROBE_KINDS)) {
+                            Some(suggestion) => {
+                                format!("did you mean `{suggestion}`? known kinds: {known}")
+                            }
+                            None => format!("known kinds: {known}"),
+                        };
+                        self.error(kind_span, format!("unknown probe kind `{kind}`"), hint);
+                        None
+                    }
+                },
                 Got::Absent | Got::Invalid => None,
             };
-            // Keys of the probe's own kind are allowed; when the kind is unknown, keys of any kind
-            // are accepted (unchecked) rather than reported as unknown.
-            let kind_keys: Vec<&Key> = match kind {
-                Some(_) => ICMP.iter().collect(),
-                None => Vec::new(),
-            };
-            let allowed: Vec<&Key> = PROBE.iter().chain(kind_keys).collect();
-            let accepted: Vec<&Key> = match kind {
-                Some(_) => Vec::new(),
-                None => ICMP.iter().collect(),
-            };
-            self.unknown_keys(table, section, &allowed, &accepted);
+            // Keys of the probe's own kind are allowed; a key of another kind is named as such;
+            // when the kind is unknown, keys of any kind are accepted (unchecked) rather than
+            // reported as unknown.
+            let own: &[Key] = kind.map(probe_kind_keys).unwrap_or(&[]);
+            let allowed: Vec<&Key> = PROBE.iter().chain(own).collect();
+            let all_kinds: Vec<&Key> = PROBE_KINDS
+                .iter()
+                .flat_map(|k| probe_kind_keys(k))
+                .collect();
+            if let Some(kind) = kind {
+                for (key_name, _) in table.iter() {
+                    let key_str: &str = key_name.get_ref();
+                    if allowed.iter().any(|k| k.name == key_str) {
+                        continue;
+                    }
+                    let homes: Vec<String> = PROBE_KINDS
+                        .iter()
+                        .filter(|k| probe_kind_keys(k).iter().any(|key| key.name == key_str))
+                        .map(|k| format!("`kind = \"{k}\"`"))
+                        .collect();
+                    if !homes.is_empty() {
+                        self.error(
+                            key_name.span(),
+                            format!("`{key_str}` does not apply to a probe of kind `{kind}`"),
+                            format!(
+                                "`{key_str}` belongs to {}; keys of `{kind}`: {}",
+                                homes.join(" or "),
+                                own.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            self.unknown_keys(table, section, &allowed, &all_kinds);
 
             let name = self.string(table, name_key);
             let name = match self.required(
@@ -1041,13 +1208,14 @@ impl Checker<'_> {
                 Got::Absent | Got::Invalid => None,
             };
 
+            let (default_interval, default_timeout) = probe_kind_timings(kind.unwrap_or("icmp"));
             let interval = match self.positive_duration(table, interval_key) {
-                Got::Absent => Some((DEFAULT_INTERVAL, None)),
+                Got::Absent => Some((default_interval, None)),
                 Got::Invalid => None,
                 Got::Valid(interval, span) => Some((interval, Some(span))),
             };
             let timeout = match self.positive_duration(table, timeout_key) {
-                Got::Absent => Some((DEFAULT_TIMEOUT, None)),
+                Got::Absent => Some((default_timeout, None)),
                 Got::Invalid => None,
                 Got::Valid(timeout, span) => Some((timeout, Some(span))),
             };
@@ -1088,6 +1256,10 @@ impl Checker<'_> {
 
             let kind = match kind {
                 Some("icmp") => self.icmp(table, timings),
+                Some("tcp") => self.tcp(table, &span),
+                Some("http") => self.http(table, timings),
+                Some("dns") => self.dns(table, &span),
+                Some("trace") => self.trace(table, timings),
                 _ => None,
             };
             if let (Some(name), Some((interval, timeout)), Some(targets), Some(kind)) =

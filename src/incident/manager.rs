@@ -16,12 +16,12 @@ use crate::config::{Condition, Config, LatencyThreshold, RuleConfig, RuleScope, 
 use crate::rules::{Engine, Mono, Transition, TransitionKind};
 use crate::store::Store;
 
-/// The path trace at the moment of breach and its verdict, as the trace probe will report them.
+/// The path traces at the moment of breach and their verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceEvidence {
-    /// The mtr-style report (one line per hop), shown verbatim.
+    /// The mtr-style report of each traced target (one line per hop), shown verbatim.
     pub report_text: String,
-    /// Where loss begins: hop and address; agent side, transit or target side.
+    /// Where loss begins: hop and address (per target when several were traced).
     pub verdict_text: String,
 }
 
@@ -33,14 +33,15 @@ pub struct Diagnosis {
     pub notes: Vec<String>,
 }
 
-/// One-shot diagnostics run when an incident opens (trace, DNS, HTTP detail). The seam the
-/// path-trace probe plugs into; it must return within a few seconds (the manager runs it inline).
+/// One-shot diagnostics run when an incident opens (trace, DNS, HTTP detail); the agent's is
+/// [`super::TraceDiagnostics`]. It must return within a few seconds: the manager runs it inline,
+/// on the rules thread (never on a probe's).
 pub trait Diagnostics: Send {
     /// `targets`: (probe, target) pairs affected at the moment of breach.
     fn at_breach(&self, key: &str, targets: &[(String, String)]) -> Diagnosis;
 }
 
-/// Today's diagnostics: none (the trace probe is not in this build yet).
+/// No diagnostics: drafts without a path trace (tests, and agents that must not trace).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoDiagnostics;
 

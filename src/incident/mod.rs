@@ -7,6 +7,7 @@
 //! - this file: [`Incident`] and its parts, [`Timestamp`]
 //! - `db`: the SQLite tables (incidents, the durable outbox, deliveries per sink)
 //! - `manager`: [`Manager`], transitions → incident state + outbox events, status-update drafts
+//! - `diagnostics`: [`TraceDiagnostics`], the path traces (and their verdict) taken at breach
 //! - `evidence`: the history, failures and healthy contrast gathered from the embedded store
 //! - `render`: pure functions: the Markdown status document, the title
 //! - `chart`: a smokeping-style SVG chart, written by a small SVG writer of our own
@@ -16,6 +17,7 @@
 
 pub mod chart;
 pub mod db;
+pub mod diagnostics;
 pub mod directory;
 pub mod evidence;
 pub mod manager;
@@ -28,6 +30,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use db::IncidentDb;
+pub use diagnostics::TraceDiagnostics;
 pub use directory::DirectorySink;
 pub use evidence::Evidence;
 pub use manager::{Diagnosis, Diagnostics, Manager, NoDiagnostics, TraceEvidence};

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::outbox::Deliverer;
-use super::{DIRECTORY, DirectorySink, IncidentDb, IncidentSink, Manager, NoDiagnostics};
+use super::{DIRECTORY, DirectorySink, IncidentDb, IncidentSink, Manager, TraceDiagnostics};
 use crate::config::Config;
 use crate::rules::Engine;
 use crate::store::{Record, Store};
@@ -91,7 +91,8 @@ fn prepare(config: &Config, data_dir: &Path, origin: Instant) -> anyhow::Result<
         db.register_sink(sink.name())?;
     }
     let store = Store::open(data_dir)?;
-    let mut manager = Manager::new(db, Some(store), config, Box::new(NoDiagnostics));
+    let diagnostics = Box::new(TraceDiagnostics::new(config));
+    let mut manager = Manager::new(db, Some(store), config, diagnostics);
     let resumed = manager.resume(&mut engine, origin.elapsed(), SystemTime::now())?;
     tracing::info!(rules = config.rules.len(), resumed, "rules engine started");
     Ok((engine, manager))

@@ -295,8 +295,8 @@ pub fn markdown(incident: &Incident) -> String {
         None => {
             let _ = writeln!(
                 md,
-                "- Path trace: none attached (no trace probe in this build); run `mtr` or \
-                 `vantage trace` to each affected target and paste it here."
+                "- Path trace: none attached; run `vantage trace` (or `mtr --report`) to \
+                 each affected target and paste it here."
             );
         }
     }

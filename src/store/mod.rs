@@ -4,6 +4,7 @@
 
 pub mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -49,6 +50,60 @@ pub struct LatestPing {
     pub rtt_p10_ms: Option<f64>,
     pub rtt_p90_ms: Option<f64>,
     pub rtt_max_ms: Option<f64>,
+}
+
+/// One row of `vantage report`'s service checks: the latest `http`, `dns` or `tcp` run of one
+/// (probe, target).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestCheck {
+    /// `http`, `dns` or `tcp`.
+    pub measurement: String,
+    pub probe: String,
+    pub target: String,
+    pub target_site: String,
+    pub address: Option<String>,
+    pub timestamp_ns: i64,
+    pub success: bool,
+    pub failure: Option<String>,
+    /// The measurement's fields as stored.
+    pub fields: serde_json::Value,
+}
+
+/// One row of `vantage report`'s path traces: the latest trace of one (probe, target).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestTrace {
+    pub probe: String,
+    pub target: String,
+    pub target_site: String,
+    pub timestamp_ns: i64,
+    pub failure: Option<String>,
+    /// The first address that answered at each TTL, `None` for a silent one.
+    pub hops: Vec<Option<String>>,
+    pub reached: bool,
+    pub path_changed: bool,
+    pub path_hash: String,
+    /// [`probes::locate_loss`] in words; `None` when the trace could not run.
+    pub verdict: Option<String>,
+}
+
+/// The stored fields of a trace: the `trace` measurement, its hops (`trace_hop`), and the loss
+/// verdict (`verdict`, structured, and `verdict_text`) when there are hops to judge.
+pub fn trace_fields(report: &probes::TraceReport) -> anyhow::Result<String> {
+    let mut fields = serde_json::to_value(report)?;
+    if let Some(object) = fields.as_object_mut() {
+        let (verdict, text) = if report.hops.is_empty() {
+            (serde_json::Value::Null, serde_json::Value::Null)
+        } else {
+            let verdict = probes::locate_loss(report);
+            (
+                serde_json::to_value(&verdict)?,
+                serde_json::Value::String(verdict.to_string()),
+            )
+        };
+        object.insert("verdict".into(), verdict);
+        object.insert("verdict_text".into(), text);
+    }
+    Ok(serde_json::to_string(&fields)?)
 }
 
 /// One ping round as history: what an incident's evidence tables and chart are drawn from.
@@ -133,7 +188,7 @@ impl Store {
                     Measurement::Tcp(stats) => serde_json::to_string(stats)?,
                     Measurement::Http(stats) => serde_json::to_string(stats)?,
                     Measurement::Dns(stats) => serde_json::to_string(stats)?,
-                    Measurement::Trace(report) => serde_json::to_string(report)?,
+                    Measurement::Trace(report) => trace_fields(report)?,
                 };
                 insert.execute(params![
                     o.timestamp_ns(),
@@ -218,6 +273,117 @@ impl Store {
             });
         }
         Ok(points)
+    }
+
+    /// The path hash of the latest trace with hops of every (probe, target): what a restarted
+    /// agent's trace probes compare their first trace with.
+    pub fn latest_path_hashes(&self) -> anyhow::Result<HashMap<(String, String), String>> {
+        let mut query = self.conn.prepare(
+            "SELECT o.probe, o.target, json_extract(o.fields, '$.path_hash')
+             FROM observations o
+             JOIN (SELECT MAX(id) AS id FROM observations
+                   WHERE measurement = 'trace' AND json_array_length(fields, '$.hops') > 0
+                   GROUP BY probe, target) latest ON latest.id = o.id",
+        )?;
+        let rows = query.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<String>>(2)?,
+            ))
+        })?;
+        let mut hashes = HashMap::new();
+        for row in rows {
+            if let (probe, target, Some(hash)) = row? {
+                hashes.insert((probe, target), hash);
+            }
+        }
+        Ok(hashes)
+    }
+
+    /// The most recent `http`, `dns` and `tcp` run per (probe, target), by probe then target.
+    pub fn latest_checks(&self) -> anyhow::Result<Vec<LatestCheck>> {
+        let mut query = self.conn.prepare(
+            "SELECT o.measurement, o.probe, o.target, o.target_site, o.address, o.ts_ns, o.success,
+                    o.failure, o.fields
+             FROM observations o
+             JOIN (SELECT MAX(id) AS id FROM observations
+                   WHERE measurement IN ('http', 'dns', 'tcp')
+                   GROUP BY probe, target) latest ON latest.id = o.id
+             ORDER BY o.probe, o.target",
+        )?;
+        let rows = query.query_map([], |row| {
+            Ok((
+                LatestCheck {
+                    measurement: row.get(0)?,
+                    probe: row.get(1)?,
+                    target: row.get(2)?,
+                    target_site: row.get(3)?,
+                    address: row.get(4)?,
+                    timestamp_ns: row.get(5)?,
+                    success: row.get(6)?,
+                    failure: row.get(7)?,
+                    fields: serde_json::Value::Null,
+                },
+                row.get::<_, String>(8)?,
+            ))
+        })?;
+        let mut latest = Vec::new();
+        for row in rows {
+            let (mut check, fields) = row?;
+            check.fields = serde_json::from_str(&fields)
+                .with_context(|| format!("corrupt fields for {}/{}", check.probe, check.target))?;
+            latest.push(check);
+        }
+        Ok(latest)
+    }
+
+    /// The most recent trace per (probe, target), by probe then target.
+    pub fn latest_traces(&self) -> anyhow::Result<Vec<LatestTrace>> {
+        let mut query = self.conn.prepare(
+            "SELECT o.probe, o.target, o.target_site, o.ts_ns, o.failure, o.fields
+             FROM observations o
+             JOIN (SELECT MAX(id) AS id FROM observations WHERE measurement = 'trace'
+                   GROUP BY probe, target) latest ON latest.id = o.id
+             ORDER BY o.probe, o.target",
+        )?;
+        let rows = query.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<String>>(4)?,
+                row.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut latest = Vec::new();
+        for row in rows {
+            let (probe, target, target_site, timestamp_ns, failure, fields) = row?;
+            let fields: serde_json::Value = serde_json::from_str(&fields)
+                .with_context(|| format!("corrupt fields for {probe}/{target}"))?;
+            let hops = fields["hops"]
+                .as_array()
+                .map(|hops| {
+                    hops.iter()
+                        .map(|hop| hop["addresses"][0].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            latest.push(LatestTrace {
+                probe,
+                target,
+                target_site,
+                timestamp_ns,
+                failure,
+                hops,
+                reached: fields["reached"].as_bool().unwrap_or(false),
+                path_changed: fields["path_changed"].as_bool().unwrap_or(false),
+                path_hash: fields["path_hash"].as_str().unwrap_or_default().to_string(),
+                verdict: fields["verdict_text"].as_str().map(str::to_string),
+            });
+        }
+        Ok(latest)
     }
 
     /// The most recent ping round per (probe, target), ordered by probe then target.
@@ -317,6 +483,125 @@ mod tests {
         assert!((latest[0].loss_pct - 50.0).abs() < 1e-9);
         assert_eq!(latest[1].failure.as_deref(), Some("no reply"));
         assert_eq!(latest[1].rtt_median_ms, None);
+    }
+
+    fn trace_record(target: &str, at: SystemTime, hops: Vec<(&str, f64)>) -> Record {
+        let hops: Vec<probes::Hop> = hops
+            .into_iter()
+            .enumerate()
+            .map(|(i, (address, loss_pct))| probes::Hop {
+                ttl: i as u8 + 1,
+                addresses: vec![address.parse().expect("address")],
+                sent: 10,
+                received: (10.0 * (100.0 - loss_pct) / 100.0) as u32,
+                loss_pct,
+                rtt_last_ms: Some(1.0),
+                rtt_avg_ms: Some(1.0),
+                rtt_best_ms: Some(1.0),
+                rtt_worst_ms: Some(1.0),
+                rtt_stddev_ms: Some(0.0),
+            })
+            .collect();
+        let report = probes::TraceReport::new("198.18.2.2".parse().expect("target"), hops);
+        let outcome = if report.hops.is_empty() {
+            Outcome::failure(FailureKind::Resolve, "no address")
+        } else {
+            Outcome::Success
+        };
+        Record {
+            probe: "trace".into(),
+            observation: Observation {
+                started_at: at,
+                duration: Duration::from_secs(10),
+                outcome,
+                measurement: Measurement::Trace(report),
+            },
+            ..record(target, at, Vec::new())
+        }
+    }
+
+    #[test]
+    fn traces_are_stored_with_every_hop_and_their_verdict() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let lossy = trace_record(
+            "far",
+            t0,
+            vec![
+                ("198.18.0.1", 0.0),
+                ("198.18.1.2", 0.0),
+                ("198.18.2.2", 30.0),
+            ],
+        );
+        let Measurement::Trace(report) = &lossy.observation.measurement else {
+            unreachable!()
+        };
+        let hash = report.path_hash.clone();
+        // A later trace that could not run has no hops: it is shown, but it is not a path.
+        let failed = trace_record("far", t0 + Duration::from_secs(300), Vec::new());
+        store.insert(&[lossy, failed]).expect("insert");
+
+        let hashes = store.latest_path_hashes().expect("hashes");
+        assert_eq!(
+            hashes.get(&("trace".to_string(), "far".to_string())),
+            Some(&hash)
+        );
+        let traces = store.latest_traces().expect("traces");
+        assert_eq!(traces.len(), 1);
+        assert_eq!(traces[0].failure.as_deref(), Some("no address"));
+        assert_eq!(traces[0].verdict, None);
+
+        let fields: String = store
+            .conn
+            .query_row(
+                "SELECT fields FROM observations WHERE measurement = 'trace' ORDER BY id LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .expect("row");
+        let fields: serde_json::Value = serde_json::from_str(&fields).expect("json");
+        assert_eq!(fields["hops"].as_array().map(Vec::len), Some(3));
+        assert_eq!(fields["hops"][2]["loss_pct"], 30.0);
+        assert_eq!(fields["hops"][2]["addresses"][0], "198.18.2.2");
+        assert_eq!(fields["reached"], true);
+        assert_eq!(fields["path_changed"], false);
+        assert_eq!(fields["verdict"]["verdict"], "loss_from");
+        assert_eq!(fields["verdict"]["ttl"], 3);
+        assert_eq!(
+            fields["verdict_text"],
+            "loss starts at hop 3, 198.18.2.2 (30% at the destination)"
+        );
+    }
+
+    #[test]
+    fn latest_checks_are_http_dns_and_tcp_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let t0 = SystemTime::now();
+        let tcp = Record {
+            probe: "tcp".into(),
+            observation: Observation {
+                started_at: t0,
+                duration: Duration::from_millis(1),
+                outcome: Outcome::failure(FailureKind::Refused, "connection refused"),
+                measurement: Measurement::Tcp(probes::TcpStats {
+                    connect_ms: None,
+                    resolve_ms: Some(0.0),
+                    address: Some("127.0.0.1:9".parse().expect("address")),
+                }),
+            },
+            ..record("svc", t0, Vec::new())
+        };
+        store
+            .insert(&[record("svc", t0, vec![Some(1.0)]), tcp])
+            .expect("insert");
+        let checks = store.latest_checks().expect("checks");
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert_eq!(checks[0].measurement, "tcp");
+        assert!(!checks[0].success);
+        assert_eq!(checks[0].fields["address"], "127.0.0.1:9");
+        assert_eq!(store.latest_pings().expect("pings").len(), 1);
     }
 
     #[test]

@@ -766,5 +766,6 @@ fn kind_applies(rule_kind: &str, probe: &ProbeKind) -> bool {
         ("failures", _) => true,
         // Echoes and RTTs are what icmp rounds measure.
         (_, ProbeKind::Icmp { .. }) => true,
+        _ => false,
     }
 }

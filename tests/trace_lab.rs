@@ -1,0 +1,308 @@
+//! Path traces by the `vantage` binary in the routed lab (`lab` crate: agent → r1 → r2 → target in
+//! network namespaces): the one-shot `vantage trace` with loss on r2, a trace probe noticing a
+//! reroute (and not noticing one after a restart), and the trace an incident draft gets when loss
+//! opens it. Needs root; fails (never skips) without it.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lab::{Lab, Router, addr};
+use rusqlite::Connection;
+use support::{Agent, VANTAGE};
+
+fn wait_until(what: &str, limit: Duration, agent: &Agent, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}; agent log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn vantage_trace_names_the_hop_where_loss_begins() {
+    let lab = Lab::routed();
+    lab.inject_loss(Router::R2, 30);
+    let target = addr::TARGET.to_string();
+    let rounds = 40;
+    let output = lab
+        .agent()
+        .command(VANTAGE)
+        .args(["trace", "--json", "--interval-ms", "50", "--max-ttl", "8"])
+        .args(["--count", &rounds.to_string(), &target])
+        .output()
+        .expect("run vantage trace");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let hops = v["hops"].as_array().expect("hops");
+    assert_eq!(hops.len(), 3, "{v}");
+    let address = |i: usize| hops[i]["addresses"][0].as_str().unwrap_or("???");
+    assert_eq!(
+        [address(0), address(1), address(2)],
+        ["198.18.0.1", "198.18.1.2", "198.18.2.2"]
+    );
+    for hop in hops {
+        for field in [
+            "ttl",
+            "sent",
+            "received",
+            "loss_pct",
+            "rtt_last_ms",
+            "rtt_avg_ms",
+            "rtt_best_ms",
+            "rtt_worst_ms",
+            "rtt_stddev_ms",
+        ] {
+            assert!(hop[field].is_number(), "{field} in {hop}");
+        }
+        assert_eq!(hop["sent"], rounds);
+    }
+    // Probes for hops 1 and 2 never cross r2's forwarding path; probes to the target cross it
+    // both ways and survive with probability 0.7² = 0.49. Bounds: ±4σ over `rounds` probes.
+    assert_eq!(hops[0]["loss_pct"], 0.0, "{v}");
+    assert_eq!(hops[1]["loss_pct"], 0.0, "{v}");
+    let loss = hops[2]["loss_pct"].as_f64().expect("loss");
+    let sigma = (0.51f64 * 0.49 / f64::from(rounds)).sqrt() * 100.0;
+    assert!(
+        (loss - 51.0).abs() <= 4.0 * sigma,
+        "hop 3 loss {loss}%: {v}"
+    );
+    assert_eq!(v["reached"], true);
+    assert_eq!(v["verdict"]["verdict"], "loss_from");
+    assert_eq!(v["verdict"]["ttl"], 3);
+    assert_eq!(v["verdict"]["address"], "198.18.2.2");
+    let verdict = v["verdict_text"].as_str().expect("verdict text");
+    assert!(
+        verdict.starts_with("loss starts at hop 3, 198.18.2.2 ("),
+        "{verdict}"
+    );
+
+    // The default output: what an on-call engineer pastes into the bug.
+    let output = lab
+        .agent()
+        .command(VANTAGE)
+        .args(["trace", "--count", "20", "--interval-ms", "50", &target])
+        .output()
+        .expect("run vantage trace");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    assert!(lines[0].starts_with("Start: "), "{text}");
+    assert!(
+        lines[1].starts_with("HOST: ") && lines[1].ends_with("Snt   Last   Avg  Best  Wrst StDev"),
+        "{text}"
+    );
+    assert!(lines[2].starts_with("  1.|-- 198.18.0.1 "), "{text}");
+    assert!(lines[3].starts_with("  2.|-- 198.18.1.2 "), "{text}");
+    assert!(lines[4].starts_with("  3.|-- 198.18.2.2 "), "{text}");
+    assert!(
+        lines[5].starts_with("Verdict: loss starts at hop 3, 198.18.2.2"),
+        "{text}"
+    );
+}
+
+/// (start ns, path hash, path_changed, hop addresses) of every stored trace, oldest first.
+fn traces(data: &Path) -> Vec<(i64, String, bool, Vec<String>)> {
+    let Ok(db) = Connection::open(data.join("vantage.db")) else {
+        return Vec::new();
+    };
+    let Ok(mut query) = db.prepare(
+        "SELECT ts_ns, fields FROM observations WHERE measurement = 'trace' ORDER BY ts_ns",
+    ) else {
+        return Vec::new(); // not created yet
+    };
+    query
+        .query_map([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })
+        .expect("rows")
+        .map(|row| {
+            let (ts, fields) = row.expect("row");
+            let v: serde_json::Value = serde_json::from_str(&fields).expect("fields");
+            let hops = v["hops"]
+                .as_array()
+                .expect("hops")
+                .iter()
+                .map(|h| h["addresses"][0].as_str().unwrap_or("???").to_string())
+                .collect();
+            (
+                ts,
+                v["path_hash"].as_str().expect("hash").to_string(),
+                v["path_changed"].as_bool().expect("path_changed"),
+                hops,
+            )
+        })
+        .collect()
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64
+}
+
+#[test]
+fn a_trace_probe_flags_a_reroute_once_and_not_after_a_restart() {
+    let lab = Lab::routed();
+    let far = "198.19.0.5";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("vantage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nname = \"lab-agent\"\nsite = \"lab\"\ndata_dir = \"{}\"\n\n\
+             [[target]]\nname = \"far\"\nhost = \"{far}\"\nsite = \"target\"\n\n\
+             [[probe]]\nname = \"path\"\nkind = \"trace\"\ninterval = \"1s\"\ntimeout = \"100ms\"\ncount = 3\nmax_ttl = 8\n",
+            data.display()
+        ),
+    )
+    .expect("config");
+    let netns = ["ip", "netns", "exec", lab.agent().name()];
+    let agent = Agent::start(&netns, &config, dir.path().join("agent.log"));
+    wait_until("three traces", Duration::from_secs(20), &agent, || {
+        traces(&data).len() >= 3
+    });
+
+    // The reroute: a direct link r1 ↔ target, and r1 sends the target range over it.
+    let (r1, target) = (lab.router(Router::R1), lab.target());
+    r1.run([
+        "ip",
+        "link",
+        "add",
+        "alt",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "r1alt",
+        "netns",
+        target.name(),
+    ]);
+    r1.run(["ip", "addr", "add", "198.18.3.1/24", "dev", "alt"]);
+    r1.run(["ip", "link", "set", "alt", "up"]);
+    target.run(["ip", "addr", "add", "198.18.3.2/24", "dev", "r1alt"]);
+    target.run(["ip", "link", "set", "r1alt", "up"]);
+    target.run(["ip", "route", "add", "198.18.0.0/24", "via", "198.18.3.1"]);
+    let changed_at = now_ns();
+    r1.run(["ip", "route", "add", "198.19.0.0/16", "via", "198.18.3.2"]);
+
+    wait_until(
+        "three traces after the reroute",
+        Duration::from_secs(20),
+        &agent,
+        || traces(&data).iter().filter(|t| t.0 > changed_at).count() >= 3,
+    );
+    agent.stop();
+
+    let old_path = ["198.18.0.1", "198.18.1.2", far];
+    let new_path = ["198.18.0.1", far];
+    let rows = traces(&data);
+    let trace_ns = 500_000_000; // 3 rounds of 100 ms, and then some
+    for (ts, _, changed, hops) in rows.iter().filter(|t| t.0 + trace_ns < changed_at) {
+        assert_eq!(hops, &old_path, "before the reroute ({ts}): {rows:?}");
+        assert!(!changed, "no change before the reroute: {rows:?}");
+    }
+    let after: Vec<_> = rows.iter().filter(|t| t.0 > changed_at).collect();
+    for (_, _, _, hops) in &after {
+        assert_eq!(hops, &new_path, "{rows:?}");
+    }
+    let flagged: Vec<_> = rows.iter().filter(|t| t.2).collect();
+    // One flag for the new path (two if a trace straddled the change and saw a mix).
+    assert!(
+        (1..=2).contains(&flagged.len()),
+        "the reroute is flagged once: {rows:?}"
+    );
+    assert!(
+        flagged.iter().all(|t| t.0 + trace_ns >= changed_at),
+        "{rows:?}"
+    );
+    assert!(
+        !after.last().expect("traces").2,
+        "a stable new path is not a change"
+    );
+    let new_hash = after.last().expect("traces").1.clone();
+
+    // A restart remembers the last path: its first trace is not a change.
+    let restarted_at = now_ns();
+    let agent = Agent::start(&netns, &config, dir.path().join("agent2.log"));
+    wait_until(
+        "two traces after the restart",
+        Duration::from_secs(20),
+        &agent,
+        || traces(&data).iter().filter(|t| t.0 > restarted_at).count() >= 2,
+    );
+    agent.stop();
+    let rows = traces(&data);
+    for (_, hash, changed, _) in rows.iter().filter(|t| t.0 > restarted_at) {
+        assert_eq!(hash, &new_hash);
+        assert!(
+            !changed,
+            "the first trace after a restart is compared with the stored one: {rows:?}"
+        );
+    }
+}
+
+#[test]
+fn an_incident_opened_by_loss_carries_the_trace_and_its_verdict() {
+    let lab = Lab::routed();
+    let far = "198.19.0.7";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("vantage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nname = \"lab-agent\"\nsite = \"lab\"\ndata_dir = \"{}\"\n\n\
+             [[target]]\nname = \"far\"\nhost = \"{far}\"\nsite = \"target\"\n\n\
+             [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"1s\"\ntimeout = \"400ms\"\ncount = 10\nspacing = \"50ms\"\n\n\
+             [[rule]]\nname = \"loss\"\nkind = \"loss\"\nabove_pct = 20\nechoes = 20\nfor = \"2s\"\nclear_for = \"5s\"\nmin_hold = \"5s\"\n",
+            data.display()
+        ),
+    )
+    .expect("config");
+    // Half of what r2 forwards is dropped: an echo to the target survives 1 time in 4.
+    lab.inject_loss(Router::R2, 50);
+    let netns = ["ip", "netns", "exec", lab.agent().name()];
+    let agent = Agent::start(&netns, &config, dir.path().join("agent.log"));
+    let incidents = data.join("incidents");
+    let mut draft = String::new();
+    wait_until("an incident draft", Duration::from_secs(40), &agent, || {
+        let Some(folder) = std::fs::read_dir(&incidents)
+            .ok()
+            .and_then(|mut entries| entries.next())
+            .and_then(Result::ok)
+        else {
+            return false;
+        };
+        draft = std::fs::read_to_string(folder.path().join("incident.md")).unwrap_or_default();
+        !draft.is_empty()
+    });
+    agent.stop();
+    assert!(
+        draft.contains(&format!(
+            "- Path trace verdict: **loss starts at hop 3, {far} ("
+        )),
+        "{draft}"
+    );
+    assert!(
+        draft.contains("$ vantage trace --count 5 198.19.0.7\nStart: "),
+        "{draft}"
+    );
+    assert!(draft.contains("HOST: lab-agent "), "{draft}");
+    assert!(draft.contains("  1.|-- 198.18.0.1 "), "{draft}");
+    assert!(draft.contains("  2.|-- 198.18.1.2 "), "{draft}");
+    assert!(draft.contains(&format!("  3.|-- {far} ")), "{draft}");
+}
