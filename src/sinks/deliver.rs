@@ -70,6 +70,8 @@ impl Sender {
     pub async fn run(mut self) {
         let config = self.shared.config.clone();
         let mut flush_at: Option<Instant> = None;
+        // After a failed attempt the points are overdue: retry without waiting to fill a batch.
+        let mut retrying = false;
         loop {
             let stopping = self.stop.is_cancelled();
             let pending = self.shared.spool_points.load(Ordering::Relaxed);
@@ -88,7 +90,7 @@ impl Sender {
                 .batch_size
                 .min(self.shared.max_batch.load(Ordering::Relaxed))
                 .max(1);
-            if !stopping && pending < limit as u64 {
+            if !stopping && !retrying && pending < limit as u64 {
                 let at = *flush_at.get_or_insert_with(|| Instant::now() + config.flush_interval);
                 if Instant::now() < at {
                     tokio::select! {
@@ -101,8 +103,9 @@ impl Sender {
             }
             flush_at = None;
             match self.attempt(limit).await {
-                Attempt::Done => {}
+                Attempt::Done => retrying = false,
                 Attempt::Wait(delay) => {
+                    retrying = true;
                     let deadline = Instant::now() + delay;
                     tokio::select! {
                         () = tokio::time::sleep_until(deadline) => {}
