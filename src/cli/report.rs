@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::sinks::Spool;
 use crate::store::{DB_FILE, Store};
 
 use super::table;
@@ -44,6 +45,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let latest = store.latest_pings()?;
     if latest.is_empty() {
         println!("no ping rounds stored yet in {}", store.path().display());
+        print_delivery(&data_dir)?;
         return Ok(ExitCode::SUCCESS);
     }
     let now = SystemTime::now();
@@ -88,5 +90,72 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             &[3, 4, 5, 6, 7],
         )
     );
+    print_delivery(&data_dir)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// sinks: the "delivery" section — one row per output from the spool (`spool.db`), if there is one.
+fn print_delivery(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let Some(spool) = Spool::open_read_only(data_dir)? else {
+        return Ok(());
+    };
+    let totals = spool.totals()?;
+    if totals.is_empty() {
+        return Ok(());
+    }
+    let now = SystemTime::now();
+    let rows: Vec<Vec<String>> = totals
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.pending_points.to_string(),
+                bytes(t.pending_bytes),
+                t.oldest_pending_ts_ns
+                    .map_or_else(|| "-".into(), |ts| age(ts, now)),
+                t.delivered.to_string(),
+                t.dropped().to_string(),
+                t.dead_letter.to_string(),
+                t.last_delivery_ns
+                    .map_or_else(|| "never".into(), |ts| table::last_seen(ts, now)),
+                t.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!("\ndelivery ({})", spool.path().display());
+    print!(
+        "{}",
+        table::render(
+            &[
+                "OUTPUT",
+                "PENDING",
+                "BYTES",
+                "OLDEST",
+                "DELIVERED",
+                "DROPPED",
+                "DEAD LETTERS",
+                "LAST DELIVERY",
+                "LAST ERROR"
+            ],
+            &rows,
+            &[1, 2, 3, 4, 5, 6],
+        )
+    );
+    Ok(())
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n < 1024 => format!("{n} B"),
+        n if n < 1024 * 1024 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// How long ago `timestamp_ns` was, e.g. "3m 12s".
+fn age(timestamp_ns: i64, now: SystemTime) -> String {
+    let at = SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_nanos(u64::try_from(timestamp_ns).unwrap_or(0));
+    let ago = now.duration_since(at).unwrap_or_default();
+    humantime::format_duration(std::time::Duration::from_secs(ago.as_secs())).to_string()
 }
