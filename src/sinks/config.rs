@@ -149,6 +149,34 @@ impl SecretSource {
     }
 }
 
+/// A size for `spool_max_bytes`: an integer number of bytes or a number with a unit — `B`, `KB`,
+/// `MB`, `GB` (powers of 1000) or `KiB`, `MiB`, `GiB` (powers of 1024), e.g. `"512MiB"`, `"1.5GB"`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim());
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; write e.g. \"512MiB\" or \"2GB\""))?;
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use B, KB, MB, GB, KiB, MiB or GiB"
+            ));
+        }
+    };
+    Ok((number * scale as f64).round() as u64)
+}
+
 impl OutputConfig {
     /// An InfluxDB v2 / InfluxDB 3 / VictoriaMetrics output with every default.
     pub fn influxdb_v2(
@@ -329,6 +357,16 @@ mod tests {
             error.to_string(),
             "cannot read secret file /nonexistent/vantage/token: entity not found"
         );
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("1TB").is_err());
+        assert!(parse_size("lots").is_err());
     }
 
     #[test]

@@ -44,6 +44,8 @@ enum Attempt {
     Done,
     /// Wait this long before the next attempt.
     Wait(Duration),
+    /// Nothing to read (yet): the counters ran ahead of a commit, or the bound dropped the points.
+    Idle,
     /// The shutdown grace ran out.
     GaveUp,
 }
@@ -112,6 +114,13 @@ impl Sender {
                         () = self.shutdown_deadline() => break,
                     }
                 }
+                Attempt::Idle => {
+                    tokio::select! {
+                        () = self.shared.wake.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = self.shutdown_deadline() => break,
+                    }
+                }
                 Attempt::GaveUp => break,
             }
         }
@@ -143,8 +152,7 @@ impl Sender {
             }
         };
         if batch.is_empty() {
-            // Dropped (spool bound) between the count and the read.
-            return Attempt::Done;
+            return Attempt::Idle;
         }
         let result = self.resolve(&batch).await;
         self.shared

@@ -506,20 +506,31 @@ impl SpoolWriter {
                 }
                 continue;
             }
-            match self.spool.append(&self.ids, &self.held, drops) {
+            // Count the points as pending before they become visible, so a delivery thread that
+            // sends and removes them at once never takes the counters below zero.
+            let points = self.held.len() as u64;
+            let bytes: u64 = self.held.iter().map(|(_, l)| l.len() as u64).sum();
+            for output in &self.shared.outputs {
+                output.spool_points.fetch_add(points, Ordering::Relaxed);
+                output.spool_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            let appended = self.spool.append(&self.ids, &self.held, drops);
+            if appended.is_err() {
+                for output in &self.shared.outputs {
+                    output.spool_points.fetch_sub(points, Ordering::Relaxed);
+                    output.spool_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                }
+            }
+            match appended {
                 Ok(()) => {
                     if failing_since.take().is_some() {
                         tracing::info!("the spool accepts writes again");
                     }
-                    let points = self.held.len() as u64;
-                    let bytes: u64 = self.held.iter().map(|(_, l)| l.len() as u64).sum();
                     self.held.clear();
                     self.held_records = 0;
                     let shared = Arc::clone(&self.shared);
                     for output in &shared.outputs {
                         output.accepted.fetch_add(points, Ordering::Relaxed);
-                        output.spool_points.fetch_add(points, Ordering::Relaxed);
-                        output.spool_bytes.fetch_add(bytes, Ordering::Relaxed);
                         self.enforce_bound(output);
                         output.wake.notify_one();
                     }
