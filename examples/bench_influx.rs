@@ -120,7 +120,7 @@ async fn main() {
 
 fn fill(data: &std::path::Path, points: u64, record: &dyn Fn(u64) -> vantage::store::Record) {
     {
-        let mut spool = Spool::open(&data).expect("spool");
+        let mut spool = Spool::open(data).expect("spool");
         let id = spool.output_id("vm").expect("output");
         let mut chunk = Vec::with_capacity(5000);
         for i in 0..points {

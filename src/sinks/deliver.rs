@@ -166,7 +166,8 @@ impl Sender {
     /// Send `batch`, splitting on 413 and bisecting on 400; delivered parts leave the spool at once.
     async fn resolve(&mut self, batch: &[SpooledPoint]) -> Attempt {
         let config = self.shared.config.clone();
-        let mut work = std::collections::VecDeque::from([0..batch.len()]);
+        let mut work = std::collections::VecDeque::new();
+        work.push_back(0..batch.len());
         while let Some(range) = work.pop_front() {
             let part = &batch[range.clone()];
             self.shared.requests.fetch_add(1, Ordering::Relaxed);
