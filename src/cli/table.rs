@@ -68,7 +68,8 @@ mod tests {
         );
         assert_eq!(
             table,
-            "TARGET      LOSS%\na            5.0%\nlong-name  100.0%\n");
+            "TARGET      LOSS%\na            5.0%\nlong-name  100.0%\n"
+        );
     }
 
     #[test]
