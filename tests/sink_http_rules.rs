@@ -566,3 +566,53 @@ async fn hand_off_never_blocks_and_counts_every_drop() {
         "the spool's own counters agree"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_drains_in_order_exactly_once_with_the_next_batch_prepared_in_flight() {
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let open = Arc::clone(&open);
+        ScriptedEndpoint::start(Arc::new(move |_, _: &Received| {
+            if open.load(std::sync::atomic::Ordering::SeqCst) {
+                (204, vec![], String::new())
+            } else {
+                (503, vec![], "down".into())
+            }
+        }))
+        .await
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = output(&server.url);
+    config.batch_size = 1000;
+    let records = records(20_000, None);
+    let mut options = options();
+    options.queue_capacity = 20_000;
+    let sinks = Sinks::start(dir.path(), vec![config], options).expect("start");
+    for record in &records {
+        assert!(sinks.handle().offer(record));
+    }
+    common::wait_for("the backlog spooled", Duration::from_secs(60), || {
+        let s = sinks.stats().remove(0);
+        async move { s.spool_points == 20_000 }
+    })
+    .await;
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    common::wait_for("drained", Duration::from_secs(60), || {
+        let s = sinks.stats().remove(0);
+        async move { s.spool_points == 0 }
+    })
+    .await;
+    let stats = tokio::task::spawn_blocking(move || sinks.shutdown(Duration::from_secs(5)))
+        .await
+        .expect("shutdown")
+        .remove(0);
+    assert_exactly_once_in_order(&server.accepted_lines(), &expected_lines(&records));
+    let delivered: Vec<usize> = server
+        .received()
+        .iter()
+        .filter(|r| r.status == 204)
+        .map(|r| r.lines.len())
+        .collect();
+    assert_eq!(delivered, vec![1000; 20]);
+    assert_eq!((stats.delivered, stats.dropped()), (20_000, 0));
+}

@@ -108,7 +108,8 @@ impl Writer {
         self.send(Vec::new()).await
     }
 
-    async fn send(&self, body: Vec<u8>) -> Answer {
+    /// Send a body made by [`Writer::body`] and classify the answer.
+    pub async fn send(&self, body: Vec<u8>) -> Answer {
         let mut request = self
             .client
             .post(self.endpoint.clone())
@@ -147,7 +148,8 @@ impl Writer {
         classify(status, message, retry_after)
     }
 
-    fn body(&self, points: &[SpooledPoint]) -> std::io::Result<Vec<u8>> {
+    /// The request body for `points`: one line each, gzip-compressed if the output wants it.
+    pub fn body(&self, points: &[SpooledPoint]) -> std::io::Result<Vec<u8>> {
         use std::io::Write;
         let size: usize = points.iter().map(|p| p.line.len() + 1).sum();
         if self.gzip {
