@@ -10,9 +10,7 @@
 //! | 400 | bisect: halves are sent separately until the bad lines are isolated; each goes to the dead-letter table with the server's message, the rest is delivered |
 //!
 //! Points are always taken oldest first, so delivery is in timestamp order and a backlog drains
-//! before newer points — at full batches back to back, while new points keep being spooled. One
-//! request is in flight at a time (order); while it is, the next full batch is read and compressed
-//! on a blocking thread, so the spool's work overlaps the store's.
+//! before newer points — at full batches back to back, while new points keep being spooled.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,11 +33,6 @@ pub(crate) struct Sender {
     pub spool: Spool,
     pub writer: Writer,
     pub stop: CancellationToken,
-    /// A second connection, lent to the blocking thread that prepares the next batch.
-    prefetch_spool: Option<Spool>,
-    /// The next batch (already in the in-flight set) and its request body, read while the previous
-    /// request was in flight.
-    next: Option<(Vec<SpooledPoint>, Vec<u8>)>,
     /// Consecutive failed attempts (for the backoff).
     failures: u32,
     last_log: Option<(String, std::time::Instant)>,
@@ -61,7 +54,6 @@ impl Sender {
     pub fn new(
         shared: Arc<OutputShared>,
         spool: Spool,
-        prefetch_spool: Spool,
         writer: Writer,
         stop: CancellationToken,
     ) -> Sender {
@@ -70,8 +62,6 @@ impl Sender {
             spool,
             writer,
             stop,
-            prefetch_spool: Some(prefetch_spool),
-            next: None,
             failures: 0,
             last_log: None,
         }
@@ -142,11 +132,6 @@ impl Sender {
 
     /// Take the oldest `limit` points and resolve them as far as the output lets us.
     async fn attempt(&mut self, limit: usize) -> Attempt {
-        if let Some((batch, body)) = self.next.take() {
-            let result = self.resolve(&batch, Some(body)).await;
-            self.clear_in_flight();
-            return result;
-        }
         let batch = {
             let mut in_flight = self
                 .shared
@@ -169,107 +154,26 @@ impl Sender {
         if batch.is_empty() {
             return Attempt::Idle;
         }
-        let result = self.resolve(&batch, None).await;
-        self.clear_in_flight();
+        let result = self.resolve(&batch).await;
+        self.shared
+            .in_flight
+            .lock()
+            .expect("in-flight set lock poisoned")
+            .clear();
         result
     }
 
-    /// Nothing is being sent any more — except a prepared next batch, which stays protected.
-    fn clear_in_flight(&mut self) {
-        let mut in_flight = self
-            .shared
-            .in_flight
-            .lock()
-            .expect("in-flight set lock poisoned");
-        in_flight.clear();
-        if let Some((next, _)) = &self.next {
-            in_flight.extend(next.iter().map(|p| p.id));
-        }
-    }
-
-    /// Send the whole `batch` (body ready or not) while a blocking thread reads and compresses the
-    /// next full batch, if the backlog has one.
-    async fn send_overlapped(
-        &mut self,
-        batch: &[SpooledPoint],
-        body: Option<Vec<u8>>,
-    ) -> Option<(Answer, Option<(Vec<SpooledPoint>, Vec<u8>)>)> {
-        let body = match body {
-            Some(body) => body,
-            None => match self.writer.body(batch) {
-                Ok(body) => body,
-                Err(e) => {
-                    return Some((
-                        Answer::Retry {
-                            reason: format!("cannot compress the batch: {e}"),
-                            retry_after: None,
-                        },
-                        None,
-                    ));
-                }
-            },
-        };
-        let limit = batch.len();
-        let backlog = self.shared.spool_points.load(Ordering::Relaxed);
-        let prefetch = match (
-            backlog >= 2 * limit as u64,
-            self.prefetch_spool.take(),
-            batch.last(),
-        ) {
-            (true, Some(spool), Some(last)) => {
-                let (shared, writer) = (Arc::clone(&self.shared), self.writer.clone());
-                let after = (last.ts_ns, last.id);
-                Some(tokio::task::spawn_blocking(move || {
-                    let next = prepare_next(&spool, &shared, &writer, after, limit);
-                    (spool, next)
-                }))
-            }
-            (_, spool, _) => {
-                self.prefetch_spool = spool;
-                None
-            }
-        };
-        let answer = tokio::select! {
-            answer = self.writer.send(body) => Some(answer),
-            () = self.shutdown_deadline() => None,
-        };
-        let next = match prefetch {
-            Some(handle) => match handle.await {
-                Ok((spool, next)) => {
-                    self.prefetch_spool = Some(spool);
-                    next
-                }
-                Err(e) => {
-                    tracing::error!(output = %self.shared.name, error = %e, "preparing the next batch failed");
-                    None
-                }
-            },
-            None => None,
-        };
-        Some((answer?, next))
-    }
-
     /// Send `batch`, splitting on 413 and bisecting on 400; delivered parts leave the spool at once.
-    async fn resolve(&mut self, batch: &[SpooledPoint], body: Option<Vec<u8>>) -> Attempt {
+    async fn resolve(&mut self, batch: &[SpooledPoint]) -> Attempt {
         let config = self.shared.config.clone();
         let mut work = std::collections::VecDeque::new();
         work.push_back(0..batch.len());
-        let mut first = Some(body);
         while let Some(range) = work.pop_front() {
             let part = &batch[range.clone()];
             self.shared.requests.fetch_add(1, Ordering::Relaxed);
-            let (answer, next) = if let Some(body) = first.take() {
-                // The whole batch: overlap the next batch's preparation with this request.
-                match self.send_overlapped(part, body).await {
-                    Some(sent) => sent,
-                    None => return Attempt::GaveUp,
-                }
-            } else {
-                let answer = tokio::select! {
-                    answer = self.writer.write(part) => answer,
-                    () = self.shutdown_deadline() => return Attempt::GaveUp,
-                };
-                (answer, None)
+            let answer = tokio::select! {
+                answer = self.writer.write(part) => answer,
+                () = self.shutdown_deadline() => return Attempt::GaveUp,
             };
             match answer {
                 Answer::Delivered => {
@@ -281,8 +185,6 @@ impl Sender {
                     if !self.remove_delivered(part).await {
                         return Attempt::GaveUp;
                     }
-                    // Only a batch delivered whole hands on its prepared successor.
-                    self.next = next;
                 }
                 Answer::TooLarge { message } if part.len() == 1 => {
                     self.dead_letter(&part[0], 413, &message).await;
@@ -464,30 +366,6 @@ impl Sender {
             tracing::warn!(output = %self.shared.name, endpoint = %self.writer.endpoint(), "{message}");
         }
     }
-}
-
-/// Read (and protect from the spool bound) the batch after `after`, and build its body.
-fn prepare_next(
-    spool: &Spool,
-    shared: &OutputShared,
-    writer: &Writer,
-    after: (i64, i64),
-    limit: usize,
-) -> Option<(Vec<SpooledPoint>, Vec<u8>)> {
-    let batch = {
-        let mut in_flight = shared
-            .in_flight
-            .lock()
-            .expect("in-flight set lock poisoned");
-        let batch = spool.oldest_after(shared.id, after, limit).ok()?;
-        in_flight.extend(batch.iter().map(|p| p.id));
-        batch
-    };
-    if batch.is_empty() {
-        return None;
-    }
-    let body = writer.body(&batch).ok()?;
-    Some((batch, body))
 }
 
 fn round_ms(d: Duration) -> Duration {

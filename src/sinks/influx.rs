@@ -108,8 +108,7 @@ impl Writer {
         self.send(Vec::new()).await
     }
 
-    /// Send a body made by [`Writer::body`] and classify the answer.
-    pub async fn send(&self, body: Vec<u8>) -> Answer {
+    async fn send(&self, body: Vec<u8>) -> Answer {
         let mut request = self
             .client
             .post(self.endpoint.clone())
@@ -148,8 +147,7 @@ impl Writer {
         classify(status, message, retry_after)
     }
 
-    /// The request body for `points`: one line each, gzip-compressed if the output wants it.
-    pub fn body(&self, points: &[SpooledPoint]) -> std::io::Result<Vec<u8>> {
+    fn body(&self, points: &[SpooledPoint]) -> std::io::Result<Vec<u8>> {
         use std::io::Write;
         let size: usize = points.iter().map(|p| p.line.len() + 1).sum();
         if self.gzip {

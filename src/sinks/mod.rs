@@ -303,7 +303,6 @@ impl Sinks {
             let sender = deliver::Sender::new(
                 Arc::clone(output),
                 Spool::open(data_dir)?,
-                Spool::open(data_dir)?,
                 writer,
                 stop.clone(),
             );

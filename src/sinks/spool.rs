@@ -221,28 +221,6 @@ impl Spool {
         rows.collect()
     }
 
-    /// Like [`Spool::oldest`], but only points after `after` (timestamp, id) in delivery order: the
-    /// batch after the one being sent.
-    pub fn oldest_after(
-        &self,
-        output: i64,
-        after: (i64, i64),
-        limit: usize,
-    ) -> rusqlite::Result<Vec<SpooledPoint>> {
-        let mut query = self.conn.prepare_cached(
-            "SELECT id, ts_ns, line FROM points WHERE output = ?1 AND (ts_ns, id) > (?2, ?3)
-             ORDER BY ts_ns, id LIMIT ?4",
-        )?;
-        let rows = query.query_map(params![output, after.0, after.1, limit as i64], |row| {
-            Ok(SpooledPoint {
-                id: row.get(0)?,
-                ts_ns: row.get(1)?,
-                line: row.get(2)?,
-            })
-        })?;
-        rows.collect()
-    }
-
     /// Drop the oldest points of `output` until at least `bytes_to_free` bytes are gone, skipping
     /// `in_flight` ones (being sent right now); counted as dropped. Returns (points, bytes) removed.
     pub fn drop_oldest(
@@ -439,11 +417,6 @@ mod tests {
             batch.iter().map(|p| p.ts_ns).collect::<Vec<_>>(),
             [0, 1, 2, 3]
         );
-        let last = batch.last().expect("last");
-        let next = spool
-            .oldest_after(a, (last.ts_ns, last.id), 3)
-            .expect("next");
-        assert_eq!(next.iter().map(|p| p.ts_ns).collect::<Vec<_>>(), [4, 5, 6]);
         assert_eq!(spool.remove_delivered(a, &batch).expect("remove").0, 4);
         // Removing again (a retry after a lost answer) counts nothing twice.
         assert_eq!(spool.remove_delivered(a, &batch).expect("again").0, 0);
