@@ -56,10 +56,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file and report every mistake at once (exit code 1 if any).
+    /// Validate a config file and report every mistake at once (exit code 1 if any); then test
+    /// connectivity and credentials of every output.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Do not contact the outputs: only validate them and read their credentials.
+        #[arg(long)]
+        offline: bool,
     },
     /// Show the latest ping round, service check and path trace per target from the embedded store.
     Report(report::Args),
@@ -124,7 +128,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run { config } => agent::run(&config),
-        Command::Check { config } => check(&config),
+        Command::Check { config, offline } => check(&config, offline),
         Command::Report(args) => report::run(&args),
         Command::Ping(args) => ping::run(&args),
         Command::Trace(args) => trace::run(&args),
@@ -154,7 +158,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
     match Config::load(path) {
         Ok(config) => {
             println!(
@@ -167,7 +171,19 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
                 config.rules.len(),
                 config.agent.data_dir.display()
             );
-            Ok(ExitCode::SUCCESS)
+            // sinks: `[[output]]` tables become `OutputConfig`s once the config parser reads them.
+            let outputs: Vec<crate::sinks::OutputConfig> = Vec::new();
+            let results =
+                runtime()?.block_on(crate::sinks::check::check_outputs(&outputs, offline));
+            for result in &results {
+                let verdict = if result.ok { "ok" } else { "error" };
+                println!("output {:?}: {verdict}: {}", result.output, result.message);
+            }
+            if results.iter().all(|r| r.ok) {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(1))
+            }
         }
         Err(errors) => {
             eprintln!("{errors}");

@@ -11,13 +11,14 @@
 //! - [`store`]: the embedded SQLite store (default), with retention
 //! - [`incident`]: incidents — state, durable outbox, drafts (Markdown, JSON, SVG), sinks
 //! - [`rules`]: the rules engine, a pure state machine from observations to incident transitions
+//! - [`sinks`]: delivery to InfluxDB-compatible outputs through a durable spool
 //!
 //! ## Data flow
 //! `Config` → [`scheduler`] runs each [`Probe`] per target → [`Observation`]s (failures included) →
-//! the dispatcher persists them in the [`store::Store`] → once stored, the [`rules::Engine`] turns
-//! them into transitions → the [`incident::Manager`] opens/updates/resolves incidents (state and
-//! a durable outbox event in one transaction) → the outbox delivers them to incident sinks (the
-//! [`incident::DirectorySink`] by default).
+//! offered to the [`sinks`] (never blocking) and persisted in the [`store::Store`] → once stored,
+//! the [`rules::Engine`] turns them into transitions → the [`incident::Manager`] opens/updates/
+//! resolves incidents (state and a durable outbox event in one transaction) → the outbox delivers
+//! them to incident sinks (the [`incident::DirectorySink`] by default).
 
 pub mod cli;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod incident;
 pub mod probe;
 pub mod rules;
 pub mod scheduler;
+pub mod sinks;
 pub mod store;
 
 pub use config::Config;

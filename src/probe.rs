@@ -208,6 +208,7 @@ impl Probe {
                 address: None,
             }),
             Probe::Http { check } => Measurement::Http(HttpStats {
+                method: check.settings().method.clone(),
                 final_url: check.settings().url.clone(),
                 ..HttpStats::default()
             }),

@@ -158,6 +158,8 @@ pub struct HttpCheck {
 /// plain HTTP, everything after a failed connect). `success` and `failure` come from the outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct HttpStats {
+    /// The request method (the `method` tag).
+    pub method: String,
     pub status_code: Option<u16>,
     pub resolve_ms: Option<f64>,
     pub connect_ms: Option<f64>,
@@ -289,6 +291,7 @@ impl HttpCheck {
         let started = Instant::now();
         let recorder = Recorder::default();
         let mut stats = HttpStats {
+            method: self.method.to_string(),
             final_url: self.url.to_string(),
             ..HttpStats::default()
         };

@@ -15,12 +15,16 @@ use crate::config::{Config, ProbeKind};
 use crate::incident::pipeline;
 use crate::probe::{Probe, Resources};
 use crate::scheduler::{self, Counters, Identity, Job};
+use crate::sinks::{OutputConfig, SinkOptions, Sinks};
 use crate::store::{Store, writer};
 
 /// Records waiting for the store; probes wait (rather than lose data) only if it fills.
 const STORE_QUEUE: usize = 16_384;
 /// How often the agent logs a one-line summary of what it measured.
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+/// sinks: at shutdown, keep delivering spooled points to the outputs for at most this long (what is
+/// left stays in the spool for the next start).
+const SINK_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = match Config::load(path) {
@@ -36,11 +40,14 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     let store = Store::open(&config.agent.data_dir)?;
-    super::runtime()?.block_on(agent(config, store))?;
+    // sinks: `[[output]]` tables become `OutputConfig`s once the config parser reads them (schema in
+    // the README, "Outputs"); until then the agent runs with the embedded store only.
+    let outputs: Vec<OutputConfig> = Vec::new();
+    super::runtime()?.block_on(agent(config, store, outputs))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn agent(config: Config, store: Store) -> anyhow::Result<()> {
+async fn agent(config: Config, store: Store, outputs: Vec<OutputConfig>) -> anyhow::Result<()> {
     let needs_icmp = config
         .probes
         .iter()
@@ -103,6 +110,29 @@ async fn agent(config: Config, store: Store) -> anyhow::Result<()> {
     let (rules_tx, incidents) = pipeline::start(&config, &config.agent.data_dir)?;
     let tap = (!config.rules.is_empty()).then_some(rules_tx);
     let writer = writer::spawn_with_tap(store, rx, config.agent.retention, tap);
+    // sinks: with outputs configured, a tee offers every record to them (never blocking) before
+    // the store gets it; the scheduler then sends to the tee instead of the store.
+    let sinks = if outputs.is_empty() {
+        None
+    } else {
+        let mut options = SinkOptions::new(config.agent.name.clone(), config.agent.site.clone());
+        let stats = Arc::clone(&counters);
+        options.agent_stats = Some(Box::new(move || {
+            (
+                stats.observations.load(Ordering::Relaxed),
+                stats.max_lag_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            )
+        }));
+        Some(Sinks::start(&config.agent.data_dir, outputs, options)?)
+    };
+    let (tx, tee) = match &sinks {
+        Some(sinks) => {
+            let (to_tee, from_scheduler) = mpsc::channel(STORE_QUEUE);
+            let tee = tokio::spawn(crate::sinks::forward(from_scheduler, sinks.handle(), tx));
+            (to_tee, Some(tee))
+        }
+        None => (tx, None),
+    };
     tracing::info!(
         agent = %config.agent.name,
         site = %config.agent.site,
@@ -135,12 +165,22 @@ async fn agent(config: Config, store: Store) -> anyhow::Result<()> {
     stop.cancel();
     summary.abort();
     scheduler.await.context("scheduler task")?;
+    if let Some(tee) = tee {
+        tee.await.context("sink tee task")?;
+    }
     // Every sender is gone now; the writer drains the queue and returns.
     let stored = tokio::task::spawn_blocking(move || writer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("store writer panicked"))??;
     // The writer is gone, and with it the rules engine's feed: let it finish and deliver.
     tokio::task::spawn_blocking(move || incidents.join()).await?;
+    if let Some(sinks) = sinks {
+        let stats =
+            tokio::task::spawn_blocking(move || sinks.shutdown(SINK_SHUTDOWN_GRACE)).await?;
+        for output in stats {
+            tracing::info!(output = %output.name, delivered = output.delivered, pending = output.spool_points, dropped = output.dropped(), "output stopped; pending points stay in the spool");
+        }
+    }
     tracing::info!(
         observations = counters.observations.load(Ordering::Relaxed),
         stored,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::sinks::Spool;
 use crate::store::{DB_FILE, LatestCheck, LatestPing, LatestTrace, Store};
 
 use super::table;
@@ -45,8 +46,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let latest = store.latest_pings()?;
     let checks = store.latest_checks()?;
     let traces = store.latest_traces()?;
+    let delivery = delivery_table(&data_dir)?;
     if latest.is_empty() && checks.is_empty() && traces.is_empty() {
         println!("nothing stored yet in {}", store.path().display());
+        print!("{}", delivery.map(|d| format!("\n{d}")).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
     let now = SystemTime::now();
@@ -60,6 +63,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if !traces.is_empty() {
         sections.push(format!("PATH TRACES\n{}", traces_table(&traces, now)));
     }
+    sections.extend(delivery);
     print!("{}", sections.join("\n"));
     Ok(ExitCode::SUCCESS)
 }
@@ -224,4 +228,69 @@ fn traces_table(traces: &[LatestTrace], now: SystemTime) -> String {
         &rows,
         &[3],
     )
+}
+
+/// Per output: what waits in the spool, what was delivered, dropped or dead-lettered, last error.
+fn delivery_table(data_dir: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let Some(spool) = Spool::open_read_only(data_dir)? else {
+        return Ok(None);
+    };
+    let totals = spool.totals()?;
+    if totals.is_empty() {
+        return Ok(None);
+    }
+    let now = SystemTime::now();
+    let rows: Vec<Vec<String>> = totals
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.pending_points.to_string(),
+                bytes(t.pending_bytes),
+                t.oldest_pending_ts_ns
+                    .map_or_else(|| "-".into(), |ts| age(ts, now)),
+                t.delivered.to_string(),
+                t.dropped().to_string(),
+                t.dead_letter.to_string(),
+                t.last_delivery_ns
+                    .map_or_else(|| "never".into(), |ts| table::last_seen(ts, now)),
+                t.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    Ok(Some(format!(
+        "delivery ({})\n{}",
+        spool.path().display(),
+        table::render(
+            &[
+                "OUTPUT",
+                "PENDING",
+                "BYTES",
+                "OLDEST",
+                "DELIVERED",
+                "DROPPED",
+                "DEAD LETTERS",
+                "LAST DELIVERY",
+                "LAST ERROR"
+            ],
+            &rows,
+            &[1, 2, 3, 4, 5, 6],
+        )
+    )))
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n < 1024 => format!("{n} B"),
+        n if n < 1024 * 1024 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// How long ago `timestamp_ns` was, e.g. "3m 12s".
+fn age(timestamp_ns: i64, now: SystemTime) -> String {
+    let at = SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_nanos(u64::try_from(timestamp_ns).unwrap_or(0));
+    let ago = now.duration_since(at).unwrap_or_default();
+    humantime::format_duration(std::time::Duration::from_secs(ago.as_secs())).to_string()
 }
