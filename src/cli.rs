@@ -171,10 +171,8 @@ fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
                 config.rules.len(),
                 config.agent.data_dir.display()
             );
-            // sinks: `[[output]]` tables become `OutputConfig`s once the config parser reads them.
-            let outputs: Vec<crate::sinks::OutputConfig> = Vec::new();
             let results =
-                runtime()?.block_on(crate::sinks::check::check_outputs(&outputs, offline));
+                runtime()?.block_on(crate::sinks::check::check_outputs(&config.outputs, offline));
             for result in &results {
                 let verdict = if result.ok { "ok" } else { "error" };
                 println!("output {:?}: {verdict}: {}", result.output, result.message);

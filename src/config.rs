@@ -37,6 +37,8 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// How incidents are drafted (`[incidents]`).
     pub incidents: IncidentsConfig,
+    /// Where results go besides the embedded store (`[[output]]`); none by default.
+    pub outputs: Vec<crate::sinks::OutputConfig>,
 }
 
 #[derive(Debug, Clone)]

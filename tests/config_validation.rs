@@ -19,7 +19,7 @@ use vantage::config::{
 const FIXTURES: &str = "tests/fixtures/config";
 
 /// Every fixture this file tests; `every_fixture_is_tested` keeps the list and the folder in step.
-const TESTED: [&str; 54] = [
+const TESTED: [&str; 55] = [
     "syntax_error.toml",
     "unknown_key.toml",
     "typo_key.toml",
@@ -36,6 +36,7 @@ const TESTED: [&str; 54] = [
     "unknown_kind.toml",
     "bad_duration.toml",
     "zero_interval.toml",
+    "output_mistakes.toml",
     "timeout_not_below_interval.toml",
     "count_zero.toml",
     "round_overlaps_interval.toml",
@@ -1252,5 +1253,28 @@ fn misspelt_section_header() {
          hint: did you mean `agent`?\n\
          vantage.toml: error: missing [agent] section\n  \
          hint: add `[agent]` with `site = \"scl3\"` (the datacenter or cloud region this agent runs in)"
+    );
+}
+
+#[test]
+fn output_mistakes() {
+    assert_rejected(
+        "output_mistakes.toml",
+        r#"
+tests/fixtures/config/output_mistakes.toml:9:1: error: missing required key `org` in [[output]]
+  hint: add `org = "netops"`: the InfluxDB organization (any value for VictoriaMetrics)
+tests/fixtures/config/output_mistakes.toml:12:7: error: output `central`: credentials in the URL would end up in logs; use token_env/token_file or username + password_env/password_file
+  hint: e.g. `url = "https://influx.example:8086"`
+tests/fixtures/config/output_mistakes.toml:14:1: error: `db` is a key of influxdb_v1 outputs; this output is influxdb_v2
+  hint: remove it, or set `kind = "influxdb_v1"`
+tests/fixtures/config/output_mistakes.toml:16:14: error: give either `token_env` or `token_file`, not both
+  hint: keep the one the secret really comes from
+tests/fixtures/config/output_mistakes.toml:19:8: error: duplicate output name `central` (first defined at line 10)
+  hint: output names must be unique because each becomes the `output` tag; rename one of them
+tests/fixtures/config/output_mistakes.toml:20:8: error: unknown output kind `influx`
+  hint: use one of: influxdb_v2, influxdb_v1
+tests/fixtures/config/output_mistakes.toml:22:19: error: invalid size for `spool_max_bytes`: unknown size unit "parsec"; use B, KB, MB, GB, KiB, MiB or GiB
+  hint: e.g. `spool_max_bytes = "1GiB"`
+"#,
     );
 }

@@ -22,7 +22,7 @@ use crate::store::{Store, writer};
 const STORE_QUEUE: usize = 16_384;
 /// How often the agent logs a one-line summary of what it measured.
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
-/// sinks: at shutdown, keep delivering spooled points to the outputs for at most this long (what is
+/// At shutdown, keep delivering spooled points to the outputs for at most this long (what is
 /// left stays in the spool for the next start).
 const SINK_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -40,9 +40,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     let store = Store::open(&config.agent.data_dir)?;
-    // sinks: `[[output]]` tables become `OutputConfig`s once the config parser reads them (schema in
-    // the README, "Outputs"); until then the agent runs with the embedded store only.
-    let outputs: Vec<OutputConfig> = Vec::new();
+    let outputs = config.outputs.clone();
     super::runtime()?.block_on(agent(config, store, outputs))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -110,7 +108,7 @@ async fn agent(config: Config, store: Store, outputs: Vec<OutputConfig>) -> anyh
     let (rules_tx, incidents) = pipeline::start(&config, &config.agent.data_dir)?;
     let tap = (!config.rules.is_empty()).then_some(rules_tx);
     let writer = writer::spawn_with_tap(store, rx, config.agent.retention, tap);
-    // sinks: with outputs configured, a tee offers every record to them (never blocking) before
+    // With outputs configured, a tee offers every record to them (never blocking) before
     // the store gets it; the scheduler then sends to the tee instead of the store.
     let sinks = if outputs.is_empty() {
         None

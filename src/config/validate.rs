@@ -21,6 +21,7 @@ use super::{
 };
 
 mod kinds;
+mod output;
 mod rule;
 
 type Value<'i> = Spanned<DeValue<'i>>;
@@ -118,12 +119,51 @@ const fn key(name: &'static str, ty: Type, example: &'static str) -> Key {
     Key { name, ty, example }
 }
 
-const ROOT: [Key; 5] = [
+const ROOT: [Key; 6] = [
     key("agent", Type::Table, "[agent]"),
     key("target", Type::Tables, "[[target]]"),
     key("probe", Type::Tables, "[[probe]]"),
     key("rule", Type::Tables, "[[rule]]"),
     key("incidents", Type::Table, "[incidents]"),
+    key("output", Type::Tables, "[[output]]"),
+];
+const OUTPUT: [Key; 11] = [
+    key("name", Type::Str, r#"name = "central""#),
+    key("kind", Type::Str, r#"kind = "influxdb_v2""#),
+    key("url", Type::Str, r#"url = "https://influx.example:8086""#),
+    key("gzip", Type::Bool, "gzip = true"),
+    key("batch_size", Type::Integer, "batch_size = 5000"),
+    key("flush_interval", Type::Duration, r#"flush_interval = "1s""#),
+    key("spool_max_bytes", Type::Str, r#"spool_max_bytes = "1GiB""#),
+    key("timeout", Type::Duration, r#"timeout = "10s""#),
+    key("retry_initial", Type::Duration, r#"retry_initial = "1s""#),
+    key("retry_max", Type::Duration, r#"retry_max = "60s""#),
+    key("auth_retry", Type::Duration, r#"auth_retry = "60s""#),
+];
+const OUTPUT_V2: [Key; 4] = [
+    key("org", Type::Str, r#"org = "netops""#),
+    key("bucket", Type::Str, r#"bucket = "vantage""#),
+    key("token_env", Type::Str, r#"token_env = "INFLUX_TOKEN""#),
+    key(
+        "token_file",
+        Type::Str,
+        r#"token_file = "/etc/vantage/influx-token""#,
+    ),
+];
+const OUTPUT_V1: [Key; 5] = [
+    key("db", Type::Str, r#"db = "vantage""#),
+    key("rp", Type::Str, r#"rp = "two_weeks""#),
+    key("username", Type::Str, r#"username = "vantage""#),
+    key(
+        "password_env",
+        Type::Str,
+        r#"password_env = "INFLUX_PASSWORD""#,
+    ),
+    key(
+        "password_file",
+        Type::Str,
+        r#"password_file = "/etc/vantage/influx-password""#,
+    ),
 ];
 const AGENT: [Key; 4] = [
     key("name", Type::Str, r#"name = "scl3-probe-01""#),
@@ -361,6 +401,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let (probes, probe_names) = checker.probes(root, &targets, &defined);
     let incidents = checker.incidents(root);
     let rules = checker.rules(root, &targets, &defined, &probes, &probe_names);
+    let outputs = checker.outputs(root);
     match (agent, incidents, checker.errors.is_empty()) {
         (Some(agent), Some(incidents), true) => Ok(Config {
             source: path.to_path_buf(),
@@ -369,6 +410,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
             probes,
             rules,
             incidents,
+            outputs,
         }),
         _ => Err(checker.finish()),
     }
@@ -797,6 +839,9 @@ impl Checker<'_> {
                 ("[[rule]]", &RULE_FAILURES[..]),
                 ("[[rule]]", &RULE_LATENCY[..]),
                 ("[incidents]", &INCIDENTS[..]),
+                ("[[output]]", &OUTPUT[..]),
+                ("[[output]]", &OUTPUT_V2[..]),
+                ("[[output]]", &OUTPUT_V1[..]),
             ]
             .into_iter()
             .filter(|(_, keys)| keys.iter().any(|k| k.name == name_str))
@@ -806,7 +851,7 @@ impl Checker<'_> {
             let hint = if let Some(suggestion) = closest(name_str, ROOT.iter().map(|k| k.name)) {
                 format!("did you mean `{suggestion}`?")
             } else if homes.is_empty() {
-                "the top level holds only the [agent], [[target]], [[probe]], [[rule]] and [incidents] sections"
+                "the top level holds only the [agent], [[target]], [[probe]], [[rule]], [incidents] and [[output]] sections"
                     .to_string()
             } else {
                 format!(

@@ -1,5 +1,5 @@
 //! `OutputConfig`: one `[[output]]` of the agent — where to deliver every result besides the
-//! embedded store. Built programmatically for now; the TOML parser in `crate::config` maps
+//! embedded store. The TOML parser (`crate::config`, `validate/output.rs`) maps
 //! `[[output]]` tables onto it (schema in the crate README, "Outputs").
 //!
 //! Secrets (v2 token, v1 password) are never held here: only *where* to read them (an environment

@@ -62,7 +62,7 @@ fn is_token(text: &str) -> bool {
 impl Checker<'_> {
     // ---- typed getters the kinds need --------------------------------------------------------
 
-    fn boolean(&mut self, table: &DeTable<'_>, key: &Key) -> Got<bool> {
+    pub(super) fn boolean(&mut self, table: &DeTable<'_>, key: &Key) -> Got<bool> {
         let Some(value) = table.get(key.name) else {
             return Got::Absent;
         };
@@ -166,7 +166,7 @@ impl Checker<'_> {
 
     /// A string that must be one of `choices` (as written, or case-insensitively when
     /// `any_case`); returns the matching choice.
-    fn choice(
+    pub(super) fn choice(
         &mut self,
         table: &DeTable<'_>,
         key: &Key,
