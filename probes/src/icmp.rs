@@ -372,6 +372,7 @@ async fn receive(shared: Arc<Shared>) {
 }
 
 /// One datagram, its source, and how long ago the kernel received it (from `SO_TIMESTAMPNS`).
+#[allow(clippy::ptr_arg)] // nix's `recvmsg` takes the control buffer as a `Vec`
 fn read_datagram(
     fd: RawFd,
     buf: &mut [u8],
