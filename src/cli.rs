@@ -196,6 +196,34 @@ fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Where a command that reads the agent's data finds it: `--config` or `--data-dir`.
+#[derive(Debug, clap::Args)]
+pub struct DataDirArgs {
+    /// Read the data directory from this config file.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The data directory to read (default: the config's, else ./vantage-data).
+    #[arg(long, global = true, conflicts_with = "config")]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// The data directory; `None` after printing the config's mistakes (exit code 2).
+    fn resolve(&self) -> Option<PathBuf> {
+        match (&self.config, &self.data_dir) {
+            (Some(path), _) => match Config::load(path) {
+                Ok(config) => Some(config.agent.data_dir),
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    None
+                }
+            },
+            (None, Some(dir)) => Some(dir.clone()),
+            (None, None) => Some(PathBuf::from(report::DEFAULT_DATA_DIR)),
+        }
+    }
+}
+
 /// A tokio runtime for one command.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()

@@ -1,27 +1,20 @@
 //! `vantage incidents list` and `vantage incidents show ID`: the incident drafts this agent wrote,
 //! read from its data directory (`incidents.db`; the documents are in `incidents/<id>/`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
 
-use crate::config::Config;
 use crate::incident::render::{self, human_duration};
 use crate::incident::{DB_FILE, DIRECTORY, IncidentDb};
 
-use super::report::DEFAULT_DATA_DIR;
 use super::table;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Read the data directory from this config file.
-    #[arg(long, short, global = true)]
-    config: Option<PathBuf>,
-    /// The data directory to read (default: the config's, else ./vantage-data).
-    #[arg(long, global = true, conflicts_with = "config")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    location: super::DataDirArgs,
     #[command(subcommand)]
     command: IncidentsCommand,
 }
@@ -41,16 +34,8 @@ enum IncidentsCommand {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let data_dir = match (&args.config, &args.data_dir) {
-        (Some(path), _) => match Config::load(path) {
-            Ok(config) => config.agent.data_dir,
-            Err(errors) => {
-                eprintln!("{errors}");
-                return Ok(ExitCode::from(2));
-            }
-        },
-        (None, Some(dir)) => dir.clone(),
-        (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
+    let Some(data_dir) = args.location.resolve() else {
+        return Ok(ExitCode::from(2));
     };
     if !data_dir.join(DB_FILE).exists() {
         anyhow::bail!(

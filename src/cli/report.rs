@@ -1,11 +1,9 @@
 //! `vantage report`: from the embedded store, the latest ping round per target (an mtr-like
 //! table), then the latest service check (http, dns, tcp) and the latest path trace of each.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use crate::config::Config;
 use crate::sinks::Spool;
 use crate::store::{DB_FILE, LatestCheck, LatestPing, LatestTrace, Store};
 
@@ -16,25 +14,13 @@ pub const DEFAULT_DATA_DIR: &str = "vantage-data";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Read the data directory from this config file.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// The data directory to read (default: the config's, else ./vantage-data).
-    #[arg(long, conflicts_with = "config")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    location: super::DataDirArgs,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let data_dir = match (&args.config, &args.data_dir) {
-        (Some(path), _) => match Config::load(path) {
-            Ok(config) => config.agent.data_dir,
-            Err(errors) => {
-                eprintln!("{errors}");
-                return Ok(ExitCode::from(2));
-            }
-        },
-        (None, Some(dir)) => dir.clone(),
-        (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
+    let Some(data_dir) = args.location.resolve() else {
+        return Ok(ExitCode::from(2));
     };
     if !data_dir.join(DB_FILE).exists() {
         anyhow::bail!(

@@ -772,6 +772,37 @@ impl Checker<'_> {
         false
     }
 
+    /// A section's required, unique `name`, which becomes the `tag` tag: reported when missing,
+    /// malformed or defined twice; `None` then. Valid names are added to `names`.
+    #[allow(clippy::too_many_arguments)]
+    fn unique_name<'t>(
+        &mut self,
+        table: &'t DeTable<'_>,
+        section: &str,
+        section_span: &Range<usize>,
+        key: &Key,
+        tag: &str,
+        why: &str,
+        names: &mut Vec<Defined>,
+    ) -> Option<&'t str> {
+        let name = self.string(table, key);
+        let Got::Valid(name, name_span) = self.required(name, section, section_span, key, why)
+        else {
+            return None;
+        };
+        let valid = self.tag_name(&format!("{tag} name"), name, name_span.clone(), key.example);
+        if let Some(first) = names.iter().find(|d| d.name == name) {
+            let first = first.span.clone();
+            self.duplicate(tag, name, name_span, &first, tag);
+            return None;
+        }
+        names.push(Defined {
+            name: name.to_string(),
+            span: name_span,
+        });
+        valid.then_some(name)
+    }
+
     /// The second definition of a name; `first` is where it was defined before.
     fn duplicate(
         &mut self,
@@ -953,31 +984,15 @@ impl Checker<'_> {
         for (table, span) in tables {
             self.unknown_keys(table, section, &TARGET.each_ref(), &[]);
 
-            let name = self.string(table, name_key);
-            let name = match self.required(
-                name,
+            let name = self.unique_name(
+                table,
                 section,
                 &span,
                 name_key,
+                "target",
                 ": it names the target in every measurement and in probe `targets` lists",
-            ) {
-                Got::Valid(name, name_span) => {
-                    let valid =
-                        self.tag_name("target name", name, name_span.clone(), name_key.example);
-                    if let Some(first) = defined.iter().find(|d| d.name == name) {
-                        let first = first.span.clone();
-                        self.duplicate("target", name, name_span, &first, "target");
-                        None
-                    } else {
-                        defined.push(Defined {
-                            name: name.to_string(),
-                            span: name_span,
-                        });
-                        valid.then_some(name)
-                    }
-                }
-                Got::Absent | Got::Invalid => None,
-            };
+                &mut defined,
+            );
 
             let host = self.string(table, host_key);
             let host = match self.required(
@@ -1227,31 +1242,15 @@ impl Checker<'_> {
             }
             self.unknown_keys(table, section, &allowed, &all_kinds);
 
-            let name = self.string(table, name_key);
-            let name = match self.required(
-                name,
+            let name = self.unique_name(
+                table,
                 section,
                 &span,
                 name_key,
+                "probe",
                 ": it becomes the `probe` tag of every measurement",
-            ) {
-                Got::Valid(name, name_span) => {
-                    let valid =
-                        self.tag_name("probe name", name, name_span.clone(), name_key.example);
-                    if let Some(first) = names.iter().find(|d| d.name == name) {
-                        let first = first.span.clone();
-                        self.duplicate("probe", name, name_span, &first, "probe");
-                        None
-                    } else {
-                        names.push(Defined {
-                            name: name.to_string(),
-                            span: name_span,
-                        });
-                        valid.then_some(name)
-                    }
-                }
-                Got::Absent | Got::Invalid => None,
-            };
+                &mut names,
+            );
 
             let (default_interval, default_timeout) = probe_kind_timings(kind.unwrap_or("icmp"));
             let interval = match self.positive_duration(table, interval_key) {

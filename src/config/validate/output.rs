@@ -36,23 +36,15 @@ impl Checker<'_> {
                 retry_max_key,
                 auth_retry_key,
             ] = &OUTPUT;
-            let why = ": it names the output in logs, self-metrics and `vantage report`";
-            let name = self.string(table, name_key);
-            let name = self.required(name, section, &span, name_key, why);
-            if let Got::Valid(name, name_span) = &name {
-                if self.tag_name("output name", name, name_span.clone(), name_key.example) {
-                    match names.iter().find(|d| d.name == *name) {
-                        Some(first) => {
-                            let first = first.span.clone();
-                            self.duplicate("output", name, name_span.clone(), &first, "output");
-                        }
-                        None => names.push(Defined {
-                            name: (*name).to_string(),
-                            span: name_span.clone(),
-                        }),
-                    }
-                }
-            }
+            let name = self.unique_name(
+                table,
+                section,
+                &span,
+                name_key,
+                "output",
+                ": it names the output in logs, self-metrics and `vantage report`",
+                &mut names,
+            );
             let kind = self.choice(table, kind_key, "output kind", &OUTPUT_KINDS, false);
             let kind = self.required(
                 kind,
@@ -115,8 +107,7 @@ impl Checker<'_> {
                         (Got::Absent, Got::Absent) => Some(None),
                     }
                 };
-            let (Got::Valid(name, _), Got::Valid(kind, _), Got::Valid(url, url_span)) =
-                (name, kind, url)
+            let (Some(name), Got::Valid(kind, _), Got::Valid(url, url_span)) = (name, kind, url)
             else {
                 continue;
             };

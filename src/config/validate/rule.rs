@@ -137,31 +137,15 @@ impl Checker<'_> {
                 }
             }
 
-            let name = self.string(table, name_key);
-            let name = match self.required(
-                name,
+            let name = self.unique_name(
+                table,
                 section,
                 &span,
                 name_key,
+                "rule",
                 ": it becomes the `rule` tag and starts every incident's dedup key",
-            ) {
-                Got::Valid(name, name_span) => {
-                    let valid =
-                        self.tag_name("rule name", name, name_span.clone(), name_key.example);
-                    if let Some(first) = names.iter().find(|d| d.name == name) {
-                        let first = first.span.clone();
-                        self.duplicate("rule", name, name_span, &first, "rule");
-                        None
-                    } else {
-                        names.push(Defined {
-                            name: name.to_string(),
-                            span: name_span,
-                        });
-                        valid.then_some(name)
-                    }
-                }
-                Got::Absent | Got::Invalid => None,
-            };
+                &mut names,
+            );
 
             let severity = match self.string(table, severity_key) {
                 Got::Absent => Some(Severity::default()),
