@@ -18,8 +18,10 @@ use super::{Diagnosis, Diagnostics, TraceEvidence};
 use crate::config::{Config, FamilyPreference, TRACE_GRACE, Target};
 use crate::probe::has_cap_net_raw;
 
-/// Rounds per trace: enough to see loss of a few tens of percent, few enough to be quick.
-pub const ROUNDS: usize = 5;
+/// Rounds per trace: enough that a destination behind 50% loss still answers at its own TTL (with
+/// 5 rounds a quarter of such traces missed every probe at that TTL and showed a phantom extra
+/// hop), few enough to be quick (10 × 400 ms).
+pub const ROUNDS: usize = 10;
 /// How long each round waits for its replies.
 pub const ROUND: Duration = Duration::from_millis(400);
 /// At most this many affected targets are traced (the first ones, in the order the rule lists
@@ -226,7 +228,7 @@ mod tests {
         );
         let text = &trace.report_text;
         assert!(
-            text.contains("$ vantage trace --count 5 127.0.0.1\nStart: "),
+            text.contains("$ vantage trace --count 10 127.0.0.1\nStart: "),
             "{text}"
         );
         assert!(text.contains("HOST: agent-1 "), "{text}");
