@@ -47,6 +47,25 @@ impl Netns {
         command
     }
 
+    /// Run `f` on a thread of its own that entered the namespace (setns(2) is per thread), and
+    /// return what it returns: sockets it opens, and processes it starts, live in the namespace.
+    /// A panic in `f` is the caller's panic.
+    pub fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(move || {
+                let file = std::fs::File::open(&path)
+                    .unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("cannot enter {path}: {e}"));
+                f()
+            });
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// Run `args` inside the namespace and wait for it. Panics only if it cannot be started; the
     /// exit status is the caller's to judge.
     pub fn exec<I, S>(&self, args: I) -> Output
