@@ -12,7 +12,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, ProbeKind};
-use crate::incident::pipeline;
+use crate::incident::outputs::OutputsSink;
+use crate::incident::{IncidentSink, pipeline};
 use crate::probe::{Probe, Resources};
 use crate::scheduler::{self, Counters, Identity, Job};
 use crate::sinks::{OutputConfig, SinkOptions, Sinks};
@@ -103,11 +104,6 @@ async fn agent(config: Config, store: Store, outputs: Vec<OutputConfig>) -> anyh
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(STORE_QUEUE);
     let store_path = store.path().to_path_buf();
-    // Stored observations flow on to the rules engine; incidents go out through the outbox.
-    // Without rules nothing is evaluated (the pipeline still resumes or closes open incidents).
-    let (rules_tx, incidents) = pipeline::start(&config, &config.agent.data_dir)?;
-    let tap = (!config.rules.is_empty()).then_some(rules_tx);
-    let writer = writer::spawn_with_tap(store, rx, config.agent.retention, tap);
     // With outputs configured, a tee offers every record to them (never blocking) before
     // the store gets it; the scheduler then sends to the tee instead of the store.
     let sinks = if outputs.is_empty() {
@@ -123,6 +119,16 @@ async fn agent(config: Config, store: Store, outputs: Vec<OutputConfig>) -> anyh
         }));
         Some(Sinks::start(&config.agent.data_dir, outputs, options)?)
     };
+    // Stored observations flow on to the rules engine; incidents go out through the outbox, to
+    // the directory and, as `incident` points, to the outputs. Without rules nothing is evaluated
+    // (the pipeline still resumes or closes open incidents).
+    let mut incident_sinks: Vec<Box<dyn IncidentSink>> = Vec::new();
+    if let Some(sinks) = &sinks {
+        incident_sinks.push(Box::new(OutputsSink::new(sinks.durable_writer()?)));
+    }
+    let (rules_tx, incidents) = pipeline::start(&config, &config.agent.data_dir, incident_sinks)?;
+    let tap = (!config.rules.is_empty()).then_some(rules_tx);
+    let writer = writer::spawn_with_tap(store, rx, config.agent.retention, tap);
     let (tx, tee) = match &sinks {
         Some(sinks) => {
             let (to_tee, from_scheduler) = mpsc::channel(STORE_QUEUE);

@@ -13,6 +13,7 @@
 //! - `chart`: a smokeping-style SVG chart, written by a small SVG writer of our own
 //! - `outbox`: [`IncidentSink`] and the delivery loop that retries while a sink is down
 //! - `directory`: the default sink, one folder per incident
+//! - `outputs`: each event as an `incident` point into every `[[output]]`
 //! - `pipeline`: the agent's threads: rules engine + manager, and delivery
 
 pub mod chart;
@@ -22,6 +23,7 @@ pub mod directory;
 pub mod evidence;
 pub mod manager;
 pub mod outbox;
+pub mod outputs;
 pub mod pipeline;
 pub mod render;
 

@@ -32,9 +32,18 @@ pub struct Pipeline {
 
 /// Start evaluating and delivering. Returns at once: each thread opens its own state (SQLite
 /// files, the store for evidence), so probing never waits for it, and if incident state cannot be
-/// opened the agent keeps measuring and says so. Feed the returned sender with stored records;
-/// drop it to stop, then [`Pipeline::join`].
-pub fn start(config: &Config, data_dir: &Path) -> anyhow::Result<(SyncSender<Record>, Pipeline)> {
+/// opened the agent keeps measuring and says so. `extra` sinks are delivered to besides the
+/// directory. Feed the returned sender with stored records; drop it to stop, then
+/// [`Pipeline::join`].
+pub fn start(
+    config: &Config,
+    data_dir: &Path,
+    extra: Vec<Box<dyn IncidentSink>>,
+) -> anyhow::Result<(SyncSender<Record>, Pipeline)> {
+    let mut sinks: Vec<Box<dyn IncidentSink>> =
+        vec![Box::new(DirectorySink::new(data_dir.join(DIRECTORY)))];
+    sinks.extend(extra);
+    let names: Vec<String> = sinks.iter().map(|s| s.name().to_string()).collect();
     let (tx, rx) = sync_channel(RULES_QUEUE);
     let origin = Instant::now();
     let rules_config = config.clone();
@@ -42,7 +51,7 @@ pub fn start(config: &Config, data_dir: &Path) -> anyhow::Result<(SyncSender<Rec
     let rules = std::thread::Builder::new()
         .name("rules".into())
         .spawn(move || {
-            let (engine, manager) = match prepare(&rules_config, &rules_dir, origin) {
+            let (engine, manager) = match prepare(&rules_config, &rules_dir, origin, &names) {
                 Ok(ready) => ready,
                 Err(error) => {
                     // Dropping `rx` tells the store writer to stop offering observations.
@@ -59,7 +68,7 @@ pub fn start(config: &Config, data_dir: &Path) -> anyhow::Result<(SyncSender<Rec
         .name("incident-outbox".into())
         .spawn(move || {
             let deliverer = IncidentDb::open(&delivery_dir)
-                .and_then(|db| Deliverer::new(db, sinks(&delivery_dir)));
+                .and_then(|db| Deliverer::new(db, sinks));
             match deliverer {
                 Ok(deliverer) => deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed)),
                 Err(error) => {
@@ -77,18 +86,18 @@ pub fn start(config: &Config, data_dir: &Path) -> anyhow::Result<(SyncSender<Rec
     ))
 }
 
-/// The incident sinks of this agent: the directory (default).
-fn sinks(data_dir: &Path) -> Vec<Box<dyn IncidentSink>> {
-    vec![Box::new(DirectorySink::new(data_dir.join(DIRECTORY)))]
-}
-
 /// Open incident state and resume what was open. The sinks are registered here, before any event
 /// can be queued, so that a sink never misses an event of this run.
-fn prepare(config: &Config, data_dir: &Path, origin: Instant) -> anyhow::Result<(Engine, Manager)> {
+fn prepare(
+    config: &Config,
+    data_dir: &Path,
+    origin: Instant,
+    sinks: &[String],
+) -> anyhow::Result<(Engine, Manager)> {
     let mut engine = Engine::new(config);
     let db = IncidentDb::open(data_dir)?;
-    for sink in sinks(data_dir) {
-        db.register_sink(sink.name())?;
+    for sink in sinks {
+        db.register_sink(sink)?;
     }
     let store = Store::open(data_dir)?;
     let diagnostics = Box::new(TraceDiagnostics::new(config));

@@ -674,3 +674,79 @@ fn an_open_incident_whose_rule_left_the_config_is_resolved_at_start() {
         ["20261121-001/opened", "20261121-001/resolved"]
     );
 }
+
+#[test]
+fn each_event_is_one_incident_point_that_influxdata_parses_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    IncidentDb::open(dir.path())
+        .expect("db")
+        .register_sink("points")
+        .expect("register");
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    drive(&mut store, &mut engine, &mut manager, 0, 3000);
+    let events = IncidentDb::open(dir.path())
+        .expect("db")
+        .pending("points", 100)
+        .expect("events");
+    let lines: Vec<String> = events
+        .iter()
+        .map(|e| {
+            crate::sinks::line_protocol::incident_point(e)
+                .line()
+                .expect("a line")
+        })
+        .collect();
+    let joined = lines.join("\n");
+    let parsed: Vec<_> = influxdb_line_protocol::parse_lines(&joined)
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{e}: {joined}"));
+    assert_eq!(parsed.len(), 2, "{joined}");
+    let tag = |line: &influxdb_line_protocol::ParsedLine, key: &str| {
+        line.series
+            .tag_set
+            .as_ref()
+            .and_then(|tags| tags.iter().find(|(k, _)| k.as_str() == key))
+            .map(|(_, v)| v.to_string())
+    };
+    let field = |line: &influxdb_line_protocol::ParsedLine, key: &str| {
+        line.field_set
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, v)| v.to_string())
+    };
+    for (line, (event, state)) in parsed
+        .iter()
+        .zip([("opened", "open"), ("resolved", "resolved")])
+    {
+        assert_eq!(line.series.measurement.as_str(), "incident");
+        assert_eq!(tag(line, "event").as_deref(), Some(event));
+        assert_eq!(tag(line, "rule").as_deref(), Some("cloud-loss"));
+        assert_eq!(tag(line, "scope").as_deref(), Some("group"));
+        assert_eq!(tag(line, "severity").as_deref(), Some("major"));
+        assert_eq!(tag(line, "site").as_deref(), Some("scl3"));
+        assert_eq!(field(line, "id").as_deref(), Some("20261121-001"));
+        assert_eq!(field(line, "state").as_deref(), Some(state));
+        assert_eq!(
+            field(line, "subject").as_deref(),
+            Some("group=aws-us-east-1")
+        );
+        assert_eq!(field(line, "total_targets").as_deref(), Some("4i"));
+    }
+    let opened = &parsed[0];
+    assert_eq!(
+        field(opened, "targets").as_deref(),
+        Some("aws-a,aws-b,aws-c")
+    );
+    assert_eq!(field(opened, "affected").as_deref(), Some("3i"));
+    assert!(
+        field(opened, "summary").is_some_and(|s| s.starts_with("Draft opened by agent")),
+        "{joined}"
+    );
+    assert!(field(opened, "duration_s").is_none(), "{joined}");
+    assert_eq!(opened.timestamp, Some(events[0].at.unix_ns()));
+    let resolved = &parsed[1];
+    assert!(field(resolved, "duration_s").is_some(), "{joined}");
+}

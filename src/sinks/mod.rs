@@ -231,6 +231,48 @@ impl SinkHandle {
     }
 }
 
+/// Writes points to every output's spool *now*, bypassing the lossy hand-off queue, and says
+/// whether they are durable: for points whose sender retries until they are (incident events from
+/// the outbox). Small volumes only; the spool bound is enforced by the spool writer's next commit.
+#[derive(Debug)]
+pub struct DurableWriter {
+    spool: Spool,
+    shared: Arc<Shared>,
+    ids: Vec<i64>,
+}
+
+impl DurableWriter {
+    pub fn write(&mut self, points: &[line_protocol::Point]) -> anyhow::Result<()> {
+        let lines: Vec<(i64, Vec<u8>)> = points
+            .iter()
+            .filter_map(|p| Some((p.timestamp_ns, p.line()?.into_bytes())))
+            .collect();
+        let (count, bytes) = (
+            lines.len() as u64,
+            lines.iter().map(|(_, l)| l.len() as u64).sum::<u64>(),
+        );
+        // Pending before visible, as in the spool writer, so counters never go below zero.
+        for output in &self.shared.outputs {
+            output.spool_points.fetch_add(count, Ordering::Relaxed);
+            output.spool_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if let Err(error) = self.spool.append(&self.ids, &lines, 0) {
+            for output in &self.shared.outputs {
+                output.spool_points.fetch_sub(count, Ordering::Relaxed);
+                output.spool_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            }
+            return Err(error).with_context(|| {
+                format!("cannot write to the spool {}", self.spool.path().display())
+            });
+        }
+        for output in &self.shared.outputs {
+            output.accepted.fetch_add(count, Ordering::Relaxed);
+            output.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
 /// The running sinks: a spool writer thread and a delivery thread per output.
 #[derive(Debug)]
 pub struct Sinks {
@@ -347,6 +389,16 @@ impl Sinks {
 
     pub fn handle(&self) -> SinkHandle {
         self.handle.clone()
+    }
+
+    /// A [`DurableWriter`] into these outputs' spool (its own SQLite connection).
+    pub fn durable_writer(&self) -> anyhow::Result<DurableWriter> {
+        let data_dir = self.spool_path.parent().unwrap_or(Path::new("."));
+        Ok(DurableWriter {
+            spool: Spool::open(data_dir)?,
+            shared: Arc::clone(&self.shared),
+            ids: self.shared.outputs.iter().map(|o| o.id).collect(),
+        })
     }
 
     pub fn spool_path(&self) -> &Path {
