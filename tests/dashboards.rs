@@ -156,6 +156,20 @@ impl InNetns<'_> {
     }
 }
 
+/// The web server bound in the target namespace. Stopping it wakes its accept loop with a
+/// connection to its own address, which must be made from inside the lab, also on a panic.
+struct LabWebServer<'a> {
+    server: Option<HttpServer>,
+    ns: &'a Netns,
+}
+
+impl Drop for LabWebServer<'_> {
+    fn drop(&mut self) {
+        let server = self.server.take();
+        self.ns.inside(move || drop(server));
+    }
+}
+
 /// A server process started by this test; killed by PID when dropped.
 struct Spawned(Child);
 
@@ -205,12 +219,15 @@ fn certificate(dir: &Path) -> (String, String) {
 
 /// The target namespace's servers: HTTP (this process, a thread bound there), HTTPS (`openssl
 /// s_server`), DNS (dnsmasq, authoritative for vantage.test on the target's address).
-fn start_servers(lab: &Lab, dir: &Path) -> (HttpServer, Spawned, Spawned) {
+fn start_servers<'a>(lab: &'a Lab, dir: &Path) -> (LabWebServer<'a>, Spawned, Spawned) {
     let listener = lab
         .target()
         .inside(|| TcpListener::bind((WEB, WEB_PORT)))
         .expect("bind the web server in the target namespace");
-    let web = HttpServer::serve(listener);
+    let web = LabWebServer {
+        server: Some(HttpServer::serve(listener)),
+        ns: lab.target(),
+    };
     let (cert, key) = certificate(dir);
     let tls = lab
         .target()
@@ -481,7 +498,7 @@ fn every_dashboard_query_answers_with_real_data() {
     let started_ms = now_ms();
     let lab = Lab::routed();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (web, _tls, _dns) = start_servers(&lab, dir.path());
+    let _servers = start_servers(&lab, dir.path());
     let net = InNetns {
         ns: lab.agent(),
         runtime: tokio::runtime::Builder::new_current_thread()
@@ -552,7 +569,6 @@ fn every_dashboard_query_answers_with_real_data() {
         has(&net, &influx, &changed)
     });
     agent.stop();
-    lab.target().inside(move || drop(web)); // its wake-up connection stays in the lab
     let range = (started_ms, now_ms());
 
     let mut checked = 0;
