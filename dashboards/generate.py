@@ -9,10 +9,13 @@ tests (tests/dashboards.rs) rely on:
 - every selected expression is named with AS "…": the data test checks those columns come back;
 - the data source is referenced by its provisioned uid, `vantage-influxdb`.
 Standard library only: python3 dashboards/generate.py
+(`--check`: write nothing, exit 1 if a committed file differs from what this script writes;
+tests/dashboards.rs runs it.)
 """
 
 import json
 import pathlib
+import sys
 
 DS = {"type": "influxdb", "uid": "vantage-influxdb"}
 OUT = pathlib.Path(__file__).resolve().parent / "json"
@@ -427,11 +430,20 @@ def agent_health():
 
 
 def main():
+    check = sys.argv[1:] == ["--check"]
     OUT.mkdir(exist_ok=True)
+    stale = []
     for name, build in [("fleet", fleet), ("latency", latency), ("path", path),
                         ("services", services), ("agent", agent_health)]:
         text = json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
-        (OUT / f"{name}.json").write_text(text)
+        file = OUT / f"{name}.json"
+        if not check:
+            file.write_text(text)
+        elif not file.exists() or file.read_text() != text:
+            stale.append(str(file))
+    if stale:
+        sys.exit("not what generate.py writes (run python3 dashboards/generate.py): "
+                 + ", ".join(stale))
 
 
 if __name__ == "__main__":

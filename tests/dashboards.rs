@@ -30,6 +30,22 @@ fn yaml(path: &str) -> Value {
 }
 
 #[test]
+fn the_committed_json_is_what_generate_py_writes() {
+    let python = common::require_binary("python3", "python3");
+    let output = std::process::Command::new(python)
+        .arg(grafana::repo().join("dashboards/generate.py"))
+        .arg("--check")
+        .output()
+        .expect("run generate.py");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
 fn provisioning_files_parse_and_name_the_data_source_the_dashboards_use() {
     let datasources = yaml("dashboards/provisioning/datasources/vantage.yaml");
     let source = &datasources["datasources"][0];
