@@ -792,7 +792,7 @@ fn service_round(t: u64) -> Vec<Record> {
             ..Default::default()
         };
         let outcome = if failing {
-            Outcome::failure(FailureKind::Status, "status 503, expected 200")
+            Outcome::failure(FailureKind::Status, "status 503, expected [200]")
         } else {
             Outcome::Success
         };
@@ -884,7 +884,7 @@ fn a_failing_http_check_becomes_a_draft_with_its_phases_and_the_healthy_checks()
     );
     assert!(
         evidence
-            .contains("| 10:10:00 | failed | 503 | 2.6 ms | status: status 503, expected 200 |"),
+            .contains("| 10:10:00 | failed | 503 | 2.6 ms | status: status 503, expected [200] |"),
         "{evidence}"
     );
     // The failing runs, newest first, with every phase.
@@ -901,10 +901,10 @@ fn a_failing_http_check_becomes_a_draft_with_its_phases_and_the_healthy_checks()
     assert_eq!(
         failing,
         [
-            "| 10:11:00 | web | health | 503 | status: status 503, expected 200 | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
-            "| 10:10:40 | web | health | 503 | status: status 503, expected 200 | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
-            "| 10:10:20 | web | health | 503 | status: status 503, expected 200 | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
-            "| 10:10:00 | web | health | 503 | status: status 503, expected 200 | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
+            "| 10:11:00 | web | health | 503 | status: status 503, expected [200] | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
+            "| 10:10:40 | web | health | 503 | status: status 503, expected [200] | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
+            "| 10:10:20 | web | health | 503 | status: status 503, expected [200] | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
+            "| 10:10:00 | web | health | 503 | status: status 503, expected [200] | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
         ]
     );
     // The contrast: the other http target, the resolver, and web's own port, which still accepts.
