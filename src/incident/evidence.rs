@@ -5,6 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
@@ -102,53 +103,18 @@ pub enum CheckFigures {
 }
 
 impl CheckFigures {
-    /// From a stored `http`, `dns` or `tcp` observation's fields; `None` for other measurements.
-    pub fn from_fields(measurement: &str, fields: &serde_json::Value) -> Option<CheckFigures> {
-        let ms = |name: &str| fields.get(name).and_then(serde_json::Value::as_f64);
-        let text = |name: &str| {
-            fields
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
-        Some(match measurement {
-            "http" => CheckFigures::Http {
-                status_code: fields
-                    .get("status_code")
-                    .and_then(serde_json::Value::as_u64)
-                    .and_then(|code| u16::try_from(code).ok()),
-                resolve_ms: ms("resolve_ms"),
-                connect_ms: ms("connect_ms"),
-                tls_ms: ms("tls_ms"),
-                processing_ms: ms("processing_ms"),
-                transfer_ms: ms("transfer_ms"),
-                total_ms: ms("total_ms"),
-            },
-            "dns" => CheckFigures::Dns {
-                rcode: text("rcode"),
-                latency_ms: ms("latency_ms"),
-                answers: fields
-                    .get("answers")
-                    .and_then(serde_json::Value::as_u64)
-                    .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
-                records: fields
-                    .get("records")
-                    .and_then(|v| v.as_array())
-                    .map(|records| {
-                        records
-                            .iter()
-                            .filter_map(|r| r.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            },
-            "tcp" => CheckFigures::Tcp {
-                address: text("address"),
-                resolve_ms: ms("resolve_ms"),
-                connect_ms: ms("connect_ms"),
-            },
-            _ => return None,
-        })
+    /// From a stored `http`, `dns` or `tcp` observation's fields (the probe's stats as JSON,
+    /// which name the same fields).
+    pub fn from_fields(
+        measurement: &str,
+        fields: &serde_json::Value,
+    ) -> anyhow::Result<CheckFigures> {
+        let mut tagged = fields.clone();
+        if let Some(object) = tagged.as_object_mut() {
+            object.insert("kind".into(), measurement.into());
+        }
+        serde_json::from_value(tagged)
+            .with_context(|| format!("unreadable {measurement} fields {fields}"))
     }
 
     /// `http`, `dns` or `tcp`.
@@ -242,8 +208,8 @@ impl Evidence {
     }
 }
 
-fn check_run(point: CheckPoint) -> Option<CheckRun> {
-    Some(CheckRun {
+fn check_run(point: CheckPoint) -> anyhow::Result<CheckRun> {
+    Ok(CheckRun {
         figures: CheckFigures::from_fields(&point.measurement, &point.fields)?,
         at: Timestamp::from_unix_ns(point.timestamp_ns),
         address: point.address,
@@ -270,11 +236,12 @@ pub fn gather(
         ..Evidence::default()
     };
     for (probe, target) in members {
-        let runs: Vec<CheckRun> = store
+        let runs = store
             .check_history(probe, target, from_ns, to_ns)?
             .into_iter()
-            .filter_map(check_run)
-            .collect();
+            .map(check_run)
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("the runs of {probe}/{target}"))?;
         if let Some(first) = runs.first() {
             for run in runs.iter().filter(|r| !r.success) {
                 evidence.failing_checks.push(FailingCheck {
@@ -346,9 +313,10 @@ pub fn gather(
         .latest_checks()?
         .into_iter()
         .filter(|c| !is_member(&c.probe, &c.target))
-        .filter_map(|c| {
-            Some(CheckContrast {
-                figures: CheckFigures::from_fields(&c.measurement, &c.fields)?,
+        .map(|c| {
+            Ok(CheckContrast {
+                figures: CheckFigures::from_fields(&c.measurement, &c.fields)
+                    .with_context(|| format!("the latest run of {}/{}", c.probe, c.target))?,
                 healthy: c.success,
                 probe: c.probe,
                 target: c.target,
@@ -357,7 +325,7 @@ pub fn gather(
                 last_seen: Timestamp::from_unix_ns(c.timestamp_ns),
             })
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     Ok(evidence)
 }
 
