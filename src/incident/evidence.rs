@@ -23,11 +23,12 @@ pub const HEALTHY_BELOW_LOSS_PCT: f64 = 5.0;
 pub struct Evidence {
     pub window_from: Option<Timestamp>,
     pub window_to: Option<Timestamp>,
-    /// One series per affected (probe, target), oldest round first.
+    /// The ping rounds of each affected (probe, target) that is not a service check, oldest
+    /// round first.
     pub series: Vec<Series>,
-    /// The latest failing results of the affected targets, newest first.
+    /// The latest failing ping rounds of the affected targets, newest first.
     pub failing: Vec<FailingResult>,
-    /// Every other (probe, target) of this agent, by its latest round.
+    /// Every other ping (probe, target) of this agent, by its latest round.
     pub others: Vec<Contrast>,
     // Service checks: absent from incidents saved before they were gathered, hence the defaults.
     /// One series per affected (probe, target) of an http, dns or tcp probe, oldest run first.

@@ -324,9 +324,8 @@ pub fn markdown(incident: &Incident) -> String {
         "![latency and loss](chart.svg)\n\nRaw data: `evidence.json` in this folder.\n"
     );
     let evidence = &incident.evidence;
-    // Ping history; a draft about service checks only has none to show.
-    let pings = !evidence.series.is_empty() || evidence.checks.is_empty();
-    if pings {
+    // A draft about service checks only has no ping history to show.
+    if !evidence.series.is_empty() || evidence.checks.is_empty() {
         ping_evidence(&mut md, evidence);
     }
     if !evidence.checks.is_empty() {
