@@ -1,12 +1,14 @@
 //! A smokeping-style chart of an incident's window, as SVG: per target a panel with the p10–p90
 //! and p25–p75 "smoke" bands, the median line coloured by loss, rounds with 100% loss as red
-//! bars, and the moment of detection (and resolution) marked. Written by a small SVG writer of
-//! our own: a few elements, escaped text, no dependency.
+//! bars, and the moment of detection (and resolution) marked. A service check gets a panel of its
+//! headline time (http total, dns latency, tcp connect) with failed runs as red bars. Written by a
+//! small SVG writer of our own: a few elements, escaped text, no dependency.
 
 use std::fmt::Write as _;
 
-use super::evidence::Series;
+use super::evidence::{CheckSeries, Series};
 use super::{Incident, Timestamp};
+use crate::store::PingPoint;
 
 const WIDTH: f64 = 800.0;
 const PANEL_HEIGHT: f64 = 160.0;
@@ -119,7 +121,14 @@ impl Svg {
 
 /// The chart of an incident's evidence window.
 pub fn render(incident: &Incident) -> String {
-    let series: Vec<&Series> = incident.evidence.series.iter().take(MAX_PANELS).collect();
+    let evidence = &incident.evidence;
+    let series: Vec<(String, Series)> = evidence
+        .series
+        .iter()
+        .map(|s| (format!("{} ({})", s.target, s.probe), s.clone()))
+        .chain(evidence.checks.iter().map(check_as_series))
+        .take(MAX_PANELS)
+        .collect();
     let panels = series.len().max(1);
     let height = TITLE_HEIGHT + panels as f64 * (PANEL_HEIGHT + PANEL_GAP);
     let mut svg = Svg::default();
@@ -136,11 +145,47 @@ pub fn render(incident: &Incident) -> String {
             "no history in the store for the affected targets",
         );
     }
-    for (i, s) in series.iter().enumerate() {
+    for (i, (label, s)) in series.iter().enumerate() {
         let top = TITLE_HEIGHT + i as f64 * (PANEL_HEIGHT + PANEL_GAP) + 10.0;
-        panel(&mut svg, s, top, from, to, incident);
+        panel(&mut svg, label, s, top, from, to, incident);
     }
     svg.finish(WIDTH, height, &incident.title)
+}
+
+/// A service check drawn as a ping series: its headline time of each successful run as the median
+/// line, a failed run as a round that lost everything (a red bar).
+fn check_as_series(check: &CheckSeries) -> (String, Series) {
+    let field = check
+        .runs
+        .first()
+        .map_or("time", |r| r.figures.headline_field());
+    let points = check
+        .runs
+        .iter()
+        .map(|run| PingPoint {
+            timestamp_ns: run.at.unix_ns(),
+            address: run.address.clone(),
+            failure_kind: run.failure_kind.clone(),
+            failure: run.failure.clone(),
+            sent: 1,
+            loss_pct: if run.success { 0.0 } else { 100.0 },
+            rtt_p10_ms: None,
+            rtt_p25_ms: None,
+            rtt_median_ms: run.figures.headline_ms().filter(|_| run.success),
+            rtt_p75_ms: None,
+            rtt_p90_ms: None,
+        })
+        .collect();
+    let label = format!(
+        "{} ({}: {} {field}, failed runs red)",
+        check.target, check.probe, check.kind
+    );
+    let series = Series {
+        probe: check.probe.clone(),
+        target: check.target.clone(),
+        points,
+    };
+    (label, series)
 }
 
 /// What the marks mean: smoke bands, and the loss colours of the median and the loss bars.
@@ -169,6 +214,7 @@ fn legend(svg: &mut Svg, y: f64) {
 
 fn panel(
     svg: &mut Svg,
+    label: &str,
     series: &Series,
     top: f64,
     from: Option<i64>,
@@ -179,13 +225,7 @@ fn panel(
     let right = WIDTH - MARGIN_RIGHT;
     let bottom = top + PANEL_HEIGHT;
     svg.rect("panel", left, top, right - left, PANEL_HEIGHT, "#f8f8f8");
-    svg.text(
-        "panel-title",
-        left,
-        top - 2.0,
-        "start",
-        &format!("{} ({})", series.target, series.probe),
-    );
+    svg.text("panel-title", left, top - 2.0, "start", label);
     let first = series.points.first().map(|p| p.timestamp_ns);
     let last = series.points.last().map(|p| p.timestamp_ns);
     let (Some(t0), Some(t1)) = (from.or(first), to.or(last)) else {
@@ -231,8 +271,7 @@ fn panel(
     // Smoke: one band from the points that have the percentiles, broken where rounds had none.
     let runs = contiguous(series, |p| p.rtt_p10_ms.is_some() && p.rtt_p90_ms.is_some());
     for run in &runs {
-        let band = |lo: fn(&crate::store::PingPoint) -> Option<f64>,
-                    hi: fn(&crate::store::PingPoint) -> Option<f64>| {
+        let band = |lo: fn(&PingPoint) -> Option<f64>, hi: fn(&PingPoint) -> Option<f64>| {
             let upper: Vec<(f64, f64)> = run
                 .iter()
                 .map(|p| (x(p.timestamp_ns), y(hi(p).unwrap_or(0.0))))
@@ -255,7 +294,7 @@ fn panel(
         );
     }
     // The median, each segment coloured by the loss of the round it ends at.
-    let medians: Vec<&crate::store::PingPoint> = series
+    let medians: Vec<&PingPoint> = series
         .points
         .iter()
         .filter(|p| p.rtt_median_ms.is_some())
@@ -318,11 +357,8 @@ fn panel(
 }
 
 /// Maximal runs of consecutive points that satisfy `keep`.
-fn contiguous(
-    series: &Series,
-    keep: impl Fn(&crate::store::PingPoint) -> bool,
-) -> Vec<Vec<&crate::store::PingPoint>> {
-    let mut runs: Vec<Vec<&crate::store::PingPoint>> = Vec::new();
+fn contiguous(series: &Series, keep: impl Fn(&PingPoint) -> bool) -> Vec<Vec<&PingPoint>> {
+    let mut runs: Vec<Vec<&PingPoint>> = Vec::new();
     let mut current = Vec::new();
     for p in &series.points {
         if keep(p) {

@@ -1,15 +1,18 @@
 //! Evidence from the embedded store: the latency/loss history of the affected targets for the
-//! window before and during the breach, their failing results with the errors, and how every other
-//! target from this agent looks right now (that contrast localizes the fault too).
+//! window before and during the breach (ping rounds, or the runs of an http/dns/tcp check with
+//! their phase timings), their failing results with the errors, and how every other target and
+//! service check from this agent looks right now (that contrast localizes the fault too).
 
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
-use crate::store::{PingPoint, Store};
+use crate::store::{CheckPoint, PingPoint, Store};
 
-/// At most this many rounds per series; longer windows are thinned evenly (failures are kept).
+/// At most this many rounds (or runs) per series; longer windows are thinned evenly, keeping a
+/// failure of each stretch when it had one.
 pub const MAX_POINTS: usize = 720;
 /// At most this many failing results are listed.
 pub const MAX_FAILURES: usize = 20;
@@ -20,12 +23,23 @@ pub const HEALTHY_BELOW_LOSS_PCT: f64 = 5.0;
 pub struct Evidence {
     pub window_from: Option<Timestamp>,
     pub window_to: Option<Timestamp>,
-    /// One series per affected (probe, target), oldest round first.
+    /// The ping rounds of each affected (probe, target) that is not a service check, oldest
+    /// round first.
     pub series: Vec<Series>,
-    /// The latest failing results of the affected targets, newest first.
+    /// The latest failing ping rounds of the affected targets, newest first.
     pub failing: Vec<FailingResult>,
-    /// Every other (probe, target) of this agent, by its latest round.
+    /// Every other ping (probe, target) of this agent, by its latest round.
     pub others: Vec<Contrast>,
+    // Service checks: absent from incidents saved before they were gathered, hence the defaults.
+    /// One series per affected (probe, target) of an http, dns or tcp probe, oldest run first.
+    #[serde(default)]
+    pub checks: Vec<CheckSeries>,
+    /// The latest failing runs of those checks, newest first.
+    #[serde(default)]
+    pub failing_checks: Vec<FailingCheck>,
+    /// Every other http, dns or tcp (probe, target) of this agent, by its latest run.
+    #[serde(default)]
+    pub other_checks: Vec<CheckContrast>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,14 +72,157 @@ pub struct Contrast {
     pub last_seen: Timestamp,
 }
 
-impl Evidence {
-    pub fn healthy_others(&self) -> impl Iterator<Item = &Contrast> {
-        self.others.iter().filter(|c| c.healthy)
+/// What one run of a service check measured, by kind (milliseconds; `None` for a phase that did
+/// not happen).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CheckFigures {
+    Http {
+        status_code: Option<u16>,
+        resolve_ms: Option<f64>,
+        connect_ms: Option<f64>,
+        tls_ms: Option<f64>,
+        processing_ms: Option<f64>,
+        transfer_ms: Option<f64>,
+        total_ms: Option<f64>,
+    },
+    Dns {
+        rcode: Option<String>,
+        latency_ms: Option<f64>,
+        #[serde(default)]
+        answers: u32,
+        /// The answers of the asked type, as in zone files.
+        #[serde(default)]
+        records: Vec<String>,
+    },
+    Tcp {
+        /// The address the connection was attempted to (`ip:port`).
+        address: Option<String>,
+        resolve_ms: Option<f64>,
+        connect_ms: Option<f64>,
+    },
+}
+
+impl CheckFigures {
+    /// From a stored `http`, `dns` or `tcp` observation's fields (the probe's stats as JSON,
+    /// which name the same fields).
+    pub fn from_fields(
+        measurement: &str,
+        fields: &serde_json::Value,
+    ) -> anyhow::Result<CheckFigures> {
+        let mut tagged = fields.clone();
+        if let Some(object) = tagged.as_object_mut() {
+            object.insert("kind".into(), measurement.into());
+        }
+        serde_json::from_value(tagged)
+            .with_context(|| format!("unreadable {measurement} fields {fields}"))
+    }
+
+    /// `http`, `dns` or `tcp`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckFigures::Http { .. } => "http",
+            CheckFigures::Dns { .. } => "dns",
+            CheckFigures::Tcp { .. } => "tcp",
+        }
+    }
+
+    /// The one time that sums the run up: total for http, the answer's latency for dns, the
+    /// handshake for tcp.
+    pub fn headline_ms(&self) -> Option<f64> {
+        match self {
+            CheckFigures::Http { total_ms, .. } => *total_ms,
+            CheckFigures::Dns { latency_ms, .. } => *latency_ms,
+            CheckFigures::Tcp { connect_ms, .. } => *connect_ms,
+        }
+    }
+
+    /// The name of [`CheckFigures::headline_ms`]'s field.
+    pub fn headline_field(&self) -> &'static str {
+        match self {
+            CheckFigures::Http { .. } => "total_ms",
+            CheckFigures::Dns { .. } => "latency_ms",
+            CheckFigures::Tcp { .. } => "connect_ms",
+        }
     }
 }
 
+/// One run of a service check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckRun {
+    pub at: Timestamp,
+    /// The address probed, if the target resolved.
+    pub address: Option<String>,
+    pub success: bool,
+    pub failure_kind: Option<String>,
+    pub failure: Option<String>,
+    pub figures: CheckFigures,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckSeries {
+    pub probe: String,
+    pub target: String,
+    /// `http`, `dns` or `tcp`.
+    pub kind: String,
+    pub runs: Vec<CheckRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailingCheck {
+    pub probe: String,
+    pub target: String,
+    pub run: CheckRun,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckContrast {
+    pub probe: String,
+    pub target: String,
+    pub target_site: String,
+    /// The latest run succeeded.
+    pub healthy: bool,
+    pub failure: Option<String>,
+    pub figures: CheckFigures,
+    pub last_seen: Timestamp,
+}
+
+impl Evidence {
+    /// (healthy, all) of the other targets and service checks: the contrast in two figures.
+    pub fn contrast_counts(&self) -> (usize, usize) {
+        let healthy = self.others.iter().filter(|c| c.healthy).count()
+            + self.other_checks.iter().filter(|c| c.healthy).count();
+        (healthy, self.others.len() + self.other_checks.len())
+    }
+
+    /// Every (probe, target) the evidence has a series for.
+    pub fn members(&self) -> impl Iterator<Item = (&str, &str)> {
+        let pings = self
+            .series
+            .iter()
+            .map(|s| (s.probe.as_str(), s.target.as_str()));
+        let checks = self
+            .checks
+            .iter()
+            .map(|s| (s.probe.as_str(), s.target.as_str()));
+        pings.chain(checks)
+    }
+}
+
+fn check_run(point: CheckPoint) -> anyhow::Result<CheckRun> {
+    Ok(CheckRun {
+        figures: CheckFigures::from_fields(&point.measurement, &point.fields)?,
+        at: Timestamp::from_unix_ns(point.timestamp_ns),
+        address: point.address,
+        success: point.success,
+        failure_kind: point.failure_kind,
+        failure: point.failure,
+    })
+}
+
 /// Gather evidence for `members` ((probe, target) pairs, affected now or earlier in the
-/// incident) over `[from, to]`.
+/// incident) over `[from, to]`. A member with http, dns or tcp runs in the window is a service
+/// check; any other is read as ping rounds.
 pub fn gather(
     store: &Store,
     members: &[(String, String)],
@@ -73,12 +230,38 @@ pub fn gather(
     to: SystemTime,
 ) -> anyhow::Result<Evidence> {
     let (from_ts, to_ts) = (Timestamp(from), Timestamp(to));
-    let mut series = Vec::new();
-    let mut failing = Vec::new();
+    let (from_ns, to_ns) = (from_ts.unix_ns(), to_ts.unix_ns());
+    let mut evidence = Evidence {
+        window_from: Some(from_ts),
+        window_to: Some(to_ts),
+        ..Evidence::default()
+    };
     for (probe, target) in members {
-        let points = store.ping_history(probe, target, from_ts.unix_ns(), to_ts.unix_ns())?;
+        let runs = store
+            .check_history(probe, target, from_ns, to_ns)?
+            .into_iter()
+            .map(check_run)
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("the runs of {probe}/{target}"))?;
+        if let Some(first) = runs.first() {
+            for run in runs.iter().filter(|r| !r.success) {
+                evidence.failing_checks.push(FailingCheck {
+                    probe: probe.clone(),
+                    target: target.clone(),
+                    run: run.clone(),
+                });
+            }
+            evidence.checks.push(CheckSeries {
+                probe: probe.clone(),
+                target: target.clone(),
+                kind: first.figures.kind().to_string(),
+                runs: thin(runs, MAX_POINTS, |r| !r.success),
+            });
+            continue;
+        }
+        let points = store.ping_history(probe, target, from_ns, to_ns)?;
         for point in points.iter().filter(|p| p.failure.is_some()) {
-            failing.push(FailingResult {
+            evidence.failing.push(FailingResult {
                 at: Timestamp::from_unix_ns(point.timestamp_ns),
                 probe: probe.clone(),
                 target: target.clone(),
@@ -88,22 +271,34 @@ pub fn gather(
                 loss_pct: point.loss_pct,
             });
         }
-        series.push(Series {
+        evidence.series.push(Series {
             probe: probe.clone(),
             target: target.clone(),
-            points: thin(points, MAX_POINTS),
+            points: thin(points, MAX_POINTS, |p| p.failure.is_some()),
         });
     }
-    failing.sort_by(|a, b| b.at.cmp(&a.at).then_with(|| a.target.cmp(&b.target)));
-    failing.truncate(MAX_FAILURES);
-    let others = store
+    evidence
+        .failing
+        .sort_by(|a, b| b.at.cmp(&a.at).then_with(|| a.target.cmp(&b.target)));
+    evidence.failing.truncate(MAX_FAILURES);
+    evidence.failing_checks.sort_by(|a, b| {
+        b.run
+            .at
+            .cmp(&a.run.at)
+            .then_with(|| a.target.cmp(&b.target))
+            .then_with(|| a.probe.cmp(&b.probe))
+    });
+    evidence.failing_checks.truncate(MAX_FAILURES);
+
+    let is_member = |probe: &str, target: &str| {
+        members
+            .iter()
+            .any(|(p, t)| p.as_str() == probe && t.as_str() == target)
+    };
+    evidence.others = store
         .latest_pings()?
         .into_iter()
-        .filter(|p| {
-            !members
-                .iter()
-                .any(|(probe, target)| *probe == p.probe && *target == p.target)
-        })
+        .filter(|p| !is_member(&p.probe, &p.target))
         .map(|p| Contrast {
             healthy: p.failure.is_none() && p.loss_pct < HEALTHY_BELOW_LOSS_PCT,
             probe: p.probe,
@@ -115,26 +310,48 @@ pub fn gather(
             last_seen: Timestamp::from_unix_ns(p.timestamp_ns),
         })
         .collect();
-    Ok(Evidence {
-        window_from: Some(from_ts),
-        window_to: Some(to_ts),
-        series,
-        failing,
-        others,
-    })
+    evidence.other_checks = store
+        .latest_checks()?
+        .into_iter()
+        .filter(|c| !is_member(&c.probe, &c.target))
+        .map(|c| {
+            Ok(CheckContrast {
+                figures: CheckFigures::from_fields(&c.measurement, &c.fields)
+                    .with_context(|| format!("the latest run of {}/{}", c.probe, c.target))?,
+                healthy: c.success,
+                probe: c.probe,
+                target: c.target,
+                target_site: c.target_site,
+                failure: c.failure,
+                last_seen: Timestamp::from_unix_ns(c.timestamp_ns),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(evidence)
 }
 
-/// Keep at most `max` points, evenly spaced; the last point is always kept.
-fn thin(points: Vec<PingPoint>, max: usize) -> Vec<PingPoint> {
+/// Keep at most about `max` points, one per even stretch: its first failure if it had one (so
+/// thinning never hides that something failed), else its first point. The last point is always
+/// kept.
+fn thin<T>(points: Vec<T>, max: usize, failed: impl Fn(&T) -> bool) -> Vec<T> {
     if points.len() <= max || max == 0 {
         return points;
     }
     let step = points.len().div_ceil(max);
     let last = points.len() - 1;
+    let keep: Vec<usize> = (0..points.len())
+        .step_by(step)
+        .map(|start| {
+            (start..(start + step).min(points.len()))
+                .find(|&i| failed(&points[i]))
+                .unwrap_or(start)
+        })
+        .chain([last])
+        .collect();
     points
         .into_iter()
         .enumerate()
-        .filter(|(i, _)| i % step == 0 || *i == last)
+        .filter(|(i, _)| keep.binary_search(i).is_ok())
         .map(|(_, p)| p)
         .collect()
 }
@@ -149,4 +366,17 @@ pub fn window(
         .checked_sub(history)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     (from, until.max(detected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thin;
+
+    #[test]
+    fn thinning_keeps_a_failure_of_every_stretch_and_the_last_point() {
+        // 100 runs to at most 10: stretches of 10; run 37 failed, run 99 is the latest.
+        let thinned = thin((0..100).collect(), 10, |&i| i == 37);
+        assert_eq!(thinned, [0, 10, 20, 37, 40, 50, 60, 70, 80, 90, 99]);
+        assert_eq!(thin((0..5).collect(), 10, |_| true), [0, 1, 2, 3, 4]);
+    }
 }

@@ -324,9 +324,8 @@ impl Manager {
         };
         let mut members: Vec<(String, String)> = incident
             .evidence
-            .series
-            .iter()
-            .map(|s| (s.probe.clone(), s.target.clone()))
+            .members()
+            .map(|(probe, target)| (probe.to_string(), target.to_string()))
             .collect();
         for m in &incident.impact.affected {
             if !members.iter().any(|(p, t)| *p == m.probe && *t == m.target) {

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use super::evidence::HEALTHY_BELOW_LOSS_PCT;
+use super::evidence::{CheckFigures, CheckRun, CheckSeries, Evidence, HEALTHY_BELOW_LOSS_PCT};
 use super::{Incident, Status};
 use crate::rules::{Impact, Metric, Scope};
 
@@ -173,10 +173,19 @@ fn scope_name(scope: &Scope) -> String {
     }
 }
 
+/// What the contrast is made of: `targets`, `service checks`, or both.
+fn others_noun(evidence: &Evidence) -> &'static str {
+    match (evidence.others.is_empty(), evidence.other_checks.is_empty()) {
+        (false, false) => "targets and service checks",
+        (true, false) => "service checks",
+        _ => "targets",
+    }
+}
+
 /// The localization the contrast supports, in one sentence.
 fn localization(incident: &Incident) -> String {
-    let healthy = incident.evidence.healthy_others().count();
-    let others = incident.evidence.others.len();
+    let (healthy, others) = incident.evidence.contrast_counts();
+    let noun = others_noun(&incident.evidence);
     if matches!(incident.scope, Scope::Agent) {
         return "Every watched target is affected from this agent at once: the fault is most \
                 likely on the agent's side — this host, its uplink or the site's edge — not at the \
@@ -189,12 +198,12 @@ fn localization(incident: &Incident) -> String {
     }
     if healthy == others {
         format!(
-            "All {others} other targets measured from this agent are healthy, so the agent and its \
+            "All {others} other {noun} measured from this agent are healthy, so the agent and its \
              uplink work: the fault lies between this site and the affected targets, or at them."
         )
     } else {
         format!(
-            "{healthy} of {others} other targets measured from this agent are healthy; the \
+            "{healthy} of {others} other {noun} measured from this agent are healthy; the \
              others are listed below — look for what they share with the affected targets."
         )
     }
@@ -314,107 +323,15 @@ pub fn markdown(incident: &Incident) -> String {
         md,
         "![latency and loss](chart.svg)\n\nRaw data: `evidence.json` in this folder.\n"
     );
-    let _ = writeln!(md, "### Latency and loss\n");
-    if incident.evidence.series.is_empty() {
-        let _ = writeln!(md, "No history in the store for the affected targets.");
+    let evidence = &incident.evidence;
+    // A draft about service checks only has no ping history to show.
+    if !evidence.series.is_empty() || evidence.checks.is_empty() {
+        ping_evidence(&mut md, evidence);
     }
-    for series in &incident.evidence.series {
-        let rounds = series.points.len();
-        let lossy = series.points.iter().filter(|p| p.loss_pct > 0.0).count();
-        let medians: Vec<f64> = series
-            .points
-            .iter()
-            .filter_map(|p| p.rtt_median_ms)
-            .collect();
-        let median = crate::rules::median(medians.iter().copied());
-        let _ = writeln!(
-            md,
-            "**{}** ({}): {rounds} rounds, {lossy} with loss; median RTT {} over the window.\n",
-            series.target,
-            series.probe,
-            ms(median)
-        );
-        let _ = writeln!(
-            md,
-            "| time (UTC) | loss | median | p10–p90 | failure |\n|---|---:|---:|---:|---|"
-        );
-        // The latest rounds matter most; older ones are in the chart and evidence.json.
-        let shown = 15;
-        for p in series.points.iter().skip(rounds.saturating_sub(shown)) {
-            let at = super::Timestamp::from_unix_ns(p.timestamp_ns);
-            let spread = match (p.rtt_p10_ms, p.rtt_p90_ms) {
-                (Some(lo), Some(hi)) => format!("{}–{}", ms(Some(lo)), ms(Some(hi))),
-                _ => "-".into(),
-            };
-            let _ = writeln!(
-                md,
-                "| {} | {}% | {} | {spread} | {} |",
-                at.time(),
-                pct(p.loss_pct),
-                ms(p.rtt_median_ms),
-                p.failure.as_deref().unwrap_or("")
-            );
-        }
-        if rounds > shown {
-            let _ = writeln!(
-                md,
-                "\n({} earlier rounds in the chart and evidence.json.)",
-                rounds - shown
-            );
-        }
-        let _ = writeln!(md);
+    if !evidence.checks.is_empty() {
+        check_evidence(&mut md, evidence);
     }
-    let _ = writeln!(md, "### Failing results\n");
-    if incident.evidence.failing.is_empty() {
-        let _ = writeln!(md, "None in the window: the rounds answered, with loss.\n");
-    } else {
-        let _ = writeln!(
-            md,
-            "| time (UTC) | target | probe | address | kind | error |\n|---|---|---|---|---|---|"
-        );
-        for f in &incident.evidence.failing {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} |",
-                f.at.time(),
-                f.target,
-                f.probe,
-                f.address.as_deref().unwrap_or("-"),
-                f.kind.as_deref().unwrap_or("-"),
-                f.error
-            );
-        }
-        let _ = writeln!(md);
-    }
-    let _ = writeln!(md, "### Other targets from this agent\n");
-    if incident.evidence.others.is_empty() {
-        let _ = writeln!(md, "None.");
-    } else {
-        let healthy = incident.evidence.healthy_others().count();
-        let _ = writeln!(
-            md,
-            "{healthy} of {} healthy (latest round answered with under {}% loss).\n",
-            incident.evidence.others.len(),
-            pct(HEALTHY_BELOW_LOSS_PCT)
-        );
-        let _ = writeln!(
-            md,
-            "| target | site | probe | state | loss | median | last seen (UTC) |\n|---|---|---|---|---:|---:|---|"
-        );
-        for c in &incident.evidence.others {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {}% | {} | {} |",
-                c.target,
-                c.target_site,
-                c.probe,
-                if c.healthy { "healthy" } else { "unhealthy" },
-                pct(c.loss_pct),
-                ms(c.rtt_median_ms),
-                c.last_seen.time()
-            );
-        }
-    }
+    contrast(&mut md, evidence);
 
     let _ = writeln!(md, "\n## Timeline (UTC)\n");
     for entry in &incident.timeline {
@@ -497,5 +414,334 @@ fn capitalize_first(text: &str) -> String {
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
         None => String::new(),
+    }
+}
+
+/// The ping rounds of the affected targets and their failing results.
+fn ping_evidence(md: &mut String, evidence: &Evidence) {
+    let _ = writeln!(md, "### Latency and loss\n");
+    if evidence.series.is_empty() {
+        let _ = writeln!(md, "No history in the store for the affected targets.");
+    }
+    for series in &evidence.series {
+        let rounds = series.points.len();
+        let lossy = series.points.iter().filter(|p| p.loss_pct > 0.0).count();
+        let medians: Vec<f64> = series
+            .points
+            .iter()
+            .filter_map(|p| p.rtt_median_ms)
+            .collect();
+        let median = crate::rules::median(medians.iter().copied());
+        let _ = writeln!(
+            md,
+            "**{}** ({}): {rounds} rounds, {lossy} with loss; median RTT {} over the window.\n",
+            series.target,
+            series.probe,
+            ms(median)
+        );
+        let _ = writeln!(
+            md,
+            "| time (UTC) | loss | median | p10–p90 | failure |\n|---|---:|---:|---:|---|"
+        );
+        // The latest rounds matter most; older ones are in the chart and evidence.json.
+        for p in series
+            .points
+            .iter()
+            .skip(rounds.saturating_sub(SHOWN_ROUNDS))
+        {
+            let at = super::Timestamp::from_unix_ns(p.timestamp_ns);
+            let spread = match (p.rtt_p10_ms, p.rtt_p90_ms) {
+                (Some(lo), Some(hi)) => format!("{}–{}", ms(Some(lo)), ms(Some(hi))),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {}% | {} | {spread} | {} |",
+                at.time(),
+                pct(p.loss_pct),
+                ms(p.rtt_median_ms),
+                p.failure.as_deref().unwrap_or("")
+            );
+        }
+        if rounds > SHOWN_ROUNDS {
+            let _ = writeln!(
+                md,
+                "\n({} earlier rounds in the chart and evidence.json.)",
+                rounds - SHOWN_ROUNDS
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md, "### Failing results\n");
+    if evidence.failing.is_empty() {
+        let _ = writeln!(md, "None in the window: the rounds answered, with loss.\n");
+    } else {
+        let _ = writeln!(
+            md,
+            "| time (UTC) | target | probe | address | kind | error |\n|---|---|---|---|---|---|"
+        );
+        for f in &evidence.failing {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                f.at.time(),
+                f.target,
+                f.probe,
+                f.address.as_deref().unwrap_or("-"),
+                f.kind.as_deref().unwrap_or("-"),
+                f.error
+            );
+        }
+        let _ = writeln!(md);
+    }
+}
+
+/// The latest rounds (or runs) shown per series; older ones are in the chart and evidence.json.
+const SHOWN_ROUNDS: usize = 15;
+
+/// Text for a Markdown table cell: error messages may hold `|` or line breaks.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+/// `status: 503 Service Unavailable`: a failed run's kind and error in one cell.
+fn failure_cell(run: &CheckRun) -> String {
+    match (&run.failure_kind, &run.failure) {
+        (Some(kind), Some(error)) => cell(&format!("{kind}: {error}")),
+        (None, Some(error)) => cell(error),
+        (Some(kind), None) => kind.clone(),
+        (None, None) => String::new(),
+    }
+}
+
+/// What the server answered: the HTTP status, the DNS rcode and answer count, or that the TCP
+/// handshake completed.
+fn answer(figures: &CheckFigures) -> String {
+    match figures {
+        CheckFigures::Http { status_code, .. } => {
+            status_code.map_or_else(|| "-".into(), |code| code.to_string())
+        }
+        CheckFigures::Dns { rcode, answers, .. } => match rcode {
+            Some(rcode) => format!(
+                "{rcode}, {answers} answer{}",
+                if *answers == 1 { "" } else { "s" }
+            ),
+            None => "-".into(),
+        },
+        CheckFigures::Tcp { connect_ms, .. } => if connect_ms.is_some() {
+            "connected"
+        } else {
+            "-"
+        }
+        .into(),
+    }
+}
+
+/// The runs of the affected service checks, and their failures with the phase timings.
+fn check_evidence(md: &mut String, evidence: &Evidence) {
+    let _ = writeln!(md, "### Service checks\n");
+    for series in &evidence.checks {
+        check_series(md, series);
+    }
+    let _ = writeln!(md, "### Failing checks\n");
+    if evidence.failing_checks.is_empty() {
+        let _ = writeln!(md, "None in the window.\n");
+    }
+    for kind in ["http", "dns", "tcp"] {
+        let failing: Vec<_> = evidence
+            .failing_checks
+            .iter()
+            .filter(|f| f.run.figures.kind() == kind)
+            .collect();
+        if failing.is_empty() {
+            continue;
+        }
+        let header = match kind {
+            "http" => {
+                "| time (UTC) | target | probe | status | failure | resolve | connect | tls | processing | transfer | total |\n\
+                 |---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"
+            }
+            "dns" => {
+                "| time (UTC) | target | probe | server | rcode | answers | failure | latency |\n\
+                 |---|---|---|---|---|---:|---|---:|"
+            }
+            _ => {
+                "| time (UTC) | target | probe | address | failure | resolve | connect |\n\
+                 |---|---|---|---|---|---:|---:|"
+            }
+        };
+        let _ = writeln!(md, "**{kind}**\n\n{header}");
+        for f in failing {
+            let run = &f.run;
+            let figures = match &run.figures {
+                CheckFigures::Http {
+                    status_code,
+                    resolve_ms,
+                    connect_ms,
+                    tls_ms,
+                    processing_ms,
+                    transfer_ms,
+                    total_ms,
+                } => format!(
+                    "{} | {} | {} | {} | {} | {} | {} | {}",
+                    status_code.map_or_else(|| "-".into(), |code| code.to_string()),
+                    failure_cell(run),
+                    ms(*resolve_ms),
+                    ms(*connect_ms),
+                    ms(*tls_ms),
+                    ms(*processing_ms),
+                    ms(*transfer_ms),
+                    ms(*total_ms)
+                ),
+                CheckFigures::Dns {
+                    rcode,
+                    latency_ms,
+                    answers,
+                    ..
+                } => format!(
+                    "{} | {} | {answers} | {} | {}",
+                    run.address.as_deref().unwrap_or("-"),
+                    rcode.as_deref().unwrap_or("-"),
+                    failure_cell(run),
+                    ms(*latency_ms)
+                ),
+                CheckFigures::Tcp {
+                    address,
+                    resolve_ms,
+                    connect_ms,
+                } => format!(
+                    "{} | {} | {} | {}",
+                    address.as_deref().or(run.address.as_deref()).unwrap_or("-"),
+                    failure_cell(run),
+                    ms(*resolve_ms),
+                    ms(*connect_ms)
+                ),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {figures} |",
+                run.at.time(),
+                f.target,
+                f.probe
+            );
+        }
+        let _ = writeln!(md);
+    }
+}
+
+/// One check's runs in the window: a summary line and the latest runs.
+fn check_series(md: &mut String, series: &CheckSeries) {
+    let runs = series.runs.len();
+    let failed = series.runs.iter().filter(|r| !r.success).count();
+    let field = series
+        .runs
+        .first()
+        .map_or("time", |r| r.figures.headline_field());
+    let median = crate::rules::median(
+        series
+            .runs
+            .iter()
+            .filter(|r| r.success)
+            .filter_map(|r| r.figures.headline_ms()),
+    );
+    let _ = writeln!(
+        md,
+        "**{}** ({}, {}): {runs} runs, {failed} failed; median {field} {} over the successful runs.\n",
+        series.target,
+        series.probe,
+        series.kind,
+        ms(median)
+    );
+    let _ = writeln!(
+        md,
+        "| time (UTC) | result | answer | {field} | failure |\n|---|---|---|---:|---|"
+    );
+    for run in series.runs.iter().skip(runs.saturating_sub(SHOWN_ROUNDS)) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            run.at.time(),
+            if run.success { "ok" } else { "failed" },
+            answer(&run.figures),
+            ms(run.figures.headline_ms()),
+            failure_cell(run)
+        );
+    }
+    if runs > SHOWN_ROUNDS {
+        let _ = writeln!(
+            md,
+            "\n({} earlier runs in the chart and evidence.json.)",
+            runs - SHOWN_ROUNDS
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// Every other target and service check of this agent, by its latest round or run.
+fn contrast(md: &mut String, evidence: &Evidence) {
+    let _ = writeln!(md, "### Other targets from this agent\n");
+    let (healthy, all) = evidence.contrast_counts();
+    if all == 0 {
+        let _ = writeln!(md, "None.");
+        return;
+    }
+    let mut criteria = Vec::new();
+    if !evidence.others.is_empty() {
+        criteria.push(format!(
+            "latest round answered with under {}% loss",
+            pct(HEALTHY_BELOW_LOSS_PCT)
+        ));
+    }
+    if !evidence.other_checks.is_empty() {
+        criteria.push("latest check run succeeded".to_string());
+    }
+    let _ = writeln!(
+        md,
+        "{healthy} of {all} healthy ({}).\n",
+        criteria.join("; ")
+    );
+    let state = |healthy: bool| if healthy { "healthy" } else { "unhealthy" };
+    if !evidence.others.is_empty() {
+        let _ = writeln!(
+            md,
+            "| target | site | probe | state | loss | median | last seen (UTC) |\n|---|---|---|---|---:|---:|---|"
+        );
+        for c in &evidence.others {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {}% | {} | {} |",
+                c.target,
+                c.target_site,
+                c.probe,
+                state(c.healthy),
+                pct(c.loss_pct),
+                ms(c.rtt_median_ms),
+                c.last_seen.time()
+            );
+        }
+    }
+    if !evidence.other_checks.is_empty() {
+        if !evidence.others.is_empty() {
+            let _ = writeln!(md);
+        }
+        let _ = writeln!(
+            md,
+            "| target | site | probe | kind | state | answer | time | failure | last seen (UTC) |\n|---|---|---|---|---|---|---:|---|---|"
+        );
+        for c in &evidence.other_checks {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.target,
+                c.target_site,
+                c.probe,
+                c.figures.kind(),
+                state(c.healthy),
+                answer(&c.figures),
+                ms(c.figures.headline_ms()),
+                cell(c.failure.as_deref().unwrap_or("")),
+                c.last_seen.time()
+            );
+        }
     }
 }

@@ -134,9 +134,23 @@ fn drive(
     from: u64,
     to: u64,
 ) -> Vec<Transition> {
+    drive_with(store, engine, manager, from, to, |t| {
+        TARGETS.iter().map(|target| round(target, t)).collect()
+    })
+}
+
+/// As [`drive`], with the records of each 20 s step from `records`.
+fn drive_with(
+    store: &mut Store,
+    engine: &mut Engine,
+    manager: &mut Manager,
+    from: u64,
+    to: u64,
+    records: impl Fn(u64) -> Vec<Record>,
+) -> Vec<Transition> {
     let mut all = Vec::new();
     for t in (from..to).step_by(20) {
-        let records: Vec<Record> = TARGETS.iter().map(|target| round(target, t)).collect();
+        let records = records(t);
         store.insert(&records).expect("insert");
         let mut transitions = Vec::new();
         for record in &records {
@@ -749,4 +763,344 @@ fn each_event_is_one_incident_point_that_influxdata_parses_back() {
     assert_eq!(opened.timestamp, Some(events[0].at.unix_ns()));
     let resolved = &parsed[1];
     assert!(field(resolved, "duration_s").is_some(), "{joined}");
+}
+
+const SERVICE_CONFIG: &str = r#"
+[agent]
+name = "scl3-probe-01"
+site = "scl3"
+
+[incidents]
+status_updates = "30m"
+history = "10m"
+
+[[target]]
+name = "web"
+host = "198.18.20.1"
+site = "sjc1"
+[[target]]
+name = "api"
+host = "198.18.20.2"
+site = "sjc1"
+[[target]]
+name = "resolver"
+host = "198.18.20.53"
+site = "sjc1"
+
+[[probe]]
+name = "health"
+kind = "http"
+interval = "20s"
+timeout = "5s"
+scheme = "http"
+path = "/health"
+expect_status = [200]
+targets = ["web", "api"]
+
+[[probe]]
+name = "www"
+kind = "dns"
+interval = "20s"
+timeout = "1s"
+query = "www.vantage.test"
+record_type = "A"
+targets = ["resolver"]
+
+[[probe]]
+name = "web-port"
+kind = "tcp"
+interval = "20s"
+timeout = "1s"
+port = 80
+targets = ["web"]
+
+[[rule]]
+name = "web-down"
+kind = "failures"
+probes = ["health"]
+failures = 3
+runs = 5
+for = "20s"
+clear_for = "1m"
+min_hold = "5m"
+"#;
+
+fn service_record(
+    probe: &str,
+    target: &str,
+    t: u64,
+    outcome: Outcome,
+    measurement: Measurement,
+) -> Record {
+    Record {
+        agent: "scl3-probe-01".into(),
+        site: "scl3".into(),
+        probe: probe.into(),
+        target: target.into(),
+        target_site: "sjc1".into(),
+        address: Some(format!(
+            "198.18.20.{}",
+            if target == "resolver" { 53 } else { 1 }
+        )),
+        observation: Observation {
+            started_at: wall(t),
+            duration: Duration::from_millis(15),
+            outcome,
+            measurement,
+        },
+    }
+}
+
+/// What the service checks see at `t`: `web` answers 503 from t=600 to t=1200 (its port still
+/// accepts connections), `api` and the resolver are fine throughout.
+fn service_round(t: u64) -> Vec<Record> {
+    let http = |target: &str| {
+        let failing = target == "web" && (600..1200).contains(&t);
+        let stats = probes::HttpStats {
+            method: "GET".into(),
+            status_code: Some(if failing { 503 } else { 200 }),
+            resolve_ms: Some(0.0),
+            connect_ms: Some(0.5),
+            tls_ms: None,
+            processing_ms: Some(if failing { 2.0 } else { 12.0 }),
+            transfer_ms: Some(0.1),
+            total_ms: if failing { 2.6 } else { 12.6 },
+            ..Default::default()
+        };
+        let outcome = if failing {
+            Outcome::failure(FailureKind::Status, "status 503, expected [200]")
+        } else {
+            Outcome::Success
+        };
+        service_record("health", target, t, outcome, Measurement::Http(stats))
+    };
+    let dns = probes::DnsStats {
+        server: "198.18.20.53:53".into(),
+        record_type: "A".into(),
+        rcode: Some("NOERROR".into()),
+        latency_ms: Some(4.2),
+        answers: 1,
+        records: vec!["198.18.0.10".into()],
+        authoritative: true,
+        truncated: false,
+    };
+    let tcp = probes::TcpStats {
+        connect_ms: Some(0.3),
+        resolve_ms: Some(0.0),
+        address: Some("198.18.20.1:80".parse().expect("address")),
+    };
+    vec![
+        http("web"),
+        http("api"),
+        service_record(
+            "www",
+            "resolver",
+            t,
+            Outcome::Success,
+            Measurement::Dns(dns),
+        ),
+        service_record(
+            "web-port",
+            "web",
+            t,
+            Outcome::Success,
+            Measurement::Tcp(tcp),
+        ),
+    ]
+}
+
+#[test]
+fn a_failing_http_check_becomes_a_draft_with_its_phases_and_the_healthy_checks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config =
+        Config::parse(SERVICE_CONFIG, Path::new("vantage.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    let transitions = drive_with(
+        &mut store,
+        &mut engine,
+        &mut manager,
+        0,
+        1000,
+        service_round,
+    );
+    let kinds: Vec<String> = transitions
+        .iter()
+        .map(|t| format!("{} {}", t.kind.as_str(), t.key))
+        .collect();
+    assert_eq!(kinds, ["opened web-down/target/web"]);
+    let db = IncidentDb::open(dir.path()).expect("db");
+    let incident = db.get("20261121-001").expect("get").expect("incident");
+    assert_eq!(
+        incident.title,
+        "2026-11-21 [scl3] failing checks (80% of runs) to web"
+    );
+    let md = render::markdown(&incident);
+    let scope = section(&md, "Scope and localization");
+    assert!(
+        scope.contains("All 3 other service checks measured from this agent are healthy"),
+        "{scope}"
+    );
+    let evidence = section(&md, "Evidence");
+    assert!(
+        !evidence.contains("### Latency and loss") && !evidence.contains("### Failing results"),
+        "no ping history to show: {evidence}"
+    );
+    // The check's history: healthy before the breach, 503s since 10:10:00.
+    assert!(
+        evidence.contains(
+            "**web** (health, http): 31 runs, 4 failed; median total_ms 12.6 ms over the successful runs."
+        ),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains("| 10:09:40 | ok | 200 | 12.6 ms |  |"),
+        "{evidence}"
+    );
+    assert!(
+        evidence
+            .contains("| 10:10:00 | failed | 503 | 2.6 ms | status: status 503, expected [200] |"),
+        "{evidence}"
+    );
+    // The failing runs, newest first, with every phase.
+    assert!(
+        evidence.contains(
+            "**http**\n\n| time (UTC) | target | probe | status | failure | resolve | connect | tls | processing | transfer | total |"
+        ),
+        "{evidence}"
+    );
+    let failing: Vec<&str> = evidence
+        .lines()
+        .filter(|l| l.contains("| web | health | 503 |"))
+        .collect();
+    assert_eq!(
+        failing,
+        [
+            "| 10:11:00 | web | health | 503 | status: status 503, expected [200] | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
+            "| 10:10:40 | web | health | 503 | status: status 503, expected [200] | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
+            "| 10:10:20 | web | health | 503 | status: status 503, expected [200] | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
+            "| 10:10:00 | web | health | 503 | status: status 503, expected [200] | 0.0 ms | 0.5 ms | - | 2.0 ms | 0.1 ms | 2.6 ms |",
+        ]
+    );
+    // The contrast: the other http target, the resolver, and web's own port, which still accepts.
+    assert!(
+        evidence.contains("3 of 3 healthy (latest check run succeeded)."),
+        "{evidence}"
+    );
+    for row in [
+        "| api | sjc1 | health | http | healthy | 200 | 12.6 ms |  | 10:11:00 |",
+        "| web | sjc1 | web-port | tcp | healthy | connected | 0.3 ms |  | 10:11:00 |",
+        "| resolver | sjc1 | www | dns | healthy | NOERROR, 1 answer | 4.2 ms |  | 10:11:00 |",
+    ] {
+        assert!(evidence.contains(row), "{row:?} in {evidence}");
+    }
+
+    // The same data as JSON.
+    let json = serde_json::to_value(&incident).expect("json");
+    let checks = &json["evidence"]["checks"];
+    assert_eq!(checks.as_array().map(Vec::len), Some(1), "{checks}");
+    assert_eq!(checks[0]["kind"], "http");
+    assert_eq!(checks[0]["runs"].as_array().map(Vec::len), Some(31));
+    let newest = &json["evidence"]["failing_checks"][0];
+    assert_eq!(newest["target"], "web");
+    assert_eq!(newest["run"]["at"], "2026-11-21T10:11:00Z");
+    assert_eq!(newest["run"]["failure_kind"], "status");
+    assert_eq!(newest["run"]["figures"]["kind"], "http");
+    assert_eq!(newest["run"]["figures"]["status_code"], 503);
+    assert_eq!(newest["run"]["figures"]["processing_ms"], 2.0);
+    assert_eq!(
+        json["evidence"]["other_checks"][2]["figures"]["records"][0],
+        "198.18.0.10"
+    );
+    assert_eq!(json["evidence"]["series"], serde_json::json!([]));
+
+    // Resolved at 10:22:20, the draft still shows the failures (30, the newest 20 listed), and
+    // the chart has a panel for the check with every failed run in the window as a red bar.
+    drive_with(
+        &mut store,
+        &mut engine,
+        &mut manager,
+        1000,
+        3000,
+        service_round,
+    );
+    let incident = db.get("20261121-001").expect("get").expect("incident");
+    assert_eq!(incident.status, Status::Resolved);
+    let md = render::markdown(&incident);
+    assert!(
+        md.contains("**web** (health, http): 65 runs, 30 failed;"),
+        "{md}"
+    );
+    assert_eq!(
+        md.lines()
+            .filter(|l| l.contains("| web | health | 503 |"))
+            .count(),
+        evidence::MAX_FAILURES
+    );
+    let svg = chart::render(&incident);
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed chart");
+    let class = |name: &str| {
+        doc.descendants()
+            .filter(|n| n.attribute("class") == Some(name))
+            .collect::<Vec<_>>()
+    };
+    let labels: Vec<&str> = class("panel-title")
+        .iter()
+        .filter_map(|n| n.text())
+        .collect();
+    assert_eq!(labels, ["web (health: http total_ms, failed runs red)"]);
+    assert_eq!(class("loss").len(), 30, "a red bar per failed run");
+    assert_eq!(
+        class("median").len(),
+        34,
+        "the total time of the 35 successful runs: a segment between each two"
+    );
+}
+
+/// An incident as saved before service checks were gathered: it must still load, and render.
+#[test]
+fn an_incident_saved_before_service_check_evidence_still_loads() {
+    let old = r#"{
+      "id": "20261120-003", "key": "loss/target/dead",
+      "rule": {"name": "loss", "condition": "loss above 20% over the last 10 echoes (clears at or below 10%), for 2s"},
+      "severity": "major", "scope": {"kind": "target", "target": "dead"},
+      "agent": "e2e", "site": "lab", "status": "resolved",
+      "title": "2026-11-20 [lab] 100% packet loss to dead",
+      "detected_at": "2026-11-20T09:00:00Z", "updated_at": "2026-11-20T09:05:00Z",
+      "resolved_at": "2026-11-20T09:05:00Z", "duration_s": 300,
+      "impact": {"metric": "loss_pct", "affected": [], "total_targets": 3, "value": null, "worst": null},
+      "peak": {"value": 100.0, "affected_targets": 1},
+      "timeline": [{"at": "2026-11-20T09:00:00Z", "event": "opened", "text": "Draft opened."}],
+      "status_updates": [], "trace": null,
+      "evidence": {
+        "window_from": "2026-11-20T08:55:00Z", "window_to": "2026-11-20T09:05:00Z",
+        "series": [{"probe": "ping", "target": "dead", "points": [
+          {"timestamp_ns": 1795251600000000000, "address": "127.0.0.3", "failure_kind": "timeout",
+           "failure": "no reply within 300ms", "sent": 5, "loss_pct": 100.0, "rtt_p10_ms": null,
+           "rtt_p25_ms": null, "rtt_median_ms": null, "rtt_p75_ms": null, "rtt_p90_ms": null}]}],
+        "failing": [{"at": "2026-11-20T09:00:00Z", "probe": "ping", "target": "dead",
+          "address": "127.0.0.3", "kind": "timeout", "error": "no reply within 300ms", "loss_pct": 100.0}],
+        "others": [{"probe": "ping", "target": "lo-1", "target_site": "local", "healthy": true,
+          "loss_pct": 0.0, "rtt_median_ms": 0.05, "failure": null, "last_seen": "2026-11-20T09:05:00Z"}]
+      },
+      "status_update_every_s": 1800
+    }"#;
+    let incident: Incident = serde_json::from_str(old).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(incident.evidence.series[0].points.len(), 1);
+    assert!(incident.evidence.checks.is_empty());
+    assert!(incident.evidence.failing_checks.is_empty());
+    assert!(incident.evidence.other_checks.is_empty());
+    let md = render::markdown(&incident);
+    let evidence = section(&md, "Evidence");
+    assert!(
+        evidence
+            .contains("| 09:00:00 | dead | ping | 127.0.0.3 | timeout | no reply within 300ms |"),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains("1 of 1 healthy (latest round answered with under 5% loss)."),
+        "{evidence}"
+    );
+    assert!(!evidence.contains("### Service checks"), "{evidence}");
 }

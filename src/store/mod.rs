@@ -122,6 +122,21 @@ pub struct PingPoint {
     pub rtt_p90_ms: Option<f64>,
 }
 
+/// One `http`, `dns` or `tcp` run as history: what an incident's evidence lists for a service
+/// check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckPoint {
+    /// `http`, `dns` or `tcp`.
+    pub measurement: String,
+    pub timestamp_ns: i64,
+    pub address: Option<String>,
+    pub success: bool,
+    pub failure_kind: Option<String>,
+    pub failure: Option<String>,
+    /// The measurement's fields as stored.
+    pub fields: serde_json::Value,
+}
+
 impl Store {
     /// Open (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
@@ -271,6 +286,46 @@ impl Store {
                 rtt_p75_ms: number("rtt_p75_ms"),
                 rtt_p90_ms: number("rtt_p90_ms"),
             });
+        }
+        Ok(points)
+    }
+
+    /// The `http`, `dns` and `tcp` runs of one (probe, target) from `from_ns` to `to_ns`
+    /// (inclusive), oldest first: the evidence an incident draft shows for a service check.
+    pub fn check_history(
+        &self,
+        probe: &str,
+        target: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> anyhow::Result<Vec<CheckPoint>> {
+        let mut query = self.conn.prepare_cached(
+            "SELECT measurement, ts_ns, address, success, failure_kind, failure, fields
+             FROM observations
+             WHERE measurement IN ('http', 'dns', 'tcp') AND probe = ?1 AND target = ?2
+                   AND ts_ns BETWEEN ?3 AND ?4
+             ORDER BY ts_ns",
+        )?;
+        let rows = query.query_map(rusqlite::params![probe, target, from_ns, to_ns], |row| {
+            Ok((
+                CheckPoint {
+                    measurement: row.get(0)?,
+                    timestamp_ns: row.get(1)?,
+                    address: row.get(2)?,
+                    success: row.get(3)?,
+                    failure_kind: row.get(4)?,
+                    failure: row.get(5)?,
+                    fields: serde_json::Value::Null,
+                },
+                row.get::<_, String>(6)?,
+            ))
+        })?;
+        let mut points = Vec::new();
+        for row in rows {
+            let (mut point, fields) = row?;
+            point.fields = serde_json::from_str(&fields)
+                .with_context(|| format!("corrupt fields for {probe}/{target}"))?;
+            points.push(point);
         }
         Ok(points)
     }

@@ -19,9 +19,12 @@ pub const VANTAGE: &str = env!("CARGO_BIN_EXE_vantage");
 /// - `/slow`: as `/health`, 300 ms before the headers
 /// - `/moved`: 302 to `/health`
 /// - anything else: 404
+///
+/// and every route 503 while [`HttpServer::set_unavailable`] says so.
 pub struct HttpServer {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    unavailable: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -35,22 +38,31 @@ impl HttpServer {
     pub fn serve(listener: TcpListener) -> HttpServer {
         let addr = listener.local_addr().expect("address");
         let stop = Arc::new(AtomicBool::new(false));
+        let unavailable = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let down = Arc::clone(&unavailable);
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::Relaxed) {
                     return;
                 }
                 if let Ok(stream) = stream {
-                    std::thread::spawn(move || respond(stream));
+                    let down = down.load(Ordering::Relaxed);
+                    std::thread::spawn(move || respond(stream, down));
                 }
             }
         });
         HttpServer {
             addr,
             stop,
+            unavailable,
             thread: Some(thread),
         }
+    }
+
+    /// Answer every request with `503 Service Unavailable` (or serve the routes again).
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.unavailable.store(unavailable, Ordering::Relaxed);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -69,7 +81,7 @@ impl Drop for HttpServer {
     }
 }
 
-fn respond(stream: TcpStream) {
+fn respond(stream: TcpStream, unavailable: bool) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
@@ -90,6 +102,7 @@ fn respond(stream: TcpStream) {
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
     let json = ("200 OK", "application/json", "{\"status\": \"up\"}", "");
     let (status, content_type, body, extra) = match path {
+        _ if unavailable => ("503 Service Unavailable", "text/plain", "down", ""),
         "/health" => json,
         "/slow" => {
             std::thread::sleep(Duration::from_millis(300));
