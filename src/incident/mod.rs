@@ -13,17 +13,21 @@
 //! - `chart`: a smokeping-style SVG chart, written by a small SVG writer of our own
 //! - `outbox`: [`IncidentSink`] and the delivery loop that retries while a sink is down
 //! - `directory`: the default sink, one folder per incident
+//! - `alertmanager`, `webhook`: the `[[incident_sink]]` kinds; `http`: their JSON POST
 //! - `pipeline`: the agent's threads: rules engine + manager, and delivery
 
+pub mod alertmanager;
 pub mod chart;
 pub mod db;
 pub mod diagnostics;
 pub mod directory;
 pub mod evidence;
+mod http;
 pub mod manager;
 pub mod outbox;
 pub mod pipeline;
 pub mod render;
+pub mod webhook;
 
 use std::time::{Duration, SystemTime};
 

@@ -10,9 +10,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::alertmanager::AlertmanagerSink;
 use super::outbox::Deliverer;
+use super::webhook::WebhookSink;
 use super::{DIRECTORY, DirectorySink, IncidentDb, IncidentSink, Manager, TraceDiagnostics};
-use crate::config::Config;
+use crate::config::{Config, IncidentSinkKind};
 use crate::rules::Engine;
 use crate::store::{Record, Store};
 
@@ -55,11 +57,14 @@ pub fn start(config: &Config, data_dir: &Path) -> anyhow::Result<(SyncSender<Rec
     let stop_delivery = Arc::new(AtomicBool::new(false));
     let stop = Arc::clone(&stop_delivery);
     let delivery_dir = data_dir.to_path_buf();
+    let delivery_config = config.clone();
     let delivery = std::thread::Builder::new()
         .name("incident-outbox".into())
         .spawn(move || {
-            let deliverer = IncidentDb::open(&delivery_dir)
-                .and_then(|db| Deliverer::new(db, sinks(&delivery_dir)));
+            let deliverer = IncidentDb::open(&delivery_dir).and_then(|db| {
+                let sinks = sinks(&delivery_config, &delivery_dir)?;
+                Deliverer::new(db, sinks)
+            });
             match deliverer {
                 Ok(deliverer) => deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed)),
                 Err(error) => {
@@ -77,9 +82,23 @@ pub fn start(config: &Config, data_dir: &Path) -> anyhow::Result<(SyncSender<Rec
     ))
 }
 
-/// The incident sinks of this agent: the directory (default).
-fn sinks(data_dir: &Path) -> Vec<Box<dyn IncidentSink>> {
-    vec![Box::new(DirectorySink::new(data_dir.join(DIRECTORY)))]
+/// The incident sinks of this agent: the directory, then each `[[incident_sink]]`.
+pub fn sinks(config: &Config, data_dir: &Path) -> anyhow::Result<Vec<Box<dyn IncidentSink>>> {
+    // Alerts and webhooks tell where the draft is: a path that is absolute, wherever the agent runs.
+    let drafts = std::path::absolute(data_dir.join(DIRECTORY))?;
+    let mut sinks: Vec<Box<dyn IncidentSink>> = vec![Box::new(DirectorySink::new(drafts.clone()))];
+    for sink in &config.incident_sinks {
+        sinks.push(match &sink.kind {
+            IncidentSinkKind::Alertmanager { labels, resend } => Box::new(AlertmanagerSink::new(
+                sink,
+                labels.clone(),
+                *resend,
+                drafts.clone(),
+            )?),
+            IncidentSinkKind::Webhook => Box::new(WebhookSink::new(sink, drafts.clone())?),
+        });
+    }
+    Ok(sinks)
 }
 
 /// Open incident state and resume what was open. The sinks are registered here, before any event
@@ -87,7 +106,7 @@ fn sinks(data_dir: &Path) -> Vec<Box<dyn IncidentSink>> {
 fn prepare(config: &Config, data_dir: &Path, origin: Instant) -> anyhow::Result<(Engine, Manager)> {
     let mut engine = Engine::new(config);
     let db = IncidentDb::open(data_dir)?;
-    for sink in sinks(data_dir) {
+    for sink in sinks(config, data_dir)? {
         db.register_sink(sink.name())?;
     }
     let store = Store::open(data_dir)?;
