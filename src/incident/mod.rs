@@ -177,4 +177,6 @@ impl Incident {
 }
 
 #[cfg(test)]
+mod sink_tests;
+#[cfg(test)]
 mod tests;
