@@ -371,7 +371,8 @@ labels = {{ team = "neteng" }}
     std::thread::sleep(Duration::from_secs(7));
     let later = am.alert(&open.id).unwrap_or_else(|| {
         panic!(
-            "the alert expired while the incident is open; agent log:\n{}",
+            "the alert expired while the incident is open: {:?}; agent log:\n{}",
+            get(&format!("{}/api/v2/alerts", am.url)),
             agent.log()
         )
     });
@@ -429,7 +430,6 @@ fn a_webhook_that_comes_back_gets_every_event_once_in_order() {
     let hook_port = free_port();
     let service = free_port();
     let token = dir.path().join("webhook-token");
-    std::fs::write(&token, "t0ken-for-the-test\n").expect("token file");
     let url = format!("http://127.0.0.1:{hook_port}/incidents");
     let config = write_config(
         dir.path(),
@@ -446,6 +446,27 @@ token_file = "{}"
 "#,
             token.display()
         ),
+    );
+
+    // `vantage check` lists the sink, and says when its token cannot be read.
+    let config_arg = config.to_str().expect("utf-8 path");
+    let (code, stdout, _) = support::vantage(&["check", "--offline", "--config", config_arg]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "incident sink \"hook\": error: webhook, POST {url}: cannot read the token: cannot read secret file {}",
+            token.display()
+        )),
+        "{stdout}"
+    );
+    std::fs::write(&token, "t0ken-for-the-test\n").expect("token file");
+    let (code, stdout, _) = support::vantage(&["check", "--offline", "--config", config_arg]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "incident sink \"hook\": ok: webhook, POST {url}\n"
+        )),
+        "{stdout}"
     );
 
     // 1. The incident opens while the receiver is down: delivery fails and is retried.
