@@ -83,7 +83,7 @@ pub fn start(config: &Config, data_dir: &Path) -> anyhow::Result<(SyncSender<Rec
 }
 
 /// The incident sinks of this agent: the directory, then each `[[incident_sink]]`.
-pub fn sinks(config: &Config, data_dir: &Path) -> anyhow::Result<Vec<Box<dyn IncidentSink>>> {
+fn sinks(config: &Config, data_dir: &Path) -> anyhow::Result<Vec<Box<dyn IncidentSink>>> {
     // Alerts and webhooks tell where the draft is: a path that is absolute, wherever the agent runs.
     let drafts = std::path::absolute(data_dir.join(DIRECTORY))?;
     let mut sinks: Vec<Box<dyn IncidentSink>> = vec![Box::new(DirectorySink::new(drafts.clone()))];
