@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use crate::config::{Config, IncidentSinkKind, format_duration};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -179,7 +179,28 @@ fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
                 let verdict = if result.ok { "ok" } else { "error" };
                 println!("output {:?}: {verdict}: {}", result.output, result.message);
             }
-            if results.iter().all(|r| r.ok) {
+            let mut sinks_ok = true;
+            for sink in &config.incident_sinks {
+                let target = match &sink.kind {
+                    IncidentSinkKind::Alertmanager { resend, .. } => format!(
+                        "alertmanager at {} (open incidents re-sent every {})",
+                        sink.url,
+                        format_duration(*resend)
+                    ),
+                    IncidentSinkKind::Webhook => format!("webhook, POST {}", sink.url),
+                };
+                match sink.token.as_ref().map(|source| source.read()) {
+                    Some(Err(e)) => {
+                        sinks_ok = false;
+                        println!(
+                            "incident sink {:?}: error: {target}: cannot read the token: {e}",
+                            sink.name
+                        );
+                    }
+                    _ => println!("incident sink {:?}: ok: {target}", sink.name),
+                }
+            }
+            if sinks_ok && results.iter().all(|r| r.ok) {
                 Ok(ExitCode::SUCCESS)
             } else {
                 Ok(ExitCode::from(1))

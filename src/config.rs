@@ -39,6 +39,8 @@ pub struct Config {
     pub incidents: IncidentsConfig,
     /// Where results go besides the embedded store (`[[output]]`); none by default.
     pub outputs: Vec<crate::sinks::OutputConfig>,
+    /// Where incident drafts are announced besides the directory (`[[incident_sink]]`).
+    pub incident_sinks: Vec<IncidentSinkConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +195,43 @@ pub struct IncidentsConfig {
     pub status_updates: Duration,
     /// How much history before the breach the evidence (tables, chart) shows; default 1h.
     pub history: Duration,
+}
+
+/// One `[[incident_sink]]`: an HTTP endpoint that hears about every incident event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentSinkConfig {
+    /// Unique (and not `directory`): deliveries are tracked per sink name in `incidents.db`.
+    pub name: String,
+    /// Alertmanager: its base URL; webhook: the URL to POST to.
+    pub url: String,
+    /// Per-request timeout; default 10 s.
+    pub timeout: Duration,
+    /// Sent as `Authorization: Bearer …`, read on every request.
+    pub token: Option<crate::sinks::SecretSource>,
+    pub kind: IncidentSinkKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum IncidentSinkKind {
+    /// Prometheus Alertmanager, API v2: one alert per open incident, re-sent every `resend`.
+    Alertmanager {
+        /// Extra labels on every alert.
+        labels: BTreeMap<String, String>,
+        /// How often open incidents are posted again; default 60 s.
+        resend: Duration,
+    },
+    /// A JSON POST per incident event, with an `Idempotency-Key` header.
+    Webhook,
+}
+
+impl IncidentSinkKind {
+    /// The `kind = "…"` name in the config file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            IncidentSinkKind::Alertmanager { .. } => "alertmanager",
+            IncidentSinkKind::Webhook => "webhook",
+        }
+    }
 }
 
 /// One `[[rule]]`: when a measurement means an outage, for which scope, and when it is over.

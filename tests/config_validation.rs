@@ -12,14 +12,16 @@ use std::time::Duration;
 
 use probes::{DnsRecordType, DnsTransport, TraceProtocol};
 use vantage::config::{
-    Condition, Config, ConfigErrors, DnsProbe, FamilyPreference, IncidentsConfig, LatencyField,
-    LatencyThreshold, ProbeKind, RuleScope, Severity, TraceProbe,
+    Condition, Config, ConfigErrors, DnsProbe, FamilyPreference, IncidentSinkConfig,
+    IncidentSinkKind, IncidentsConfig, LatencyField, LatencyThreshold, ProbeKind, RuleScope,
+    Severity, TraceProbe,
 };
+use vantage::sinks::SecretSource;
 
 const FIXTURES: &str = "tests/fixtures/config";
 
 /// Every fixture this file tests; `every_fixture_is_tested` keeps the list and the folder in step.
-const TESTED: [&str; 55] = [
+const TESTED: [&str; 61] = [
     "syntax_error.toml",
     "unknown_key.toml",
     "typo_key.toml",
@@ -75,6 +77,12 @@ const TESTED: [&str; 55] = [
     "trace_overlaps_interval.toml",
     "trace_port_with_icmp.toml",
     "trace_max_ttl_out_of_range.toml",
+    "incident_sink_typo_key.toml",
+    "incident_sink_bad_url.toml",
+    "incident_sink_duplicate_name.toml",
+    "incident_sink_key_of_other_kind.toml",
+    "incident_sink_bad_label.toml",
+    "incident_sink_wrong_type.toml",
 ];
 
 /// Load a fixture, which must be rejected, and compare the rendered errors with `expected`
@@ -1275,6 +1283,135 @@ tests/fixtures/config/output_mistakes.toml:20:8: error: unknown output kind `inf
   hint: use one of: influxdb_v2, influxdb_v1
 tests/fixtures/config/output_mistakes.toml:22:19: error: invalid size for `spool_max_bytes`: unknown size unit "parsec"; use B, KB, MB, GB, KiB, MiB or GiB
   hint: e.g. `spool_max_bytes = "1GiB"`
+"#,
+    );
+}
+
+#[test]
+fn incident_sinks_parse_with_their_defaults() {
+    let config = accept(
+        r#"
+[agent]
+site = "scl3"
+
+[[target]]
+name = "sjc1-core"
+host = "198.18.1.1"
+
+[[incident_sink]]
+name = "alertmanager"
+kind = "alertmanager"
+url = "http://127.0.0.1:9093/"
+labels = { team = "neteng" }
+
+[[incident_sink]]
+name = "hook"
+kind = "webhook"
+url = "https://hooks.example.net/vantage?channel=noc"
+timeout = "3s"
+token_env = "VANTAGE_WEBHOOK_TOKEN"
+"#,
+    );
+    assert_eq!(
+        config.incident_sinks,
+        [
+            IncidentSinkConfig {
+                name: "alertmanager".into(),
+                url: "http://127.0.0.1:9093/".into(),
+                timeout: Duration::from_secs(10),
+                token: None,
+                kind: IncidentSinkKind::Alertmanager {
+                    labels: [("team".to_string(), "neteng".to_string())].into(),
+                    resend: Duration::from_secs(60),
+                },
+            },
+            IncidentSinkConfig {
+                name: "hook".into(),
+                url: "https://hooks.example.net/vantage?channel=noc".into(),
+                timeout: Duration::from_secs(3),
+                token: Some(SecretSource::Env("VANTAGE_WEBHOOK_TOKEN".into())),
+                kind: IncidentSinkKind::Webhook,
+            },
+        ]
+    );
+}
+
+#[test]
+fn incident_sink_typo_key() {
+    assert_rejected(
+        "incident_sink_typo_key.toml",
+        r#"
+tests/fixtures/config/incident_sink_typo_key.toml:13:1: error: unknown key `resnd` in [[incident_sink]]
+  hint: did you mean `resend`?
+"#,
+    );
+}
+
+#[test]
+fn incident_sink_bad_url() {
+    assert_rejected(
+        "incident_sink_bad_url.toml",
+        r#"
+tests/fixtures/config/incident_sink_bad_url.toml:12:7: error: `127.0.0.1:9093` is not a URL: relative URL without a base
+  hint: e.g. `url = "http://127.0.0.1:9093"`
+tests/fixtures/config/incident_sink_bad_url.toml:17:7: error: credentials in the URL would end up in logs; use token_env or token_file
+  hint: e.g. `url = "https://hooks.example.net/vantage"`
+"#,
+    );
+}
+
+#[test]
+fn incident_sink_duplicate_name() {
+    assert_rejected(
+        "incident_sink_duplicate_name.toml",
+        r#"
+tests/fixtures/config/incident_sink_duplicate_name.toml:15:8: error: duplicate incident sink name `hook` (first defined at line 10)
+  hint: deliveries are tracked per sink name: rename one of them
+tests/fixtures/config/incident_sink_duplicate_name.toml:20:8: error: incident sink name `directory` is taken by a built-in sink
+  hint: choose another name, e.g. `name = "alertmanager"`
+tests/fixtures/config/incident_sink_duplicate_name.toml:25:8: error: incident sink name `outputs` is taken by a built-in sink
+  hint: choose another name, e.g. `name = "alertmanager"`
+"#,
+    );
+}
+
+#[test]
+fn incident_sink_key_of_other_kind() {
+    assert_rejected(
+        "incident_sink_key_of_other_kind.toml",
+        r#"
+tests/fixtures/config/incident_sink_key_of_other_kind.toml:13:1: error: `labels` is a key of alertmanager sinks; this sink is webhook
+  hint: remove it, or set `kind = "alertmanager"`
+tests/fixtures/config/incident_sink_key_of_other_kind.toml:14:1: error: `resend` is a key of alertmanager sinks; this sink is webhook
+  hint: remove it, or set `kind = "alertmanager"`
+"#,
+    );
+}
+
+#[test]
+fn incident_sink_bad_label() {
+    assert_rejected(
+        "incident_sink_bad_label.toml",
+        r#"
+tests/fixtures/config/incident_sink_bad_label.toml:13:12: error: `team-name` is not a valid Alertmanager label name
+  hint: use letters, digits and `_`, not starting with a digit, e.g. `team_name`
+tests/fixtures/config/incident_sink_bad_label.toml:13:36: error: label `severity` is set on every alert by vantage
+  hint: remove it, or rename it, e.g. `peer_severity`
+tests/fixtures/config/incident_sink_bad_label.toml:13:64: error: label `oncall` must be a string, not an integer
+  hint: e.g. `labels = { team = "neteng" }`
+"#,
+    );
+}
+
+#[test]
+fn incident_sink_wrong_type() {
+    assert_rejected(
+        "incident_sink_wrong_type.toml",
+        r#"
+tests/fixtures/config/incident_sink_wrong_type.toml:11:8: error: unknown incident sink kind `prometheus`
+  hint: use one of: alertmanager, webhook
+tests/fixtures/config/incident_sink_wrong_type.toml:13:11: error: `timeout` must be a duration string, not an integer
+  hint: durations are strings with a unit (ms, s, m, h, d): `timeout = "10s"`
 "#,
     );
 }

@@ -20,6 +20,7 @@ use super::{
     Target,
 };
 
+mod incident_sink;
 mod kinds;
 mod output;
 mod rule;
@@ -119,13 +120,35 @@ const fn key(name: &'static str, ty: Type, example: &'static str) -> Key {
     Key { name, ty, example }
 }
 
-const ROOT: [Key; 6] = [
+const ROOT: [Key; 7] = [
     key("agent", Type::Table, "[agent]"),
     key("target", Type::Tables, "[[target]]"),
     key("probe", Type::Tables, "[[probe]]"),
     key("rule", Type::Tables, "[[rule]]"),
     key("incidents", Type::Table, "[incidents]"),
     key("output", Type::Tables, "[[output]]"),
+    key("incident_sink", Type::Tables, "[[incident_sink]]"),
+];
+const INCIDENT_SINK: [Key; 6] = [
+    key("name", Type::Str, r#"name = "alertmanager""#),
+    key("kind", Type::Str, r#"kind = "alertmanager""#),
+    key("url", Type::Str, r#"url = "http://127.0.0.1:9093""#),
+    key("timeout", Type::Duration, r#"timeout = "10s""#),
+    key(
+        "token_env",
+        Type::Str,
+        r#"token_env = "VANTAGE_WEBHOOK_TOKEN""#,
+    ),
+    key(
+        "token_file",
+        Type::Str,
+        r#"token_file = "/etc/vantage/webhook-token""#,
+    ),
+];
+/// Keys only an Alertmanager sink has.
+const INCIDENT_SINK_AM: [Key; 2] = [
+    key("labels", Type::Labels, r#"labels = { team = "neteng" }"#),
+    key("resend", Type::Duration, r#"resend = "60s""#),
 ];
 const OUTPUT: [Key; 11] = [
     key("name", Type::Str, r#"name = "central""#),
@@ -402,6 +425,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let incidents = checker.incidents(root);
     let rules = checker.rules(root, &targets, &defined, &probes, &probe_names);
     let outputs = checker.outputs(root);
+    let incident_sinks = checker.incident_sinks(root);
     match (agent, incidents, checker.errors.is_empty()) {
         (Some(agent), Some(incidents), true) => Ok(Config {
             source: path.to_path_buf(),
@@ -411,6 +435,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
             rules,
             incidents,
             outputs,
+            incident_sinks,
         }),
         _ => Err(checker.finish()),
     }
@@ -873,6 +898,8 @@ impl Checker<'_> {
                 ("[[output]]", &OUTPUT[..]),
                 ("[[output]]", &OUTPUT_V2[..]),
                 ("[[output]]", &OUTPUT_V1[..]),
+                ("[[incident_sink]]", &INCIDENT_SINK[..]),
+                ("[[incident_sink]]", &INCIDENT_SINK_AM[..]),
             ]
             .into_iter()
             .filter(|(_, keys)| keys.iter().any(|k| k.name == name_str))
@@ -882,7 +909,7 @@ impl Checker<'_> {
             let hint = if let Some(suggestion) = closest(name_str, ROOT.iter().map(|k| k.name)) {
                 format!("did you mean `{suggestion}`?")
             } else if homes.is_empty() {
-                "the top level holds only the [agent], [[target]], [[probe]], [[rule]], [incidents] and [[output]] sections"
+                "the top level holds only the [agent], [[target]], [[probe]], [[rule]], [incidents], [[output]] and [[incident_sink]] sections"
                     .to_string()
             } else {
                 format!(

@@ -11,6 +11,9 @@ use anyhow::Context;
 use super::outbox::{IncidentSink, OutboxEvent};
 use super::{chart, render};
 
+/// The sink's name in the outbox's delivery records.
+pub const NAME: &str = "directory";
+
 #[derive(Debug)]
 pub struct DirectorySink {
     root: PathBuf,
@@ -35,7 +38,7 @@ fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 
 impl IncidentSink for DirectorySink {
     fn name(&self) -> &str {
-        "directory"
+        NAME
     }
 
     fn deliver(&mut self, event: &OutboxEvent) -> anyhow::Result<()> {

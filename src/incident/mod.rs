@@ -14,18 +14,22 @@
 //! - `outbox`: [`IncidentSink`] and the delivery loop that retries while a sink is down
 //! - `directory`: the default sink, one folder per incident
 //! - `outputs`: each event as an `incident` point into every `[[output]]`
+//! - `alertmanager`, `webhook`: the `[[incident_sink]]` kinds; `http`: their JSON POST
 //! - `pipeline`: the agent's threads: rules engine + manager, and delivery
 
+pub mod alertmanager;
 pub mod chart;
 pub mod db;
 pub mod diagnostics;
 pub mod directory;
 pub mod evidence;
+mod http;
 pub mod manager;
 pub mod outbox;
 pub mod outputs;
 pub mod pipeline;
 pub mod render;
+pub mod webhook;
 
 use std::time::{Duration, SystemTime};
 
@@ -174,5 +178,7 @@ impl Incident {
     }
 }
 
+#[cfg(test)]
+mod sink_tests;
 #[cfg(test)]
 mod tests;

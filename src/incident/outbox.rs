@@ -3,6 +3,10 @@
 //! delivered per sink, and retried with backoff while the sink is down — a failing sink holds up
 //! only itself. The directory is the default sink; Alertmanager and webhook sinks implement the
 //! same [`IncidentSink`] trait.
+//!
+//! A sink that forgets what it is not reminded of (Alertmanager) also gets every open incident
+//! again every [`IncidentSink::refresh_every`] — first right after start, so a restart re-sends
+//! too — but only once it has received every pending event, so a reminder never overtakes one.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::db::IncidentDb;
 use super::{Incident, Timestamp};
+
+/// Events read from the outbox per sink per pass.
+const BATCH: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -51,6 +58,14 @@ pub trait IncidentSink: Send {
     /// A stable name: deliveries are tracked per sink name.
     fn name(&self) -> &str;
     fn deliver(&mut self, event: &OutboxEvent) -> anyhow::Result<()>;
+    /// How often [`IncidentSink::refresh`] is due; `None` (the default): never.
+    fn refresh_every(&self) -> Option<Duration> {
+        None
+    }
+    /// Tell the sink again about every incident that is still open.
+    fn refresh(&mut self, _open: &[Incident]) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The first retry after a failure; doubled per failure up to [`MAX_BACKOFF`].
@@ -62,6 +77,14 @@ struct Slot {
     sink: Box<dyn IncidentSink>,
     backoff: Duration,
     next_try: Instant,
+    next_refresh: Instant,
+}
+
+impl Slot {
+    fn failed(&mut self, now: Instant) {
+        self.next_try = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
 }
 
 impl std::fmt::Debug for Slot {
@@ -94,6 +117,7 @@ impl Deliverer {
                     sink,
                     backoff: FIRST_BACKOFF,
                     next_try: now,
+                    next_refresh: now,
                 })
                 .collect(),
         })
@@ -109,7 +133,9 @@ impl Deliverer {
                 continue;
             }
             let name = slot.sink.name().to_string();
-            for event in self.db.pending(&name, 100)? {
+            let pending = self.db.pending(&name, BATCH)?;
+            let mut caught_up = pending.len() < BATCH;
+            for event in pending {
                 match slot.sink.deliver(&event) {
                     Ok(()) => {
                         self.db
@@ -121,9 +147,25 @@ impl Deliverer {
                         let error = format!("{error:#}");
                         self.db.mark_failed(event.seq, &name, &error)?;
                         tracing::warn!(sink = %name, event = %event.idempotency_key, %error, retry_in = ?slot.backoff, "incident sink is down; will retry");
-                        slot.next_try = now + slot.backoff;
-                        slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+                        slot.failed(now);
+                        caught_up = false;
                         break; // keep the order: nothing after a failed event goes first
+                    }
+                }
+            }
+            if let Some(every) = slot.sink.refresh_every()
+                && caught_up
+                && now >= slot.next_refresh
+            {
+                match slot.sink.refresh(&self.db.open_incidents()?) {
+                    Ok(()) => {
+                        slot.next_refresh = now + every;
+                        slot.backoff = FIRST_BACKOFF;
+                    }
+                    Err(error) => {
+                        let error = format!("{error:#}");
+                        tracing::warn!(sink = %name, %error, retry_in = ?slot.backoff, "cannot re-send open incidents; will retry");
+                        slot.failed(now);
                     }
                 }
             }

@@ -10,9 +10,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::alertmanager::AlertmanagerSink;
 use super::outbox::Deliverer;
+use super::webhook::WebhookSink;
 use super::{DIRECTORY, DirectorySink, IncidentDb, IncidentSink, Manager, TraceDiagnostics};
-use crate::config::Config;
+use crate::config::{Config, IncidentSinkKind};
 use crate::rules::Engine;
 use crate::store::{Record, Store};
 
@@ -40,10 +42,11 @@ pub fn start(
     data_dir: &Path,
     extra: Vec<Box<dyn IncidentSink>>,
 ) -> anyhow::Result<(SyncSender<Record>, Pipeline)> {
-    let mut sinks: Vec<Box<dyn IncidentSink>> =
-        vec![Box::new(DirectorySink::new(data_dir.join(DIRECTORY)))];
-    sinks.extend(extra);
-    let names: Vec<String> = sinks.iter().map(|s| s.name().to_string()).collect();
+    // The sinks are built on the delivery thread (HTTP sinks own a runtime); their names are
+    // registered first, on the rules thread, before any event can be queued.
+    let mut names = vec![super::directory::NAME.to_string()];
+    names.extend(config.incident_sinks.iter().map(|s| s.name.clone()));
+    names.extend(extra.iter().map(|s| s.name().to_string()));
     let (tx, rx) = sync_channel(RULES_QUEUE);
     let origin = Instant::now();
     let rules_config = config.clone();
@@ -64,11 +67,15 @@ pub fn start(
     let stop_delivery = Arc::new(AtomicBool::new(false));
     let stop = Arc::clone(&stop_delivery);
     let delivery_dir = data_dir.to_path_buf();
+    let delivery_config = config.clone();
     let delivery = std::thread::Builder::new()
         .name("incident-outbox".into())
         .spawn(move || {
-            let deliverer = IncidentDb::open(&delivery_dir)
-                .and_then(|db| Deliverer::new(db, sinks));
+            let deliverer = IncidentDb::open(&delivery_dir).and_then(|db| {
+                let mut sinks = sinks(&delivery_config, &delivery_dir)?;
+                sinks.extend(extra);
+                Deliverer::new(db, sinks)
+            });
             match deliverer {
                 Ok(deliverer) => deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed)),
                 Err(error) => {
@@ -84,6 +91,25 @@ pub fn start(
             stop_delivery,
         },
     ))
+}
+
+/// The incident sinks of this agent: the directory, then each `[[incident_sink]]`.
+fn sinks(config: &Config, data_dir: &Path) -> anyhow::Result<Vec<Box<dyn IncidentSink>>> {
+    // Alerts and webhooks tell where the draft is: a path that is absolute, wherever the agent runs.
+    let drafts = std::path::absolute(data_dir.join(DIRECTORY))?;
+    let mut sinks: Vec<Box<dyn IncidentSink>> = vec![Box::new(DirectorySink::new(drafts.clone()))];
+    for sink in &config.incident_sinks {
+        sinks.push(match &sink.kind {
+            IncidentSinkKind::Alertmanager { labels, resend } => Box::new(AlertmanagerSink::new(
+                sink,
+                labels.clone(),
+                *resend,
+                drafts.clone(),
+            )?),
+            IncidentSinkKind::Webhook => Box::new(WebhookSink::new(sink, drafts.clone())?),
+        });
+    }
+    Ok(sinks)
 }
 
 /// Open incident state and resume what was open. The sinks are registered here, before any event

@@ -294,7 +294,7 @@ pub fn backoff(
 
 /// A reqwest error's chain, e.g. "error sending request for url (…): connection refused". URLs
 /// carry no secrets (credentials never go in the URL; `OutputConfig::validate` rejects them).
-fn describe_reqwest_error(error: &reqwest::Error) -> String {
+pub(crate) fn describe_reqwest_error(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
@@ -311,7 +311,7 @@ fn describe_reqwest_error(error: &reqwest::Error) -> String {
     text
 }
 
-fn truncate(text: &str) -> String {
+pub(crate) fn truncate(text: &str) -> String {
     if text.len() <= MAX_MESSAGE {
         return text.to_string();
     }

@@ -91,7 +91,7 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn spawn(binary: PathBuf, args: Vec<String>, log: PathBuf) -> ServerProcess {
+    pub fn spawn(binary: PathBuf, args: Vec<String>, log: PathBuf) -> ServerProcess {
         let mut server = ServerProcess {
             child: None,
             binary,

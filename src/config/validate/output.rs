@@ -84,29 +84,6 @@ impl Checker<'_> {
             let retry_max = self.positive_duration(table, retry_max_key);
             let auth_retry = self.positive_duration(table, auth_retry_key);
 
-            let secret =
-                |checker: &mut Self, env: &Key, file: &Key| -> Option<Option<SecretSource>> {
-                    let from_env = checker.string(table, env);
-                    let from_file = checker.string(table, file);
-                    match (from_env, from_file) {
-                        (Got::Invalid, _) | (_, Got::Invalid) => None,
-                        (Got::Valid(_, _), Got::Valid(_, span)) => {
-                            checker.error(
-                                span,
-                                format!("give either `{}` or `{}`, not both", env.name, file.name),
-                                "keep the one the secret really comes from".to_string(),
-                            );
-                            None
-                        }
-                        (Got::Valid(var, _), Got::Absent) => {
-                            Some(Some(SecretSource::Env(var.to_string())))
-                        }
-                        (Got::Absent, Got::Valid(path, _)) => {
-                            Some(Some(SecretSource::File(path.into())))
-                        }
-                        (Got::Absent, Got::Absent) => Some(None),
-                    }
-                };
             let (Some(name), Got::Valid(kind, _), Got::Valid(url, url_span)) = (name, kind, url)
             else {
                 continue;
@@ -139,7 +116,7 @@ impl Checker<'_> {
                     bucket_key,
                     ": the bucket to write to",
                 );
-                let token = secret(self, token_env_key, token_file_key);
+                let token = self.secret(table, token_env_key, token_file_key);
                 invalid |= token.is_none();
                 OutputConfig::influxdb_v2(
                     name,
@@ -153,7 +130,7 @@ impl Checker<'_> {
                 let db = self.required(db, section, &span, db_key, ": the InfluxDB 1.x database");
                 let rp = self.string(table, rp_key);
                 let username = self.string(table, username_key);
-                let password = secret(self, password_env_key, password_file_key);
+                let password = self.secret(table, password_env_key, password_file_key);
                 invalid |= password.is_none()
                     || matches!(rp, Got::Invalid)
                     || matches!(username, Got::Invalid);
@@ -215,6 +192,32 @@ impl Checker<'_> {
             }
         }
         outputs
+    }
+
+    /// A secret given by reference: `Some(None)` when neither key is there, `None` when a value
+    /// was wrong or both were given (reported).
+    pub(super) fn secret(
+        &mut self,
+        table: &DeTable<'_>,
+        env: &Key,
+        file: &Key,
+    ) -> Option<Option<SecretSource>> {
+        let from_env = self.string(table, env);
+        let from_file = self.string(table, file);
+        match (from_env, from_file) {
+            (Got::Invalid, _) | (_, Got::Invalid) => None,
+            (Got::Valid(_, _), Got::Valid(_, span)) => {
+                self.error(
+                    span,
+                    format!("give either `{}` or `{}`, not both", env.name, file.name),
+                    "keep the one the secret really comes from".to_string(),
+                );
+                None
+            }
+            (Got::Valid(var, _), Got::Absent) => Some(Some(SecretSource::Env(var.to_string()))),
+            (Got::Absent, Got::Valid(path, _)) => Some(Some(SecretSource::File(path.into()))),
+            (Got::Absent, Got::Absent) => Some(None),
+        }
     }
 
     /// A size in bytes: an integer, or a string with a unit ("512MiB", "2GB").
