@@ -316,7 +316,7 @@ targets = ["far"]
     if let Some(example) = std::env::var_os("VANTAGE_EXAMPLE_DIR") {
         let example = Path::new(&example);
         std::fs::create_dir_all(example).expect("create VANTAGE_EXAMPLE_DIR");
-        for file in ["incident.md", "incident.json", "chart.svg"] {
+        for file in ["incident.md", "incident.json", "evidence.json", "chart.svg"] {
             std::fs::copy(folder.join(file), example.join(file)).expect("copy the example");
         }
     }
