@@ -216,7 +216,12 @@ targets = ["far"]
         "the opening delivered",
         Duration::from_secs(10),
         &agent,
-        || (setup.delivered(&id) == [format!("{id}/opened")]).then_some(()),
+        || {
+            setup
+                .delivered(&id)
+                .contains(&format!("{id}/opened"))
+                .then_some(())
+        },
     );
 
     // Restart while it is open: resumed, not re-opened, nothing delivered again.
