@@ -781,10 +781,12 @@ fn update_member(member: &mut Member, condition: &Condition, now: Mono, record: 
             let total = lost.len() as f64;
             let lost = *lost_count as f64;
             member.value = (total > 0.0).then(|| 100.0 * lost / total);
-            // Compared without dividing, so "exactly at the threshold" is exact.
+            // Compared without dividing, so "exactly at the threshold" is exact. Opening takes as
+            // many lost echoes as a full window would: the first echoes after a start are not a
+            // window (one lost echo of one is not 100% loss).
             if total == 0.0 {
                 None
-            } else if 100.0 * lost > above_pct * total {
+            } else if 100.0 * lost > above_pct * total.max(f64::from(*echoes)) {
                 Some(true)
             } else if 100.0 * lost <= clear_below_pct * total {
                 Some(false)

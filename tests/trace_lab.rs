@@ -274,7 +274,7 @@ fn an_incident_opened_by_loss_carries_the_trace_and_its_verdict() {
     )
     .expect("config");
     // 30% of what r2 forwards is dropped, both ways: an echo to the target is lost 51% of the
-    // time, and the draft's 10-round trace still sees the target at hop 3 (all 10 lost: 0.1%).
+    // time, and the draft's 20-round trace still sees the target at hop 3 (all 20 lost: 1e-6).
     lab.inject_loss(Router::R2, 30);
     let netns = ["ip", "netns", "exec", lab.agent().name()];
     let agent = Agent::start(&netns, &config, dir.path().join("agent.log"));
@@ -299,7 +299,7 @@ fn an_incident_opened_by_loss_carries_the_trace_and_its_verdict() {
         "{draft}"
     );
     assert!(
-        draft.contains("$ vantage trace --count 10 198.19.0.7\nStart: "),
+        draft.contains("$ vantage trace --count 20 198.19.0.7\nStart: "),
         "{draft}"
     );
     assert!(draft.contains("HOST: lab-agent "), "{draft}");

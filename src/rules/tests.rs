@@ -524,3 +524,22 @@ fn a_thousand_targets_failing_at_once_is_one_incident() {
         started.elapsed()
     );
 }
+
+#[test]
+fn the_first_echoes_after_a_start_are_not_a_whole_window() {
+    let config = make_config(
+        &[("a", "g"), ("b", "g")],
+        "[[rule]]\nname = \"loss\"\nkind = \"loss\"\nabove_pct = 10\nechoes = 20\nfor = \"0s\"\nclear_for = \"0s\"\nmin_hold = \"0s\"\n",
+    );
+    let rows: Rows = &[
+        // One lost echo is 20% of the first five, but 5% of the 20-echo window: not a breach.
+        (0, 10, 10, "a", "x...."),
+        (10, 300, 10, "a", "....."),
+        // Dead from the start: 5 lost of 20 is above 10% at once.
+        (0, 300, 10, "b", "xxxxx"),
+    ];
+    assert_eq!(
+        run(&config, rows, 300),
+        ["0s opened loss/target/b 100.0 1/1"]
+    );
+}

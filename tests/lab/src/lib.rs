@@ -20,6 +20,10 @@
 //! Faults, per router ([`Router::R1`], [`Router::R2`]):
 //! - [`Lab::inject_loss`]: nftables `numgen random mod 100 < pct drop` in a forward-hook chain;
 //!   both directions cross the router, so an echo survives with probability `(1 − pct/100)²`.
+//!   The router's own replies (time exceeded, echo replies) are never dropped.
+//! - [`Lab::inject_link_loss`]: the link from the agent's side into the router drops at random,
+//!   both ways, including what the router itself receives and sends on it — a lossy link, which a
+//!   path trace sees from the router's hop on.
 //! - [`Lab::inject_delay`]: iptables `-j NFQUEUE` on packets forwarded *toward the target* only,
 //!   released by a thread in the test process after the delay, so the RTT rises by exactly the
 //!   delay (see `delay.rs`).
@@ -287,6 +291,27 @@ impl Lab {
         self.inject_loss(router, 0);
     }
 
+    /// The link into `router` from the agent's side (agent–r1 for R1, r1–r2 for R2) drops `pct`
+    /// percent of the packets crossing it, each direction at random (replacing any link loss set
+    /// before; 0 clears it). Unlike [`Lab::inject_loss`] this hits the router's own traffic on
+    /// that link too — probes addressed to it and its time-exceeded replies — so a trace sees
+    /// the loss start at this router's hop: its replies and the target's both cross the link twice
+    /// and survive with probability `(1 − pct/100)²`.
+    pub fn inject_link_loss(&self, router: Router, pct: u8) {
+        assert!(pct <= 100, "loss is a percentage, not {pct}");
+        let link = router.agent_side_interface();
+        let mut script = format!(
+            "{NFT_TABLE}flush chain inet vantage_lab link_in\nflush chain inet vantage_lab link_out\n"
+        );
+        if pct > 0 {
+            script.push_str(&format!(
+                "add rule inet vantage_lab link_in iifname \"{link}\" numgen random mod 100 < {pct} counter drop\n\
+                 add rule inet vantage_lab link_out oifname \"{link}\" numgen random mod 100 < {pct} counter drop\n"
+            ));
+        }
+        self.router(router).nft(&script);
+    }
+
     /// Silently drop every packet `router` forwards to `target` (no ICMP error comes back).
     pub fn blackhole(&self, router: Router, target: IpAddr) {
         let family = if target.is_ipv4() { "ip" } else { "ip6" };
@@ -395,6 +420,8 @@ impl Drop for Lab {
 const NFT_TABLE: &str = "table inet vantage_lab {
     chain blackhole { type filter hook forward priority -10; policy accept; }
     chain loss { type filter hook forward priority 0; policy accept; }
+    chain link_in { type filter hook prerouting priority 0; policy accept; }
+    chain link_out { type filter hook postrouting priority 0; policy accept; }
 }
 ";
 

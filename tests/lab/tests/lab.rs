@@ -116,6 +116,25 @@ fn loss_drops_both_directions() {
 }
 
 #[test]
+fn link_loss_hits_the_router_itself_both_ways() {
+    let lab = Lab::routed();
+    lab.inject_link_loss(Router::R2, 50);
+    let n = 400;
+    let loss = |target: std::net::Ipv4Addr| {
+        let rtts = fping(&lab, &target.to_string(), n, 2);
+        rtts.iter().filter(|r| r.is_none()).count() as f64 / f64::from(n)
+    };
+    // r2's own replies cross the lossy r1–r2 link twice, as the target's do: 75% ± 4σ (8.7%).
+    for target in [addr::R2_R1_SIDE, addr::TARGET] {
+        let lost = loss(target);
+        assert!((lost - 0.75).abs() < 0.087, "{target}: loss {lost}");
+    }
+    assert_eq!(loss(addr::R1_AGENT_SIDE), 0.0, "the agent–r1 link is clean");
+    lab.inject_link_loss(Router::R2, 0);
+    assert_eq!(loss(addr::TARGET), 0.0, "cleared");
+}
+
+#[test]
 fn blackhole_and_unreachable_route() {
     let lab = Lab::routed();
     let hole: IpAddr = lab::target_addresses(7)[6].into();
