@@ -193,10 +193,14 @@ impl IcmpClient {
             }
             None => Outcome::failure(
                 FailureKind::Timeout,
-                format!(
-                    "no reply to {} echoes within {:?} each",
-                    stats.sent, plan.timeout
-                ),
+                if stats.sent == 1 {
+                    format!("no reply to the echo within {:?}", plan.timeout)
+                } else {
+                    format!(
+                        "no reply to {} echoes within {:?} each",
+                        stats.sent, plan.timeout
+                    )
+                },
             ),
         };
         Observation {

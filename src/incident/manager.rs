@@ -56,6 +56,9 @@ impl Diagnostics for NoDiagnostics {
 struct Open {
     id: String,
     last_update: Mono,
+    /// How long it had been open before this run (resumed after a restart; zero otherwise). The
+    /// engine's monotonic `open_for` starts again at a restart; this carries the time before it.
+    carried: Duration,
 }
 
 /// Keeps incidents in step with the rules engine.
@@ -126,8 +129,20 @@ impl Manager {
                     Open {
                         id: incident.id.clone(),
                         last_update: now,
+                        // Wall clock across the restart: the only clock that spans it.
+                        carried: wall
+                            .duration_since(incident.detected_at.0)
+                            .unwrap_or(Duration::ZERO),
                     },
                 );
+                incident.timeline.push(TimelineEntry {
+                    at: Timestamp(wall),
+                    event: "restarted".into(),
+                    text: "The agent restarted; the incident is still open and watched again."
+                        .into(),
+                });
+                // Noted in the state only: the next event carries it to the sinks.
+                self.db.save(&incident, None, None)?;
                 resumed += 1;
                 tracing::info!(id = %incident.id, key = %incident.key, "incident still open after restart; resumed");
             } else {
@@ -165,13 +180,18 @@ impl Manager {
                 }
                 incident.peak = transition.peak;
                 let event = if transition.kind == TransitionKind::Resolved {
+                    let carried = self
+                        .open
+                        .get(&transition.key)
+                        .map_or(Duration::ZERO, |open| open.carried);
+                    let open_for = carried + transition.open_for;
                     incident.status = Status::Resolved;
                     incident.resolved_at = Some(at);
-                    incident.duration_s = Some(transition.open_for.as_secs());
+                    incident.duration_s = Some(open_for.as_secs());
                     incident.timeline.push(TimelineEntry {
                         at,
                         event: "resolved".into(),
-                        text: render::resolution_text(&incident, transition.open_for),
+                        text: render::resolution_text(&incident, open_for),
                     });
                     self.open.remove(&transition.key);
                     EventKind::Resolved
@@ -275,6 +295,7 @@ impl Manager {
             Open {
                 id,
                 last_update: transition.at,
+                carried: Duration::ZERO,
             },
         );
         Ok(())

@@ -1,7 +1,8 @@
 //! The agent's incident pipeline: stored observations → rules engine → [`Manager`] (incident
-//! state + outbox, in one transaction) → [`Deliverer`] → sinks. Two threads: one evaluates (fed
-//! by a bounded channel from the store writer, ticking once a second for durations and status
-//! updates), one delivers (so a slow or dead sink never delays evaluation).
+//! state + outbox, in one transaction) → [`Deliverer`] → sinks. One thread evaluates (fed by a
+//! bounded channel from the store writer, ticking once a second for durations and status
+//! updates); each sink is delivered to by a thread of its own, so a slow or dead sink delays
+//! neither evaluation nor the other sinks.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -71,17 +72,31 @@ pub fn start(
     let delivery = std::thread::Builder::new()
         .name("incident-outbox".into())
         .spawn(move || {
-            let deliverer = IncidentDb::open(&delivery_dir).and_then(|db| {
-                let mut sinks = sinks(&delivery_config, &delivery_dir)?;
-                sinks.extend(extra);
-                Deliverer::new(db, sinks)
-            });
-            match deliverer {
-                Ok(deliverer) => deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed)),
+            let mut all = match sinks(&delivery_config, &delivery_dir) {
+                Ok(all) => all,
                 Err(error) => {
-                    tracing::error!(error = %format!("{error:#}"), "cannot open the incident outbox: drafts are NOT delivered");
+                    tracing::error!(error = %format!("{error:#}"), "cannot start the incident sinks: drafts are NOT delivered");
+                    return;
                 }
-            }
+            };
+            all.extend(extra);
+            // One thread per sink: a sink that hangs until its timeout delays only itself.
+            std::thread::scope(|scope| {
+                for sink in all {
+                    let (dir, stop) = (&delivery_dir, &stop);
+                    scope.spawn(move || {
+                        let name = sink.name().to_string();
+                        match IncidentDb::open(dir).and_then(|db| Deliverer::new(db, vec![sink])) {
+                            Ok(deliverer) => {
+                                deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed))
+                            }
+                            Err(error) => {
+                                tracing::error!(sink = %name, error = %format!("{error:#}"), "cannot open the incident outbox: drafts are NOT delivered to this sink");
+                            }
+                        }
+                    });
+                }
+            });
         })?;
     Ok((
         tx,

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::evidence::{CheckFigures, CheckRun, CheckSeries, Evidence, HEALTHY_BELOW_LOSS_PCT};
 use super::{Incident, Status};
 use crate::rules::{Impact, Metric, Scope};
+use crate::store::PingPoint;
 
 /// `34`, `2.5`: a percentage as people write it.
 pub fn pct(value: f64) -> String {
@@ -174,10 +175,16 @@ fn scope_name(scope: &Scope) -> String {
 }
 
 /// What the contrast is made of: `targets`, `service checks`, or both.
-fn others_noun(evidence: &Evidence) -> &'static str {
-    match (evidence.others.is_empty(), evidence.other_checks.is_empty()) {
-        (false, false) => "targets and service checks",
-        (true, false) => "service checks",
+fn others_noun(evidence: &Evidence, count: usize) -> &'static str {
+    match (
+        evidence.others.is_empty(),
+        evidence.other_checks.is_empty(),
+        count == 1,
+    ) {
+        (false, false, _) => "targets and service checks",
+        (true, false, true) => "service check",
+        (true, false, false) => "service checks",
+        (_, _, true) => "target",
         _ => "targets",
     }
 }
@@ -185,7 +192,7 @@ fn others_noun(evidence: &Evidence) -> &'static str {
 /// The localization the contrast supports, in one sentence.
 fn localization(incident: &Incident) -> String {
     let (healthy, others) = incident.evidence.contrast_counts();
-    let noun = others_noun(&incident.evidence);
+    let noun = others_noun(&incident.evidence, others);
     if matches!(incident.scope, Scope::Agent) {
         return "Every watched target is affected from this agent at once: the fault is most \
                 likely on the agent's side — this host, its uplink or the site's edge — not at the \
@@ -196,7 +203,12 @@ fn localization(incident: &Incident) -> String {
         return "This agent measures no other target, so the contrast cannot localize the fault."
             .into();
     }
-    if healthy == others {
+    if healthy == 1 && others == 1 {
+        format!(
+            "The one other {noun} measured from this agent is healthy, so the agent and its \
+             uplink work: the fault lies between this site and the affected targets, or at them."
+        )
+    } else if healthy == others {
         format!(
             "All {others} other {noun} measured from this agent are healthy, so the agent and its \
              uplink work: the fault lies between this site and the affected targets, or at them."
@@ -417,6 +429,54 @@ fn capitalize_first(text: &str) -> String {
     }
 }
 
+/// The window of one series in at most [`SHOWN_ROUNDS`] rows, oldest first: one row per round
+/// when they fit, else consecutive rounds pooled per row (loss over the echoes sent; the medians
+/// of the rounds' figures), so that the rows before, during and after the breach are all there.
+fn ping_history_table(md: &mut String, points: &[PingPoint]) {
+    let _ = writeln!(
+        md,
+        "| time (UTC) | rounds | loss | median | p10–p90 | failed |\n|---|---:|---:|---:|---:|---:|"
+    );
+    let rows = points.len().min(SHOWN_ROUNDS);
+    for row in 0..rows {
+        let slice = &points[row * points.len() / rows..(row + 1) * points.len() / rows];
+        let (Some(first), Some(last)) = (slice.first(), slice.last()) else {
+            continue;
+        };
+        let time = |p: &PingPoint| super::Timestamp::from_unix_ns(p.timestamp_ns).time();
+        let when = if slice.len() == 1 {
+            time(first)
+        } else {
+            format!("{}–{}", time(first), time(last))
+        };
+        let sent: f64 = slice.iter().map(|p| f64::from(p.sent)).sum();
+        let loss = if sent > 0.0 {
+            slice
+                .iter()
+                .map(|p| f64::from(p.sent) * p.loss_pct)
+                .sum::<f64>()
+                / sent
+        } else {
+            slice.iter().map(|p| p.loss_pct).sum::<f64>() / slice.len() as f64
+        };
+        let median_of =
+            |f: fn(&PingPoint) -> Option<f64>| crate::rules::median(slice.iter().filter_map(f));
+        let spread = match (median_of(|p| p.rtt_p10_ms), median_of(|p| p.rtt_p90_ms)) {
+            (Some(lo), Some(hi)) => format!("{}–{}", ms(Some(lo)), ms(Some(hi))),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {when} | {} | {}% | {} | {spread} | {} |",
+            slice.len(),
+            pct(loss),
+            ms(median_of(|p| p.rtt_median_ms)),
+            slice.iter().filter(|p| p.failure.is_some()).count()
+        );
+    }
+    let _ = writeln!(md);
+}
+
 /// The ping rounds of the affected targets and their failing results.
 fn ping_evidence(md: &mut String, evidence: &Evidence) {
     let _ = writeln!(md, "### Latency and loss\n");
@@ -439,38 +499,7 @@ fn ping_evidence(md: &mut String, evidence: &Evidence) {
             series.probe,
             ms(median)
         );
-        let _ = writeln!(
-            md,
-            "| time (UTC) | loss | median | p10–p90 | failure |\n|---|---:|---:|---:|---|"
-        );
-        // The latest rounds matter most; older ones are in the chart and evidence.json.
-        for p in series
-            .points
-            .iter()
-            .skip(rounds.saturating_sub(SHOWN_ROUNDS))
-        {
-            let at = super::Timestamp::from_unix_ns(p.timestamp_ns);
-            let spread = match (p.rtt_p10_ms, p.rtt_p90_ms) {
-                (Some(lo), Some(hi)) => format!("{}–{}", ms(Some(lo)), ms(Some(hi))),
-                _ => "-".into(),
-            };
-            let _ = writeln!(
-                md,
-                "| {} | {}% | {} | {spread} | {} |",
-                at.time(),
-                pct(p.loss_pct),
-                ms(p.rtt_median_ms),
-                p.failure.as_deref().unwrap_or("")
-            );
-        }
-        if rounds > SHOWN_ROUNDS {
-            let _ = writeln!(
-                md,
-                "\n({} earlier rounds in the chart and evidence.json.)",
-                rounds - SHOWN_ROUNDS
-            );
-        }
-        let _ = writeln!(md);
+        ping_history_table(md, &series.points);
     }
     let _ = writeln!(md, "### Failing results\n");
     if evidence.failing.is_empty() {

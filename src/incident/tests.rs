@@ -279,7 +279,11 @@ fn a_group_breach_becomes_one_draft_with_the_evidence() {
         "{evidence}"
     );
     assert!(
-        evidence.contains("| 10:11:00 | 40% | 73.2 ms | 72.2 ms–74.2 ms |"),
+        evidence.contains("| 10:09:40–10:10:00 | 2 | 15% | 71.6 ms | 70.1 ms–73.1 ms | 0 |"),
+        "the rounds pooled per row, the breach in the last ones: {evidence}"
+    );
+    assert!(
+        evidence.contains("| 10:10:20–10:11:00 | 3 | 36.7% | 73.2 ms | 72.2 ms–74.2 ms | 0 |"),
         "{evidence}"
     );
     assert!(
@@ -397,17 +401,22 @@ fn status_updates_every_period_while_open_and_a_restart_changes_nothing() {
         1
     );
     assert_eq!(engine.firing(), ["cloud-loss/group/group=aws-us-east-1"]);
-    // Still breaching for five minutes: no second `opened`, no new incident.
+    // Still breaching for five minutes: no second `opened`, no new incident; then it clears.
     let mut shifted_store = store;
     let transitions = {
         let mut all = Vec::new();
-        for t in (920..1200).step_by(20) {
+        for t in (920..1800).step_by(20) {
             let records: Vec<Record> = TARGETS.iter().map(|target| round(target, t)).collect();
             shifted_store.insert(&records).expect("insert");
+            let mut now = Vec::new();
             for record in &records {
-                all.extend(engine.observe(Duration::from_secs(t - 920), record));
+                now.extend(engine.observe(Duration::from_secs(t - 920), record));
             }
-            all.extend(engine.tick(Duration::from_secs(t - 920)));
+            now.extend(engine.tick(Duration::from_secs(t - 920)));
+            for transition in &now {
+                manager.apply(transition, wall(t)).expect("apply");
+            }
+            all.extend(now);
         }
         all
     };
@@ -418,6 +427,28 @@ fn status_updates_every_period_while_open_and_a_restart_changes_nothing() {
         "{transitions:#?}"
     );
     assert_eq!(db.all().expect("all").len(), 1);
+    // The duration spans the restart: the wall-clock time open before it, plus the engine's
+    // monotonic time after it.
+    let incident = db.get(id).expect("get").expect("incident");
+    assert_eq!(incident.status, Status::Resolved);
+    let resolved = incident.resolved_at.expect("resolved_at").0;
+    let wall_open = resolved
+        .duration_since(incident.detected_at.0)
+        .expect("resolved after detected");
+    assert_eq!(incident.duration_s, Some(wall_open.as_secs()));
+    assert!(
+        incident
+            .timeline
+            .iter()
+            .any(|e| e.event == "restarted" && e.at == Timestamp(wall(920))),
+        "{:#?}",
+        incident.timeline
+    );
+    assert_eq!(
+        db.events(id).expect("events")[3..],
+        ["20261121-001/resolved"],
+        "the restart itself is no event"
+    );
 }
 
 #[test]
