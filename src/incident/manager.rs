@@ -55,7 +55,8 @@ impl Diagnostics for NoDiagnostics {
 #[derive(Debug)]
 struct Open {
     id: String,
-    last_update: Mono,
+    /// When the next status update is due.
+    next_update: Mono,
     /// How long it had been open before this run (resumed after a restart; zero otherwise). The
     /// engine's monotonic `open_for` starts again at a restart; this carries the time before it.
     carried: Duration,
@@ -128,7 +129,19 @@ impl Manager {
                     incident.key.clone(),
                     Open {
                         id: incident.id.clone(),
-                        last_update: now,
+                        // Due a period after the last update (or detection), however long the
+                        // agent was down; at once if that has passed.
+                        next_update: now
+                            + self.status_updates.saturating_sub(
+                                wall.duration_since(
+                                    incident
+                                        .status_updates
+                                        .last()
+                                        .map_or(incident.detected_at, |u| u.at)
+                                        .0,
+                                )
+                                .unwrap_or(Duration::ZERO),
+                            ),
                         // Wall clock across the restart: the only clock that spans it.
                         carried: wall
                             .duration_since(incident.detected_at.0)
@@ -294,7 +307,7 @@ impl Manager {
             transition.key.clone(),
             Open {
                 id,
-                last_update: transition.at,
+                next_update: transition.at + self.status_updates,
                 carried: Duration::ZERO,
             },
         );
@@ -306,7 +319,7 @@ impl Manager {
         let due: Vec<String> = self
             .open
             .iter()
-            .filter(|(_, o)| now.saturating_sub(o.last_update) >= self.status_updates)
+            .filter(|(_, o)| now >= o.next_update)
             .map(|(key, _)| key.clone())
             .collect();
         for key in due {
@@ -330,7 +343,7 @@ impl Manager {
             self.db
                 .save(&incident, None, Some(EventKind::StatusUpdate))?;
             if let Some(open) = self.open.get_mut(&key) {
-                open.last_update = now;
+                open.next_update = now + self.status_updates;
                 tracing::info!(id = %open.id, number, "status update drafted");
             }
         }

@@ -416,6 +416,9 @@ fn status_updates_every_period_while_open_and_a_restart_changes_nothing() {
             for transition in &now {
                 manager.apply(transition, wall(t)).expect("apply");
             }
+            manager
+                .tick(Duration::from_secs(t - 920), wall(t))
+                .expect("status updates");
             all.extend(now);
         }
         all
@@ -444,9 +447,25 @@ fn status_updates_every_period_while_open_and_a_restart_changes_nothing() {
         "{:#?}",
         incident.timeline
     );
+    // Updates keep their period across the restart: the third is due 120 s after the second
+    // (t=900, so 10:17:00), not 120 s after the restart (10:17:20); and so on until it resolves.
+    let times: Vec<String> = incident
+        .status_updates
+        .iter()
+        .map(|u| u.at.time())
+        .collect();
+    assert_eq!(
+        times,
+        ["10:13:00", "10:15:00", "10:17:00", "10:19:00", "10:21:00"]
+    );
     assert_eq!(
         db.events(id).expect("events")[3..],
-        ["20261121-001/resolved"],
+        [
+            "20261121-001/status-update/3",
+            "20261121-001/status-update/4",
+            "20261121-001/status-update/5",
+            "20261121-001/resolved"
+        ],
         "the restart itself is no event"
     );
 }
