@@ -291,6 +291,10 @@ async fn outage_with_sigkill_loses_nothing_spooled() {
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    let outage_began_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis();
     vm.process.stop();
     influx.process.stop();
     let outage = Instant::now();
@@ -429,16 +433,40 @@ async fn outage_with_sigkill_loses_nothing_spooled() {
         "InfluxDB holds exactly the produced points with their original timestamps"
     );
 
-    // VictoriaMetrics: every sample of ping_sent, millisecond timestamps.
-    let mut in_vm: Vec<(String, i64)> = Vec::new();
-    for (labels, timestamps) in vm.export(r#"{__name__="ping_sent"}"#).await {
-        let target = labels["target"].as_str().expect("target label").to_string();
-        in_vm.extend(timestamps.into_iter().map(|t| (target.clone(), t)));
-    }
+    // VictoriaMetrics: every sample of ping_sent, millisecond timestamps. What it acknowledged
+    // last may take it a moment to make searchable, even after a flush: ask again for a while.
     let expected_ms: Vec<(String, i64)> = expected
         .iter()
         .map(|(t, ns)| (t.clone(), ns.div_euclid(1_000_000)))
         .collect();
+    let mut in_vm: Vec<(String, i64)> = Vec::new();
+    let asked = Instant::now();
+    loop {
+        in_vm.clear();
+        for (labels, timestamps) in vm.export(r#"{__name__="ping_sent"}"#).await {
+            let target = labels["target"].as_str().expect("target label").to_string();
+            in_vm.extend(timestamps.into_iter().map(|t| (target.clone(), t)));
+        }
+        if in_vm.len() >= expected.len() || asked.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if in_vm.len() != expected.len() {
+        // Say which points are missing, relative to the outage, before failing below.
+        let have: BTreeSet<&(String, i64)> = in_vm.iter().collect();
+        let missing: Vec<i64> = expected_ms
+            .iter()
+            .filter(|p| !have.contains(p))
+            .map(|(_, ms)| *ms)
+            .collect();
+        eprintln!(
+            "VictoriaMetrics lacks {} points, from {:?} to {:?} (ms since the epoch); the outage began at {outage_began_ms} ms",
+            missing.len(),
+            missing.iter().min(),
+            missing.iter().max()
+        );
+    }
     let vm_counts = multiset(&in_vm);
     assert!(
         vm_counts.values().all(|&n| n == 1),
