@@ -134,8 +134,17 @@ pub fn render(incident: &Incident) -> String {
     let mut svg = Svg::default();
     svg.text("title", WIDTH / 2.0, 14.0, "middle", &incident.title);
     legend(&mut svg, 30.0);
-    let from = incident.evidence.window_from.map(Timestamp::unix_ns);
-    let to = incident.evidence.window_to.map(Timestamp::unix_ns);
+    // The time axis covers the window, but starts no earlier than the first data point: an
+    // agent that started just before the breach has no history to show for the rest.
+    let first_data = series
+        .iter()
+        .filter_map(|(_, s)| s.points.first().map(|p| p.timestamp_ns))
+        .min();
+    let from = match (evidence.window_from.map(Timestamp::unix_ns), first_data) {
+        (Some(from), Some(first)) => Some(from.max(first)),
+        (from, first) => from.or(first),
+    };
+    let to = evidence.window_to.map(Timestamp::unix_ns);
     if series.is_empty() {
         svg.text(
             "empty",
@@ -253,20 +262,26 @@ fn panel(
         &format!("{max_ms:.1} ms"),
     );
     svg.text("y-label", left - 4.0, bottom, "end", "0 ms");
-    svg.text(
-        "x-label",
-        left,
-        bottom + 14.0,
-        "start",
-        &Timestamp::from_unix_ns(t0).time(),
-    );
-    svg.text(
-        "x-label",
-        right,
-        bottom + 14.0,
-        "end",
-        &Timestamp::from_unix_ns(t1).time(),
-    );
+    // Five time labels: the ends, and three ticks between them.
+    for i in 0..=4 {
+        let ns = t0 + (t1 - t0) * i / 4;
+        let px = x(ns);
+        let anchor = match i {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
+        if i > 0 && i < 4 {
+            svg.line("tick", (px, bottom), (px, bottom + 3.0), "#000000", 1.0);
+        }
+        svg.text(
+            "x-label",
+            px,
+            bottom + 14.0,
+            anchor,
+            &Timestamp::from_unix_ns(ns).time(),
+        );
+    }
 
     // Smoke: one band from the points that have the percentiles, broken where rounds had none.
     let runs = contiguous(series, |p| p.rtt_p10_ms.is_some() && p.rtt_p90_ms.is_some());
@@ -337,22 +352,24 @@ fn panel(
         );
     }
     // Detection and resolution.
-    let mark = |svg: &mut Svg, class: &str, at: Timestamp, label: &str| {
+    let mark = |svg: &mut Svg, class: &str, at: Timestamp, label: &str, line: f64| {
         let ns = at.unix_ns();
         if ns >= t0 && ns <= t1 {
             let px = x(ns);
+            let ty = top + 10.0 + 12.0 * line;
             svg.line(class, (px, top), (px, bottom), "#000000", 1.0);
             // Labels near the right edge go to the left of their line.
             if px > right - 60.0 {
-                svg.text(class, px - 3.0, top + 10.0, "end", label);
+                svg.text(class, px - 3.0, ty, "end", label);
             } else {
-                svg.text(class, px + 3.0, top + 10.0, "start", label);
+                svg.text(class, px + 3.0, ty, "start", label);
             }
         }
     };
-    mark(svg, "detected", incident.detected_at, "detected");
+    mark(svg, "detected", incident.detected_at, "detected", 0.0);
     if let Some(resolved) = incident.resolved_at {
-        mark(svg, "resolved", resolved, "resolved");
+        // A line lower, so that a short incident's two labels do not overlap.
+        mark(svg, "resolved", resolved, "resolved", 1.0);
     }
 }
 

@@ -617,6 +617,26 @@ fn the_chart_parses_back_with_bands_median_loss_and_marks() {
         .filter_map(|n| n.text())
         .collect();
     assert_eq!(labels, ["aws-a (ping)", "aws-b (ping)", "aws-c (ping)"]);
+
+    // The time axis: five labels per panel; it starts at the window, or at the first data point
+    // when the store has nothing older (an agent started just before the breach).
+    let x_labels = |svg: &str| -> Vec<String> {
+        let doc = roxmltree::Document::parse(svg).expect("xml");
+        doc.descendants()
+            .filter(|n| n.attribute("class") == Some("x-label"))
+            .filter_map(|n| n.text().map(String::from))
+            .collect()
+    };
+    let axis = x_labels(&svg);
+    assert_eq!(axis.len(), 15, "{axis:?}");
+    assert_eq!(axis[0], "10:01:00", "the window's start: {axis:?}");
+    let mut without_history = incident.clone();
+    without_history.evidence.window_from = Some(Timestamp(wall(0) - Duration::from_secs(3600)));
+    let axis = x_labels(&chart::render(&without_history));
+    assert_eq!(
+        axis[0], "10:01:00",
+        "the first data point, not 09:00: {axis:?}"
+    );
 }
 
 #[test]
