@@ -390,6 +390,11 @@ min_hold = "3s"
     let show = vantage(&["incidents", "show", &id, "--data-dir", data_arg]);
     assert!(show.status.success());
     assert_eq!(String::from_utf8_lossy(&show.stdout), md);
+    let said = String::from_utf8_lossy(&show.stderr);
+    assert!(
+        said.contains("(sink directory: 2 of 2 events delivered)"),
+        "where the events went, on stderr: {said}"
+    );
     let missing = vantage(&["incidents", "show", "19700101-999", "--data-dir", data_arg]);
     assert_eq!(missing.status.code(), Some(1));
 }

@@ -89,10 +89,24 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&incident)?);
             } else {
                 print!("{}", render::markdown(&incident));
+                // On stderr, so that stdout stays the document to paste.
                 eprintln!(
                     "(documents: {})",
                     data_dir.join(DIRECTORY).join(&incident.id).display()
                 );
+                for sink in db.sink_progress(&incident.id)? {
+                    let missing = match &sink.last_error {
+                        Some(error) if sink.delivered < sink.events => {
+                            format!(", last error: {error}")
+                        }
+                        _ if sink.delivered < sink.events => ", not tried yet".into(),
+                        _ => String::new(),
+                    };
+                    eprintln!(
+                        "(sink {}: {} of {} events delivered{missing})",
+                        sink.sink, sink.delivered, sink.events
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

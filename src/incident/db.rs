@@ -30,6 +30,15 @@ pub struct Delivery {
     pub last_error: Option<String>,
 }
 
+/// One sink's share of one incident's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkProgress {
+    pub sink: String,
+    pub events: u32,
+    pub delivered: u32,
+    pub last_error: Option<String>,
+}
+
 impl IncidentDb {
     /// Open (creating if needed) `incidents.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<IncidentDb> {
@@ -266,6 +275,28 @@ impl IncidentDb {
                 attempts: r.get(2)?,
                 delivered: r.get(3)?,
                 last_error: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Per sink, how many of `incident_id`'s events it should get, how many it has, and the last
+    /// error of one it is still missing: for `vantage incidents show`.
+    pub fn sink_progress(&self, incident_id: &str) -> anyhow::Result<Vec<SinkProgress>> {
+        let mut query = self.conn.prepare(
+            "SELECT s.name, COUNT(o.seq), COUNT(d.delivered_ns),
+                    MAX(CASE WHEN d.delivered_ns IS NULL THEN d.last_error END)
+             FROM sinks s
+             JOIN outbox o ON o.seq >= s.from_seq AND o.incident_id = ?1
+             LEFT JOIN deliveries d ON d.outbox_seq = o.seq AND d.sink = s.name
+             GROUP BY s.name ORDER BY s.name",
+        )?;
+        let rows = query.query_map([incident_id], |r| {
+            Ok(SinkProgress {
+                sink: r.get(0)?,
+                events: r.get(1)?,
+                delivered: r.get(2)?,
+                last_error: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

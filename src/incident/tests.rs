@@ -491,6 +491,20 @@ fn the_outbox_retries_a_sink_that_is_down_and_delivers_each_event_once() {
     // The recorder is down: the directory still gets everything, in order.
     assert_eq!(deliverer.run_once().expect("deliver"), 2);
     assert!(recorder.got.lock().expect("lock").is_empty());
+    let progress: Vec<String> = IncidentDb::open(dir.path())
+        .expect("db")
+        .sink_progress("20261121-001")
+        .expect("progress")
+        .iter()
+        .map(|p| format!("{} {}/{} {:?}", p.sink, p.delivered, p.events, p.last_error))
+        .collect();
+    assert_eq!(
+        progress,
+        [
+            "directory 2/2 None",
+            "recorder 0/2 Some(\"connection refused\")"
+        ]
+    );
     // Retried with backoff: nothing while backing off, then everything once it is back.
     assert_eq!(deliverer.run_once().expect("deliver"), 0);
     *recorder.down.lock().expect("lock") = false;
