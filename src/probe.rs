@@ -46,9 +46,39 @@ pub enum Probe {
     },
     Trace {
         settings: TraceSettings,
-        /// The previous trace's path hash (seeded from the store at start), for `path_changed`.
-        last_path: Mutex<Option<String>>,
+        /// The path the next trace is compared with, for `path_changed`.
+        last_path: Mutex<LastPath>,
     },
+}
+
+/// What a trace probe knows of the previous path: its hops (a silent hop then reads as unknown,
+/// not as a change: [`probes::same_path`]), or after a restart only the stored hash.
+#[derive(Debug, Default)]
+pub enum LastPath {
+    #[default]
+    Unknown,
+    Hash(String),
+    Hops(probes::Path),
+}
+
+impl LastPath {
+    /// Compare `report` with the previous path, then remember it; true if the path changed.
+    fn changed(&mut self, report: &TraceReport) -> bool {
+        let current = report.path();
+        let (changed, reference) = match &*self {
+            LastPath::Unknown => (false, current),
+            LastPath::Hash(hash) => (*hash != report.path_hash, current),
+            LastPath::Hops(previous) => {
+                if probes::same_path(previous, &current, report.target) {
+                    (false, probes::merge_path(previous, &current))
+                } else {
+                    (true, current)
+                }
+            }
+        };
+        *self = LastPath::Hops(reference);
+        changed
+    }
 }
 
 /// Shared measurement resources, opened once per agent.
@@ -108,7 +138,7 @@ impl Probe {
             }
             ProbeKind::Trace(trace) => Probe::Trace {
                 settings: trace_settings(trace, &target.host, config.timeout, ip),
-                last_path: Mutex::new(None),
+                last_path: Mutex::new(LastPath::Unknown),
             },
         })
     }
@@ -117,7 +147,7 @@ impl Probe {
     /// trace after a restart is not taken for a path change. No-op for other kinds.
     pub fn seed_path_hash(&self, hash: String) {
         if let Probe::Trace { last_path, .. } = self {
-            *last_path.lock().unwrap_or_else(PoisonError::into_inner) = Some(hash);
+            *last_path.lock().unwrap_or_else(PoisonError::into_inner) = LastPath::Hash(hash);
         }
     }
 
@@ -187,11 +217,10 @@ impl Probe {
                 {
                     address = Some(report.target);
                     let mut last = last_path.lock().unwrap_or_else(PoisonError::into_inner);
-                    report.path_changed = last.as_ref().is_some_and(|h| *h != report.path_hash);
+                    report.path_changed = last.changed(report);
                     if report.path_changed {
-                        tracing::info!(target = %target.name, from = ?last, to = %report.path_hash, "path changed");
+                        tracing::info!(target = %target.name, to = %report.path_hash, "path changed");
                     }
-                    *last = Some(report.path_hash.clone());
                 }
                 (address, observation)
             }
@@ -350,6 +379,50 @@ pub async fn resolve(host: &str, family: FamilyPreference) -> Result<IpAddr, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trace_is_a_path_change_only_when_the_route_differs() {
+        let hop = |ttl: u8, address: Option<&str>| probes::Hop {
+            ttl,
+            addresses: address
+                .into_iter()
+                .map(|a| a.parse().expect("address"))
+                .collect(),
+            sent: 3,
+            received: u32::from(address.is_some()) * 3,
+            loss_pct: if address.is_some() { 0.0 } else { 100.0 },
+            rtt_last_ms: None,
+            rtt_avg_ms: None,
+            rtt_best_ms: None,
+            rtt_worst_ms: None,
+            rtt_stddev_ms: None,
+        };
+        let trace =
+            |hops: Vec<probes::Hop>| TraceReport::new("198.18.2.2".parse().expect("address"), hops);
+        let full = trace(vec![
+            hop(1, Some("198.18.0.1")),
+            hop(2, Some("198.18.1.2")),
+            hop(3, Some("198.18.2.2")),
+        ]);
+        let lossy = trace(vec![
+            hop(1, Some("198.18.0.1")),
+            hop(2, Some("198.18.1.2")),
+            hop(3, None),
+        ]);
+        let rerouted = trace(vec![hop(1, Some("198.18.0.1")), hop(2, Some("198.18.2.2"))]);
+
+        let mut last = LastPath::Unknown;
+        assert!(!last.changed(&full), "the first trace is no change");
+        assert!(!last.changed(&lossy), "the destination silent under loss");
+        assert!(!last.changed(&full));
+        assert!(last.changed(&rerouted), "one hop less");
+        assert!(!last.changed(&rerouted));
+        // After a restart only the stored hash is known: a different hash is a change.
+        let mut seeded = LastPath::Hash(full.path_hash.clone());
+        assert!(!seeded.changed(&full));
+        let mut seeded = LastPath::Hash(full.path_hash.clone());
+        assert!(seeded.changed(&rerouted));
+    }
 
     #[test]
     fn http_urls_bracket_ipv6_and_keep_default_ports_out() {

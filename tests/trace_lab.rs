@@ -176,28 +176,7 @@ fn a_trace_probe_flags_a_reroute_once_and_not_after_a_restart() {
         traces(&data).len() >= 3
     });
 
-    // The reroute: a direct link r1 ↔ target, and r1 sends the target range over it.
-    let (r1, target) = (lab.router(Router::R1), lab.target());
-    r1.run([
-        "ip",
-        "link",
-        "add",
-        "alt",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "r1alt",
-        "netns",
-        target.name(),
-    ]);
-    r1.run(["ip", "addr", "add", "198.18.3.1/24", "dev", "alt"]);
-    r1.run(["ip", "link", "set", "alt", "up"]);
-    target.run(["ip", "addr", "add", "198.18.3.2/24", "dev", "r1alt"]);
-    target.run(["ip", "link", "set", "r1alt", "up"]);
-    target.run(["ip", "route", "add", "198.18.0.0/24", "via", "198.18.3.1"]);
-    let changed_at = now_ns();
-    r1.run(["ip", "route", "add", "198.19.0.0/16", "via", "198.18.3.2"]);
+    let changed_at = reroute_around_r2(&lab);
 
     wait_until(
         "three traces after the reroute",
@@ -268,7 +247,8 @@ fn an_incident_opened_by_loss_carries_the_trace_and_its_verdict() {
             "[agent]\nname = \"lab-agent\"\nsite = \"lab\"\ndata_dir = \"{}\"\n\n\
              [[target]]\nname = \"far\"\nhost = \"{far}\"\nsite = \"target\"\n\n\
              [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"1s\"\ntimeout = \"400ms\"\ncount = 10\nspacing = \"50ms\"\n\n\
-             [[rule]]\nname = \"loss\"\nkind = \"loss\"\nabove_pct = 20\nechoes = 20\nfor = \"2s\"\nclear_for = \"5s\"\nmin_hold = \"5s\"\n",
+             [[probe]]\nname = \"path\"\nkind = \"trace\"\ninterval = \"2s\"\ntimeout = \"200ms\"\ncount = 5\nmax_ttl = 8\n\n\
+             [[rule]]\nname = \"loss\"\nkind = \"loss\"\nprobes = [\"ping\"]\nabove_pct = 20\nechoes = 20\nfor = \"2s\"\nclear_for = \"5s\"\nmin_hold = \"5s\"\n",
             data.display()
         ),
     )
@@ -291,7 +271,48 @@ fn an_incident_opened_by_loss_carries_the_trace_and_its_verdict() {
         draft = std::fs::read_to_string(folder.path().join("incident.md")).unwrap_or_default();
         !draft.is_empty()
     });
+    // While it is open the route changes (around r2, and so around the loss): the trace probe
+    // flags the new path, and the incident's timeline says so, with the path.
+    reroute_around_r2(&lab);
+    let mut timeline = String::new();
+    wait_until(
+        "the path change in the draft",
+        Duration::from_secs(30),
+        &agent,
+        || {
+            let Some(folder) = std::fs::read_dir(&incidents)
+                .ok()
+                .and_then(|mut entries| entries.next())
+                .and_then(Result::ok)
+            else {
+                return false;
+            };
+            let md = std::fs::read_to_string(folder.path().join("incident.md")).unwrap_or_default();
+            timeline = md
+                .split("## Timeline (UTC)")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            timeline.contains("The path to far changed")
+        },
+    );
     agent.stop();
+    // Two hops now; the trace that noticed may have straddled the change and seen r2 too at TTL 2
+    // ("198.18.1.2/198.19.0.7").
+    let entry = timeline
+        .lines()
+        .find(|l| l.contains("The path to far changed"))
+        .expect("the entry");
+    assert!(
+        entry.contains("The path to far changed (trace probe `path`): 2 hops, 198.18.0.1 → ")
+            && entry.ends_with(&format!("{far}.")),
+        "{timeline}"
+    );
+    assert_eq!(
+        timeline.matches("The path to far changed").count(),
+        1,
+        "one change, however lossy the traces before it: {timeline}"
+    );
     assert!(
         draft.contains(&format!(
             "- Path trace verdict: **loss starts at hop 3, {far} ("
@@ -306,4 +327,31 @@ fn an_incident_opened_by_loss_carries_the_trace_and_its_verdict() {
     assert!(draft.contains("  1.|-- 198.18.0.1 "), "{draft}");
     assert!(draft.contains("  2.|-- 198.18.1.2 "), "{draft}");
     assert!(draft.contains(&format!("  3.|-- {far} ")), "{draft}");
+}
+
+/// The reroute: a direct link r1 ↔ target, and r1 sends the target range (198.19.0.0/16) over
+/// it, around r2. Returns when the new route was installed (ns since the epoch).
+fn reroute_around_r2(lab: &Lab) -> i64 {
+    let (r1, target) = (lab.router(Router::R1), lab.target());
+    r1.run([
+        "ip",
+        "link",
+        "add",
+        "alt",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "r1alt",
+        "netns",
+        target.name(),
+    ]);
+    r1.run(["ip", "addr", "add", "198.18.3.1/24", "dev", "alt"]);
+    r1.run(["ip", "link", "set", "alt", "up"]);
+    target.run(["ip", "addr", "add", "198.18.3.2/24", "dev", "r1alt"]);
+    target.run(["ip", "link", "set", "r1alt", "up"]);
+    target.run(["ip", "route", "add", "198.18.0.0/24", "via", "198.18.3.1"]);
+    let changed_at = now_ns();
+    r1.run(["ip", "route", "add", "198.19.0.0/16", "via", "198.18.3.2"]);
+    changed_at
 }

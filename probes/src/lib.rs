@@ -51,5 +51,6 @@ pub use stats::PingStats;
 pub use tcp::{TcpSettings, TcpStats};
 pub use tokio_util::sync::CancellationToken;
 pub use trace::{
-    Hop, LossVerdict, TraceProtocol, TraceReport, TraceSettings, locate_loss, render_report,
+    Hop, LossVerdict, Path, TraceProtocol, TraceReport, TraceSettings, locate_loss, merge_path,
+    render_report, same_path,
 };

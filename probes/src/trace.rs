@@ -143,6 +143,50 @@ impl TraceReport {
     }
 }
 
+/// The addresses that answered at each TTL, first TTL first (empty: silent): what a trace says
+/// about the path, for [`same_path`].
+pub type Path = Vec<Vec<IpAddr>>;
+
+impl TraceReport {
+    pub fn path(&self) -> Path {
+        self.hops.iter().map(|h| h.addresses.clone()).collect()
+    }
+}
+
+/// Whether `current` is the same path as `previous`, reading a silent TTL as "unknown", not as a
+/// change: under loss a hop or the destination often misses every probe of a trace, and that
+/// says nothing about the route. Different when a TTL that answered in both answered from no
+/// common address, or when both reached the destination at different TTLs. (A hash of the
+/// path cannot tell a silent hop from a new one; this is why the agent keeps the hops.)
+pub fn same_path(previous: &[Vec<IpAddr>], current: &[Vec<IpAddr>], destination: IpAddr) -> bool {
+    let reached_at = |path: &[Vec<IpAddr>]| {
+        path.iter()
+            .position(|addresses| addresses.contains(&destination))
+    };
+    if let (Some(a), Some(b)) = (reached_at(previous), reached_at(current))
+        && a != b
+    {
+        return false;
+    }
+    previous.iter().zip(current).all(|(before, now)| {
+        before.is_empty() || now.is_empty() || before.iter().any(|a| now.contains(a))
+    })
+}
+
+/// [`same_path`]'s reference for the next trace: `current`, with the silent TTLs filled from
+/// `previous` (the same path, known better).
+pub fn merge_path(previous: &[Vec<IpAddr>], current: &[Vec<IpAddr>]) -> Path {
+    let mut merged: Path = current.to_vec();
+    for (ttl, before) in previous.iter().enumerate() {
+        match merged.get_mut(ttl) {
+            Some(now) if now.is_empty() => now.clone_from(before),
+            Some(_) => {}
+            None => merged.push(before.clone()),
+        }
+    }
+    merged
+}
+
 fn path_hash(hops: &[Hop]) -> String {
     let mut text = String::new();
     for hop in hops {
@@ -706,6 +750,69 @@ HOST: agent                         Loss%   Snt   Last   Avg  Best  Wrst StDev
   4.|-- 198.18.2.2                  15.0%    20    6.0   6.1   5.8   6.7   0.2
 ";
         assert_eq!(render_report(&r, "agent"), expected);
+    }
+
+    #[test]
+    fn a_silent_hop_is_unknown_not_a_new_path() {
+        let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
+        let (r1, r2, alt, far) = (
+            vec![ip("198.18.0.1")],
+            vec![ip("198.18.1.2")],
+            vec![ip("198.18.3.1")],
+            vec![ip("198.18.2.2")],
+        );
+        let dest = ip("198.18.2.2");
+        let silent = Vec::new();
+        let base = vec![r1.clone(), r2.clone(), far.clone()];
+        let cases: [(&str, Path, bool); 7] = [
+            ("identical", base.clone(), true),
+            (
+                "the destination silent (loss)",
+                vec![r1.clone(), r2.clone(), silent.clone()],
+                true,
+            ),
+            (
+                "a router silent",
+                vec![r1.clone(), silent.clone(), far.clone()],
+                true,
+            ),
+            (
+                "another router at TTL 2",
+                vec![r1.clone(), alt.clone(), far.clone()],
+                false,
+            ),
+            (
+                "the destination one hop sooner",
+                vec![r1.clone(), far.clone()],
+                false,
+            ),
+            (
+                "the destination one hop later",
+                vec![r1.clone(), r2.clone(), alt.clone(), far.clone()],
+                false,
+            ),
+            (
+                "ECMP: one of two addresses again",
+                vec![r1.clone(), vec![ip("198.18.1.2"), ip("198.18.9.9")], far],
+                true,
+            ),
+        ];
+        for (case, current, same) in cases {
+            assert_eq!(same_path(&base, &current, dest), same, "{case}");
+        }
+        // The reference keeps what a silent TTL did not say.
+        let merged = merge_path(&base, &[r1.clone(), silent.clone(), silent.clone()]);
+        assert_eq!(merged, base);
+        assert_eq!(
+            merge_path(&base, &[r1.clone(), silent]),
+            base,
+            "a trace that stopped short (destination lost) keeps the known tail"
+        );
+        assert_eq!(
+            merge_path(&base, &[r1.clone(), r2.clone(), alt.clone()]),
+            vec![r1, r2, alt],
+            "a TTL that answered replaces what was known"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use super::render;
 use super::{Incident, RuleSummary, Status, StatusUpdate, TimelineEntry, Timestamp};
 use crate::config::{Condition, Config, LatencyThreshold, RuleConfig, RuleScope, format_duration};
 use crate::rules::{Engine, Mono, Transition, TransitionKind};
-use crate::store::Store;
+use crate::store::{Record, Store};
+use probes::Measurement;
 
 /// The path traces at the moment of breach and their verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -346,6 +347,68 @@ impl Manager {
                 open.next_update = now + self.status_updates;
                 tracing::info!(id = %open.id, number, "status update drafted");
             }
+        }
+        Ok(())
+    }
+
+    /// A trace that found a new path to a target of an open incident is a significant change:
+    /// a timeline entry with the new path, and an `updated` event. Other records are ignored.
+    pub fn path_changed(&mut self, record: &Record, wall: SystemTime) -> anyhow::Result<()> {
+        let Measurement::Trace(report) = &record.observation.measurement else {
+            return Ok(());
+        };
+        if !report.path_changed {
+            return Ok(());
+        }
+        let keys: Vec<String> = self.open.keys().cloned().collect();
+        for key in keys {
+            let Some(mut incident) = self.db.open_by_key(&key)? else {
+                continue;
+            };
+            let concerned = match &incident.scope {
+                crate::rules::Scope::Target { target } => *target == record.target,
+                _ => incident
+                    .impact
+                    .affected_targets()
+                    .contains(&record.target.as_str()),
+            };
+            if !concerned {
+                continue;
+            }
+            let path: Vec<String> = report
+                .hops
+                .iter()
+                .map(|hop| match hop.addresses.as_slice() {
+                    [] => "???".to_string(),
+                    // Several: ECMP, or a trace that straddled the change.
+                    several => several
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                })
+                .collect();
+            let at = Timestamp(wall);
+            incident.updated_at = at;
+            incident.timeline.push(TimelineEntry {
+                at,
+                event: "updated".into(),
+                text: format!(
+                    "The path to {} changed (trace probe `{}`): {} hops{}, {}.",
+                    record.target,
+                    record.probe,
+                    report.hops.len(),
+                    if report.reached {
+                        ""
+                    } else {
+                        ", destination not reached"
+                    },
+                    path.join(" → ")
+                ),
+            });
+            self.refresh_evidence(&mut incident, wall);
+            self.db.save(&incident, None, Some(EventKind::Updated))?;
+            tracing::info!(id = %incident.id, target = %record.target, "incident updated: path changed");
         }
         Ok(())
     }

@@ -166,7 +166,12 @@ fn evaluate_loop(mut engine: Engine, mut manager: Manager, rx: Receiver<Record>,
     let mut last_tick = Instant::now();
     loop {
         let transitions = match rx.recv_timeout(TICK) {
-            Ok(record) => engine.observe(origin.elapsed(), &record),
+            Ok(record) => {
+                if let Err(error) = manager.path_changed(&record, SystemTime::now()) {
+                    tracing::error!(error = %format!("{error:#}"), "cannot note a path change in its incident");
+                }
+                engine.observe(origin.elapsed(), &record)
+            }
             Err(RecvTimeoutError::Timeout) => Vec::new(),
             Err(RecvTimeoutError::Disconnected) => return,
         };

@@ -1188,3 +1188,68 @@ fn an_incident_saved_before_service_check_evidence_still_loads() {
     );
     assert!(!evidence.contains("### Service checks"), "{evidence}");
 }
+
+#[test]
+fn a_new_path_to_an_affected_target_is_an_update_with_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    drive(&mut store, &mut engine, &mut manager, 0, 700); // open since t=660
+    let trace = |target: &str, changed: bool| {
+        let hop = |ttl: u8, address: Option<&str>| probes::trace::Hop {
+            ttl,
+            addresses: address
+                .into_iter()
+                .map(|a| a.parse().expect("address"))
+                .collect(),
+            sent: 10,
+            received: if address.is_some() { 10 } else { 0 },
+            loss_pct: if address.is_some() { 0.0 } else { 100.0 },
+            rtt_last_ms: None,
+            rtt_avg_ms: None,
+            rtt_best_ms: None,
+            rtt_worst_ms: None,
+            rtt_stddev_ms: None,
+        };
+        let mut report = probes::trace::TraceReport::new(
+            "198.18.10.1".parse().expect("address"),
+            vec![
+                hop(1, Some("198.18.0.1")),
+                hop(2, None),
+                hop(3, Some("198.18.10.1")),
+            ],
+        );
+        report.path_changed = changed;
+        let mut record = round(target, 700);
+        record.probe = "path".into();
+        record.observation.measurement = Measurement::Trace(report);
+        record
+    };
+    let db = IncidentDb::open(dir.path()).expect("db");
+    let id = "20261121-001";
+    // The same path again, or a new path to a target outside the incident: nothing.
+    manager
+        .path_changed(&trace("aws-a", false), wall(700))
+        .expect("same path");
+    manager
+        .path_changed(&trace("sjc1-core", true), wall(700))
+        .expect("other target");
+    assert_eq!(db.events(id).expect("events"), ["20261121-001/opened"]);
+    // A new path to an affected target: an update, with the path in the timeline.
+    manager
+        .path_changed(&trace("aws-a", true), wall(710))
+        .expect("path change");
+    assert_eq!(
+        db.events(id).expect("events"),
+        ["20261121-001/opened", "20261121-001/updated/1"]
+    );
+    let incident = db.get(id).expect("get").expect("incident");
+    let last = incident.timeline.last().expect("an entry");
+    assert_eq!(last.at, Timestamp(wall(710)));
+    assert_eq!(
+        last.text,
+        "The path to aws-a changed (trace probe `path`): 3 hops, 198.18.0.1 → ??? → 198.18.10.1."
+    );
+}
