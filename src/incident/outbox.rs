@@ -52,6 +52,18 @@ pub struct OutboxEvent {
     pub incident: Incident,
 }
 
+impl OutboxEvent {
+    /// One line saying what happened: the timeline entry this event added (the title if none).
+    pub fn summary(&self) -> String {
+        self.incident
+            .timeline
+            .iter()
+            .rev()
+            .find(|entry| entry.event == self.event.as_str())
+            .map_or_else(|| self.incident.title.clone(), |entry| entry.text.clone())
+    }
+}
+
 /// Where incident events go. `deliver` must be idempotent by `event.idempotency_key`: after a
 /// crash between delivering and marking delivered, the same event comes again.
 pub trait IncidentSink: Send {

@@ -144,6 +144,7 @@ fn the_webhook_body_follows_the_documented_schema() {
             "idempotency_key": "20261121-001/opened",
             "event": "opened",
             "at": "2026-11-21T10:00:00Z",
+            "summary": "2026-11-21 [scl3] 34% packet loss to sjc1-core",
             "incident": {
                 "id": "20261121-001",
                 "key": "loss/target/sjc1-core",
@@ -191,6 +192,10 @@ fn the_webhook_body_follows_the_documented_schema() {
         Path::new(DRAFT),
     );
     assert_eq!(body["event"], "status-update");
+    assert_eq!(
+        body["summary"],
+        "2026-11-21 [scl3] 34% packet loss to sjc1-core"
+    );
     assert_eq!(
         body["incident"]["status_update"],
         "Still 34% packet loss to sjc1-core."

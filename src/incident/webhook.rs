@@ -30,6 +30,7 @@ pub fn body(event: &OutboxEvent, draft: &Path) -> Value {
         "idempotency_key": event.idempotency_key,
         "event": event.event.as_str(),
         "at": event.at,
+        "summary": event.summary(),
         "incident": {
             "id": incident.id,
             "key": incident.key,

@@ -261,7 +261,7 @@ pub fn incident_point(event: &OutboxEvent) -> Point {
         ("id", FieldValue::String(incident.id.clone())),
         ("state", FieldValue::String(incident.status.as_str().into())),
         ("title", FieldValue::String(incident.title.clone())),
-        ("summary", FieldValue::String(event_summary(event))),
+        ("summary", FieldValue::String(event.summary())),
         ("subject", FieldValue::String(incident.scope.value())),
         (
             "targets",
@@ -294,17 +294,6 @@ pub fn incident_point(event: &OutboxEvent) -> Point {
         fields,
         timestamp_ns: event.at.unix_ns(),
     }
-}
-
-/// One line for an annotation: the timeline entry this event added, or the title.
-fn event_summary(event: &OutboxEvent) -> String {
-    event
-        .incident
-        .timeline
-        .iter()
-        .rev()
-        .find(|entry| entry.event == event.event.as_str())
-        .map_or_else(|| event.incident.title.clone(), |entry| entry.text.clone())
 }
 
 fn common_tags(record: &Record) -> Vec<(&'static str, String)> {
