@@ -484,30 +484,6 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// Reroute the target range: a direct link r1 ↔ target, so traces to `FAR` lose r2.
-fn reroute(lab: &Lab) {
-    let (r1, target) = (lab.router(Router::R1), lab.target());
-    r1.run([
-        "ip",
-        "link",
-        "add",
-        "alt",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "r1alt",
-        "netns",
-        target.name(),
-    ]);
-    r1.run(["ip", "addr", "add", "198.18.3.1/24", "dev", "alt"]);
-    r1.run(["ip", "link", "set", "alt", "up"]);
-    target.run(["ip", "addr", "add", "198.18.3.2/24", "dev", "r1alt"]);
-    target.run(["ip", "link", "set", "r1alt", "up"]);
-    target.run(["ip", "route", "add", "198.18.0.0/24", "via", "198.18.3.1"]);
-    r1.run(["ip", "route", "add", "198.19.0.0/16", "via", "198.18.3.2"]);
-}
-
 #[test]
 fn every_dashboard_query_answers_with_real_data() {
     common::init_logs();
@@ -576,7 +552,7 @@ fn every_dashboard_query_answers_with_real_data() {
     );
 
     let rerouted_ms = now_ms();
-    reroute(&lab);
+    lab.reroute_around_r2();
     let changed = format!(
         "SELECT \"path_hash\" FROM \"trace\" WHERE \"path_changed\" = true AND time > {}ms",
         rerouted_ms - 2000

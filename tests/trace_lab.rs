@@ -176,7 +176,11 @@ fn a_trace_probe_flags_a_reroute_once_and_not_after_a_restart() {
         traces(&data).len() >= 3
     });
 
-    let changed_at = reroute_around_r2(&lab);
+    let changed_at = lab
+        .reroute_around_r2()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64;
 
     wait_until(
         "three traces after the reroute",
@@ -273,7 +277,7 @@ fn an_incident_opened_by_loss_carries_the_trace_and_its_verdict() {
     });
     // While it is open the route changes (around r2, and so around the loss): the trace probe
     // flags the new path, and the incident's timeline says so, with the path.
-    reroute_around_r2(&lab);
+    lab.reroute_around_r2();
     let mut timeline = String::new();
     wait_until(
         "the path change in the draft",
@@ -327,31 +331,4 @@ fn an_incident_opened_by_loss_carries_the_trace_and_its_verdict() {
     assert!(draft.contains("  1.|-- 198.18.0.1 "), "{draft}");
     assert!(draft.contains("  2.|-- 198.18.1.2 "), "{draft}");
     assert!(draft.contains(&format!("  3.|-- {far} ")), "{draft}");
-}
-
-/// The reroute: a direct link r1 ↔ target, and r1 sends the target range (198.19.0.0/16) over
-/// it, around r2. Returns when the new route was installed (ns since the epoch).
-fn reroute_around_r2(lab: &Lab) -> i64 {
-    let (r1, target) = (lab.router(Router::R1), lab.target());
-    r1.run([
-        "ip",
-        "link",
-        "add",
-        "alt",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "r1alt",
-        "netns",
-        target.name(),
-    ]);
-    r1.run(["ip", "addr", "add", "198.18.3.1/24", "dev", "alt"]);
-    r1.run(["ip", "link", "set", "alt", "up"]);
-    target.run(["ip", "addr", "add", "198.18.3.2/24", "dev", "r1alt"]);
-    target.run(["ip", "link", "set", "r1alt", "up"]);
-    target.run(["ip", "route", "add", "198.18.0.0/24", "via", "198.18.3.1"]);
-    let changed_at = now_ns();
-    r1.run(["ip", "route", "add", "198.19.0.0/16", "via", "198.18.3.2"]);
-    changed_at
 }

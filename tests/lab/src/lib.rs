@@ -29,6 +29,7 @@
 //!   delay (see `delay.rs`).
 //! - [`Lab::blackhole`]: silently drop everything forwarded to one address.
 //! - [`Lab::add_unreachable_route`]: the router answers with ICMP host unreachable.
+//! - [`Lab::reroute_around_r2`]: a direct r1 ↔ target link carries the target range, a path change.
 //!
 //! Every entry point first calls [`require_root`]: without root a lab test fails loudly, in CI and
 //! outside it alike — it never passes silently.
@@ -318,6 +319,34 @@ impl Lab {
         self.router(router).nft(&format!(
             "{NFT_TABLE}add rule inet vantage_lab blackhole {family} daddr {target} counter drop\n"
         ));
+    }
+
+    /// Reroute the target range (198.19.0.0/16) around r2: a direct link r1 ↔ target (198.18.3.0/24)
+    /// carries it from now on, so a trace to it loses a hop. Once per lab. Returns when the new
+    /// route was installed.
+    pub fn reroute_around_r2(&self) -> std::time::SystemTime {
+        let (r1, target) = (self.router(Router::R1), self.target());
+        r1.run([
+            "ip",
+            "link",
+            "add",
+            "alt",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "r1alt",
+            "netns",
+            target.name(),
+        ]);
+        r1.run(["ip", "addr", "add", "198.18.3.1/24", "dev", "alt"]);
+        r1.run(["ip", "link", "set", "alt", "up"]);
+        target.run(["ip", "addr", "add", "198.18.3.2/24", "dev", "r1alt"]);
+        target.run(["ip", "link", "set", "r1alt", "up"]);
+        target.run(["ip", "route", "add", "198.18.0.0/24", "via", "198.18.3.1"]);
+        let at = std::time::SystemTime::now();
+        r1.run(["ip", "route", "add", "198.19.0.0/16", "via", "198.18.3.2"]);
+        at
     }
 
     /// Make `router` answer packets to `prefix` (e.g. `"198.18.9.0/24"`) with ICMP host unreachable
