@@ -247,30 +247,42 @@ impl DurableWriter {
             .iter()
             .filter_map(|p| Some((p.timestamp_ns, p.line()?.into_bytes())))
             .collect();
-        let (count, bytes) = (
-            lines.len() as u64,
-            lines.iter().map(|(_, l)| l.len() as u64).sum::<u64>(),
-        );
-        // Pending before visible, as in the spool writer, so counters never go below zero.
+        append_counted(&mut self.spool, &self.shared, &self.ids, &lines, 0).with_context(|| {
+            format!("cannot write to the spool {}", self.spool.path().display())
+        })?;
         for output in &self.shared.outputs {
-            output.spool_points.fetch_add(count, Ordering::Relaxed);
-            output.spool_bytes.fetch_add(bytes, Ordering::Relaxed);
-        }
-        if let Err(error) = self.spool.append(&self.ids, &lines, 0) {
-            for output in &self.shared.outputs {
-                output.spool_points.fetch_sub(count, Ordering::Relaxed);
-                output.spool_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            }
-            return Err(error).with_context(|| {
-                format!("cannot write to the spool {}", self.spool.path().display())
-            });
-        }
-        for output in &self.shared.outputs {
-            output.accepted.fetch_add(count, Ordering::Relaxed);
             output.wake.notify_one();
         }
         Ok(())
     }
+}
+
+/// [`Spool::append`] with every output's counters kept right: the points count as pending
+/// before they become visible, so a delivery thread that sends and removes them at once never
+/// takes the counters below zero; on failure nothing is counted.
+fn append_counted(
+    spool: &mut Spool,
+    shared: &Shared,
+    ids: &[i64],
+    lines: &[(i64, Vec<u8>)],
+    dropped_before: u64,
+) -> rusqlite::Result<()> {
+    let points = lines.len() as u64;
+    let bytes: u64 = lines.iter().map(|(_, l)| l.len() as u64).sum();
+    for output in &shared.outputs {
+        output.spool_points.fetch_add(points, Ordering::Relaxed);
+        output.spool_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    let appended = spool.append(ids, lines, dropped_before);
+    for output in &shared.outputs {
+        if appended.is_ok() {
+            output.accepted.fetch_add(points, Ordering::Relaxed);
+        } else {
+            output.spool_points.fetch_sub(points, Ordering::Relaxed);
+            output.spool_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+    appended
 }
 
 /// The running sinks: a spool writer thread and a delivery thread per output.
@@ -558,22 +570,7 @@ impl SpoolWriter {
                 }
                 continue;
             }
-            // Count the points as pending before they become visible, so a delivery thread that
-            // sends and removes them at once never takes the counters below zero.
-            let points = self.held.len() as u64;
-            let bytes: u64 = self.held.iter().map(|(_, l)| l.len() as u64).sum();
-            for output in &self.shared.outputs {
-                output.spool_points.fetch_add(points, Ordering::Relaxed);
-                output.spool_bytes.fetch_add(bytes, Ordering::Relaxed);
-            }
-            let appended = self.spool.append(&self.ids, &self.held, drops);
-            if appended.is_err() {
-                for output in &self.shared.outputs {
-                    output.spool_points.fetch_sub(points, Ordering::Relaxed);
-                    output.spool_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                }
-            }
-            match appended {
+            match append_counted(&mut self.spool, &self.shared, &self.ids, &self.held, drops) {
                 Ok(()) => {
                     if failing_since.take().is_some() {
                         tracing::info!("the spool accepts writes again");
@@ -582,7 +579,6 @@ impl SpoolWriter {
                     self.held_records = 0;
                     let shared = Arc::clone(&self.shared);
                     for output in &shared.outputs {
-                        output.accepted.fetch_add(points, Ordering::Relaxed);
                         self.enforce_bound(output);
                         output.wake.notify_one();
                     }
