@@ -10,11 +10,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use probes::{DnsRecordType, DnsTransport, TraceProtocol};
+use probes::{DnsRecordType, DnsSettings, DnsTransport, TraceProtocol, TraceSettings};
 use vantage::config::{
-    Condition, Config, ConfigErrors, DnsProbe, FamilyPreference, IncidentSinkConfig,
-    IncidentSinkKind, IncidentsConfig, LatencyField, LatencyThreshold, ProbeKind, RuleScope,
-    Severity, TraceProbe,
+    Condition, Config, ConfigErrors, FamilyPreference, IncidentSinkConfig, IncidentSinkKind,
+    IncidentsConfig, LatencyField, LatencyThreshold, ProbeKind, RuleScope, Severity,
 };
 use vantage::sinks::SecretSource;
 
@@ -803,23 +802,26 @@ kind = "trace"
     };
     assert_eq!(h.url("2001:db8::80"), "https://[2001:db8::80]/");
     assert_eq!(
-        (h.method.as_str(), h.max_redirects, h.max_body_bytes),
+        (
+            h.check.method.as_str(),
+            h.check.max_redirects,
+            h.check.max_body_bytes
+        ),
         ("GET", 10, 1 << 20)
     );
-    assert!(h.expect_status.is_empty(), "any 2xx");
+    assert!(h.check.expect.status_codes.is_empty(), "any 2xx");
     let dns = by_name("resolver");
     assert_eq!(dns.timeout, Duration::from_secs(2));
     assert_eq!(
         dns.kind,
-        ProbeKind::Dns(DnsProbe {
-            query: "www.example.net".into(),
-            record_type: DnsRecordType::A,
+        ProbeKind::Dns(DnsSettings {
             transport: DnsTransport::Udp,
-            port: 53,
-            recursion: true,
-            expect_rcode: None,
-            expect_answers: Vec::new(),
-            min_answers: None,
+            recursion_desired: true,
+            ..DnsSettings::new(
+                "0.0.0.0:53".parse().expect("address"),
+                "www.example.net",
+                DnsRecordType::A,
+            )
         })
     );
     assert_eq!(by_name("ssh").kind, ProbeKind::Tcp { port: 22 });
@@ -831,11 +833,13 @@ kind = "trace"
     );
     assert_eq!(
         trace.kind,
-        ProbeKind::Trace(TraceProbe {
+        ProbeKind::Trace(TraceSettings {
             protocol: TraceProtocol::Icmp,
-            count: 10,
+            rounds: 10,
+            round_duration: Duration::from_secs(1),
             max_ttl: 30,
             port: None,
+            ..TraceSettings::new("")
         })
     );
 }
@@ -1105,7 +1109,7 @@ fn colo_example_parses() {
         api.url("api.sjc1.example.net"),
         "https://api.sjc1.example.net/healthz"
     );
-    assert_eq!(api.body_regex.as_deref(), Some(r#""status":\s*"up""#));
+    assert_eq!(api.check.expect.body_matches, [r#""status":\s*"up""#]);
     let fast = &config.probes[0];
     assert_eq!(
         fast.kind,

@@ -57,7 +57,7 @@ use crate::net::{IpPreference, classify_io_error, ms};
 use crate::observation::{FailureKind, Measurement, Observation, Outcome};
 
 /// Everything one HTTP check does and expects. Build an [`HttpCheck`] from it once; run that often.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpSettings {
     pub url: String,
     /// `GET` unless set.
@@ -100,7 +100,7 @@ impl HttpSettings {
 }
 
 /// What makes a response a success. The default: any 2xx status.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HttpExpect {
     /// Accepted status codes of the final response; empty = 200..=299.
     pub status_codes: Vec<u16>,

@@ -25,6 +25,13 @@ pub struct PingStats {
     pub rtts_ms: Vec<Option<f64>>,
 }
 
+/// A round that sent nothing: 100% loss, no RTTs.
+impl Default for PingStats {
+    fn default() -> Self {
+        PingStats::from_rtts(Vec::new())
+    }
+}
+
 impl PingStats {
     /// Summarise a round: one entry per echo sent, in send order, `None` for a lost echo.
     pub fn from_rtts(rtts_ms: Vec<Option<f64>>) -> Self {

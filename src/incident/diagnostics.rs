@@ -12,11 +12,12 @@ use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use probes::net::has_cap_net_raw;
 use probes::{Measurement, Observation, Outcome, TraceProtocol, TraceSettings};
 
 use super::{Diagnosis, Diagnostics, TraceEvidence};
 use crate::config::{Config, FamilyPreference, TRACE_GRACE, Target};
-use crate::probe::has_cap_net_raw;
+use crate::probe::ip_preference;
 
 /// Rounds per trace: enough that the verdict locates a lossy link — 30% each way on the link into
 /// a router makes its hop and the destination lose 51%, and with 10 rounds one trace in 17 blamed
@@ -169,7 +170,8 @@ impl Diagnostics for TraceDiagnostics {
     }
 }
 
-/// Resolve on this (trace) thread; a literal needs no lookup.
+/// Resolve on this (trace) thread, with the family filter the probes use; a literal needs no
+/// lookup.
 fn resolve_blocking(host: &str, family: FamilyPreference) -> Result<IpAddr, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ip);
@@ -177,13 +179,10 @@ fn resolve_blocking(host: &str, family: FamilyPreference) -> Result<IpAddr, Stri
     let addresses = (host, 0)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host:?}: {e}"))?;
-    addresses
+    ip_preference(family)
+        .apply(addresses.collect())
+        .first()
         .map(|a| a.ip())
-        .find(|ip| match family {
-            FamilyPreference::Any => true,
-            FamilyPreference::V4 => ip.is_ipv4(),
-            FamilyPreference::V6 => ip.is_ipv6(),
-        })
         .ok_or_else(|| format!("{host:?} has no {family:?} address"))
 }
 

@@ -2,14 +2,18 @@
 //! strictness as the rest of the file: every value's type, range and syntax, settings that
 //! contradict each other, and timings that cannot work. (`icmp` lives with the probe walk itself.)
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use probes::{DnsRecordType, DnsTransport, TraceProtocol};
+use probes::{
+    DnsExpect, DnsRecordType, DnsSettings, DnsTransport, HeaderMatch, HttpExpect, HttpSettings,
+    TraceProtocol, TraceSettings,
+};
 use toml::de::{DeTable, DeValue};
 
-use super::super::{DnsProbe, HttpProbe, ProbeKind, TRACE_GRACE, TraceProbe};
+use super::super::{HttpProbe, ProbeKind, TRACE_GRACE};
 use super::{Checker, DNS, Got, HTTP, Key, TCP, TRACE, a, ceil_to_millis, check_host, closest};
 use crate::config::format_duration;
 
@@ -506,23 +510,33 @@ impl Checker<'_> {
             Got::Valid(n, _) => u64::try_from(n).ok(),
         };
 
+        let check = HttpSettings {
+            method: method?,
+            headers: headers?,
+            body: body?.map(String::into_bytes),
+            max_body_bytes: max_body_bytes?,
+            max_redirects: max_redirects?,
+            server_name: server_name?,
+            ca_file: ca_file?,
+            expect: HttpExpect {
+                status_codes: expect_status?,
+                body_contains: body_contains?.into_iter().collect(),
+                body_matches: body_regex?.into_iter().collect(),
+                headers: header_matches?
+                    .into_iter()
+                    .map(|(name, regex)| HeaderMatch { name, regex })
+                    .collect(),
+                max_total: max_total?,
+                min_cert_expiry_days: min_cert_expiry_days?,
+            },
+            // The URL is the target's; `Probe::new` fills it in.
+            ..HttpSettings::new(String::new())
+        };
         Some(ProbeKind::Http(Box::new(HttpProbe {
             scheme: scheme?.to_string(),
             port: port?,
             path: path?,
-            method: method?,
-            headers: headers?,
-            body: body?,
-            expect_status: expect_status?,
-            body_contains: body_contains?,
-            body_regex: body_regex?,
-            header_matches: header_matches?,
-            max_total: max_total?,
-            min_cert_expiry_days: min_cert_expiry_days?,
-            ca_file: ca_file?,
-            server_name: server_name?,
-            max_redirects: max_redirects?,
-            max_body_bytes: max_body_bytes?,
+            check,
         })))
     }
 
@@ -640,15 +654,18 @@ impl Checker<'_> {
             10_000,
             "the fewest records of the asked type the answer must have",
         ));
-        Some(ProbeKind::Dns(DnsProbe {
-            query: query?,
-            record_type: record_type?,
+        // The server is each target, resolved per run: only its port is known here.
+        let server = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port?));
+        Some(ProbeKind::Dns(DnsSettings {
             transport: transport?,
-            port: port?,
-            recursion: recursion?,
-            expect_rcode: expect_rcode?,
-            expect_answers: expect_answers?,
-            min_answers: min_answers?,
+            recursion_desired: recursion?,
+            expect: DnsExpect {
+                rcodes: expect_rcode?.into_iter().collect(),
+                min_answers: min_answers?,
+                answers_include: expect_answers?,
+                answers_match: Vec::new(),
+            },
+            ..DnsSettings::new(server, query?, record_type?)
         }))
     }
 
@@ -720,11 +737,15 @@ impl Checker<'_> {
             }
             return None;
         }
-        Some(ProbeKind::Trace(TraceProbe {
+        // The target, its family and whether raw sockets are allowed are known per target.
+        Some(ProbeKind::Trace(TraceSettings {
             protocol: protocol?,
-            count,
+            rounds: count as usize,
+            round_duration: timeout,
+            grace: TRACE_GRACE,
             max_ttl: max_ttl?,
             port: port?,
+            ..TraceSettings::new(String::new())
         }))
     }
 }
