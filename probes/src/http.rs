@@ -53,7 +53,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, NamedGroup, SignatureScheme};
 use serde::Serialize;
 
-use crate::net::{IpPreference, classify_io_error, ms};
+use crate::net::{IpPreference, classify_io_error, error_chain as chain, ms};
 use crate::observation::{FailureKind, Measurement, Observation, Outcome};
 
 /// Everything one HTTP check does and expects. Build an [`HttpCheck`] from it once; run that often.
@@ -723,21 +723,6 @@ fn redirect_target(base: &Url, headers: &HeaderMap) -> Option<Url> {
     let location = headers.get(LOCATION)?.to_str().ok()?;
     let next = base.join(location).ok()?;
     matches!(next.scheme(), "http" | "https").then_some(next)
-}
-
-/// An error and its causes on one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Classify a failed request by the phase it died in and the errors in its cause chain.

@@ -46,7 +46,7 @@ pub use http::{
 };
 pub use icmp::{IcmpClient, IcmpError, RoundPlan};
 pub use net::IpPreference;
-pub use observation::{FailureKind, Measurement, Observation, Outcome};
+pub use observation::{FailureKind, Measurement, Observation, Outcome, unix_ns};
 pub use stats::PingStats;
 pub use tcp::{TcpSettings, TcpStats};
 pub use tokio_util::sync::CancellationToken;

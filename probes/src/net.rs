@@ -115,6 +115,22 @@ fn effective_caps(status: &str) -> Option<u64> {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
+/// An error and its causes on one line, e.g. "error sending request for url (…): connection
+/// refused"; a cause whose text is already there is left out.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The failure class of a socket error from connecting (or of an I/O error later on the connection).
 pub fn classify_io_error(error: &io::Error) -> FailureKind {
     match error.kind() {
@@ -154,6 +170,20 @@ mod tests {
             Some(socket2::Protocol::ICMPV4),
         );
         assert_eq!(has_cap_net_raw(), raw.is_ok(), "raw socket: {raw:?}");
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_without_repeats() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("sending the request")]
+        struct Quiet(#[source] io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("sending the request: {0}")]
+        struct Repeats(#[source] io::Error);
+        let refused = || io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused");
+        let expected = "sending the request: connection refused";
+        assert_eq!(error_chain(&Quiet(refused())), expected);
+        assert_eq!(error_chain(&Repeats(refused())), expected);
     }
 
     #[test]

@@ -460,7 +460,7 @@ fn ping_history_table(md: &mut String, points: &[PingPoint]) {
             slice.iter().map(|p| p.loss_pct).sum::<f64>() / slice.len() as f64
         };
         let median_of =
-            |f: fn(&PingPoint) -> Option<f64>| crate::rules::median(slice.iter().filter_map(f));
+            |f: fn(&PingPoint) -> Option<f64>| probes::stats::median(slice.iter().filter_map(f));
         let spread = match (median_of(|p| p.rtt_p10_ms), median_of(|p| p.rtt_p90_ms)) {
             (Some(lo), Some(hi)) => format!("{}–{}", ms(Some(lo)), ms(Some(hi))),
             _ => "-".into(),
@@ -491,7 +491,7 @@ fn ping_evidence(md: &mut String, evidence: &Evidence) {
             .iter()
             .filter_map(|p| p.rtt_median_ms)
             .collect();
-        let median = crate::rules::median(medians.iter().copied());
+        let median = probes::stats::median(medians.iter().copied());
         let _ = writeln!(
             md,
             "**{}** ({}): {rounds} rounds, {lossy} with loss; median RTT {} over the window.\n",
@@ -666,7 +666,7 @@ fn check_series(md: &mut String, series: &CheckSeries) {
         .runs
         .first()
         .map_or("time", |r| r.figures.headline_field());
-    let median = crate::rules::median(
+    let median = probes::stats::median(
         series
             .runs
             .iter()

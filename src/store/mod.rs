@@ -229,10 +229,7 @@ impl Store {
     /// Delete observations older than `retention` before `now`; returns how many were removed.
     pub fn prune(&mut self, retention: Duration, now: SystemTime) -> anyhow::Result<usize> {
         let cutoff = now.checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH);
-        let cutoff_ns = cutoff
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let cutoff_ns = probes::unix_ns(cutoff);
         Ok(self
             .conn
             .execute("DELETE FROM observations WHERE ts_ns < ?1", [cutoff_ns])?)
