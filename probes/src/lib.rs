@@ -16,8 +16,9 @@
 //! - [`net`]: what the TCP and HTTP checks share: [`IpPreference`], resolution, error classes
 //!
 //! ## Example
-//! ```no_run
-//! # async fn demo() -> Result<(), probes::IcmpError> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), probes::IcmpError> {
 //! use std::time::Duration;
 //! let client = probes::IcmpClient::new()?;
 //! let plan = probes::RoundPlan { count: 5, spacing: Duration::from_millis(200), timeout: Duration::from_secs(1) };
@@ -25,6 +26,7 @@
 //! let observation = client.round("127.0.0.1".parse().expect("address"), plan, &stop).await;
 //! if let probes::Measurement::Ping(stats) = &observation.measurement {
 //!     println!("loss {}%, median {:?} ms", stats.loss_pct, stats.rtt_median_ms);
+//!     assert_eq!(stats.sent, 5);
 //! }
 //! # Ok(()) }
 //! ```
