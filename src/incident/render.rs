@@ -1,6 +1,10 @@
 //! The status document: pure functions from an [`Incident`] to text. The Markdown follows the
 //! incident process the draft serves: what is affected and how badly (impact, symptoms, scope),
 //! the evidence, a timeline, who to engage, and status updates ready to send.
+//!
+//! `golden/incident.md` is the whole document for a fixed incident (see the test
+//! `the_status_document_matches_the_golden_file`; `UPDATE_GOLDEN=1` rewrites it after a reviewed
+//! change).
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};

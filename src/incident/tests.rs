@@ -1253,3 +1253,53 @@ fn a_new_path_to_an_affected_target_is_an_update_with_the_path() {
         "The path to aws-a changed (trace probe `path`): 3 hops, 198.18.0.1 → ??? → 198.18.10.1."
     );
 }
+
+/// The whole status document, byte for byte, for a fixed incident (deterministic times): opened
+/// by group loss, two status updates, resolved. A change to the renderer shows up as a diff to
+/// review here; `UPDATE_GOLDEN=1` rewrites the file (never in CI).
+#[test]
+fn the_status_document_matches_the_golden_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config();
+    config.incidents.status_updates = Duration::from_secs(120);
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    drive(&mut store, &mut engine, &mut manager, 0, 1600);
+    let incident = IncidentDb::open(dir.path())
+        .expect("db")
+        .get("20261121-001")
+        .expect("get")
+        .expect("incident");
+    assert!(incident.resolved_at.is_some(), "the fixture resolves");
+    let md = render::markdown(&incident);
+
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/incident/golden/incident.md");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "UPDATE_GOLDEN in CI would make this test pass whatever it renders"
+        );
+        std::fs::write(&golden, &md).expect("write the golden file");
+    }
+    let expected = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (create it with UPDATE_GOLDEN=1)", golden.display()));
+    if md != expected {
+        let (line, (got, want)) = md
+            .lines()
+            .zip(expected.lines())
+            .enumerate()
+            .find(|(_, (got, want))| got != want)
+            .unwrap_or((
+                md.lines().count().min(expected.lines().count()),
+                ("(end)", "(end)"),
+            ));
+        panic!(
+            "the status document differs from {} at line {}:\n  rendered: {got}\n  golden:   {want}\n\
+             review the change, then rewrite the file with UPDATE_GOLDEN=1\n--- rendered ---\n{md}",
+            golden.display(),
+            line + 1
+        );
+    }
+}
