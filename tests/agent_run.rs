@@ -3,48 +3,14 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-const VANTAGE: &str = env!("CARGO_BIN_EXE_vantage");
+mod support;
 
-/// The agent as a child process, stopped (SIGKILL) if the test fails before it is stopped cleanly.
-struct Agent(Option<Child>);
-
-impl Agent {
-    fn start(config: &Path) -> Agent {
-        let child = Command::new(VANTAGE)
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start vantage run");
-        Agent(Some(child))
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn terminate(mut self) -> Output {
-        let child = self.0.take().expect("running agent");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("send SIGTERM");
-        assert!(status.success());
-        child.wait_with_output().expect("agent exit")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use support::{Agent, VANTAGE};
 
 fn write_config(dir: &Path, probe: &str, targets: &[(String, String)]) -> std::path::PathBuf {
     let mut text = format!(
@@ -113,15 +79,9 @@ fn run_stores_rounds_that_report_shows() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_nanos() as i64;
-    let agent = Agent::start(&config);
+    let agent = Agent::start(&[], &config, dir.path().join("agent.log"));
     std::thread::sleep(Duration::from_millis(3500));
-    let output = agent.terminate();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "agent exit {:?}: {log}",
-        output.status
-    );
+    let log = agent.stop();
     assert!(log.contains("agent started"), "{log}");
     assert!(log.contains("everything measured is stored"), "{log}");
 
@@ -180,15 +140,10 @@ fn sigterm_mid_round_stores_the_echoes_already_sent() {
     // One 10-echo round takes ~5 s; stop after ~2 s.
     let probe = "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"10s\"\ncount = 10\nspacing = \"500ms\"\ntimeout = \"1s\"\n";
     let config = write_config(dir.path(), probe, &[("lo".into(), "127.0.0.1".into())]);
-    let agent = Agent::start(&config);
+    let agent = Agent::start(&[], &config, dir.path().join("agent.log"));
     std::thread::sleep(Duration::from_millis(2000));
     let stop_at = Instant::now();
-    let output = agent.terminate();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    agent.stop();
     assert!(
         stop_at.elapsed() < Duration::from_secs(3),
         "shutdown waits at most one echo timeout"
@@ -212,15 +167,10 @@ fn one_agent_holds_ten_thousand_targets() {
         .collect();
     let probe = "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"5s\"\ncount = 2\nspacing = \"1s\"\ntimeout = \"2s\"\n";
     let config = write_config(dir.path(), probe, &targets);
-    let agent = Agent::start(&config);
+    let agent = Agent::start(&[], &config, dir.path().join("agent.log"));
     // Two full intervals plus the longest round (1 s spacing + 2 s timeout) and start-up slack.
     std::thread::sleep(Duration::from_secs(14));
-    let output = agent.terminate();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    agent.stop();
     let rows = rounds(dir.path());
     let mut per_target = std::collections::HashMap::<&str, usize>::new();
     let (mut sent_total, mut lost_total) = (0, 0);

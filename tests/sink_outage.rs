@@ -20,7 +20,7 @@
 //! killed: those are computed from the spool file the killed process left (the queue is FIFO, so
 //! they are the newest records of producer 1), counted, printed and bounded (≤ 0.5 s of points).
 
-mod common;
+mod support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Influxd, VictoriaMetrics, ping_record};
+use support::{Influxd, VictoriaMetrics, ping_record};
 use vantage::sinks::{OutputConfig, SecretSource, SinkOptions, Sinks, Spool};
 
 const TOKEN: &str = "vm-token-7f3a9c";
@@ -264,7 +264,7 @@ fn multiset<T: Ord + Clone + std::hash::Hash>(items: &[T]) -> HashMap<T, usize> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_with_sigkill_loses_nothing_spooled() {
-    common::init_logs();
+    support::init_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = ProducerPaths::new(dir.path());
     std::fs::write(&paths.token, TOKEN).expect("token");
@@ -275,7 +275,7 @@ async fn outage_with_sigkill_loses_nothing_spooled() {
 
     let started = Instant::now();
     let mut producer = Producer::spawn(&paths, &vm.url, &influx.url, &dir.path().join("p1.err"));
-    common::wait_for(
+    support::wait_for(
         "first points in both stores",
         Duration::from_secs(30),
         || {

@@ -1,6 +1,6 @@
 //! `vantage report` shows a "delivery" section per output from the spool.
 
-mod common;
+mod support;
 
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -14,7 +14,7 @@ fn report_shows_delivery_per_output() {
     let now = SystemTime::now();
     Store::open(dir.path())
         .expect("store")
-        .insert(&[common::ping_record("sjc1", now, 0)])
+        .insert(&[support::ping_record("sjc1", now, 0)])
         .expect("insert");
     let mut spool = Spool::open(dir.path()).expect("spool");
     let (vm, influx) = (
