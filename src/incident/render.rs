@@ -228,6 +228,20 @@ fn localization(incident: &Incident) -> String {
 /// The whole status document.
 pub fn markdown(incident: &Incident) -> String {
     let mut md = String::new();
+    header(&mut md, incident);
+    impact(&mut md, incident);
+    symptoms(&mut md, incident);
+    scope_and_localization(&mut md, incident);
+    evidence_section(&mut md, incident);
+    timeline(&mut md, incident);
+    engage(&mut md, incident);
+    status_updates(&mut md, incident);
+    resolution(&mut md, incident);
+    md
+}
+
+/// The title and the facts table.
+fn header(md: &mut String, incident: &Incident) {
     let status = match incident.status {
         Status::Open => "DRAFT — open",
         Status::Resolved => "DRAFT — resolved",
@@ -261,7 +275,10 @@ pub fn markdown(incident: &Incident) -> String {
         incident.rule.name, incident.rule.condition
     );
     let _ = writeln!(md, "| **Dedup key** | `{}` |", incident.key);
+}
 
+/// ## Impact: how bad, now or as last reported, and the peak.
+fn impact(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Impact\n");
     let _ = writeln!(
         md,
@@ -273,7 +290,10 @@ pub fn markdown(incident: &Incident) -> String {
         }
     );
     let _ = writeln!(md, "\nPeak: {}.", peak_phrase(incident));
+}
 
+/// ## Symptoms: each affected target's figure.
+fn symptoms(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Symptoms\n");
     if incident.impact.affected.is_empty() {
         let _ = writeln!(md, "No target is breaching any more.");
@@ -302,7 +322,10 @@ pub fn markdown(incident: &Incident) -> String {
             );
         }
     }
+}
 
+/// ## Scope and localization: how wide, where the fault lies, the path trace.
+fn scope_and_localization(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Scope and localization\n");
     let _ = writeln!(
         md,
@@ -325,7 +348,10 @@ pub fn markdown(incident: &Incident) -> String {
             );
         }
     }
+}
 
+/// ## Evidence: the window, the chart, the tables.
+fn evidence_section(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Evidence\n");
     if let (Some(from), Some(to)) = (incident.evidence.window_from, incident.evidence.window_to) {
         let _ = writeln!(
@@ -342,13 +368,16 @@ pub fn markdown(incident: &Incident) -> String {
     let evidence = &incident.evidence;
     // A draft about service checks only has no ping history to show.
     if !evidence.series.is_empty() || evidence.checks.is_empty() {
-        ping_evidence(&mut md, evidence);
+        ping_evidence(md, evidence);
     }
     if !evidence.checks.is_empty() {
-        check_evidence(&mut md, evidence);
+        check_evidence(md, evidence);
     }
-    contrast(&mut md, evidence);
+    contrast(md, evidence);
+}
 
+/// ## Timeline (UTC).
+fn timeline(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Timeline (UTC)\n");
     for entry in &incident.timeline {
         let _ = writeln!(
@@ -359,7 +388,10 @@ pub fn markdown(incident: &Incident) -> String {
             entry.text
         );
     }
+}
 
+/// ## Engage: the checklist, with the owners of the faulty segment.
+fn engage(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Engage\n");
     let affected = incident.impact.affected_targets();
     let segment = match &incident.scope {
@@ -387,7 +419,10 @@ pub fn markdown(incident: &Incident) -> String {
         "- [ ] Send a status update every {} (drafts below).",
         human_duration(Duration::from_secs(incident.status_update_every_s))
     );
+}
 
+/// ## Status updates (drafts).
+fn status_updates(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Status updates (drafts)\n");
     if incident.status_updates.is_empty() {
         let _ = writeln!(
@@ -405,7 +440,10 @@ pub fn markdown(incident: &Incident) -> String {
             update.text
         );
     }
+}
 
+/// ## Resolution, once resolved.
+fn resolution(md: &mut String, incident: &Incident) {
     if incident.status == Status::Resolved {
         let _ = writeln!(md, "\n## Resolution\n");
         match incident
@@ -422,7 +460,6 @@ pub fn markdown(incident: &Incident) -> String {
             }
         }
     }
-    md
 }
 
 fn capitalize_first(text: &str) -> String {
