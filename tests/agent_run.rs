@@ -75,10 +75,7 @@ fn run_stores_rounds_that_report_shows() {
             ("lo-v6".into(), "::1".into()),
         ],
     );
-    let started_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as i64;
+    let started_ns = probes::unix_ns(std::time::SystemTime::now());
     let agent = Agent::start(&[], &config, dir.path().join("agent.log"));
     std::thread::sleep(Duration::from_millis(3500));
     let log = agent.stop();

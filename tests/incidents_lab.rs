@@ -118,11 +118,7 @@ impl Setup {
     }
 }
 
-fn unix_ns(at: SystemTime) -> i64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_nanos() as i64
-}
+use probes::unix_ns;
 
 fn wait_for<T>(
     what: &str,

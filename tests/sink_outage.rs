@@ -174,10 +174,7 @@ fn producer_child() {
     let mut last_ns = 0i64;
     let mut seq = 0u64;
     while !stop.exists() {
-        let now_ns = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos() as i64;
+        let now_ns = probes::unix_ns(SystemTime::now());
         // At least 1 ms apart, so VictoriaMetrics' millisecond timestamps stay distinct too.
         let ts = now_ns.max(last_ns + 1_000_000);
         last_ns = ts;

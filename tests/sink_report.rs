@@ -21,12 +21,7 @@ fn report_shows_delivery_per_output() {
         spool.output_id("vm").expect("vm"),
         spool.output_id("influx").expect("influx"),
     );
-    let ts = |ago: u64| {
-        (now - Duration::from_secs(ago))
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos() as i64
-    };
+    let ts = |ago: u64| probes::unix_ns(now - Duration::from_secs(ago));
     let points: Vec<(i64, Vec<u8>)> = (0..10)
         .map(|i| {
             (
