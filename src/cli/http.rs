@@ -72,11 +72,11 @@ pub struct Args {
     url: String,
 }
 
-/// `--json` output.
+/// `--json` output. The method comes with the measurement's fields (a `method` here too would print
+/// the key twice).
 #[derive(Debug, Serialize)]
 struct HttpLine<'a> {
     url: &'a str,
-    method: &'a str,
     #[serde(flatten)]
     stats: &'a probes::HttpStats,
     success: bool,
@@ -143,7 +143,6 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         let line = HttpLine {
             url: &args.url,
-            method: &args.method,
             stats,
             success: observation.is_success(),
             failure,
