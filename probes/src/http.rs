@@ -15,7 +15,8 @@
 //!   [`ClientSessionStore`] that never resumes records that instant. TLS = ready − that instant, and
 //!   connect = that instant − end of resolution. The same per-run certificate verifier wrapper
 //!   records the earliest `notAfter` of the presented chain (blackbox's
-//!   `probe_ssl_earliest_cert_expiry`), also when verification then fails.
+//!   `probe_ssl_earliest_cert_expiry`), also when verification then fails: so the chain is read
+//!   before it is trusted, with `x509-parser` (a certificate it cannot read has no expiry).
 //! - **processing**: connection ready → response headers (time to first byte, roughly).
 //! - **transfer**: headers → last body byte (after decompression).
 //!
@@ -773,74 +774,17 @@ fn classify_request_error(error: &reqwest::Error, phase: Phase) -> Outcome {
     Outcome::failure(kind, message)
 }
 
-/// Earliest `notAfter` of a DER certificate, in seconds since the Unix epoch. A minimal walk of
-/// `Certificate → TBSCertificate → Validity`, enough for expiry and nothing else.
+/// The `notAfter` of a DER certificate, in seconds since the Unix epoch; `None` if it does not
+/// parse. It reads the server's chain before (and whether or not) it is trusted, so it uses
+/// `x509-parser`, made for untrusted input, and leaves extensions unparsed (expiry needs none).
 pub fn cert_not_after(der: &[u8]) -> Option<i64> {
-    let (_, cert, _) = der_tlv(der)?;
-    let (_, mut tbs, _) = der_tlv(cert)?;
-    let (tag, _, rest) = der_tlv(tbs)?;
-    if tag == 0xa0 {
-        tbs = rest; // explicit version
-    }
-    let (_, _, rest) = der_tlv(tbs)?; // serialNumber
-    let (_, _, rest) = der_tlv(rest)?; // signature algorithm
-    let (_, _, rest) = der_tlv(rest)?; // issuer
-    let (tag, validity, _) = der_tlv(rest)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (_, _, after_not_before) = der_tlv(validity)?;
-    let (tag, not_after, _) = der_tlv(after_not_before)?;
-    let text = std::str::from_utf8(not_after).ok()?;
-    match tag {
-        0x17 if text.len() == 13 => {
-            // UTCTime YYMMDDHHMMSSZ; RFC 5280: YY >= 50 is 19YY
-            let yy: i64 = text[0..2].parse().ok()?;
-            let year = if yy >= 50 { 1900 + yy } else { 2000 + yy };
-            unix_from_parts(year, &text[2..12])
-        }
-        0x18 if text.len() == 15 => unix_from_parts(text[0..4].parse().ok()?, &text[4..14]),
-        _ => None,
-    }
-}
-
-/// `MMDDHHMMSS` of `year` to Unix seconds (UTC).
-fn unix_from_parts(year: i64, rest: &str) -> Option<i64> {
-    let field = |i: usize| rest.get(i..i + 2)?.parse::<i64>().ok();
-    let (month, day, hour, minute, second) =
-        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// One DER TLV: (tag, contents, rest). Single-byte tags only, which is all X.509 needs here.
-fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, input) = input.split_first()?;
-    let (&first, mut input) = input.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || input.len() < count {
-            return None;
-        }
-        let len = input[..count]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        input = &input[count..];
-        len
-    };
-    (input.len() >= len).then(|| (tag, &input[..len], &input[len..]))
+    use x509_parser::certificate::X509CertificateParser;
+    use x509_parser::nom::Parser;
+    let (_, cert) = X509CertificateParser::new()
+        .with_deep_parse_extensions(false)
+        .parse(der)
+        .ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// The phase a hop was in when it ended (or was cut off).
@@ -1153,23 +1097,37 @@ impl ServerCertVerifier for RecordingVerifier {
 mod tests {
     use super::*;
 
-    #[test]
-    fn not_after_is_read_from_utc_and_generalized_time() {
-        assert_eq!(unix_from_parts(1970, "0101000000"), Some(0));
-        assert_eq!(unix_from_parts(2000, "0301000000"), Some(951_868_800));
-        assert_eq!(unix_from_parts(2038, "0119031408"), Some(2_147_483_648));
-        assert_eq!(unix_from_parts(2024, "1301000000"), None);
+    /// A self-signed certificate's DER, valid until `not_after`.
+    fn cert_until(not_after: time::OffsetDateTime) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["x.test".to_owned()]).expect("params");
+        params.not_after = not_after;
+        params.self_signed(&key).expect("cert").der().to_vec()
     }
 
     #[test]
-    fn der_lengths_in_long_form_are_read() {
-        let mut long = vec![0x04, 0x82, 0x01, 0x00];
-        long.extend(std::iter::repeat_n(7u8, 256));
-        long.push(0xff);
-        let (tag, contents, rest) = der_tlv(&long).expect("tlv");
-        assert_eq!((tag, contents.len(), rest), (0x04, 256, &[0xff][..]));
-        assert_eq!(der_tlv(&[0x04, 0x05, 1, 2]), None, "truncated");
+    fn not_after_is_read_from_utc_and_generalized_time() {
+        // RFC 5280: UTCTime up to 2049, GeneralizedTime from 2050.
+        let utc = cert_until(rcgen::date_time_ymd(2038, 1, 19));
+        assert_eq!(cert_not_after(&utc), Some(2_147_472_000));
+        let generalized = cert_until(rcgen::date_time_ymd(2050, 1, 1));
+        assert_eq!(cert_not_after(&generalized), Some(2_524_608_000));
         assert_eq!(cert_not_after(b"not a certificate"), None);
+        assert_eq!(cert_not_after(&utc[..utc.len() / 2]), None, "truncated");
+    }
+
+    #[test]
+    fn a_non_ascii_not_after_is_no_expiry_not_a_panic() {
+        let mut der = cert_until(rcgen::date_time_ymd(2038, 1, 19));
+        // Validity: SEQUENCE of two 13-byte UTCTimes; put a 3-byte UTF-8 character in notAfter,
+        // so that byte offsets no longer fall on character boundaries.
+        let validity = der
+            .windows(4)
+            .position(|w| w == [0x30, 0x1e, 0x17, 0x0d])
+            .expect("a UTCTime validity");
+        let not_after = validity + 2 + 15 + 2;
+        der[not_after + 1..not_after + 4].copy_from_slice("€".as_bytes());
+        assert_eq!(cert_not_after(&der), None);
     }
 
     #[test]

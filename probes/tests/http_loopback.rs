@@ -255,6 +255,16 @@ impl TestPki {
 
     /// A server config presenting a leaf for `names`, valid for `days` more days.
     fn server(&self, names: &[&str], days: i64) -> Arc<rustls::ServerConfig> {
+        self.server_with(names, days, |_| {})
+    }
+
+    /// As [`TestPki::server`], with the leaf's DER changed by `patch` after signing.
+    fn server_with(
+        &self,
+        names: &[&str],
+        days: i64,
+        patch: impl FnOnce(&mut Vec<u8>),
+    ) -> Arc<rustls::ServerConfig> {
         let key = rcgen::KeyPair::generate().expect("leaf key");
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -262,14 +272,19 @@ impl TestPki {
         params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
         params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
         let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
-        let leaf = params.signed_by(&key, &issuer).expect("sign leaf");
+        let mut leaf = params
+            .signed_by(&key, &issuer)
+            .expect("sign leaf")
+            .der()
+            .to_vec();
+        patch(&mut leaf);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_no_client_auth()
             .with_single_cert(
-                vec![leaf.der().clone()],
+                vec![leaf.into()],
                 rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
             )
             .expect("server config");
@@ -424,6 +439,37 @@ async fn an_untrusted_certificate_is_a_tls_failure_with_its_expiry_still_recorde
     let s = stats(&obs);
     assert!(s.cert_expiry_days.is_some_and(|d| d > 99.0), "{s:?}");
     assert!(s.tls_ms.is_some(), "{s:?}");
+    assert_eq!(s.status_code, None);
+}
+
+#[tokio::test]
+async fn a_certificate_with_a_non_ascii_expiry_is_a_tls_failure_not_a_panic() {
+    let pki = TestPki::new();
+    // The leaf's notAfter UTCTime gets a 3-byte UTF-8 character where digits belong (which also
+    // breaks its signature): the expiry is unreadable and the chain untrusted.
+    let hostile = pki.server_with(&["localhost"], 10, |der| {
+        let validity = der
+            .windows(4)
+            .position(|w| w == [0x30, 0x1e, 0x17, 0x0d])
+            .expect("a UTCTime validity");
+        let not_after = validity + 2 + 15 + 2;
+        der[not_after + 1..not_after + 4].copy_from_slice("€".as_bytes());
+    });
+    let server = Server::start("127.0.0.1:0", Some(hostile), Arc::new(|_| ok("x"))).await;
+    let url = format!("https://localhost:{}/", server.addr.port());
+    let obs = run(HttpSettings {
+        ca_file: Some(pki.ca_path()),
+        ip: IpPreference::V4Only,
+        ..HttpSettings::new(url)
+    })
+    .await;
+    assert_eq!(
+        failure(&obs).map(|f| f.0),
+        Some(FailureKind::Tls),
+        "{obs:?}"
+    );
+    let s = stats(&obs);
+    assert_eq!(s.cert_expiry_days, None, "{s:?}");
     assert_eq!(s.status_code, None);
 }
 
