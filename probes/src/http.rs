@@ -29,8 +29,9 @@
 //! ## Safety
 //! One deadline ([`HttpSettings::timeout`]) bounds the whole check, a server trickling a byte a
 //! second included; the body is read chunk by chunk and abandoned past
-//! [`HttpSettings::max_body_bytes`] counted after gzip decompression, so a gzip bomb costs at most
-//! that much memory.
+//! [`HttpSettings::max_body_bytes`] counted after gzip decompression. Only what the body
+//! expectations need is kept ([`BodySeen`]): nothing without any, a window the length of the
+//! longest `body_contains` text for those, the whole body (up to the cap) only for a regex.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -69,6 +70,7 @@ pub struct HttpSettings {
     /// Bounds the whole check: every hop, every phase, the body.
     pub timeout: Duration,
     /// Hard cap on body bytes read (after decompression); more is a [`FailureKind::BodyLimit`].
+    /// The body is kept in memory (up to this) only when [`HttpExpect::body_matches`] is set.
     pub max_body_bytes: u64,
     /// Redirects followed before giving up with [`FailureKind::Redirect`]; 0 = do not follow, a 3xx
     /// is then the final response (and fails the default status expectation).
@@ -105,9 +107,10 @@ impl HttpSettings {
 pub struct HttpExpect {
     /// Accepted status codes of the final response; empty = 200..=299.
     pub status_codes: Vec<u16>,
-    /// Substrings the body must contain.
+    /// Substrings the body must contain (searched as the body streams past).
     pub body_contains: Vec<String>,
-    /// Regexes (the `regex` crate's syntax) the body must match.
+    /// Regexes (the `regex` crate's syntax) the body must match. With any, the whole body (up to
+    /// [`HttpSettings::max_body_bytes`]) is kept in memory to run them on.
     pub body_matches: Vec<String>,
     /// Response headers that must be present with a value matching the regex.
     pub headers: Vec<HeaderMatch>,
@@ -288,6 +291,12 @@ impl HttpCheck {
     /// As [`HttpCheck::run`], and every expectation's result (empty when no complete response
     /// arrived: nothing could be checked). The observation's outcome is the first that failed.
     pub async fn run_detailed(&self) -> (Observation, Vec<AssertionResult>) {
+        let (observation, assertions, _) = self.run_seeing_body().await;
+        (observation, assertions)
+    }
+
+    /// As [`HttpCheck::run_detailed`], and what was kept of the body.
+    async fn run_seeing_body(&self) -> (Observation, Vec<AssertionResult>, BodySeen) {
         let started_at = SystemTime::now();
         let started = Instant::now();
         let recorder = Recorder::default();
@@ -296,11 +305,11 @@ impl HttpCheck {
             final_url: self.url.to_string(),
             ..HttpStats::default()
         };
-        let mut body = Vec::new();
+        let mut body = BodySeen::for_expect(&self.settings.expect);
         let exchange = self.exchange(&recorder, &mut stats, &mut body);
         let result = tokio::time::timeout(self.settings.timeout, exchange).await;
         stats.cert_expiry_days = recorder.cert_expiry_days();
-        stats.body_bytes = body.len() as u64;
+        stats.body_bytes = body.bytes;
         let mut assertions = Vec::new();
         let outcome = match result {
             Ok(Ok(response)) => {
@@ -328,7 +337,7 @@ impl HttpCheck {
             outcome,
             measurement: Measurement::Http(stats),
         };
-        (observation, assertions)
+        (observation, assertions, body)
     }
 
     fn client(
@@ -373,7 +382,7 @@ impl HttpCheck {
         &self,
         recorder: &Recorder,
         stats: &mut HttpStats,
-        body: &mut Vec<u8>,
+        body: &mut BodySeen,
     ) -> Result<Response, Outcome> {
         let mut url = self.url.clone();
         let mut method = self.method.clone();
@@ -497,22 +506,23 @@ impl HttpCheck {
         mut response: reqwest::Response,
         headers_at: Instant,
         stats: &mut HttpStats,
-        body: &mut Vec<u8>,
+        body: &mut BodySeen,
     ) -> Result<Response, Outcome> {
         let cap = self.settings.max_body_bytes;
+        let needles = &self.settings.expect.body_contains;
         let result = loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
-                    let room = usize::try_from(cap.saturating_sub(body.len() as u64))
-                        .unwrap_or(usize::MAX);
+                    let room =
+                        usize::try_from(cap.saturating_sub(body.bytes)).unwrap_or(usize::MAX);
                     if chunk.len() > room {
-                        body.extend_from_slice(&chunk[..room]);
+                        body.take(&chunk[..room], needles);
                         break Err(Outcome::failure(
                             FailureKind::BodyLimit,
                             format!("body larger than {cap} bytes (after decompression)"),
                         ));
                     }
-                    body.extend_from_slice(&chunk);
+                    body.take(&chunk, needles);
                 }
                 Ok(None) => break Ok(()),
                 Err(error) => {
@@ -523,7 +533,7 @@ impl HttpCheck {
                 }
             }
         };
-        stats.body_bytes = body.len() as u64;
+        stats.body_bytes = body.bytes;
         stats.transfer_ms = Some(ms(headers_at.elapsed()));
         result?;
         Ok(Response {
@@ -538,7 +548,7 @@ impl HttpCheck {
     fn judge(
         &self,
         response: &Response,
-        body: &[u8],
+        body: &BodySeen,
         stats: &HttpStats,
         elapsed: Duration,
     ) -> (Outcome, Vec<AssertionResult>) {
@@ -599,10 +609,10 @@ impl HttpCheck {
                 format!("{name}: {}", matched.cloned().unwrap_or_default()),
             );
         }
-        for needle in &expect.body_contains {
+        for (needle, found) in expect.body_contains.iter().zip(&body.found) {
             check(
                 format!("body contains {needle:?}"),
-                (!contains(body, needle.as_bytes())).then(|| {
+                (!found).then(|| {
                     (
                         FailureKind::Assertion,
                         format!("body does not contain {needle:?}"),
@@ -612,7 +622,7 @@ impl HttpCheck {
             );
         }
         if !self.body_matches.is_empty() {
-            let text = String::from_utf8_lossy(body);
+            let text = String::from_utf8_lossy(body.kept.as_deref().unwrap_or_default());
             for regex in &self.body_matches {
                 check(
                     format!("body matches /{regex}/"),
@@ -707,8 +717,72 @@ impl HttpStats {
     }
 }
 
+/// What the body expectations need of a body, gathered as it streams past: the body itself only
+/// when a regex must run on it; for `body_contains`, which texts were seen.
+#[derive(Debug, Default)]
+struct BodySeen {
+    /// Bytes read, after decompression.
+    bytes: u64,
+    /// The body (up to the cap), kept only for [`HttpExpect::body_matches`].
+    kept: Option<Vec<u8>>,
+    /// Per [`HttpExpect::body_contains`] entry: seen yet?
+    found: Vec<bool>,
+    /// The body's last bytes, one short of the longest text not yet seen: a text split across
+    /// chunks is found when the next chunk arrives.
+    tail: Vec<u8>,
+}
+
+impl BodySeen {
+    fn for_expect(expect: &HttpExpect) -> Self {
+        BodySeen {
+            kept: (!expect.body_matches.is_empty()).then(Vec::new),
+            found: vec![false; expect.body_contains.len()],
+            ..BodySeen::default()
+        }
+    }
+
+    /// The next chunk of the body; `needles` are the `body_contains` texts.
+    fn take(&mut self, chunk: &[u8], needles: &[String]) {
+        self.bytes += chunk.len() as u64;
+        if let Some(kept) = &mut self.kept {
+            kept.extend_from_slice(chunk);
+        }
+        let longest_missing = needles
+            .iter()
+            .zip(&self.found)
+            .filter(|(_, found)| !**found)
+            .map(|(needle, _)| needle.len())
+            .max();
+        let Some(longest) = longest_missing else {
+            self.tail = Vec::new();
+            return;
+        };
+        let keep = longest.saturating_sub(1);
+        // Where the previous chunks end and this one begins: the only place the chunk alone misses.
+        let mut seam = std::mem::take(&mut self.tail);
+        seam.extend_from_slice(&chunk[..chunk.len().min(keep)]);
+        for (needle, found) in needles.iter().zip(&mut self.found) {
+            let needle = needle.as_bytes();
+            *found = *found || contains(chunk, needle) || contains(&seam, needle);
+        }
+        if chunk.len() >= keep {
+            seam.clear();
+            seam.extend_from_slice(&chunk[chunk.len() - keep..]);
+        } else {
+            seam.drain(..seam.len().saturating_sub(keep));
+        }
+        self.tail = seam;
+    }
+
+    /// Bytes of memory held for the body.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.kept.as_ref().map_or(0, Vec::capacity) + self.tail.capacity()
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 fn literal_ip(url: &Url) -> Option<std::net::IpAddr> {
@@ -1128,6 +1202,102 @@ mod tests {
         let not_after = validity + 2 + 15 + 2;
         der[not_after + 1..not_after + 4].copy_from_slice("€".as_bytes());
         assert_eq!(cert_not_after(&der), None);
+    }
+
+    #[test]
+    fn body_contains_finds_texts_split_across_chunks_keeping_only_a_short_tail() {
+        let needles = [
+            "hello world".to_owned(),
+            "!".to_owned(),
+            "absent".to_owned(),
+        ];
+        let expect = HttpExpect {
+            body_contains: needles.to_vec(),
+            ..HttpExpect::default()
+        };
+        let mut seen = BodySeen::for_expect(&expect);
+        for chunk in ["xxhel", "l", "o w", "orld and much more text after it", "!"] {
+            seen.take(chunk.as_bytes(), &needles);
+            assert!(seen.tail.len() < "hello world".len(), "{seen:?}");
+        }
+        assert_eq!(seen.found, [true, true, false]);
+        assert_eq!(seen.bytes, 42);
+        assert_eq!(seen.kept, None);
+    }
+
+    /// A loopback server answering every request with `size` bytes of `.` ending in `THE END`.
+    async fn serve_large_body(size: usize) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request).await;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+                    );
+                    stream.write_all(head.as_bytes()).await?;
+                    let block = vec![b'.'; 1 << 16];
+                    let mut left = size - "THE END".len();
+                    while left > 0 {
+                        let n = left.min(block.len());
+                        stream.write_all(&block[..n]).await?;
+                        left -= n;
+                    }
+                    stream.write_all(b"THE END").await?;
+                    stream.shutdown().await
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_body_is_kept_in_memory_only_for_a_regex() {
+        let run = |size: usize, expect: HttpExpect| async move {
+            let addr = serve_large_body(size).await;
+            let check = HttpCheck::new(HttpSettings {
+                max_body_bytes: size as u64,
+                timeout: Duration::from_secs(60),
+                expect,
+                ..HttpSettings::new(format!("http://{addr}/"))
+            })
+            .expect("settings");
+            let (observation, _, seen) = check.run_seeing_body().await;
+            assert_eq!(observation.outcome, Outcome::Success, "{observation:?}");
+            let Measurement::Http(stats) = observation.measurement else {
+                panic!("not http: {observation:?}");
+            };
+            assert_eq!(stats.body_bytes, size as u64);
+            seen.held()
+        };
+        let counted_only = run(64 << 20, HttpExpect::default()).await;
+        assert_eq!(counted_only, 0, "no body expectation: nothing kept");
+        let searched = run(
+            64 << 20,
+            HttpExpect {
+                body_contains: vec!["THE END".to_owned()],
+                ..HttpExpect::default()
+            },
+        )
+        .await;
+        assert!(searched < 64, "body_contains kept {searched} bytes");
+        let matched = run(
+            1 << 20,
+            HttpExpect {
+                body_matches: vec!["THE END$".to_owned()],
+                ..HttpExpect::default()
+            },
+        )
+        .await;
+        assert!(
+            matched >= 1 << 20,
+            "a regex needs the whole body: {matched}"
+        );
     }
 
     #[test]
