@@ -26,6 +26,16 @@
 //! blackbox does); a hop to the same origin keeps the request headers, a hop to another origin
 //! drops `Authorization` and `Cookie`.
 //!
+//! A check that starts at a public address does not follow redirects into internal ones (loopback,
+//! link-local such as the cloud metadata service 169.254.169.254, RFC 1918 private, carrier-grade
+//! NAT, IPv6 unique local, unspecified; IPv4-mapped IPv6 counts as its IPv4 address) unless
+//! [`HttpSettings::follow_private_redirects`] is set: the probe would otherwise fetch (and time,
+//! and match against) the agent's own network on a remote server's say-so. "Public" is every
+//! other address, special-purpose ranges such as 198.18.0.0/15 (benchmarking) included. The start
+//! is judged by the address its connection reached; a redirect target by its literal host before
+//! any connection, or by every address its name resolves to, in the resolver the connection then
+//! uses (so a name that resolves to 169.254.169.254 is caught too, DNS rebinding included).
+//!
 //! ## Safety
 //! One deadline ([`HttpSettings::timeout`]) bounds the whole check, a server trickling a byte a
 //! second included; the body is read chunk by chunk and abandoned past
@@ -81,6 +91,9 @@ pub struct HttpSettings {
     pub server_name: Option<String>,
     /// PEM file of CA certificates to trust instead of the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Follow redirects from a public address into loopback, link-local or private ones (see the
+    /// module docs); off: such a redirect is a [`FailureKind::Redirect`].
+    pub follow_private_redirects: bool,
     pub expect: HttpExpect,
 }
 
@@ -97,6 +110,7 @@ impl HttpSettings {
             ip: IpPreference::Any,
             server_name: None,
             ca_file: None,
+            follow_private_redirects: false,
             expect: HttpExpect::default(),
         }
     }
@@ -340,10 +354,12 @@ impl HttpCheck {
         (observation, assertions, body)
     }
 
+    /// A client for one hop; `refuse_internal`: its resolver refuses names with internal addresses.
     fn client(
         &self,
         recorder: &Recorder,
         pins: HashMap<String, String>,
+        refuse_internal: bool,
     ) -> Result<reqwest::Client, Outcome> {
         let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_safe_default_protocol_versions()
@@ -362,6 +378,7 @@ impl HttpCheck {
                 recorder: recorder.clone(),
                 preference: self.settings.ip,
                 pins,
+                refuse_internal,
             }))
             .connector_layer(TimingLayer(recorder.clone()))
             .redirect(reqwest::redirect::Policy::none())
@@ -388,6 +405,9 @@ impl HttpCheck {
         let mut method = self.method.clone();
         let mut headers = self.headers.clone();
         let mut request_body = self.settings.body.clone();
+        // Set once the first hop answered: it reached a public address, so the redirects it
+        // starts may not lead into internal ones.
+        let mut guard_redirects = false;
         loop {
             let (request_url, pins) = self.connect_url(&url, &mut headers)?;
             if let Some(ip) = literal_ip(&request_url)
@@ -401,7 +421,7 @@ impl HttpCheck {
                     ),
                 ));
             }
-            let client = self.client(recorder, pins)?;
+            let client = self.client(recorder, pins, guard_redirects)?;
             let mut request = client
                 .request(method.clone(), request_url)
                 .headers(headers.clone());
@@ -419,6 +439,13 @@ impl HttpCheck {
                 }
             };
             recorder.close_hop(stats, headers_at);
+            if stats.redirects == 0 {
+                // No peer address (never for a TCP connection) counts as public: refuse.
+                guard_redirects = !self.settings.follow_private_redirects
+                    && response
+                        .remote_addr()
+                        .is_none_or(|peer| internal_range(peer.ip()).is_none());
+            }
             let status = response.status();
             stats.status_code = Some(status.as_u16());
             stats.final_url = url.to_string();
@@ -435,6 +462,17 @@ impl HttpCheck {
                         ));
                     }
                     stats.redirects += 1;
+                    if guard_redirects
+                        && let Some(ip) = literal_ip(&next)
+                        && let Some(range) = internal_range(ip)
+                    {
+                        return Err(Outcome::failure(
+                            FailureKind::Redirect,
+                            format!(
+                                "redirect to {next} refused: {ip} is {range}; {PRIVATE_REDIRECT_HINT}"
+                            ),
+                        ));
+                    }
                     if next.origin() != url.origin() {
                         headers.remove(AUTHORIZATION);
                         headers.remove(COOKIE);
@@ -793,6 +831,48 @@ fn literal_ip(url: &Url) -> Option<std::net::IpAddr> {
         .ok()
 }
 
+/// Which internal range `ip` is in (`None`: public), for redirects from a public address.
+fn internal_range(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else if v4.is_private() {
+                Some("private (RFC 1918)")
+            } else if a == 100 && (64..128).contains(&b) {
+                Some("carrier-grade NAT (100.64.0.0/10)")
+            } else if v4.is_unspecified() {
+                Some("unspecified (this host)")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("unique local (fc00::/7)")
+            } else if v6.is_unspecified() {
+                Some("unspecified (this host)")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Why a redirect into an internal address was refused, and how to allow it.
+const PRIVATE_REDIRECT_HINT: &str = "the check started at a public address, and follows \
+    redirects into internal ones only with follow_private_redirects = true (vantage http: \
+    --follow-private-redirects)";
+
 /// The absolute URL a 3xx response points to, if it has a usable `Location`.
 fn redirect_target(base: &Url, headers: &HeaderMap) -> Option<Url> {
     let location = headers.get(LOCATION)?.to_str().ok()?;
@@ -823,6 +903,9 @@ fn classify_request_error(error: &reqwest::Error, phase: Phase) -> Outcome {
     while let Some(cause) = source {
         if cause.downcast_ref::<ResolveFailed>().is_some() {
             return Outcome::failure(FailureKind::Resolve, message);
+        }
+        if let Some(refused) = cause.downcast_ref::<InternalRedirect>() {
+            return Outcome::failure(FailureKind::Redirect, refused.to_string());
         }
         if cause.downcast_ref::<rustls::Error>().is_some() {
             return Outcome::failure(FailureKind::Tls, message);
@@ -1003,12 +1086,27 @@ struct TimedResolver {
     preference: IpPreference,
     /// lower-case name → host to resolve instead (server name override).
     pins: HashMap<String, String>,
+    /// A redirect from a public address: a name with any internal address is refused.
+    refuse_internal: bool,
 }
+
+/// A redirect target resolved to an internal address; see the module docs.
+#[derive(Debug)]
+struct InternalRedirect(String);
+
+impl fmt::Display for InternalRedirect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InternalRedirect {}
 
 impl reqwest::dns::Resolve for TimedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let recorder = self.recorder.clone();
         let preference = self.preference;
+        let refuse_internal = self.refuse_internal;
         let host = self
             .pins
             .get(&name.as_str().to_ascii_lowercase())
@@ -1023,6 +1121,17 @@ impl reqwest::dns::Resolve for TimedResolver {
                 result.map_err(|why| -> Box<dyn std::error::Error + Send + Sync> {
                     Box::new(ResolveFailed(why))
                 })?;
+            if refuse_internal
+                && let Some((ip, range)) = addrs
+                    .iter()
+                    .find_map(|a| Some((a.ip(), internal_range(a.ip())?)))
+            {
+                return Err(Box::new(InternalRedirect(format!(
+                    "redirect to {host} refused: it resolves to {ip}, which is {range}; \
+                     {PRIVATE_REDIRECT_HINT}"
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -1298,6 +1407,46 @@ mod tests {
             matched >= 1 << 20,
             "a regex needs the whole body: {matched}"
         );
+    }
+
+    #[test]
+    fn internal_ranges_are_told_from_public_addresses() {
+        let range = |ip: &str| internal_range(ip.parse().expect("ip"));
+        for (ip, expected) in [
+            ("169.254.169.254", "link-local"),
+            ("::ffff:169.254.169.254", "link-local"),
+            ("fe80::1", "link-local"),
+            ("febf::1", "link-local"),
+            ("127.0.0.1", "loopback"),
+            ("127.255.0.9", "loopback"),
+            ("::1", "loopback"),
+            ("10.1.2.3", "private (RFC 1918)"),
+            ("172.16.0.1", "private (RFC 1918)"),
+            ("172.31.255.255", "private (RFC 1918)"),
+            ("192.168.1.1", "private (RFC 1918)"),
+            ("100.64.0.1", "carrier-grade NAT (100.64.0.0/10)"),
+            ("100.127.255.255", "carrier-grade NAT (100.64.0.0/10)"),
+            ("fc00::1", "unique local (fc00::/7)"),
+            ("fd00:18::2", "unique local (fc00::/7)"),
+            ("0.0.0.0", "unspecified (this host)"),
+            ("::", "unspecified (this host)"),
+        ] {
+            assert_eq!(range(ip), Some(expected), "{ip}");
+        }
+        for public in [
+            "172.32.0.1",
+            "172.15.255.255",
+            "100.63.255.255",
+            "100.128.0.1",
+            "169.253.0.1",
+            "198.18.0.2",
+            "192.0.2.1",
+            "fec0::1",
+            "2001:db8::1",
+            "::ffff:198.18.0.2",
+        ] {
+            assert_eq!(range(public), None, "{public}");
+        }
     }
 
     #[test]

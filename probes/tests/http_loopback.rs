@@ -1,6 +1,8 @@
 //! HTTP checks against real servers started here on loopback: plain and TLS (with a test CA),
 //! phase timings, expectations, redirects, and hostile servers (endless body, trickle, redirect
-//! loop, gzip bomb) that must each end within the deadline with a classified failure.
+//! loop, gzip bomb) that must each end within the deadline with a classified failure. Redirects
+//! from a public address into internal ones run in a lab namespace, where the agent's 198.18.0.2
+//! is the public start (needs root; fails, never skips, without it).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -710,6 +712,99 @@ async fn redirects_are_followed_counted_and_limited() {
         "not following: the 302 is final: {obs:?}"
     );
     assert_eq!(stats(&obs).status_code, Some(302));
+}
+
+fn redirect_to(location: String) -> Reply {
+    Reply::Full {
+        status: 302,
+        headers: vec![("Location".into(), location)],
+        body: vec![],
+        delay: Duration::ZERO,
+    }
+}
+
+#[test]
+fn redirects_from_a_public_address_into_internal_ones_need_the_option() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let lab = lab::Lab::routed();
+    lab.agent().inside(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let hits = Arc::new(AtomicUsize::new(0));
+            let counted: Handler = {
+                let hits = Arc::clone(&hits);
+                Arc::new(move |_| {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    ok("internal")
+                })
+            };
+            let loopback = Server::start("127.0.0.1:0", None, Arc::clone(&counted)).await;
+            let ula = Server::start("[fd00:18::2]:0", None, counted).await;
+            let (port, ula_port) = (loopback.addr.port(), ula.addr.port());
+            let public = Server::start(
+                &format!("{}:0", lab::addr::AGENT),
+                None,
+                Arc::new(move |r: &Request| {
+                    redirect_to(match r.path.as_str() {
+                        "/to-loopback" => format!("http://127.0.0.1:{port}/"),
+                        // A name, not a literal: caught where it resolves (to 127.0.0.1).
+                        "/to-name" => format!("http://localhost:{port}/"),
+                        "/to-ula" => format!("http://[fd00:18::2]:{ula_port}/"),
+                        "/via-public" => "/to-loopback".to_owned(),
+                        _ => return ok("public"),
+                    })
+                }),
+            )
+            .await;
+            let cases = [
+                ("/to-loopback", "127.0.0.1 is loopback"),
+                ("/to-name", "resolves to 127.0.0.1, which is loopback"),
+                ("/to-ula", "fd00:18::2 is unique local"),
+                ("/via-public", "127.0.0.1 is loopback"),
+            ];
+            for (path, why) in cases {
+                let obs = run(HttpSettings::new(format!("http://{}{path}", public.addr))).await;
+                let (kind, message) = failure(&obs).unwrap_or_else(|| panic!("{path}: {obs:?}"));
+                assert_eq!(kind, FailureKind::Redirect, "{path}: {obs:?}");
+                assert!(message.contains(why), "{path}: {message}");
+                assert!(
+                    message.contains("follow_private_redirects = true"),
+                    "{message}"
+                );
+                assert_eq!(stats(&obs).status_code, Some(302), "{path}: {obs:?}");
+            }
+            assert_eq!(
+                hits.load(Ordering::SeqCst),
+                0,
+                "an internal server was reached"
+            );
+
+            for (path, _) in cases {
+                let obs = run(HttpSettings {
+                    follow_private_redirects: true,
+                    ..HttpSettings::new(format!("http://{}{path}", public.addr))
+                })
+                .await;
+                assert!(obs.is_success(), "{path}: {obs:?}");
+            }
+            assert_eq!(hits.load(Ordering::SeqCst), cases.len());
+
+            // An internal start may redirect anywhere internal (loopback to ULA here).
+            let internal_start = Server::start(
+                "127.0.0.1:0",
+                None,
+                Arc::new(move |_: &Request| {
+                    redirect_to(format!("http://[fd00:18::2]:{ula_port}/"))
+                }),
+            )
+            .await;
+            let obs = run(HttpSettings::new(internal_start.url("/"))).await;
+            assert!(obs.is_success(), "{obs:?}");
+        });
+    });
 }
 
 #[tokio::test]
