@@ -286,6 +286,7 @@ fn http_settings(
         timeout,
         max_body_bytes: http.max_body_bytes,
         max_redirects: http.max_redirects,
+        follow_private_redirects: http.follow_private_redirects,
         ip,
         server_name: http.server_name.clone(),
         ca_file: http.ca_file.clone(),
@@ -443,6 +444,7 @@ mod tests {
             server_name: None,
             max_redirects: 10,
             max_body_bytes: 1 << 20,
+            follow_private_redirects: false,
         };
         assert_eq!(
             http.url("api.example.net"),
