@@ -97,8 +97,9 @@ pub async fn resolve_one(host: &str, preference: IpPreference) -> Result<IpAddr,
         .ok_or_else(|| format!("{host} has no address"))
 }
 
-/// Whether this process may open raw sockets (`CAP_NET_RAW` in its effective set). Traces then
-/// run privileged (every protocol); without it only ICMP traces work, over ping sockets.
+/// Whether this process may open raw sockets (`CAP_NET_RAW` in its effective set). Traces need
+/// it (every protocol: trippy cannot trace over ping sockets); without it each trace is a failure
+/// saying so.
 pub fn has_cap_net_raw() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .is_ok_and(|status| effective_caps(&status).is_some_and(|caps| caps & CAP_NET_RAW != 0))

@@ -325,7 +325,7 @@ impl Checker<'_> {
     /// is the target's and the TLS settings are the caller's to fill in.
     fn http_request(&mut self, table: &DeTable<'_>) -> Option<HttpSettings> {
         let [_, _, _, method_key, headers_key, body_key, ..] = &HTTP;
-        let [.., redirects_key, body_bytes_key] = &HTTP;
+        let [.., redirects_key, body_bytes_key, private_redirects_key] = &HTTP;
         let method = match self.string(table, method_key) {
             Got::Absent => Some("GET".to_string()),
             Got::Invalid => None,
@@ -395,6 +395,7 @@ impl Checker<'_> {
             }
             Got::Valid(n, _) => u64::try_from(n).ok(),
         };
+        let follow_private_redirects = or(self.boolean(table, private_redirects_key), false);
 
         Some(HttpSettings {
             method: method?,
@@ -402,6 +403,7 @@ impl Checker<'_> {
             body: body?.map(String::into_bytes),
             max_body_bytes: max_body_bytes?,
             max_redirects: max_redirects?,
+            follow_private_redirects: follow_private_redirects?,
             // The URL is the target's; `Probe::new` fills it in.
             ..HttpSettings::new(String::new())
         })
@@ -415,17 +417,19 @@ impl Checker<'_> {
         plain: bool,
     ) -> Option<HttpExpect> {
         let [
-            ..,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
             status_key,
             contains_key,
             regex_key,
             header_matches_key,
             max_total_key,
             cert_days_key,
-            _,
-            _,
-            _,
-            _,
+            ..,
         ] = &HTTP;
         let expect_status = match table.get(status_key.name) {
             None => Some(Vec::new()),
@@ -512,7 +516,7 @@ impl Checker<'_> {
         table: &DeTable<'_>,
         plain: bool,
     ) -> Option<(Option<PathBuf>, Option<String>)> {
-        let [.., ca_file_key, server_name_key, _, _] = &HTTP;
+        let [.., ca_file_key, server_name_key, _, _, _] = &HTTP;
         let ca_file = match self.string(table, ca_file_key) {
             Got::Absent => Some(None),
             Got::Invalid => None,
