@@ -142,6 +142,15 @@ impl IncidentDb {
         &self.path
     }
 
+    /// Tests: make the file refuse to grow ("database or disk is full"), or lift that.
+    #[cfg(test)]
+    pub(crate) fn set_full(&self, full: bool) {
+        let pages: i64 = if full { 1 } else { 1 << 30 };
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .expect("max_page_count");
+    }
+
     /// A new id for an incident detected on `date` (`2026-11-21` → `20261121-001`).
     pub fn next_id(&self, date: &str) -> anyhow::Result<(String, i64)> {
         let seq: i64 =

@@ -190,7 +190,10 @@ fn evaluate_loop(mut engine: Engine, mut manager: Manager, rx: Receiver<Record>,
                 engine.observe(origin.elapsed(), &record)
             }
             Err(RecvTimeoutError::Timeout) => Vec::new(),
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                manager.stop(SystemTime::now());
+                return;
+            }
         };
         apply(&mut manager, &transitions);
         if last_tick.elapsed() >= TICK {
@@ -208,8 +211,6 @@ fn evaluate_loop(mut engine: Engine, mut manager: Manager, rx: Receiver<Record>,
 fn apply(manager: &mut Manager, transitions: &[crate::rules::Transition]) {
     for transition in transitions {
         if let Err(error) = manager.apply(transition, SystemTime::now()) {
-            // The engine has moved on; the incident state is unchanged and the next transition
-            // of this key will find it as it was.
             tracing::error!(key = %transition.key, kind = transition.kind.as_str(), error = %format!("{error:#}"), "cannot record incident transition");
         }
     }
