@@ -1,7 +1,9 @@
 //! One scheduler for every probe kind (after cloudprober's `sched.go`): a loop per (probe, target),
 //! starts staggered evenly across the interval, a little jitter per tick, missed ticks skipped —
 //! never a burst to catch up — and a deadline on every run. On stop, runs in flight finish what they
-//! measured and hand it over before the loops exit.
+//! measured and hand it over before the loops exit — except an ICMP round, which stops sending at
+//! once (a round can last its whole interval) and, cut short, is not stored: every stored round
+//! has its full count of echoes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +129,11 @@ async fn job_loop(
                     )
                 }
             };
+        if stop.is_cancelled() && job.probe.cut_short(&observation) {
+            // A stored round is always whole: the latest round of a target never shows 5 of 10.
+            tracing::info!(probe = %job.probe_name, target = %job.target.name, "stopping: the round in flight was cut short and is not stored");
+            return;
+        }
         counters.observations.fetch_add(1, Ordering::Relaxed);
         if !observation.is_success() {
             counters.failures.fetch_add(1, Ordering::Relaxed);

@@ -10,6 +10,8 @@
 //! 5. 16 targets under a per-target and a group loss rule, loss on the link into r2 (issue 11):
 //!    every draft — 16 per target and the group's — within 30 s of the fault, each detected when
 //!    its target's window breached (not when its trace finished).
+//! 6. SIGTERM while the path trace at breach runs: the agent exits within 3 s, and the incident
+//!    is recorded (without the trace) rather than lost.
 //!
 //! Every echo goes to addresses inside the lab. Needs root; fails (never skips) without it.
 
@@ -715,6 +717,57 @@ min_hold = "10s"
         humantime::format_rfc3339_millis(latest_breach)
     );
     assert!(group.trace.is_some(), "{group:#?}");
+}
+
+/// Scenario 6 (issue 11): stopping took 17 s while a breach trace ran. The trace is not waited
+/// for; the opening is recorded without it, and delivered at the next start at the latest.
+#[test]
+fn sigterm_during_the_trace_at_breach_exits_at_once_and_keeps_the_incident() {
+    let lab = Lab::routed();
+    let setup = Setup::new(&format!(
+        "[[target]]\nname = \"far\"\nhost = \"{far}\"\nsite = \"remote\"\n{PING}{LOSS_RULE}",
+        far = addr::TARGET,
+    ));
+    let agent = setup.start(&lab, "agent.log");
+    std::thread::sleep(Duration::from_secs(3));
+    lab.inject_link_loss(Router::R2, 50);
+    wait_for("the breach", Duration::from_secs(30), &agent, || {
+        agent
+            .log()
+            .contains("breach: gathering evidence for the draft")
+            .then_some(())
+    });
+    // The 20-round trace (8 s) has just begun.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !agent.log().contains("path traces at breach"),
+        "{}",
+        agent.log()
+    );
+    let stopping = Instant::now();
+    let log = agent.stop();
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "stopping took {took:?}:\n{log}"
+    );
+    let incidents = setup.incidents();
+    assert_eq!(incidents.len(), 1, "{log}");
+    let notes: Vec<&str> = incidents[0]
+        .timeline
+        .iter()
+        .filter(|e| e.event == "diagnostics")
+        .map(|e| e.text.as_str())
+        .collect();
+    assert_eq!(
+        notes,
+        ["Path trace to far: not finished when the draft was written; not attached."]
+    );
+    let db = IncidentDb::open(&setup.data).expect("incidents.db");
+    assert_eq!(
+        db.events(&incidents[0].id).expect("outbox"),
+        [format!("{}/opened", incidents[0].id)]
+    );
 }
 
 /// Scenario 3: four minutes of 1% loss each way on the link into r2 (2% of echoes) open nothing.

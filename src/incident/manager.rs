@@ -225,6 +225,7 @@ impl Manager {
     /// and is retried every [`Manager::tick`].
     pub fn apply(&mut self, transition: &Transition, wall: SystemTime) -> anyhow::Result<()> {
         let pending = (transition.kind == TransitionKind::Opened).then(|| {
+            tracing::info!(key = %transition.key, "breach: gathering evidence for the draft");
             let members: Vec<(String, String)> = transition
                 .impact
                 .affected
