@@ -1,6 +1,6 @@
 //! [`TraceDiagnostics`]: the one-shot diagnostics an incident gets when it opens — an ICMP path
 //! trace to each affected target (a few of them, at most), rendered like `mtr --report`, with the
-//! [`probes::locate_loss`] verdict.
+//! verdict ([`probes::verdict_text`]: where loss starts, where latency steps up).
 //!
 //! Off the rules thread and bounded: [`Diagnostics::start`] returns at once, and the traces run
 //! on threads of their own, at most [`MAX_CONCURRENT_TRACES`] at a time (the others wait their
@@ -265,14 +265,14 @@ impl TraceDiagnostics {
                         notes.push(format!("Path trace to {name} ({ip}) failed: {why}."));
                         continue;
                     }
-                    let verdict = probes::locate_loss(report);
+                    let verdict = probes::verdict_text(report);
                     reports.push(format!(
                         "$ vantage trace --count {ROUNDS} {}\nStart: {}\n{}",
                         self.targets[name].host,
                         humantime::format_rfc3339_seconds(observation.started_at),
                         probes::render_report(report, &self.agent)
                     ));
-                    verdicts.push((name.to_string(), verdict.to_string()));
+                    verdicts.push((name.to_string(), verdict));
                 }
             }
         }
