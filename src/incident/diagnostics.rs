@@ -47,7 +47,8 @@ pub const EVIDENCE_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct TraceDiagnostics {
     agent: String,
-    targets: HashMap<String, Target>,
+    /// Shared: every incident's pending traces hold a clone.
+    targets: Arc<HashMap<String, Target>>,
     privileged: bool,
     tracer: Arc<Tracer>,
 }
@@ -77,11 +78,13 @@ impl TraceDiagnostics {
     pub fn new(config: &Config) -> TraceDiagnostics {
         TraceDiagnostics {
             agent: config.agent.name.clone(),
-            targets: config
-                .targets
-                .iter()
-                .map(|t| (t.name.clone(), t.clone()))
-                .collect(),
+            targets: Arc::new(
+                config
+                    .targets
+                    .iter()
+                    .map(|t| (t.name.clone(), t.clone()))
+                    .collect(),
+            ),
             privileged: has_cap_net_raw(),
             tracer: Arc::default(),
         }
