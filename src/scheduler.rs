@@ -43,6 +43,8 @@ pub struct Counters {
     pub deadline_exceeded: AtomicU64,
     /// Worst lateness of a run's start against its schedule since last read, in microseconds.
     pub max_lag_us: AtomicU64,
+    /// ICMP rounds cut short by the stop, and so not stored.
+    pub cut_short: AtomicU64,
 }
 
 /// Start every job; returns when `stop` fires and every loop has handed over its last observation.
@@ -73,6 +75,13 @@ pub async fn run(
         if let Err(error) = result {
             tracing::error!(%error, "a probe loop ended abnormally");
         }
+    }
+    let cut_short = counters.cut_short.load(Ordering::Relaxed);
+    if cut_short > 0 {
+        tracing::info!(
+            rounds = cut_short,
+            "stopping: ICMP rounds in flight were cut short and are not stored"
+        );
     }
 }
 
@@ -131,7 +140,7 @@ async fn job_loop(
             };
         if stop.is_cancelled() && job.probe.cut_short(&observation) {
             // A stored round is always whole: the latest round of a target never shows 5 of 10.
-            tracing::info!(probe = %job.probe_name, target = %job.target.name, "stopping: the round in flight was cut short and is not stored");
+            counters.cut_short.fetch_add(1, Ordering::Relaxed);
             return;
         }
         counters.observations.fetch_add(1, Ordering::Relaxed);

@@ -195,7 +195,7 @@ fn sigterm_mid_round_stores_only_whole_rounds_and_exits_at_once() {
         "shutdown took {took:?}: {log}"
     );
     assert!(
-        log.contains("the round in flight was cut short and is not stored"),
+        log.contains("stopping: ICMP rounds in flight were cut short and are not stored rounds=1"),
         "{log}"
     );
     let rows = rounds(dir.path());
