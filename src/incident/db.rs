@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::outbox::{EventKind, OutboxEvent};
+use super::event::{EventKind, OutboxEvent};
 use super::{DB_FILE, Incident, Status, Timestamp};
 
 #[derive(Debug)]

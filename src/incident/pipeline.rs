@@ -7,17 +7,20 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, channel, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
 
 use super::alertmanager::AlertmanagerSink;
 use super::outbox::Deliverer;
 use super::webhook::WebhookSink;
 use super::{DIRECTORY, DirectorySink, IncidentDb, IncidentSink, Manager, TraceDiagnostics};
 use crate::config::{Config, IncidentSinkKind};
+use crate::record::Record;
 use crate::rules::Engine;
-use crate::store::{Record, Store};
+use crate::store::Store;
 
 /// Observations waiting for the rules engine.
 pub const RULES_QUEUE: usize = 16_384;
@@ -33,11 +36,11 @@ pub struct Pipeline {
     stop_delivery: Arc<AtomicBool>,
 }
 
-/// Start evaluating and delivering. Returns at once: each thread opens its own state (SQLite
-/// files, the store for evidence), so probing never waits for it, and if incident state cannot be
-/// opened the agent keeps measuring and says so. `extra` sinks are delivered to besides the
-/// directory. Feed the returned sender with stored records; drop it to stop, then
-/// [`Pipeline::join`].
+/// Start evaluating and delivering, once the incident state is open, every sink is built and
+/// every sink's outbox is open: if any of them cannot start, stop what started and return why (the
+/// agent does not run without its incident function). Blocks while opening (SQLite files); call
+/// it from a blocking context. `extra` sinks are delivered to besides the directory. Feed the
+/// returned sender with stored records; drop it to stop, then [`Pipeline::join`].
 pub fn start(
     config: &Config,
     data_dir: &Path,
@@ -52,60 +55,90 @@ pub fn start(
     let origin = Instant::now();
     let rules_config = config.clone();
     let rules_dir = data_dir.to_path_buf();
+    // Each thread says whether it could open its state before it runs; they start one after the
+    // other so that they never open the same SQLite files at once.
+    let (ready_tx, ready) = channel::<anyhow::Result<()>>();
+    let rules_ready = ready_tx.clone();
     let rules = std::thread::Builder::new()
         .name("rules".into())
-        .spawn(move || {
-            let (engine, manager) = match prepare(&rules_config, &rules_dir, origin, &names) {
-                Ok(ready) => ready,
-                Err(error) => {
-                    // Dropping `rx` tells the store writer to stop offering observations.
-                    tracing::error!(error = %format!("{error:#}"), "cannot open incident state: rules are NOT evaluated (probing goes on)");
-                    return;
+        .spawn(
+            move || match prepare(&rules_config, &rules_dir, origin, &names) {
+                Ok((engine, manager)) => {
+                    let _ = rules_ready.send(Ok(()));
+                    drop(rules_ready);
+                    evaluate_loop(engine, manager, rx, origin);
                 }
-            };
-            evaluate_loop(engine, manager, rx, origin);
-        })?;
+                Err(error) => {
+                    let _ = rules_ready.send(Err(error.context("cannot open incident state")));
+                }
+            },
+        )?;
+    let started = |ready: &Receiver<anyhow::Result<()>>| {
+        ready
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("an incident thread died while starting")))
+    };
     let stop_delivery = Arc::new(AtomicBool::new(false));
+    if let Err(error) = started(&ready) {
+        drop(tx);
+        let _ = rules.join();
+        return Err(error);
+    }
     let stop = Arc::clone(&stop_delivery);
     let delivery_dir = data_dir.to_path_buf();
     let delivery_config = config.clone();
     let delivery = std::thread::Builder::new()
         .name("incident-outbox".into())
         .spawn(move || {
-            let mut all = match sinks(&delivery_config, &delivery_dir) {
-                Ok(all) => all,
+            let deliverers = match deliverers(&delivery_config, &delivery_dir, extra) {
+                Ok(deliverers) => deliverers,
                 Err(error) => {
-                    tracing::error!(error = %format!("{error:#}"), "cannot start the incident sinks: drafts are NOT delivered");
+                    let _ = ready_tx.send(Err(error));
                     return;
                 }
             };
-            all.extend(extra);
+            let _ = ready_tx.send(Ok(()));
+            drop(ready_tx);
             // One thread per sink: a sink that hangs until its timeout delays only itself.
             std::thread::scope(|scope| {
-                for sink in all {
-                    let (dir, stop) = (&delivery_dir, &stop);
+                for deliverer in deliverers {
+                    let stop = &stop;
                     scope.spawn(move || {
-                        let name = sink.name().to_string();
-                        match IncidentDb::open(dir).and_then(|db| Deliverer::new(db, vec![sink])) {
-                            Ok(deliverer) => {
-                                deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed))
-                            }
-                            Err(error) => {
-                                tracing::error!(sink = %name, error = %format!("{error:#}"), "cannot open the incident outbox: drafts are NOT delivered to this sink");
-                            }
-                        }
+                        deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed));
                     });
                 }
             });
         })?;
-    Ok((
-        tx,
-        Pipeline {
-            rules,
-            delivery,
-            stop_delivery,
-        },
-    ))
+    let pipeline = Pipeline {
+        rules,
+        delivery,
+        stop_delivery,
+    };
+    if let Err(error) = started(&ready) {
+        drop(tx);
+        pipeline.join();
+        return Err(error);
+    }
+    Ok((tx, pipeline))
+}
+
+/// A deliverer (its own outbox connection) for each incident sink: the directory, each
+/// `[[incident_sink]]`, then `extra`.
+fn deliverers(
+    config: &Config,
+    data_dir: &Path,
+    extra: Vec<Box<dyn IncidentSink>>,
+) -> anyhow::Result<Vec<Deliverer>> {
+    let mut all = sinks(config, data_dir).context("cannot start the incident sinks")?;
+    all.extend(extra);
+    all.into_iter()
+        .map(|sink| {
+            let name = sink.name().to_string();
+            IncidentDb::open(data_dir)
+                .and_then(|db| Deliverer::new(db, vec![sink]))
+                .with_context(|| format!("cannot open the incident outbox for the sink {name:?}"))
+        })
+        .collect()
 }
 
 /// The incident sinks of this agent: the directory, then each `[[incident_sink]]`.
