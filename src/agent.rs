@@ -64,7 +64,7 @@ pub const RULES_WAIT: Duration = Duration::from_secs(5);
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// At shutdown, keep delivering spooled points to the outputs for at most this long (what is
 /// left stays in the spool for the next start).
-pub const SINK_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const SINK_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Counters of the pipeline's fan-out points (the scheduler keeps its own [`Counters`]).
 #[derive(Debug, Default)]

@@ -163,6 +163,15 @@ impl Probe {
         }
     }
 
+    /// Whether `observation` is a round this probe stopped short of its count (the agent was
+    /// stopping): its loss and spread describe fewer echoes than every other round's.
+    pub fn cut_short(&self, observation: &Observation) -> bool {
+        match (self, &observation.measurement) {
+            (Probe::Icmp { plan, .. }, Measurement::Ping(stats)) => stats.sent < plan.count,
+            _ => false,
+        }
+    }
+
     /// Measure `target` once. Never fails: problems are recorded in the observation. Returns the
     /// address measured, when known.
     pub async fn run(

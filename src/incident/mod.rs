@@ -42,7 +42,9 @@ pub use diagnostics::TraceDiagnostics;
 pub use directory::DirectorySink;
 pub use event::{EventKind, OutboxEvent};
 pub use evidence::Evidence;
-pub use manager::{Diagnosis, Diagnostics, Manager, NoDiagnostics, TraceEvidence};
+pub use manager::{
+    Diagnosis, Diagnostics, Manager, NoDiagnostics, PendingDiagnosis, TraceEvidence,
+};
 pub use outbox::IncidentSink;
 
 use crate::rules::{Impact, Peak, Scope};
