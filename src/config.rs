@@ -13,11 +13,13 @@
 //! - `suggest`: edit-distance "did you mean" suggestions
 
 mod duration;
+pub mod output;
 mod span;
 mod suggest;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
+pub use output::{OutputConfig, OutputKind, SecretSource};
 pub use span::LineIndex;
 
 use std::collections::BTreeMap;
@@ -38,7 +40,7 @@ pub struct Config {
     /// How incidents are drafted (`[incidents]`).
     pub incidents: IncidentsConfig,
     /// Where results go besides the embedded store (`[[output]]`); none by default.
-    pub outputs: Vec<crate::sinks::OutputConfig>,
+    pub outputs: Vec<OutputConfig>,
     /// Where incident drafts are announced besides the directory (`[[incident_sink]]`).
     pub incident_sinks: Vec<IncidentSinkConfig>,
 }
@@ -171,10 +173,21 @@ pub struct IncidentSinkConfig {
     /// Per-request timeout; default 10 s.
     pub timeout: Duration,
     /// Sent as `Authorization: Bearer …`, read on every request.
-    pub token: Option<crate::sinks::SecretSource>,
+    pub token: Option<SecretSource>,
     pub kind: IncidentSinkKind,
 }
 
+/// Labels every Alertmanager alert carries; `[[incident_sink]] labels` may not set them.
+pub const ALERTMANAGER_BUILT_IN_LABELS: [&str; 8] = [
+    "alertname",
+    "rule",
+    "severity",
+    "scope",
+    "subject",
+    "agent",
+    "site",
+    "incident_id",
+];
 #[derive(Debug, Clone, PartialEq)]
 pub enum IncidentSinkKind {
     /// Prometheus Alertmanager, API v2: one alert per open incident, re-sent every `resend`.

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{
     Condition, Config, LatencyField, LatencyThreshold, ProbeKind, RuleConfig, RuleScope, Severity,
 };
-use crate::store::Record;
+use crate::record::Record;
 
 /// Monotonic time since an arbitrary origin (the agent uses the time since it started).
 pub type Mono = Duration;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::Target;
 use crate::probe::Probe;
-use crate::store::Record;
+use crate::record::Record;
 
 /// One probe against one target, every `interval`.
 #[derive(Debug, Clone)]

@@ -14,22 +14,12 @@ use anyhow::Context;
 use reqwest::Url;
 use serde_json::{Value, json};
 
+use super::event::OutboxEvent;
 use super::http::Poster;
-use super::outbox::{IncidentSink, OutboxEvent};
+use super::outbox::IncidentSink;
 use super::{Incident, Timestamp, render};
 use crate::config::IncidentSinkConfig;
 
-/// Labels every alert carries; `[[incident_sink]] labels` may not set them.
-pub const BUILT_IN_LABELS: [&str; 8] = [
-    "alertname",
-    "rule",
-    "severity",
-    "scope",
-    "subject",
-    "agent",
-    "site",
-    "incident_id",
-];
 /// An open alert's `endsAt` is this many re-send periods ahead.
 const ENDS_AFTER_RESENDS: u32 = 4;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
-use super::outbox::{EventKind, OutboxEvent};
+use super::event::{EventKind, OutboxEvent};
 use super::{DB_FILE, Incident, Status, Timestamp};
 
 /// How long a statement waits for another connection's lock before it fails.

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::outbox::{IncidentSink, OutboxEvent};
+use super::event::OutboxEvent;
+use super::outbox::IncidentSink;
 use super::{chart, render};
 
 /// The sink's name in the outbox's delivery records.

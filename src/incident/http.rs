@@ -6,8 +6,7 @@ use anyhow::Context;
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 
-use crate::config::IncidentSinkConfig;
-use crate::sinks::SecretSource;
+use crate::config::{IncidentSinkConfig, SecretSource};
 use crate::sinks::influx::{describe_reqwest_error, truncate};
 
 #[derive(Debug)]

@@ -14,13 +14,14 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::db::IncidentDb;
+use super::event::EventKind;
 use super::evidence::{self, Evidence};
-use super::outbox::EventKind;
 use super::render;
 use super::{Incident, RuleSummary, Status, StatusUpdate, TimelineEntry, Timestamp};
 use crate::config::{Condition, Config, LatencyThreshold, RuleConfig, RuleScope, format_duration};
+use crate::record::Record;
 use crate::rules::{Engine, Mono, Transition, TransitionKind};
-use crate::store::{Record, Store};
+use crate::store::Store;
 use probes::Measurement;
 
 /// The path traces at the moment of breach and their verdict.

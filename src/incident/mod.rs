@@ -11,6 +11,7 @@
 //! - `evidence`: the history, failures and healthy contrast gathered from the embedded store
 //! - `render`: pure functions: the Markdown status document, the title
 //! - `chart`: a smokeping-style SVG chart, written by a small SVG writer of our own
+//! - `event`: [`EventKind`], [`OutboxEvent`]: what the outbox keeps and sinks receive
 //! - `outbox`: [`IncidentSink`] and the delivery loop that retries while a sink is down
 //! - `directory`: the default sink, one folder per incident
 //! - `outputs`: each event as an `incident` point into every `[[output]]`
@@ -22,6 +23,7 @@ pub mod chart;
 pub mod db;
 pub mod diagnostics;
 pub mod directory;
+pub mod event;
 pub mod evidence;
 mod http;
 pub mod manager;
@@ -38,11 +40,12 @@ use serde::{Deserialize, Serialize};
 pub use db::IncidentDb;
 pub use diagnostics::TraceDiagnostics;
 pub use directory::DirectorySink;
+pub use event::{EventKind, OutboxEvent};
 pub use evidence::Evidence;
 pub use manager::{
     Diagnosis, Diagnostics, Manager, NoDiagnostics, PendingDiagnosis, TraceEvidence,
 };
-pub use outbox::{EventKind, IncidentSink, OutboxEvent};
+pub use outbox::IncidentSink;
 
 use crate::rules::{Impact, Peak, Scope};
 

@@ -18,8 +18,9 @@ use super::outbox::Deliverer;
 use super::webhook::WebhookSink;
 use super::{DIRECTORY, DirectorySink, IncidentDb, IncidentSink, Manager, TraceDiagnostics};
 use crate::config::{Config, IncidentSinkKind};
+use crate::record::Record;
 use crate::rules::Engine;
-use crate::store::{Record, Store};
+use crate::store::Store;
 
 /// Observations waiting for the rules engine.
 pub const RULES_QUEUE: usize = 16_384;

@@ -791,11 +791,7 @@ fn each_event_is_one_incident_point_that_influxdata_parses_back() {
         .expect("events");
     let lines: Vec<String> = events
         .iter()
-        .map(|e| {
-            crate::sinks::line_protocol::incident_point(e)
-                .line()
-                .expect("a line")
-        })
+        .map(|e| outputs::incident_point(e).line().expect("a line"))
         .collect();
     let joined = lines.join("\n");
     let parsed: Vec<_> = influxdb_line_protocol::parse_lines(&joined)

@@ -10,8 +10,9 @@ use anyhow::Context;
 use reqwest::Url;
 use serde_json::{Value, json};
 
+use super::event::{EventKind, OutboxEvent};
 use super::http::Poster;
-use super::outbox::{EventKind, IncidentSink, OutboxEvent};
+use super::outbox::IncidentSink;
 use super::render;
 use crate::config::IncidentSinkConfig;
 

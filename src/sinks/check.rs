@@ -2,8 +2,8 @@
 //! credentials? Online, each output gets one empty write request — it proves URL, database/bucket and
 //! credentials (servers check them before reading the body) without writing a point.
 
-use super::config::OutputConfig;
 use super::influx::{Answer, Writer};
+use crate::config::OutputConfig;
 
 /// The verdict for one output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +40,8 @@ async fn check_one(output: &OutputConfig, offline: bool) -> CheckResult {
         return result(false, text);
     }
     let secret = match &output.kind {
-        super::OutputKind::InfluxdbV2 { token, .. } => token.as_ref(),
-        super::OutputKind::InfluxdbV1 { password, .. } => password.as_ref(),
+        crate::config::OutputKind::InfluxdbV2 { token, .. } => token.as_ref(),
+        crate::config::OutputKind::InfluxdbV1 { password, .. } => password.as_ref(),
     };
     if let Some(Err(e)) = secret.map(|s| s.read()) {
         return result(false, format!("cannot read the credentials: {e}"));

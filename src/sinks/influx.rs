@@ -14,8 +14,8 @@ use flate2::write::GzEncoder;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode, Url};
 
-use super::config::{OutputConfig, OutputKind, Secret, SecretSource};
 use super::spool::SpooledPoint;
+use crate::config::output::{OutputConfig, OutputKind, Secret, SecretSource};
 
 /// Longest `Retry-After` honoured; a bigger one (or a date far ahead) is taken as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);

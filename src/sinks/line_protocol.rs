@@ -35,8 +35,7 @@ use influxdb_line_protocol::LineProtocolBuilder;
 use influxdb_line_protocol::builder::{AfterField, AfterMeasurement};
 use probes::{Measurement, Outcome, PingStats};
 
-use crate::incident::{EventKind, OutboxEvent};
-use crate::store::Record;
+use crate::record::Record;
 
 /// One point of the measurement schema, before it is written as a line.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,51 +247,6 @@ pub fn agent_point(
         ],
         fields,
         timestamp_ns,
-    }
-}
-
-/// The `incident` point of one incident event (for Grafana annotations): tags say which rule and
-/// scope, fields what the on-call engineer reads. The time is the event's, so a re-delivered event
-/// overwrites its own point instead of adding one.
-pub fn incident_point(event: &OutboxEvent) -> Point {
-    let incident = &event.incident;
-    let int = |v: usize| FieldValue::Integer(i64::try_from(v).unwrap_or(i64::MAX));
-    let mut fields = vec![
-        ("id", FieldValue::String(incident.id.clone())),
-        ("state", FieldValue::String(incident.status.as_str().into())),
-        ("title", FieldValue::String(incident.title.clone())),
-        ("summary", FieldValue::String(event.summary())),
-        ("subject", FieldValue::String(incident.scope.value())),
-        (
-            "targets",
-            FieldValue::String(incident.impact.affected_targets().join(",")),
-        ),
-        ("affected", int(incident.impact.affected_targets().len())),
-        ("total_targets", int(incident.impact.total_targets)),
-    ];
-    if let Some(value) = incident.impact.value {
-        fields.push(("value", FieldValue::Float(value)));
-    }
-    if event.event == EventKind::Resolved
-        && let Some(duration) = incident.duration_s
-    {
-        fields.push((
-            "duration_s",
-            FieldValue::Integer(i64::try_from(duration).unwrap_or(i64::MAX)),
-        ));
-    }
-    Point {
-        measurement: "incident",
-        tags: vec![
-            ("agent", incident.agent.clone()),
-            ("site", incident.site.clone()),
-            ("rule", incident.rule.name.clone()),
-            ("severity", incident.severity.clone()),
-            ("scope", incident.scope.kind().to_string()),
-            ("event", event.event.as_str().to_string()),
-        ],
-        fields,
-        timestamp_ns: event.at.unix_ns(),
     }
 }
 

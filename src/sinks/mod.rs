@@ -2,7 +2,7 @@
 //! unreachable — including during the outage the agent is measuring.
 //!
 //! ## Layout
-//! - [`config`]: [`OutputConfig`] (one `[[output]]`), secrets by reference
+//! - [`OutputConfig`] (one `[[output]]`, secrets by reference) is in [`crate::config::output`]
 //! - [`line_protocol`]: the measurement schema as line protocol — [`line_protocol::encode`] is a pure
 //!   function, one match arm per measurement kind
 //! - [`spool`]: the durable SQLite spool `DATA_DIR/spool.db`
@@ -24,7 +24,6 @@
 //! same when started with `-dedup.minScrapeInterval=1ms`.
 
 pub mod check;
-pub mod config;
 mod deliver;
 pub mod influx;
 pub mod line_protocol;
@@ -41,11 +40,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use probes::CancellationToken;
 
-pub use config::{OutputConfig, OutputKind, SecretSource};
+/// The `[[output]]` configuration, defined with the rest of the configuration.
+pub use crate::config::output as config;
+pub use crate::config::{OutputConfig, OutputKind, SecretSource};
 pub use line_protocol::AgentSample;
 pub use spool::{SPOOL_FILE, Spool};
 
-use crate::store::Record;
+use crate::record::Record;
 
 /// Default capacity of the hand-off queue between the agent and the spool writer, in records.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
@@ -473,21 +474,6 @@ impl Drop for Sinks {
     }
 }
 
-/// The dispatcher's tee: offer every record to the sinks (never waits), then hand it to the
-/// embedded store (waits, as before). Returns when `records` closes or the store goes away.
-pub async fn forward(
-    mut records: tokio::sync::mpsc::Receiver<Record>,
-    sinks: SinkHandle,
-    store: tokio::sync::mpsc::Sender<Record>,
-) {
-    while let Some(record) = records.recv().await {
-        sinks.offer(&record);
-        if store.send(record).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// The spool writer thread: encodes once, persists for every output, enforces the bound, emits
 /// self-metrics, wakes the delivery threads.
 struct SpoolWriter {
@@ -697,67 +683,5 @@ impl SpoolWriter {
                 self.held.push((now, line.into_bytes()));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::SystemTime;
-
-    use probes::{Measurement, Observation, Outcome, PingStats};
-
-    use super::*;
-
-    fn record(i: u64) -> Record {
-        Record {
-            agent: "a".into(),
-            site: "s".into(),
-            probe: "icmp".into(),
-            target: format!("t{i}"),
-            target_site: "x".into(),
-            address: Some("127.0.0.1".into()),
-            observation: Observation {
-                started_at: SystemTime::now(),
-                duration: Duration::from_millis(1),
-                outcome: Outcome::Success,
-                measurement: Measurement::Ping(PingStats::from_rtts(vec![Some(0.1)])),
-            },
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_tee_offers_every_record_and_still_stores_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // Nothing listens on the discard port of loopback: the output is down, the spool keeps all.
-        let output = OutputConfig::influxdb_v2("down", "http://127.0.0.1:9", "o", "b", None);
-        let mut options = SinkOptions::new("a", "s");
-        options.self_metrics_every = None;
-        let sinks = Sinks::start(dir.path(), vec![output], options).expect("start");
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (store_tx, mut store_rx) = tokio::sync::mpsc::channel(100);
-        let tee = tokio::spawn(forward(rx, sinks.handle(), store_tx));
-        for i in 0..20 {
-            tx.send(record(i)).await.expect("send");
-        }
-        drop(tx);
-        tee.await.expect("tee");
-        let mut stored = 0;
-        while store_rx.recv().await.is_some() {
-            stored += 1;
-        }
-        assert_eq!(stored, 20);
-        let stats = tokio::task::spawn_blocking(move || sinks.shutdown(Duration::ZERO))
-            .await
-            .expect("shutdown")
-            .remove(0);
-        assert_eq!(
-            (stats.accepted, stats.spool_points, stats.delivered),
-            (20, 20, 0)
-        );
-        let totals = &Spool::open(dir.path())
-            .expect("spool")
-            .totals()
-            .expect("totals")[0];
-        assert_eq!((totals.accepted, totals.pending_points), (20, 20));
     }
 }

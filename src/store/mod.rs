@@ -9,22 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use probes::{Measurement, Observation, Outcome};
+use probes::{Measurement, Outcome};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-/// An observation with the tags that say who measured what (the schema's common tags).
-#[derive(Debug, Clone, Serialize)]
-pub struct Record {
-    pub agent: String,
-    pub site: String,
-    pub probe: String,
-    pub target: String,
-    pub target_site: String,
-    /// The address actually probed, if the target resolved.
-    pub address: Option<String>,
-    pub observation: Observation,
-}
+pub use crate::record::Record;
 
 /// The SQLite file inside the data directory.
 pub const DB_FILE: &str = "vantage.db";
@@ -497,7 +486,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use probes::{FailureKind, PingStats};
+    use probes::{FailureKind, Observation, PingStats};
 
     fn record(target: &str, at: SystemTime, rtts: Vec<Option<f64>>) -> Record {
         let stats = PingStats::from_rtts(rtts);

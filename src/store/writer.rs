@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::{Record, Store};
+use super::Store;
+use crate::record::Record;
 
 /// Records per transaction.
 const BATCH: usize = 2_000;
@@ -82,17 +83,20 @@ pub fn spawn(
     rx: mpsc::Receiver<Record>,
     retention: Duration,
 ) -> JoinHandle<anyhow::Result<u64>> {
-    spawn_with_tap(store, rx, retention, None)
+    spawn_with_tap(store, rx, retention, Box::new(drop))
 }
 
-/// As [`spawn`], and every record, once stored, is offered to `tap` (the rules engine), so that
-/// what the rules see is already in the store for the evidence. The writer never waits for the
-/// tap: when it is full the record is not offered, and the count is logged.
+/// Where each record goes once it is stored, in order, on the writer's thread. What it does when
+/// its consumer is behind (wait, drop and count) is the caller's choice: the agent's rules tap.
+pub type Tap = Box<dyn FnMut(Record) + Send>;
+
+/// As [`spawn`], and every record, once stored, is given to `tap` (the rules engine), so that
+/// what the rules see is already in the store for the evidence.
 pub fn spawn_with_tap(
     store: Store,
     rx: mpsc::Receiver<Record>,
     retention: Duration,
-    tap: Option<std::sync::mpsc::SyncSender<Record>>,
+    tap: Tap,
 ) -> JoinHandle<anyhow::Result<u64>> {
     std::thread::Builder::new()
         .name("store-writer".into())
@@ -104,9 +108,8 @@ fn write_loop(
     mut store: Store,
     mut rx: mpsc::Receiver<Record>,
     retention: Duration,
-    mut tap: Option<std::sync::mpsc::SyncSender<Record>>,
+    mut tap: Tap,
 ) -> anyhow::Result<u64> {
-    let mut tap_dropped = 0u64;
     let mut pending: VecDeque<Record> = VecDeque::new();
     let (mut stored, mut dropped) = (0u64, 0u64);
     let mut last_prune = Instant::now();
@@ -134,34 +137,7 @@ fn write_loop(
         let batch = pending.len().min(BATCH);
         match store.insert(&pending.make_contiguous()[..batch]) {
             Ok(()) => {
-                let stored_now = pending.drain(..batch);
-                let mut tap_gone = false;
-                match &tap {
-                    Some(sender) => {
-                        for record in stored_now {
-                            match sender.try_send(record) {
-                                Ok(()) => {}
-                                Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                                    tap_dropped += 1;
-                                    if tap_dropped.is_power_of_two() {
-                                        tracing::warn!(
-                                            tap_dropped,
-                                            "rules engine queue full: observations not evaluated"
-                                        );
-                                    }
-                                }
-                                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                                    tap_gone = true;
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    None => drop(stored_now),
-                }
-                if tap_gone {
-                    tap = None;
-                }
+                pending.drain(..batch).for_each(&mut tap);
                 stored += batch as u64;
                 failures_in_a_row = 0;
             }

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use toml::de::DeTable;
 
 use super::{Checker, Defined, Got, INCIDENT_SINK, INCIDENT_SINK_AM, Key, ROOT, Value, a};
-use crate::config::{IncidentSinkConfig, IncidentSinkKind};
-use crate::incident::alertmanager::BUILT_IN_LABELS;
-use crate::sinks::config::DEFAULT_TIMEOUT;
+use crate::config::output::DEFAULT_TIMEOUT;
+use crate::config::{
+    ALERTMANAGER_BUILT_IN_LABELS as BUILT_IN_LABELS, IncidentSinkConfig, IncidentSinkKind,
+};
 
 const KINDS: [&str; 2] = ["alertmanager", "webhook"];
 /// Alertmanager's default re-send period (Prometheus re-sends firing alerts every minute).

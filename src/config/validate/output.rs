@@ -7,8 +7,8 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 
 use super::{Checker, Defined, Got, Key, OUTPUT, OUTPUT_V1, OUTPUT_V2, ROOT};
-use crate::sinks::config::parse_size;
-use crate::sinks::{OutputConfig, OutputKind, SecretSource};
+use crate::config::output::parse_size;
+use crate::config::{OutputConfig, OutputKind, SecretSource};
 
 const OUTPUT_KINDS: [&str; 2] = ["influxdb_v2", "influxdb_v1"];
 

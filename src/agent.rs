@@ -1,0 +1,596 @@
+//! The agent as a library: [`Agent::start`] a configuration, look into it with
+//! [`Agent::snapshot`], [`Agent::stop`] it. `vantage run` is this plus signal handling; tests and
+//! the fleet view and web page to come drive it the same way.
+//!
+//! ## The pipeline
+//! ```text
+//! scheduler ──▶ dispatch ──▶ outputs: SinkHandle::offer      never waits; full: drop, counted (sinks)
+//!  (probes)        │
+//!                  └───────▶ store writer (STORE_QUEUE)      waits: probing slows, nothing is lost
+//!                               │ once stored
+//!                               └──▶ rules (RULES_QUEUE)     waits up to RULES_WAIT, then drops, counted
+//!                                      └──▶ incident manager ──▶ outbox ──▶ incident sinks
+//! ```
+//! Every fan-out point is in this file and says what it does when its consumer is behind:
+//! - outputs are best effort on the hot path (their durable spool catches up later), so an offer
+//!   never delays probing; [`crate::sinks::SinkHandle::offer`] counts what it drops;
+//! - the store is the record of truth, so the dispatcher waits for it (the scheduler's runs wait
+//!   in turn, and a late run is a counted skipped tick, not lost data);
+//! - the rules see a record only once it is stored (the evidence reads it back). A dropped record
+//!   could hide a breach, so the store writer waits for a busy rules engine (back-pressure) for up
+//!   to [`RULES_WAIT`] per record; only an engine stalled longer than that loses records, each
+//!   counted in [`Snapshot::rules_dropped`] and logged, and the writer stops waiting until the
+//!   engine takes a record again, so a stalled engine can never stop the measuring.
+//!
+//! ## Runtime models, one per kind of work
+//! - **tokio tasks** (the caller's multi-thread runtime) for probing and the dispatcher: thousands
+//!   of concurrent network waits, cancelled together at stop.
+//! - **a std thread per loop that owns a SQLite connection**: the store writer, the spool writer,
+//!   the rules engine with the incident manager, each incident sink's outbox deliverer and each
+//!   output's sender. SQLite calls block; on their own threads a slow disk delays only its loop and
+//!   never a runtime worker that probes. Threads talk through bounded std channels.
+//! - those threads that also speak HTTP (outputs, Alertmanager, webhooks) drive the async reqwest
+//!   client with a current-thread runtime of their own, on their own thread, for the same reason.
+//!
+//! ## Not yet
+//! Changing the configuration of a running agent (`reconfigure`) is issue 13 (reload); today a new
+//! configuration means [`Agent::stop`] and [`Agent::start`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use probes::{CancellationToken, IcmpClient};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ProbeKind};
+use crate::incident::IncidentSink;
+use crate::incident::outputs::OutputsSink;
+use crate::incident::pipeline::{self, Pipeline};
+use crate::probe::{Probe, Resources};
+use crate::record::Record;
+use crate::scheduler::{self, Counters, Identity, Job};
+use crate::sinks::{OutputStats, SinkHandle, SinkOptions, Sinks};
+use crate::store::{Store, writer};
+
+/// Records waiting for the store; probes wait (rather than lose data) only if it fills.
+pub const STORE_QUEUE: usize = 16_384;
+/// How long the store writer waits for a busy rules engine to take one record before dropping it.
+pub const RULES_WAIT: Duration = Duration::from_secs(5);
+/// How often the agent logs a one-line summary of what it measured.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+/// At shutdown, keep delivering spooled points to the outputs for at most this long (what is
+/// left stays in the spool for the next start).
+pub const SINK_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Counters of the pipeline's fan-out points (the scheduler keeps its own [`Counters`]).
+#[derive(Debug, Default)]
+struct Flow {
+    /// Records handed to the store writer's queue.
+    to_store: AtomicU64,
+    /// Records the store has written.
+    stored: AtomicU64,
+    /// Stored records the rules engine took.
+    to_rules: AtomicU64,
+    /// Times the store writer waited for the rules engine (back-pressure).
+    rules_waits: AtomicU64,
+    /// Stored records the rules engine never saw: it was stalled longer than [`RULES_WAIT`].
+    rules_dropped: AtomicU64,
+}
+
+/// A running agent. Stop it with [`Agent::stop`]: dropped instead, its tasks end with the runtime
+/// and its threads once their inputs close, without draining.
+#[derive(Debug)]
+pub struct Agent {
+    stop: CancellationToken,
+    counters: Arc<Counters>,
+    flow: Arc<Flow>,
+    jobs: usize,
+    started: Instant,
+    scheduler: JoinHandle<()>,
+    dispatcher: JoinHandle<()>,
+    summaries: JoinHandle<()>,
+    writer: std::thread::JoinHandle<anyhow::Result<u64>>,
+    incidents: Pipeline,
+    outputs: Option<Sinks>,
+}
+
+/// What a running agent has done so far (totals since [`Agent::start`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub uptime: Duration,
+    /// (probe, target) pairs being probed.
+    pub jobs: usize,
+    pub observations: u64,
+    pub failures: u64,
+    pub skipped_ticks: u64,
+    pub deadline_exceeded: u64,
+    /// Worst lateness of a run's start against its schedule in the last minute, in ms.
+    pub max_lag_ms: f64,
+    pub stored: u64,
+    /// Records on their way to the store (queued or being written).
+    pub store_backlog: u64,
+    /// Stored records the rules engine took.
+    pub evaluated: u64,
+    /// Times the store writer waited for a busy rules engine.
+    pub rules_waits: u64,
+    /// Stored records the rules engine never saw (it was stalled).
+    pub rules_dropped: u64,
+    /// Records the outputs' hand-off dropped (each output also counts them).
+    pub outputs_dropped: u64,
+    pub outputs: Vec<OutputStats>,
+}
+
+/// What [`Agent::stop`] leaves behind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub observations: u64,
+    pub stored: u64,
+    pub rules_dropped: u64,
+    /// Each output as it stopped; pending points stay in the spool for the next start.
+    pub outputs: Vec<OutputStats>,
+}
+
+impl Agent {
+    /// Open the store, the outputs' spool and incident state, and start probing. Must be called
+    /// inside a tokio runtime. Fails if any of them cannot start: the agent does not run without
+    /// its store, its outputs or its incident function (the rules engine and every incident sink).
+    pub async fn start(config: Config) -> anyhow::Result<Agent> {
+        let config = Arc::new(config);
+        let counters = Arc::new(Counters::default());
+        let flow = Arc::new(Flow::default());
+        let setup = {
+            let (config, counters) = (Arc::clone(&config), Arc::clone(&counters));
+            tokio::task::spawn_blocking(move || Setup::open(&config, &counters))
+                .await
+                .context("agent start-up task")??
+        };
+        let Setup {
+            store,
+            jobs,
+            outputs,
+            incidents,
+            rules,
+        } = setup;
+
+        // scheduler ─▶ dispatch ─▶ (outputs, store); store ─▶ rules.
+        let (to_dispatch, from_scheduler) = mpsc::channel(STORE_QUEUE);
+        let (to_store, from_dispatch) = mpsc::channel(STORE_QUEUE);
+        let store_path = store.path().to_path_buf();
+        let tap = rules_tap(rules, Arc::clone(&flow), RULES_WAIT);
+        let writer = writer::spawn_with_tap(store, from_dispatch, config.agent.retention, tap);
+        let dispatcher = tokio::spawn(dispatch(
+            from_scheduler,
+            outputs.as_ref().map(Sinks::handle),
+            to_store,
+            Arc::clone(&flow),
+        ));
+
+        tracing::info!(
+            agent = %config.agent.name,
+            site = %config.agent.site,
+            probes = config.probes.len(),
+            targets = config.targets.len(),
+            jobs = jobs.len(),
+            store = %store_path.display(),
+            "agent started"
+        );
+        let stop = CancellationToken::new();
+        let identity = Identity {
+            agent: config.agent.name.clone(),
+            site: config.agent.site.clone(),
+        };
+        let job_count = jobs.len();
+        let scheduler = tokio::spawn(scheduler::run(
+            jobs,
+            identity,
+            to_dispatch,
+            Arc::clone(&counters),
+            stop.clone(),
+        ));
+        let summaries = tokio::spawn(log_summaries(Arc::clone(&counters), Arc::clone(&flow)));
+        Ok(Agent {
+            stop,
+            counters,
+            flow,
+            jobs: job_count,
+            started: Instant::now(),
+            scheduler,
+            dispatcher,
+            summaries,
+            writer,
+            incidents,
+            outputs,
+        })
+    }
+
+    /// The agent's counters now. Cheap: atomics only.
+    pub fn snapshot(&self) -> Snapshot {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let stored = load(&self.flow.stored);
+        Snapshot {
+            uptime: self.started.elapsed(),
+            jobs: self.jobs,
+            observations: load(&self.counters.observations),
+            failures: load(&self.counters.failures),
+            skipped_ticks: load(&self.counters.skipped_ticks),
+            deadline_exceeded: load(&self.counters.deadline_exceeded),
+            max_lag_ms: load(&self.counters.max_lag_us) as f64 / 1000.0,
+            stored,
+            store_backlog: load(&self.flow.to_store).saturating_sub(stored),
+            evaluated: load(&self.flow.to_rules),
+            rules_waits: load(&self.flow.rules_waits),
+            rules_dropped: load(&self.flow.rules_dropped),
+            outputs_dropped: self.outputs.as_ref().map_or(0, |o| o.offered().1),
+            outputs: self.outputs.as_ref().map_or_else(Vec::new, Sinks::stats),
+        }
+    }
+
+    /// Stop probing, let the runs in flight finish and hand over what they measured, then drain
+    /// in order: the store, the rules engine and incident delivery, the outputs (for at most
+    /// [`SINK_SHUTDOWN_GRACE`]; what is left stays in their spool).
+    pub async fn stop(self) -> anyhow::Result<Summary> {
+        self.stop.cancel();
+        self.summaries.abort();
+        self.scheduler.await.context("scheduler task")?;
+        self.dispatcher.await.context("dispatcher task")?;
+        // Every sender is gone now: the writer drains its queue and returns; with it goes the
+        // rules engine's feed, so the engine drains and delivery makes its last pass.
+        let writer = self.writer;
+        let stored = tokio::task::spawn_blocking(move || writer.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("store writer panicked"))??;
+        let incidents = self.incidents;
+        tokio::task::spawn_blocking(move || incidents.join()).await?;
+        let outputs = match self.outputs {
+            Some(sinks) => {
+                tokio::task::spawn_blocking(move || sinks.shutdown(SINK_SHUTDOWN_GRACE)).await?
+            }
+            None => Vec::new(),
+        };
+        for output in &outputs {
+            tracing::info!(output = %output.name, delivered = output.delivered, pending = output.spool_points, dropped = output.dropped(), "output stopped; pending points stay in the spool");
+        }
+        let summary = Summary {
+            observations: self.counters.observations.load(Ordering::Relaxed),
+            stored,
+            rules_dropped: self.flow.rules_dropped.load(Ordering::Relaxed),
+            outputs,
+        };
+        tracing::info!(
+            observations = summary.observations,
+            stored,
+            rules_dropped = summary.rules_dropped,
+            "agent stopped; everything measured is stored"
+        );
+        Ok(summary)
+    }
+}
+
+/// What [`Agent::start`] opens before anything runs (blocking: SQLite files, raw sockets).
+struct Setup {
+    store: Store,
+    jobs: Vec<Job>,
+    outputs: Option<Sinks>,
+    incidents: Pipeline,
+    /// The rules engine's input; `None` without rules (nothing to evaluate).
+    rules: Option<SyncSender<Record>>,
+}
+
+impl Setup {
+    fn open(config: &Config, counters: &Arc<Counters>) -> anyhow::Result<Setup> {
+        let store = Store::open(&config.agent.data_dir)?;
+        let jobs = jobs(config, &store)?;
+        let outputs = if config.outputs.is_empty() {
+            None
+        } else {
+            let mut options =
+                SinkOptions::new(config.agent.name.clone(), config.agent.site.clone());
+            let stats = Arc::clone(counters);
+            options.agent_stats = Some(Box::new(move || {
+                (
+                    stats.observations.load(Ordering::Relaxed),
+                    stats.max_lag_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                )
+            }));
+            Some(Sinks::start(
+                &config.agent.data_dir,
+                config.outputs.clone(),
+                options,
+            )?)
+        };
+        // Incidents go to the directory, each `[[incident_sink]]` and, as `incident` points, to
+        // the outputs. Without rules nothing is evaluated (open incidents still resume or close).
+        let mut extra: Vec<Box<dyn IncidentSink>> = Vec::new();
+        if let Some(outputs) = &outputs {
+            extra.push(Box::new(OutputsSink::new(outputs.durable_writer()?)));
+        }
+        let (rules, incidents) = pipeline::start(config, &config.agent.data_dir, extra)
+            .context("the incident function cannot start, so the agent does not run")?;
+        Ok(Setup {
+            store,
+            jobs,
+            outputs,
+            incidents,
+            rules: (!config.rules.is_empty()).then_some(rules),
+        })
+    }
+}
+
+/// One job per (probe, target), with the ICMP socket shared and each trace seeded with the path
+/// stored last (so the first trace after a restart can flag a change).
+fn jobs(config: &Config, store: &Store) -> anyhow::Result<Vec<Job>> {
+    let needs_icmp = config
+        .probes
+        .iter()
+        .any(|p| matches!(p.kind, ProbeKind::Icmp { .. }));
+    let resources = Resources {
+        icmp: if needs_icmp {
+            Some(IcmpClient::new()?)
+        } else {
+            None
+        },
+    };
+    let traces: Vec<&str> = config
+        .probes
+        .iter()
+        .filter(|p| matches!(&p.kind, ProbeKind::Trace(_)))
+        .map(|p| p.name.as_str())
+        .collect();
+    if !traces.is_empty() && !crate::probe::has_cap_net_raw() {
+        tracing::warn!(probes = ?traces, "each run of these trace probes will fail: {}", probes::trace::NEEDS_CAP_NET_RAW);
+    }
+    let mut path_hashes = match store.latest_path_hashes() {
+        Ok(hashes) => hashes,
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "cannot read the last traced paths; the first trace of each target will not flag a change");
+            Default::default()
+        }
+    };
+    let mut jobs = Vec::new();
+    for probe_config in &config.probes {
+        for name in &probe_config.targets {
+            let target = config.target(name).with_context(|| {
+                format!(
+                    "probe {:?} names unknown target {name:?}",
+                    probe_config.name
+                )
+            })?;
+            let probe = Probe::new(probe_config, target, &resources)?;
+            if let Some(hash) = path_hashes.remove(&(probe_config.name.clone(), name.clone())) {
+                probe.seed_path_hash(hash);
+            }
+            jobs.push(Job {
+                probe_name: probe_config.name.clone(),
+                probe: Arc::new(probe),
+                target: Arc::new(target.clone()),
+                interval: probe_config.interval,
+            });
+        }
+    }
+    Ok(jobs)
+}
+
+/// The fan-out of every measured record: offered to the outputs (never waits; drops are counted
+/// by the sinks), then handed to the store (waits). Returns when the scheduler is done or the
+/// store writer is gone.
+async fn dispatch(
+    mut from_scheduler: mpsc::Receiver<Record>,
+    outputs: Option<SinkHandle>,
+    store: mpsc::Sender<Record>,
+    flow: Arc<Flow>,
+) {
+    while let Some(record) = from_scheduler.recv().await {
+        if let Some(outputs) = &outputs {
+            outputs.offer(&record);
+        }
+        if store.send(record).await.is_err() {
+            tracing::error!("the store writer is gone: measurements are no longer stored");
+            return;
+        }
+        flow.to_store.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the store writer does with each record once it is stored: count it and, with rules,
+/// hand it to the rules engine — waiting up to `wait` ([`RULES_WAIT`]) while it is busy, dropping
+/// (counted, logged) only when it is stalled. After a drop the writer stops waiting until the
+/// engine takes a record again, so a stalled engine costs one wait, not one per record.
+fn rules_tap(rules: Option<SyncSender<Record>>, flow: Arc<Flow>, wait: Duration) -> writer::Tap {
+    let mut rules = rules;
+    let mut patient = true;
+    Box::new(move |record: Record| {
+        flow.stored.fetch_add(1, Ordering::Relaxed);
+        let Some(sender) = &rules else {
+            return;
+        };
+        let deadline = Instant::now() + wait;
+        let mut record = record;
+        let mut waited = false;
+        loop {
+            match sender.try_send(record) {
+                Ok(()) => {
+                    flow.to_rules.fetch_add(1, Ordering::Relaxed);
+                    patient = true;
+                    return;
+                }
+                Err(TrySendError::Full(back)) if patient && Instant::now() < deadline => {
+                    if !waited {
+                        waited = true;
+                        flow.rules_waits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Full(_)) => {
+                    patient = false;
+                    let dropped = flow.rules_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    if dropped.is_power_of_two() {
+                        tracing::error!(
+                            dropped,
+                            ?wait,
+                            "rules engine stalled: stored observations NOT evaluated"
+                        );
+                    }
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    // The engine has stopped (it logged why); stop offering.
+                    rules = None;
+                    return;
+                }
+            }
+        }
+    })
+}
+
+async fn log_summaries(counters: Arc<Counters>, flow: Arc<Flow>) {
+    let mut tick = tokio::time::interval(SUMMARY_EVERY);
+    tick.tick().await;
+    let (mut last_observations, mut last_failures) = (0, 0);
+    loop {
+        tick.tick().await;
+        let observations = counters.observations.load(Ordering::Relaxed);
+        let failures = counters.failures.load(Ordering::Relaxed);
+        tracing::info!(
+            observations = observations - last_observations,
+            failures = failures - last_failures,
+            skipped_ticks = counters.skipped_ticks.load(Ordering::Relaxed),
+            deadline_exceeded = counters.deadline_exceeded.load(Ordering::Relaxed),
+            max_lag_ms = counters.max_lag_us.swap(0, Ordering::Relaxed) as f64 / 1000.0,
+            rules_waits = flow.rules_waits.load(Ordering::Relaxed),
+            rules_dropped = flow.rules_dropped.load(Ordering::Relaxed),
+            "last minute"
+        );
+        (last_observations, last_failures) = (observations, failures);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+
+    use probes::{FailureKind, Measurement, Observation, Outcome, PingStats};
+
+    use super::*;
+
+    fn record(n: u64) -> Record {
+        Record {
+            agent: "a".into(),
+            site: "s".into(),
+            probe: "p".into(),
+            target: format!("t{n}"),
+            target_site: "s".into(),
+            address: None,
+            observation: Observation {
+                started_at: std::time::SystemTime::now(),
+                duration: Duration::ZERO,
+                outcome: Outcome::failure(FailureKind::Timeout, "no reply"),
+                measurement: Measurement::Ping(PingStats::from_rtts(vec![None])),
+            },
+        }
+    }
+
+    #[test]
+    fn a_busy_rules_engine_slows_the_store_writer_and_loses_nothing() {
+        let (tx, rx) = sync_channel(1);
+        let flow = Arc::new(Flow::default());
+        let mut tap = rules_tap(Some(tx), Arc::clone(&flow), Duration::from_secs(5));
+        // The engine takes one record every 20 ms; the writer offers 10 at once.
+        let engine = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while let Ok(record) = rx.recv() {
+                seen.push(record.target);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        for n in 0..10 {
+            tap(record(n));
+        }
+        drop(tap);
+        let seen = engine.join().expect("engine thread");
+        assert_eq!(seen, (0..10).map(|n| format!("t{n}")).collect::<Vec<_>>());
+        assert_eq!(flow.stored.load(Ordering::Relaxed), 10);
+        assert_eq!(flow.to_rules.load(Ordering::Relaxed), 10);
+        assert_eq!(flow.rules_dropped.load(Ordering::Relaxed), 0);
+        assert!(
+            flow.rules_waits.load(Ordering::Relaxed) > 0,
+            "the writer waited"
+        );
+    }
+
+    #[test]
+    fn a_stalled_rules_engine_costs_one_wait_and_every_drop_is_counted() {
+        let (tx, _stalled) = sync_channel(1);
+        let flow = Arc::new(Flow::default());
+        let wait = Duration::from_millis(200);
+        let mut tap = rules_tap(Some(tx), Arc::clone(&flow), wait);
+        let start = Instant::now();
+        for n in 0..50 {
+            tap(record(n));
+        }
+        let took = start.elapsed();
+        // One record queued, the second waited `wait` and was dropped, the rest dropped at once.
+        assert_eq!(flow.to_rules.load(Ordering::Relaxed), 1);
+        assert_eq!(flow.rules_dropped.load(Ordering::Relaxed), 49);
+        assert_eq!(flow.stored.load(Ordering::Relaxed), 50);
+        assert!(took >= wait && took < wait * 5, "{took:?}");
+    }
+
+    #[test]
+    fn without_rules_stored_records_are_only_counted() {
+        let flow = Arc::new(Flow::default());
+        let mut tap = rules_tap(None, Arc::clone(&flow), RULES_WAIT);
+        tap(record(0));
+        assert_eq!(flow.stored.load(Ordering::Relaxed), 1);
+        assert_eq!(flow.to_rules.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_dispatcher_offers_every_record_to_the_outputs_and_still_stores_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Nothing listens on the discard port of loopback: the output is down, the spool keeps all.
+        let output =
+            crate::config::OutputConfig::influxdb_v2("down", "http://127.0.0.1:9", "o", "b", None);
+        let mut options = SinkOptions::new("a", "s");
+        options.self_metrics_every = None;
+        let sinks = Sinks::start(dir.path(), vec![output], options).expect("start");
+        let (tx, rx) = mpsc::channel(4);
+        let (store_tx, mut store_rx) = mpsc::channel(100);
+        let flow = Arc::new(Flow::default());
+        let tee = tokio::spawn(dispatch(
+            rx,
+            Some(sinks.handle()),
+            store_tx,
+            Arc::clone(&flow),
+        ));
+        for i in 0..20 {
+            tx.send(record(i)).await.expect("send");
+        }
+        drop(tx);
+        tee.await.expect("tee");
+        let mut stored = 0;
+        while store_rx.recv().await.is_some() {
+            stored += 1;
+        }
+        assert_eq!(stored, 20);
+        assert_eq!(flow.to_store.load(Ordering::Relaxed), 20);
+        let stats = tokio::task::spawn_blocking(move || sinks.shutdown(Duration::ZERO))
+            .await
+            .expect("shutdown")
+            .remove(0);
+        assert_eq!(
+            (stats.accepted, stats.spool_points, stats.delivered),
+            (20, 20, 0)
+        );
+        let totals = &crate::sinks::Spool::open(dir.path())
+            .expect("spool")
+            .totals()
+            .expect("totals")[0];
+        assert_eq!((totals.accepted, totals.pending_points), (20, 20));
+    }
+}
