@@ -59,6 +59,7 @@ enum Command {
     /// Validate a config file and report every mistake at once (exit code 1 if any); then test
     /// connectivity and credentials of every output.
     Check {
+        /// The config file to check (TOML); see config/quickstart.toml.
         #[arg(long, short)]
         config: PathBuf,
         /// Do not contact the outputs: only validate them and read their credentials.
@@ -126,6 +127,8 @@ Exit status: 0 connected, 1 did not, 2 could not run."
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Everything vantage writes (stores, spool, drafts) describes the network: private files.
+    crate::config::data_dir::private_umask();
     let result = match cli.command {
         Command::Run { config } => agent::run(&config),
         Command::Check { config, offline } => check(&config, offline),
@@ -173,6 +176,13 @@ fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
                 config.rules.len(),
                 config.agent.data_dir.display()
             );
+            let data_dir_ok = match crate::config::data_dir::check(&config.agent.data_dir) {
+                Ok(()) => true,
+                Err(message) => {
+                    println!("data_dir: error: {message}");
+                    false
+                }
+            };
             let results =
                 runtime()?.block_on(crate::sinks::check::check_outputs(&config.outputs, offline));
             for result in &results {
@@ -200,7 +210,7 @@ fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
                     _ => println!("incident sink {:?}: ok: {target}", sink.name),
                 }
             }
-            if sinks_ok && results.iter().all(|r| r.ok) {
+            if data_dir_ok && sinks_ok && results.iter().all(|r| r.ok) {
                 Ok(ExitCode::SUCCESS)
             } else {
                 Ok(ExitCode::from(1))

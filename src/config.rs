@@ -12,6 +12,7 @@
 //! - `span`: [`LineIndex`], byte offsets to 1-based line:column
 //! - `suggest`: edit-distance "did you mean" suggestions
 
+pub mod data_dir;
 mod duration;
 mod span;
 mod suggest;

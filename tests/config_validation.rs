@@ -640,7 +640,7 @@ fn http_ca_file_missing() {
     assert_rejected(
         "http_ca_file_missing.toml",
         r#"
-tests/fixtures/config/http_ca_file_missing.toml:11:11: error: cannot read `ca_file` tests/fixtures/config/missing-ca.pem: No such file or directory (os error 2)
+tests/fixtures/config/http_ca_file_missing.toml:11:11: error: `ca_file` tests/fixtures/config/missing-ca.pem: No such file or directory (os error 2)
   hint: a PEM file of the CA certificates to trust instead of the system's; a relative path is relative to the config file's directory
 "#,
     );

@@ -13,6 +13,7 @@
 //! - [`tcp`]: TCP connect checks ([`tcp::run`] with [`TcpSettings`])
 //! - [`trace`]: mtr-style path traces on trippy-core ([`trace::run`] with [`TraceSettings`]), the
 //!   [`locate_loss`] verdict and the [`render_report`] table
+//! - [`files`]: bounded reads of config-referenced files ([`read_small`]: regular files only)
 //! - [`net`]: what the TCP and HTTP checks share: [`IpPreference`], resolution, error classes
 //!
 //! ## Example
@@ -30,6 +31,7 @@
 //! ```
 
 pub mod dns;
+pub mod files;
 pub mod http;
 pub mod icmp;
 pub mod net;
@@ -41,6 +43,7 @@ pub mod trace;
 pub use dns::{
     DnsCheck, DnsExpect, DnsRecordType, DnsSettings, DnsSettingsError, DnsStats, DnsTransport,
 };
+pub use files::{FileError, read_small, read_small_string};
 pub use http::{
     AssertionResult, HeaderMatch, HttpCheck, HttpExpect, HttpSettings, HttpSettingsError, HttpStats,
 };

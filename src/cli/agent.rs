@@ -40,6 +40,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    crate::config::data_dir::prepare(&config.agent.data_dir)?;
     let store = Store::open(&config.agent.data_dir)?;
     let outputs = config.outputs.clone();
     super::runtime()?.block_on(agent(config, store, outputs))?;

@@ -42,8 +42,7 @@ pub struct SinkProgress {
 impl IncidentDb {
     /// Open (creating if needed) `incidents.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<IncidentDb> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        crate::config::data_dir::create(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let conn = Connection::open(&path)
             .with_context(|| format!("cannot open incident state {}", path.display()))?;

@@ -4,7 +4,8 @@
 //! `deliver.rs`; this file only classifies.
 //!
 //! Secrets are read from their source on every request (a rotated token file is picked up on the
-//! next attempt), put in a header marked sensitive, and never formatted into a message.
+//! next attempt), put in a header marked sensitive, and never formatted into a message; an answer
+//! that echoes them has them redacted before it becomes a message.
 
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +16,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue
 use reqwest::{StatusCode, Url};
 
 use super::config::{OutputConfig, OutputKind, Secret, SecretSource};
+use super::redact::Redactor;
 use super::spool::SpooledPoint;
 
 /// Longest `Retry-After` honoured; a bigger one (or a date far ahead) is taken as this.
@@ -116,8 +118,12 @@ impl Writer {
         if self.gzip && !body.is_empty() {
             request = request.header(CONTENT_ENCODING, "gzip");
         }
+        let mut redactor = Redactor::default();
         match self.authorization() {
-            Ok(Some(value)) => request = request.header(AUTHORIZATION, value),
+            Ok(Some((value, secrets))) => {
+                request = request.header(AUTHORIZATION, value);
+                redactor = secrets;
+            }
             Ok(None) => {}
             Err(message) => {
                 return Answer::Unauthorized {
@@ -130,7 +136,7 @@ impl Writer {
             Ok(response) => response,
             Err(e) => {
                 return Answer::Retry {
-                    reason: describe_reqwest_error(&e),
+                    reason: redactor.redact(&describe_reqwest_error(&e)),
                     retry_after: None,
                 };
             }
@@ -143,7 +149,8 @@ impl Writer {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let message = truncate(response.text().await.unwrap_or_default().trim());
+        let message = redactor.redact(&response.text().await.unwrap_or_default());
+        let message = truncate(message.trim());
         classify(status, message, retry_after)
     }
 
@@ -167,25 +174,34 @@ impl Writer {
         }
     }
 
-    /// The `Authorization` header, read fresh from the secret's source; Err names the source.
-    fn authorization(&self) -> Result<Option<HeaderValue>, String> {
-        let value = match &self.auth {
+    /// The `Authorization` header, read fresh from the secret's source, and a redactor for
+    /// every form of the secret it carries; Err names the source.
+    fn authorization(&self) -> Result<Option<(HeaderValue, Redactor)>, String> {
+        let (value, redactor) = match &self.auth {
             Auth::None => return Ok(None),
-            Auth::Token(source) => format!("Token {}", read_secret(source)?.expose()),
+            Auth::Token(source) => {
+                let token = read_secret(source)?;
+                let value = format!("Token {}", token.expose());
+                let redactor = Redactor::default().with(token.expose()).with(&*value);
+                (value, redactor)
+            }
             Auth::Basic { username, password } => {
                 let password = match password {
                     Some(source) => read_secret(source)?,
                     None => Secret::empty(),
                 };
-                let credentials = format!("{username}:{}", password.expose());
-                format!("Basic {}", base64(credentials.as_bytes()))
+                let credentials = base64(format!("{username}:{}", password.expose()).as_bytes());
+                let redactor = Redactor::default()
+                    .with(password.expose())
+                    .with(&*credentials);
+                (format!("Basic {credentials}"), redactor)
             }
         };
         let mut header = HeaderValue::from_str(&value).map_err(|_| {
             "the credentials contain characters an HTTP header cannot carry".to_string()
         })?;
         header.set_sensitive(true);
-        Ok(Some(header))
+        Ok(Some((header, redactor)))
     }
 }
 

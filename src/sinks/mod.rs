@@ -28,6 +28,7 @@ pub mod config;
 mod deliver;
 pub mod influx;
 pub mod line_protocol;
+pub mod redact;
 pub mod spool;
 
 use std::collections::HashSet;
