@@ -21,8 +21,12 @@ use vantage::sinks::SecretSource;
 const FIXTURES: &str = "tests/fixtures/config";
 
 /// Every fixture this file tests; `every_fixture_is_tested` keeps the list and the folder in step.
-const TESTED: [&str; 61] = [
+const TESTED: [&str; 65] = [
     "syntax_error.toml",
+    "key_nested_too_deep.toml",
+    "control_chars_in_value.toml",
+    "spacing_zero.toml",
+    "http_ca_file_endless.toml",
     "unknown_key.toml",
     "typo_key.toml",
     "misplaced_key.toml",
@@ -135,6 +139,29 @@ fn every_fixture_is_tested() {
 }
 
 // ---- one fixture per mistake, exact output ---------------------------------------------------
+
+#[test]
+fn key_nested_too_deep() {
+    assert_rejected(
+        "key_nested_too_deep.toml",
+        r#"
+tests/fixtures/config/key_nested_too_deep.toml:7:1: error: invalid TOML: nesting too deep (a dotted key of 80 or more parts)
+  hint: a vantage config nests a few levels at most; shorten the key (nothing else in the file is checked until it parses)
+"#,
+    );
+}
+
+#[test]
+fn control_chars_in_value() {
+    // The value holds ESC [2J (clear screen) and ESC [31m (red): shown escaped, never sent raw.
+    assert_rejected(
+        "control_chars_in_value.toml",
+        r#"
+tests/fixtures/config/control_chars_in_value.toml:5:8: error: invalid target name `sjc1\u{1b}[2J\u{1b}[31mcore`: '\u{1b}' is not allowed
+  hint: target names become time-series tags: use only letters, digits, `_`, `.` and `-`, e.g. `sjc1--2J--31mcore`
+"#,
+    );
+}
 
 #[test]
 fn syntax_error() {
@@ -312,6 +339,17 @@ tests/fixtures/config/bad_duration.toml:12:12: error: invalid duration `20sec` f
   hint: write a number and a unit (ms, s, m, h, d) without spaces, e.g. `interval = "20s"`
 tests/fixtures/config/bad_duration.toml:13:11: error: `timeout` must be a duration string, not an integer
   hint: durations are strings with a unit (ms, s, m, h, d): `timeout = "2s"`
+"#,
+    );
+}
+
+#[test]
+fn spacing_zero() {
+    assert_rejected(
+        "spacing_zero.toml",
+        r#"
+tests/fixtures/config/spacing_zero.toml:11:11: error: `spacing` must be longer than zero
+  hint: echoes sent all at once are a burst that ICMP rate limits drop, which reads as loss; e.g. `spacing = "100ms"`, or remove it to spread the echoes over the interval
 "#,
     );
 }
@@ -641,6 +679,17 @@ fn http_ca_file_missing() {
         "http_ca_file_missing.toml",
         r#"
 tests/fixtures/config/http_ca_file_missing.toml:11:11: error: `ca_file` tests/fixtures/config/missing-ca.pem: No such file or directory (os error 2)
+  hint: a PEM file of the CA certificates to trust instead of the system's; a relative path is relative to the config file's directory
+"#,
+    );
+}
+
+#[test]
+fn http_ca_file_endless() {
+    assert_rejected(
+        "http_ca_file_endless.toml",
+        r#"
+tests/fixtures/config/http_ca_file_endless.toml:11:11: error: `ca_file` /dev/zero is a character device, not a regular file; give the path of a regular file of at most 1 MiB
   hint: a PEM file of the CA certificates to trust instead of the system's; a relative path is relative to the config file's directory
 "#,
     );

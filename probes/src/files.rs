@@ -132,7 +132,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("token");
         std::fs::write(&path, "s3cret\n").expect("write");
-        assert_eq!(read_bounded(&path, SECRET_LIMIT).expect("read"), b"s3cret\n");
+        assert_eq!(
+            read_bounded(&path, SECRET_LIMIT).expect("read"),
+            b"s3cret\n"
+        );
         // Exactly at the limit is fine.
         std::fs::write(&path, vec![b'a'; 16]).expect("write");
         assert_eq!(read_bounded(&path, 16).expect("read").len(), 16);
@@ -171,10 +174,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let error = read_bounded(dir.path(), SECRET_LIMIT).expect_err("refused");
         assert!(
-            matches!(error, FileError::NotRegular { kind: "a directory", .. }),
+            matches!(
+                error,
+                FileError::NotRegular {
+                    kind: "a directory",
+                    ..
+                }
+            ),
             "{error}"
         );
-        assert!(error.to_string().contains(&dir.path().display().to_string()));
+        assert!(
+            error
+                .to_string()
+                .contains(&dir.path().display().to_string())
+        );
     }
 
     #[test]

@@ -149,11 +149,7 @@ mod tests {
             ("/etcetera", None),
             ("/srv/vantage", None),
         ] {
-            assert_eq!(
-                system_dir(Path::new(path)).as_deref(),
-                system,
-                "{path}"
-            );
+            assert_eq!(system_dir(Path::new(path)).as_deref(), system, "{path}");
         }
     }
 

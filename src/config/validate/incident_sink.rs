@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use toml::de::DeTable;
 
-use super::{Checker, Defined, Got, INCIDENT_SINK, INCIDENT_SINK_AM, Key, ROOT, Value, a};
+use super::{Checker, Defined, Got, INCIDENT_SINK, INCIDENT_SINK_AM, Key, Names, ROOT, Value, a};
 use crate::config::{IncidentSinkConfig, IncidentSinkKind};
 use crate::incident::alertmanager::BUILT_IN_LABELS;
 use crate::sinks::config::DEFAULT_TIMEOUT;
@@ -25,7 +25,7 @@ impl Checker<'_> {
             return sinks;
         };
         let section = "[[incident_sink]]";
-        let mut names: Vec<Defined> = Vec::new();
+        let mut names: Names = Names::default();
         for (table, span) in self.tables(value, &ROOT[6]) {
             let all: Vec<&Key> = INCIDENT_SINK.iter().chain(&INCIDENT_SINK_AM).collect();
             self.unknown_keys(table, section, &all, &[]);
@@ -123,7 +123,7 @@ impl Checker<'_> {
         section: &str,
         span: &std::ops::Range<usize>,
         key: &Key,
-        names: &mut Vec<Defined>,
+        names: &mut Names,
     ) -> Option<&'t str> {
         let name = self.string(table, key);
         let why = ": deliveries are tracked per sink name in incidents.db";
@@ -141,7 +141,7 @@ impl Checker<'_> {
             );
             return None;
         }
-        if let Some(first) = names.iter().find(|d| d.name == name) {
+        if let Some(first) = names.get(name) {
             let first_line = self.line(&first.span);
             self.error(
                 name_span,
