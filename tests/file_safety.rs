@@ -298,31 +298,60 @@ fn everything_the_agent_writes_is_private_and_an_old_wide_data_dir_is_tightened(
     );
 }
 
+/// A directory removed when the test ends, also when it fails.
+struct SystemDir(PathBuf);
+
+impl Drop for SystemDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn a_data_dir_in_a_system_directory_or_of_another_user_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // `check` writes nothing: it is shown a link to /etc itself.
     let link = dir.path().join("data");
     std::os::unix::fs::symlink("/etc", &link).expect("symlink");
     let config = write_config(dir.path(), &link, "");
-    let config_arg = config.to_str().expect("utf-8");
-    let refusal = format!(
-        "data directory {} (resolved: /etc) resolves into /etc, a system directory; set `data_dir` to a directory of its own, e.g. `data_dir = \"/var/lib/vantage\"`",
-        link.display()
-    );
-    let (code, stdout, stderr) =
-        vantage_within(Duration::from_secs(20), &["run", "--config", config_arg]);
-    assert_eq!(code, 2, "{stdout}{stderr}");
-    assert!(stderr.contains(&refusal), "{stderr}");
-    assert!(!Path::new("/etc/vantage.db").exists());
     let (code, stdout, stderr) = vantage_within(
         Duration::from_secs(20),
-        &["check", "--offline", "--config", config_arg],
+        &[
+            "check",
+            "--offline",
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
     );
     assert_eq!(code, 1, "{stdout}{stderr}");
-    assert!(
-        stdout.contains(&format!("data_dir: error: {refusal}")),
-        "{stdout}"
+    let refusal = format!(
+        "data_dir: error: data directory {} (resolved: /etc) resolves into /etc, a system directory; set `data_dir` to a directory of its own, e.g. `data_dir = \"/var/lib/vantage\"`",
+        link.display()
     );
+    assert!(stdout.contains(&refusal), "{stdout}");
+
+    // `run` is shown a link into /dev (its tmpfs /dev/shm), so that a regression writes its
+    // databases there, where they are cleaned up, and not into /etc.
+    let system = SystemDir(PathBuf::from(format!(
+        "/dev/shm/vantage-test-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&system.0).expect("mkdir in /dev/shm");
+    let link = dir.path().join("data-in-dev");
+    std::os::unix::fs::symlink(&system.0, &link).expect("symlink");
+    let config = write_config(dir.path(), &link, "");
+    let (code, stdout, stderr) = vantage_within(
+        Duration::from_secs(20),
+        &["run", "--config", config.to_str().expect("utf-8")],
+    );
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    let refusal = format!(
+        "data directory {} (resolved: {}) resolves into /dev, a system directory",
+        link.display(),
+        system.0.display()
+    );
+    assert!(stderr.contains(&refusal), "{stderr}");
+    assert!(!system.0.join("vantage.db").exists());
 
     // A directory that belongs to someone else (root chowns it to nobody).
     let theirs = dir.path().join("theirs");
