@@ -342,8 +342,9 @@ fn trace_settings(
     }
 }
 
-/// Whether this process may open raw sockets (`CAP_NET_RAW` in its effective set). Traces then
-/// run privileged (every protocol); without it only ICMP traces work, over ping sockets.
+/// Whether this process may open raw sockets (`CAP_NET_RAW` in its effective set). Traces need
+/// it (every protocol: trippy cannot trace over ping sockets); without it each trace is a failure
+/// saying so.
 pub fn has_cap_net_raw() -> bool {
     const CAP_NET_RAW: u32 = 13;
     std::fs::read_to_string("/proc/self/status")
