@@ -263,3 +263,34 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--help` describes every option of every command (`check --config` once had no text).
+    #[test]
+    fn every_option_has_a_description() {
+        fn undescribed(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                undescribed(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        undescribed(
+            &<Cli as clap::CommandFactory>::command(),
+            "vantage",
+            &mut missing,
+        );
+        assert!(
+            missing.is_empty(),
+            "options without a description: {missing:?}"
+        );
+    }
+}
