@@ -163,6 +163,15 @@ impl Probe {
         }
     }
 
+    /// Whether `observation` is a round this probe stopped short of its count (the agent was
+    /// stopping): its loss and spread describe fewer echoes than every other round's.
+    pub fn cut_short(&self, observation: &Observation) -> bool {
+        match (self, &observation.measurement) {
+            (Probe::Icmp { plan, .. }, Measurement::Ping(stats)) => stats.sent < plan.count,
+            _ => false,
+        }
+    }
+
     /// Measure `target` once. Never fails: problems are recorded in the observation. Returns the
     /// address measured, when known.
     pub async fn run(
@@ -286,6 +295,7 @@ fn http_settings(
         timeout,
         max_body_bytes: http.max_body_bytes,
         max_redirects: http.max_redirects,
+        follow_private_redirects: http.follow_private_redirects,
         ip,
         server_name: http.server_name.clone(),
         ca_file: http.ca_file.clone(),
@@ -444,6 +454,7 @@ mod tests {
             server_name: None,
             max_redirects: 10,
             max_body_bytes: 1 << 20,
+            follow_private_redirects: false,
         };
         assert_eq!(
             http.url("api.example.net"),

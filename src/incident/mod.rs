@@ -39,7 +39,9 @@ pub use db::IncidentDb;
 pub use diagnostics::TraceDiagnostics;
 pub use directory::DirectorySink;
 pub use evidence::Evidence;
-pub use manager::{Diagnosis, Diagnostics, Manager, NoDiagnostics, TraceEvidence};
+pub use manager::{
+    Diagnosis, Diagnostics, Manager, NoDiagnostics, PendingDiagnosis, TraceEvidence,
+};
 pub use outbox::{EventKind, IncidentSink, OutboxEvent};
 
 use crate::rules::{Impact, Peak, Scope};

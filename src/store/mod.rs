@@ -153,10 +153,12 @@ impl Store {
             .join(DB_FILE);
         let conn = Connection::open(&path)
             .with_context(|| format!("cannot open store {}", path.display()))?;
+        // The busy timeout first: the agent's threads open this file too, and wait for a lock
+        // rather than fail with "database is locked".
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA busy_timeout = 5000;
+             PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
-             PRAGMA busy_timeout = 5000;
              CREATE TABLE IF NOT EXISTS observations (
                  id           INTEGER PRIMARY KEY,
                  ts_ns        INTEGER NOT NULL,
