@@ -282,6 +282,8 @@ struct Setup {
 
 impl Setup {
     fn open(config: &Config, counters: &Arc<Counters>) -> anyhow::Result<Setup> {
+        // Private (0700), owned by us and outside system paths, before anything is written in it.
+        crate::config::data_dir::prepare(&config.agent.data_dir)?;
         let store = Store::open(&config.agent.data_dir)?;
         let jobs = jobs(config, &store)?;
         let outputs = if config.outputs.is_empty() {

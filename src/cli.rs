@@ -59,6 +59,7 @@ enum Command {
     /// Validate a config file and report every mistake at once (exit code 1 if any); then test
     /// connectivity and credentials of every output.
     Check {
+        /// The config file to check (TOML); see config/quickstart.toml.
         #[arg(long, short)]
         config: PathBuf,
         /// Do not contact the outputs: only validate them and read their credentials.
@@ -126,6 +127,8 @@ Exit status: 0 connected, 1 did not, 2 could not run."
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Everything vantage writes (stores, spool, drafts) describes the network: private files.
+    crate::config::data_dir::private_umask();
     let result = match cli.command {
         Command::Run { config } => agent::run(&config),
         Command::Check { config, offline } => check(&config, offline),
@@ -173,6 +176,13 @@ fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
                 config.rules.len(),
                 config.agent.data_dir.display()
             );
+            let data_dir_ok = match crate::config::data_dir::check(&config.agent.data_dir) {
+                Ok(()) => true,
+                Err(message) => {
+                    println!("data_dir: error: {message}");
+                    false
+                }
+            };
             let results =
                 runtime()?.block_on(crate::sinks::check::check_outputs(&config.outputs, offline));
             for result in &results {
@@ -200,7 +210,7 @@ fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
                     _ => println!("incident sink {:?}: ok: {target}", sink.name),
                 }
             }
-            if sinks_ok && results.iter().all(|r| r.ok) {
+            if data_dir_ok && sinks_ok && results.iter().all(|r| r.ok) {
                 Ok(ExitCode::SUCCESS)
             } else {
                 Ok(ExitCode::from(1))
@@ -252,4 +262,35 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--help` describes every option of every command (`check --config` once had no text).
+    #[test]
+    fn every_option_has_a_description() {
+        fn undescribed(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                undescribed(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        undescribed(
+            &<Cli as clap::CommandFactory>::command(),
+            "vantage",
+            &mut missing,
+        );
+        assert!(
+            missing.is_empty(),
+            "options without a description: {missing:?}"
+        );
+    }
 }

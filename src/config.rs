@@ -12,6 +12,7 @@
 //! - `span`: [`LineIndex`], byte offsets to 1-based line:column
 //! - `suggest`: edit-distance "did you mean" suggestions
 
+pub mod data_dir;
 mod duration;
 pub mod output;
 mod span;
@@ -458,15 +459,36 @@ impl ConfigErrors {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.path.display())?;
+        // Messages quote config values: control characters in them (an escape sequence that
+        // recolours or clears the terminal) are shown escaped, never sent to the terminal.
+        write!(
+            f,
+            "{}",
+            escape_controls(&self.path.display().to_string(), false)
+        )?;
         if self.line > 0 {
             write!(f, ":{}:{}", self.line, self.column)?;
         }
-        write!(f, ": error: {}", self.message)?;
+        write!(f, ": error: {}", escape_controls(&self.message, false))?;
         if let Some(hint) = &self.hint {
             // Continuation lines of a multi-line hint line up under its first line.
-            write!(f, "\n  hint: {}", hint.replace('\n', "\n        "))?;
+            let hint = escape_controls(hint, true).replace('\n', "\n        ");
+            write!(f, "\n  hint: {hint}")?;
         }
         Ok(())
     }
+}
+
+/// `text` with control characters escaped as Rust does (`\u{1b}`, `\t`), keeping newlines if
+/// `keep_newlines`; everything else, non-ASCII included, is left as written.
+fn escape_controls(text: &str, keep_newlines: bool) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !(keep_newlines && c == '\n') {
+            escaped.extend(c.escape_debug());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }

@@ -453,7 +453,7 @@ token_file = "{}"
     assert_eq!(code, 1, "{stdout}");
     assert!(
         stdout.contains(&format!(
-            "incident sink \"hook\": error: webhook, POST {url}: cannot read the token: cannot read secret file {}",
+            "incident sink \"hook\": error: webhook, POST {url}: cannot read the token: secret file {}: No such file or directory",
             token.display()
         )),
         "{stdout}"

@@ -13,10 +13,20 @@
 //!
 //! One check talks to one server; checking several servers is several checks, each with its own
 //! `server` tag, so a failure names the server that failed.
+//!
+//! ## Junk answers
+//! `hickory-net` logs a WARN for every datagram it ignores (wrong id, wrong source, forged
+//! question): a hostile or broken server can make one query log thousands of lines. A query runs
+//! under [`JunkCounter`], which lets the first such warning through and sums up the rest in one
+//! line when the query ends.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+
+use tracing::instrument::WithSubscriber as _;
 
 use std::pin::Pin;
 
@@ -257,6 +267,29 @@ impl DnsCheck {
     }
 
     async fn query(&self, stats: &mut DnsStats) -> Result<(), Outcome> {
+        let counter = Arc::new(JunkCounter::new());
+        let dispatch = tracing::Dispatch::new(Arc::clone(&counter));
+        let result = self
+            .exchange(stats, &dispatch)
+            .with_subscriber(dispatch.clone())
+            .await;
+        let ignored = counter.ignored.load(Ordering::Relaxed);
+        if ignored > 1 {
+            tracing::warn!(
+                server = %self.settings.server,
+                name = %self.settings.name,
+                "{} more datagrams ignored during this query, as the one logged above",
+                ignored - 1
+            );
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        stats: &mut DnsStats,
+        dispatch: &tracing::Dispatch,
+    ) -> Result<(), Outcome> {
         let server = self.settings.server;
         let timeout = self.settings.timeout;
         let provider = TokioRuntimeProvider::default();
@@ -269,7 +302,10 @@ impl DnsCheck {
                     .with_max_retries(1)
                     .build();
                 let (client, background) = Client::<TokioRuntimeProvider>::from_sender(stream);
-                (client, tokio::spawn(background))
+                (
+                    client,
+                    tokio::spawn(background.with_subscriber(dispatch.clone())),
+                )
             }
             DnsTransport::Tcp => {
                 let (connecting, handle) =
@@ -277,7 +313,10 @@ impl DnsCheck {
                 let stream = connecting.await.map_err(|e| failure_from(&e, server))?;
                 let (client, background) =
                     Client::<TokioRuntimeProvider>::with_timeout(stream, handle, timeout);
-                (client, tokio::spawn(background))
+                (
+                    client,
+                    tokio::spawn(background.with_subscriber(dispatch.clone())),
+                )
             }
         };
         // The background task owns the socket; stop it however this function ends.
@@ -363,6 +402,65 @@ impl DnsCheck {
             }
         }
         Outcome::Success
+    }
+}
+
+/// The subscriber one query runs under: everything goes to the subscriber that was in place,
+/// except `hickory` WARN events after the first, which are only counted.
+struct JunkCounter {
+    inner: tracing::Dispatch,
+    ignored: AtomicU64,
+}
+
+impl JunkCounter {
+    fn new() -> JunkCounter {
+        JunkCounter {
+            inner: tracing::dispatcher::get_default(Clone::clone),
+            ignored: AtomicU64::new(0),
+        }
+    }
+}
+
+impl tracing::Subscriber for JunkCounter {
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.inner.register_callsite(metadata)
+    }
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        self.inner.new_span(span)
+    }
+    fn record(&self, span: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        self.inner.record(span, values);
+    }
+    fn record_follows_from(&self, span: &tracing::span::Id, follows: &tracing::span::Id) {
+        self.inner.record_follows_from(span, follows);
+    }
+    fn event(&self, event: &tracing::Event<'_>) {
+        let metadata = event.metadata();
+        if *metadata.level() == tracing::Level::WARN
+            && metadata.target().starts_with("hickory")
+            && self.ignored.fetch_add(1, Ordering::Relaxed) > 0
+        {
+            return;
+        }
+        self.inner.event(event);
+    }
+    fn enter(&self, span: &tracing::span::Id) {
+        self.inner.enter(span);
+    }
+    fn exit(&self, span: &tracing::span::Id) {
+        self.inner.exit(span);
+    }
+    fn clone_span(&self, id: &tracing::span::Id) -> tracing::span::Id {
+        self.inner.clone_span(id)
+    }
+    fn try_close(&self, id: tracing::span::Id) -> bool {
+        self.inner.try_close(id)
     }
 }
 
@@ -466,6 +564,69 @@ mod tests {
     fn record_types_parse_case_insensitively() {
         assert_eq!("aaaa".parse::<DnsRecordType>(), Ok(DnsRecordType::Aaaa));
         assert!("PTR".parse::<DnsRecordType>().is_err());
+    }
+
+    /// A server that answers a query with `junk` datagrams of the wrong id, then the answer.
+    async fn junk_server(junk: usize) -> SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut query = [0u8; 512];
+            let (len, client) = socket.recv_from(&mut query).await.expect("query");
+            let mut answer = query[..len].to_vec();
+            answer[2] |= 0x80; // QR: a response, with the question as asked and no answers
+            let mut wrong = answer.clone();
+            wrong[0] ^= 0xff;
+            for _ in 0..junk {
+                socket.send_to(&wrong, client).await.expect("send junk");
+            }
+            socket.send_to(&answer, client).await.expect("send answer");
+        });
+        addr
+    }
+
+    #[derive(Clone, Default)]
+    struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn junk_datagrams_log_one_warning_and_a_count_per_query() {
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let server = junk_server(100).await;
+        let mut settings = DnsSettings::new(server, "junk.vantage.test", DnsRecordType::A);
+        settings.timeout = Duration::from_secs(5);
+        let observation = DnsCheck::new(settings).expect("settings").run().await;
+        assert!(observation.is_success(), "{observation:?}");
+        let text = String::from_utf8(log.0.lock().expect("log lock").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains("ignoring response with wrong message id"),
+            "{text}"
+        );
+        assert!(
+            lines[1]
+                .contains("99 more datagrams ignored during this query, as the one logged above"),
+            "{text}"
+        );
     }
 
     #[test]

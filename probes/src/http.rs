@@ -155,6 +155,8 @@ pub enum HttpSettingsError {
     ServerName(String),
     #[error("cannot read CA file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
+    #[error("CA file {0}")]
+    CaFileRead(crate::files::FileError),
     #[error("TLS setup failed: {0}")]
     Tls(String),
 }
@@ -259,9 +261,9 @@ impl HttpCheck {
                     reason,
                 };
                 let mut roots = rustls::RootCertStore::empty();
-                for cert in
-                    CertificateDer::pem_file_iter(path).map_err(|e| ca_error(e.to_string()))?
-                {
+                let pem = crate::files::read_small(path, crate::files::CA_BUNDLE_LIMIT)
+                    .map_err(HttpSettingsError::CaFileRead)?;
+                for cert in CertificateDer::pem_slice_iter(&pem) {
                     roots
                         .add(cert.map_err(|e| ca_error(e.to_string()))?)
                         .map_err(|e| ca_error(e.to_string()))?;

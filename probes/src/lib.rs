@@ -14,6 +14,7 @@
 //! - [`trace`]: mtr-style path traces on trippy-core ([`trace::run`] with [`TraceSettings`]), the
 //!   [`locate_loss`] and [`locate_latency_step`] verdicts ([`verdict_text`]) and the
 //!   [`render_report`] table; traces need `CAP_NET_RAW` ([`trace::NEEDS_CAP_NET_RAW`])
+//! - [`files`]: bounded reads of config-referenced files ([`read_small`]: regular files only)
 //! - [`net`]: what the TCP and HTTP checks share: [`IpPreference`], resolution, error classes
 //!
 //! ## Example
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod dns;
+pub mod files;
 pub mod http;
 pub mod icmp;
 pub mod net;
@@ -44,6 +46,7 @@ pub mod trace;
 pub use dns::{
     DnsCheck, DnsExpect, DnsRecordType, DnsSettings, DnsSettingsError, DnsStats, DnsTransport,
 };
+pub use files::{FileError, read_small, read_small_string};
 pub use http::{
     AssertionResult, HeaderMatch, HttpCheck, HttpExpect, HttpSettings, HttpSettingsError, HttpStats,
 };

@@ -115,8 +115,9 @@ impl std::fmt::Debug for Secret {
 pub enum SecretError {
     #[error("environment variable {0} is not set (or not UTF-8)")]
     EnvMissing(String),
-    #[error("cannot read secret file {path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    /// The file's error, which starts with its path (and never shows its content).
+    #[error("secret file {0}")]
+    File(String),
     #[error("{0} is empty")]
     Empty(String),
 }
@@ -130,10 +131,8 @@ impl SecretSource {
                 format!("environment variable {name}"),
             ),
             SecretSource::File(path) => (
-                std::fs::read_to_string(path).map_err(|e| SecretError::File {
-                    path: path.clone(),
-                    reason: e.kind().to_string(),
-                })?,
+                probes::files::read_small_string(path, probes::files::SECRET_LIMIT)
+                    .map_err(|e| SecretError::File(e.to_string()))?,
                 format!("secret file {}", path.display()),
             ),
         };
@@ -351,7 +350,14 @@ mod tests {
             .expect_err("missing file");
         assert_eq!(
             error.to_string(),
-            "cannot read secret file /nonexistent/vantage/token: entity not found"
+            "secret file /nonexistent/vantage/token: No such file or directory (os error 2)"
+        );
+        let error = SecretSource::File("/dev/zero".into())
+            .read()
+            .expect_err("endless file");
+        assert_eq!(
+            error.to_string(),
+            "secret file /dev/zero is a character device, not a regular file; give the path of a regular file of at most 64 KiB"
         );
     }
 

@@ -4,6 +4,7 @@
 //! A hand-written walk rather than `#[serde(deny_unknown_fields)]`: serde stops at the first
 //! error, and we want them all, each pointing at the offending key or value.
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
@@ -387,11 +388,58 @@ struct Defined {
     span: Range<usize>,
 }
 
+/// The names of one kind defined in the file, in file order, looked up by name in constant time
+/// (a config may define 100,000 targets; a linear search per name made `check` quadratic).
+#[derive(Debug, Default)]
+struct Names {
+    list: Vec<Defined>,
+    /// Each name's first definition in `list`.
+    index: HashMap<String, usize>,
+}
+
+impl Names {
+    fn get(&self, name: &str) -> Option<&Defined> {
+        self.index.get(name).map(|&i| &self.list[i])
+    }
+
+    fn push(&mut self, defined: Defined) {
+        self.index
+            .entry(defined.name.clone())
+            .or_insert(self.list.len());
+        self.list.push(defined);
+    }
+}
+
+impl std::ops::Deref for Names {
+    type Target = [Defined];
+
+    fn deref(&self) -> &[Defined] {
+        &self.list
+    }
+}
+
 /// Collects mistakes, with positions resolved against the text.
 struct Checker<'a> {
     path: &'a Path,
     lines: LineIndex<'a>,
     errors: Vec<ConfigError>,
+}
+
+/// Where the key with the most dots starts, for the parser's one error that has no position (a
+/// dotted key nested too deep); `None` if no line has a dotted key.
+fn deepest_dotted_key(text: &str) -> Option<Range<usize>> {
+    let mut offset = 0;
+    let mut deepest: Option<(usize, Range<usize>)> = None;
+    for line in text.split_inclusive('\n') {
+        let key = line.split('=').next().unwrap_or_default();
+        let dots = key.matches('.').count();
+        if dots > 0 && deepest.as_ref().is_none_or(|(most, _)| dots > *most) {
+            let indent = key.len() - key.trim_start().len();
+            deepest = Some((dots, offset + indent..offset + key.trim_end().len()));
+        }
+        offset += line.len();
+    }
+    deepest.map(|(_, span)| span)
 }
 
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
@@ -410,12 +458,19 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
                     format!("invalid TOML: `{key}` is defined twice"),
                     format!("a key or section may appear only once; remove one ({unchecked})"),
                 ),
+                // The parser's limit on dotted keys (`a.b.c…`, 80 parts) comes without a span.
+                ("recursion limit", _) => (
+                    "invalid TOML: nesting too deep (a dotted key of 80 or more parts)".to_string(),
+                    format!(
+                        "a vantage config nests a few levels at most; shorten the key ({unchecked})"
+                    ),
+                ),
                 (message, _) => (
                     format!("invalid TOML: {message}"),
                     format!("fix the syntax first; {unchecked}"),
                 ),
             };
-            match error.span() {
+            match error.span().or_else(|| deepest_dotted_key(text)) {
                 Some(span) => checker.error(span, message, hint),
                 None => checker.file_error(message, hint),
             }
@@ -813,7 +868,7 @@ impl Checker<'_> {
         key: &Key,
         tag: &str,
         why: &str,
-        names: &mut Vec<Defined>,
+        names: &mut Names,
     ) -> Option<&'t str> {
         let name = self.string(table, key);
         let Got::Valid(name, name_span) = self.required(name, section, section_span, key, why)
@@ -821,7 +876,7 @@ impl Checker<'_> {
             return None;
         };
         let valid = self.tag_name(&format!("{tag} name"), name, name_span.clone(), key.example);
-        if let Some(first) = names.iter().find(|d| d.name == name) {
+        if let Some(first) = names.get(name) {
             let first = first.span.clone();
             self.duplicate(tag, name, name_span, &first, tag);
             return None;
@@ -996,9 +1051,9 @@ impl Checker<'_> {
 
     /// The valid targets, and every target name written in the file (valid or not), so that a
     /// probe's reference to a target with another mistake is not reported a second time.
-    fn targets(&mut self, root: &DeTable<'_>) -> (Vec<Target>, Vec<Defined>) {
+    fn targets(&mut self, root: &DeTable<'_>) -> (Vec<Target>, Names) {
         let mut targets = Vec::new();
-        let mut defined: Vec<Defined> = Vec::new();
+        let mut defined: Names = Names::default();
         let Some(value) = root.get("target") else {
             self.file_error("no targets: the agent has nothing to probe", TARGET_EXAMPLE);
             return (targets, defined);
@@ -1176,10 +1231,10 @@ impl Checker<'_> {
         &mut self,
         root: &DeTable<'_>,
         targets: &[Target],
-        defined: &[Defined],
-    ) -> (Vec<ProbeConfig>, Vec<Defined>) {
+        defined: &Names,
+    ) -> (Vec<ProbeConfig>, Names) {
         let mut probes = Vec::new();
-        let mut names: Vec<Defined> = Vec::new();
+        let mut names: Names = Names::default();
         let Some(value) = root.get("probe") else {
             // The five-line config: one smokeping-style ping over every target.
             let count = DEFAULT_COUNT;
@@ -1383,7 +1438,17 @@ impl Checker<'_> {
             }
             Got::Valid(count, _) => u32::try_from(count).ok(),
         };
-        let spacing = self.duration(table, spacing_key);
+        let spacing = match self.duration(table, spacing_key) {
+            Got::Valid(spacing, span) if spacing.is_zero() => {
+                self.error(
+                    span,
+                    "`spacing` must be longer than zero",
+                    "echoes sent all at once are a burst that ICMP rate limits drop, which reads as loss; e.g. `spacing = \"100ms\"`, or remove it to spread the echoes over the interval",
+                );
+                Got::Invalid
+            }
+            other => other,
+        };
         let (Some((interval, timeout)), Some(count)) = (timings, count) else {
             return None;
         };
@@ -1425,7 +1490,7 @@ impl Checker<'_> {
         key: &Key,
         owner: (&str, Option<&str>),
         what: &str,
-        defined: &[Defined],
+        defined: &Names,
     ) -> Option<Vec<String>> {
         let (section, name) = owner;
         let owner = match name {
@@ -1454,6 +1519,7 @@ impl Checker<'_> {
             return None;
         }
         let mut names: Vec<String> = Vec::new();
+        let mut listed: HashSet<&str> = HashSet::new();
         let mut valid = true;
         for entry in array.iter() {
             let Some(name) = entry.get_ref().as_str() else {
@@ -1469,7 +1535,7 @@ impl Checker<'_> {
                 valid = false;
                 continue;
             };
-            if names.iter().any(|n| n == name) {
+            if !listed.insert(name) {
                 self.error(
                     entry.span(),
                     format!("{what} `{name}` is listed twice in `{}`", key.name),
@@ -1479,7 +1545,7 @@ impl Checker<'_> {
             } else if defined.is_empty() {
                 // Nothing defined at all: already reported once for the whole file.
                 valid = false;
-            } else if !defined.iter().any(|d| d.name == name) {
+            } else if defined.get(name).is_none() {
                 let hint = match closest(name, defined.iter().map(|d| d.name.as_str())) {
                     Some(suggestion) => format!("did you mean `{suggestion}`?"),
                     None => {

@@ -99,8 +99,7 @@ impl IncidentDb {
     /// The agent calls this once, on its own thread, before any of its threads opens the file
     /// with [`IncidentDb::open_existing`]; tools and tests may call it at any time.
     pub fn open(data_dir: &Path) -> anyhow::Result<IncidentDb> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        crate::config::data_dir::create(data_dir)?;
         let db = IncidentDb::connect(data_dir, OpenFlags::default())?;
         use_wal(&db.conn)
             .and_then(|()| {

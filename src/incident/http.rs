@@ -1,5 +1,5 @@
 //! The HTTP side of the Alertmanager and webhook sinks: one JSON POST, 2xx or an error that names
-//! the sink, the URL and the answer. The deliverer runs on its own std thread, so each sink owns a
+//! the sink, the URL and the answer (with the token redacted, should the answer echo it). The deliverer runs on its own std thread, so each sink owns a
 //! small current-thread tokio runtime for the (async) reqwest client — the binary's one HTTP stack.
 
 use anyhow::Context;
@@ -8,6 +8,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 
 use crate::config::{IncidentSinkConfig, SecretSource};
 use crate::sinks::influx::{describe_reqwest_error, truncate};
+use crate::sinks::redact::Redactor;
 
 #[derive(Debug)]
 pub struct Poster {
@@ -50,12 +51,14 @@ impl Poster {
             .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(body)?);
+        let mut redactor = Redactor::default();
         if let Some(source) = &self.token {
             let token = source.read().map_err(|e| failed(e.to_string()))?;
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                    failed("the token contains characters an HTTP header cannot carry".into())
-                })?;
+            let header = format!("Bearer {}", token.expose());
+            let mut value = HeaderValue::from_str(&header).map_err(|_| {
+                failed("the token contains characters an HTTP header cannot carry".into())
+            })?;
+            redactor = redactor.with(token.expose()).with(header);
             value.set_sensitive(true);
             request = request.header(AUTHORIZATION, value);
         }
@@ -66,12 +69,12 @@ impl Poster {
             let response = request
                 .send()
                 .await
-                .map_err(|e| failed(describe_reqwest_error(&e)))?;
+                .map_err(|e| failed(redactor.redact(&describe_reqwest_error(&e))))?;
             let status = response.status();
             if status.is_success() {
                 return Ok(());
             }
-            let text = response.text().await.unwrap_or_default();
+            let text = redactor.redact(&response.text().await.unwrap_or_default());
             Err(failed(format!("{status}: {}", truncate(text.trim()))))
         })
     }

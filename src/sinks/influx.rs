@@ -4,7 +4,8 @@
 //! `deliver.rs`; this file only classifies.
 //!
 //! Secrets are read from their source on every request (a rotated token file is picked up on the
-//! next attempt), put in a header marked sensitive, and never formatted into a message.
+//! next attempt), put in a header marked sensitive, and never formatted into a message; an answer
+//! that echoes them has them redacted before it becomes a message.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,8 +15,10 @@ use flate2::write::GzEncoder;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode, Url};
 
+use super::redact::Redactor;
 use super::spool::SpooledPoint;
 use crate::config::output::{OutputConfig, OutputKind, Secret, SecretSource};
+use base64::Engine as _;
 
 /// Longest `Retry-After` honoured; a bigger one (or a date far ahead) is taken as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -116,8 +119,8 @@ impl Writer {
         if self.gzip && !body.is_empty() {
             request = request.header(CONTENT_ENCODING, "gzip");
         }
-        request = match self.authorize(request) {
-            Ok(request) => request,
+        let (request, redactor) = match self.authorize(request) {
+            Ok(authorized) => authorized,
             Err(message) => {
                 return Answer::Unauthorized {
                     status: None,
@@ -129,7 +132,7 @@ impl Writer {
             Ok(response) => response,
             Err(e) => {
                 return Answer::Retry {
-                    reason: describe_reqwest_error(&e),
+                    reason: redactor.redact(&describe_reqwest_error(&e)),
                     retry_after: None,
                 };
             }
@@ -142,7 +145,8 @@ impl Writer {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let message = truncate(response.text().await.unwrap_or_default().trim());
+        let message = redactor.redact(&response.text().await.unwrap_or_default());
+        let message = truncate(message.trim());
         classify(status, message, retry_after)
     }
 
@@ -166,22 +170,29 @@ impl Writer {
         }
     }
 
-    /// `request` with its credentials, read fresh from the secrets' sources; Err names the source.
-    fn authorize(&self, request: RequestBuilder) -> Result<RequestBuilder, String> {
+    /// `request` with its credentials, read fresh from the secrets' sources, and a redactor for
+    /// every form of the secrets it carries; Err names the source.
+    fn authorize(&self, request: RequestBuilder) -> Result<(RequestBuilder, Redactor), String> {
         Ok(match &self.auth {
-            Auth::None => request,
+            Auth::None => (request, Redactor::default()),
             Auth::Token(source) => {
-                let token = format!("Token {}", read_secret(source)?.expose());
-                let mut header = HeaderValue::from_str(&token).map_err(|_| {
+                let token = read_secret(source)?;
+                let value = format!("Token {}", token.expose());
+                let mut header = HeaderValue::from_str(&value).map_err(|_| {
                     "the token contains characters an HTTP header cannot carry".to_string()
                 })?;
                 header.set_sensitive(true);
-                request.header(AUTHORIZATION, header)
+                let redactor = Redactor::default().with(token.expose()).with(value);
+                (request.header(AUTHORIZATION, header), redactor)
             }
             Auth::Basic { username, password } => {
                 let password = password.as_ref().map(read_secret).transpose()?;
-                // reqwest encodes and marks the header sensitive.
-                request.basic_auth(username, password.as_ref().map(Secret::expose))
+                let password = password.as_ref().map_or("", Secret::expose);
+                // reqwest encodes and marks the header sensitive; a sink may echo either form.
+                let encoded = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{password}"));
+                let redactor = Redactor::default().with(password).with(encoded);
+                (request.basic_auth(username, Some(password)), redactor)
             }
         })
     }
@@ -401,6 +412,7 @@ mod tests {
             let request = writer
                 .authorize(writer.client.post(writer.endpoint.clone()))
                 .expect("credentials")
+                .0
                 .build()
                 .expect("request");
             request.headers()[AUTHORIZATION].clone()

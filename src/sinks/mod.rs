@@ -27,6 +27,7 @@ pub mod check;
 mod deliver;
 pub mod influx;
 pub mod line_protocol;
+pub mod redact;
 pub mod spool;
 
 use std::collections::HashSet;

@@ -82,8 +82,7 @@ impl OutputTotals {
 impl Spool {
     /// Open (creating if needed) `DATA_DIR/spool.db`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Spool> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        crate::config::data_dir::create(data_dir)?;
         let path = data_dir.join(SPOOL_FILE);
         let conn = Connection::open(&path)
             .with_context(|| format!("cannot open spool {}", path.display()))?;

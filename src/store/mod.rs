@@ -134,8 +134,7 @@ pub struct CheckPoint {
 impl Store {
     /// Open (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        crate::config::data_dir::create(data_dir)?;
         // Canonical, so logs and errors name the directory plainly (no `config/../`).
         let path = data_dir
             .canonicalize()

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use toml::de::DeTable;
 
-use super::{Checker, Defined, Got, INCIDENT_SINK, INCIDENT_SINK_AM, Key, ROOT, Value, a};
+use super::{Checker, Defined, Got, INCIDENT_SINK, INCIDENT_SINK_AM, Key, Names, ROOT, Value, a};
 use crate::config::output::DEFAULT_TIMEOUT;
 use crate::config::{
     ALERTMANAGER_BUILT_IN_LABELS as BUILT_IN_LABELS, IncidentSinkConfig, IncidentSinkKind,
@@ -26,7 +26,7 @@ impl Checker<'_> {
             return sinks;
         };
         let section = "[[incident_sink]]";
-        let mut names: Vec<Defined> = Vec::new();
+        let mut names: Names = Names::default();
         for (table, span) in self.tables(value, &ROOT[6]) {
             let all: Vec<&Key> = INCIDENT_SINK.iter().chain(&INCIDENT_SINK_AM).collect();
             self.unknown_keys(table, section, &all, &[]);
@@ -124,7 +124,7 @@ impl Checker<'_> {
         section: &str,
         span: &std::ops::Range<usize>,
         key: &Key,
-        names: &mut Vec<Defined>,
+        names: &mut Names,
     ) -> Option<&'t str> {
         let name = self.string(table, key);
         let why = ": deliveries are tracked per sink name in incidents.db";
@@ -142,7 +142,7 @@ impl Checker<'_> {
             );
             return None;
         }
-        if let Some(first) = names.iter().find(|d| d.name == name) {
+        if let Some(first) = names.get(name) {
             let first_line = self.line(&first.span);
             self.error(
                 name_span,

@@ -523,10 +523,9 @@ impl Checker<'_> {
             Got::Valid(path, span) => {
                 let config_dir = self.path.parent().unwrap_or_else(|| Path::new(""));
                 let full: PathBuf = config_dir.join(path);
-                let problem = match std::fs::read_to_string(&full) {
-                    Err(error) => {
-                        Some(format!("cannot read `ca_file` {}: {error}", full.display()))
-                    }
+                let text = probes::files::read_small_string(&full, probes::files::CA_BUNDLE_LIMIT);
+                let problem = match text {
+                    Err(error) => Some(format!("`ca_file` {error}")),
                     Ok(text) if !text.contains("-----BEGIN CERTIFICATE-----") => Some(format!(
                         "`ca_file` {} holds no PEM certificate",
                         full.display()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
-use super::{Checker, Defined, Got, Key, OUTPUT, OUTPUT_V1, OUTPUT_V2, ROOT};
+use super::{Checker, Got, Key, Names, OUTPUT, OUTPUT_V1, OUTPUT_V2, ROOT};
 use crate::config::output::parse_size;
 use crate::config::{OutputConfig, OutputKind, SecretSource};
 
@@ -19,7 +19,7 @@ impl Checker<'_> {
             return outputs;
         };
         let section = "[[output]]";
-        let mut names: Vec<Defined> = Vec::new();
+        let mut names: Names = Names::default();
         for (table, span) in self.tables(value, &ROOT[5]) {
             let all: Vec<&Key> = OUTPUT.iter().chain(&OUTPUT_V2).chain(&OUTPUT_V1).collect();
             self.unknown_keys(table, section, &all, &[]);

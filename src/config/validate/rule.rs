@@ -14,8 +14,8 @@ use super::super::{
 use super::{
     Checker, DEFAULT_AGENT_SHARE_PCT, DEFAULT_BASELINE, DEFAULT_CLEAR_FOR, DEFAULT_ECHOES,
     DEFAULT_GROUP_SHARE_PCT, DEFAULT_HISTORY, DEFAULT_LATENCY_CLEAR_SHARE, DEFAULT_LATENCY_RUNS,
-    DEFAULT_MIN_HOLD, DEFAULT_RULE_FOR, DEFAULT_STATUS_UPDATES, Defined, Got, INCIDENTS, Key,
-    MAX_WINDOW, ROOT, RULE, RULE_FAILURES, RULE_KINDS, RULE_LATENCY, RULE_LOSS, SCOPES, closest,
+    DEFAULT_MIN_HOLD, DEFAULT_RULE_FOR, DEFAULT_STATUS_UPDATES, Got, INCIDENTS, Key, MAX_WINDOW,
+    Names, ROOT, RULE, RULE_FAILURES, RULE_KINDS, RULE_LATENCY, RULE_LOSS, SCOPES, closest,
     format_number, rule_kind_keys,
 };
 
@@ -54,9 +54,9 @@ impl Checker<'_> {
         &mut self,
         root: &DeTable<'_>,
         targets: &[Target],
-        defined_targets: &[Defined],
+        defined_targets: &Names,
         probes: &[ProbeConfig],
-        defined_probes: &[Defined],
+        defined_probes: &Names,
     ) -> Vec<RuleConfig> {
         let mut rules = Vec::new();
         let Some(value) = root.get("rule") else {
@@ -76,7 +76,7 @@ impl Checker<'_> {
             clear_for_key,
             min_hold_key,
         ] = &RULE;
-        let mut names: Vec<Defined> = Vec::new();
+        let mut names: Names = Names::default();
         for (table, span) in self.tables(value, &ROOT[3]) {
             let kind = self.rule_kind(table, &span);
             let name = self.unique_name(
@@ -265,7 +265,7 @@ impl Checker<'_> {
         name: Option<&str>,
         span: &Range<usize>,
         probes: &'p [ProbeConfig],
-        defined_probes: &[Defined],
+        defined_probes: &Names,
     ) -> Option<Vec<&'p ProbeConfig>> {
         let [_, _, _, probes_key, ..] = &RULE;
         // The probes it reads: listed, or every probe the kind applies to.
@@ -319,7 +319,7 @@ impl Checker<'_> {
         name: Option<&str>,
         rule_probes: Option<&[&ProbeConfig]>,
         targets: &[Target],
-        defined_targets: &[Defined],
+        defined_targets: &Names,
     ) -> Option<Vec<String>> {
         let [_, _, _, _, targets_key, ..] = &RULE;
         // The targets it watches: listed (each measured by one of its probes), or all of theirs.
