@@ -117,6 +117,10 @@ async fn agent(config: Config, store: Store, outputs: Vec<OutputConfig>) -> anyh
                 stats.max_lag_us.load(Ordering::Relaxed) as f64 / 1000.0,
             )
         }));
+        // Issue 11, item 8: forged echo replies, counted in the `agent` self-metrics.
+        if let Some(icmp) = resources.icmp.clone() {
+            options.icmp_rejected_replies = Some(Box::new(move || icmp.rejected_replies()));
+        }
         Some(Sinks::start(&config.agent.data_dir, outputs, options)?)
     };
     // Stored observations flow on to the rules engine; incidents go out through the outbox, to
