@@ -481,7 +481,9 @@ impl<'a> Registration<'a> {
         let already = held.get(&addr).copied().unwrap_or(0);
         if already + count > MAX_OUTSTANDING_PER_ADDRESS {
             return Err(format!(
-                "cannot send {count} echoes to {addr}: {already} echoes to it already await                  replies, and at most {MAX_OUTSTANDING_PER_ADDRESS} can be told apart (16-bit                  sequence numbers); lower `count`, or probe {addr} from fewer probes or targets"
+                "cannot send {count} echoes to {addr}: {already} echoes to it already await \
+                 replies, and at most {MAX_OUTSTANDING_PER_ADDRESS} can be told apart (16-bit \
+                 sequence numbers); lower `count`, or probe {addr} from fewer probes or targets"
             ));
         }
         let mut seq: u16 = rand::random();
@@ -602,7 +604,12 @@ async fn run_round(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let registration = match Registration::new(shared, addr, count, tx) {
         Ok(registration) => registration,
-        Err(message) => return (Vec::new(), Some(Outcome::failure(FailureKind::Send, message))),
+        Err(message) => {
+            return (
+                Vec::new(),
+                Some(Outcome::failure(FailureKind::Send, message)),
+            );
+        }
     };
     let mut state = RoundState::new(count, plan.timeout);
     let target = SocketAddr::new(addr, 0);

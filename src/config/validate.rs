@@ -1425,7 +1425,8 @@ impl Checker<'_> {
         probe_names: &[Defined],
     ) {
         use probes::icmp::MAX_OUTSTANDING_PER_ADDRESS as LIMIT;
-        let by_name: HashMap<&str, &Target> = targets.iter().map(|t| (t.name.as_str(), t)).collect();
+        let by_name: HashMap<&str, &Target> =
+            targets.iter().map(|t| (t.name.as_str(), t)).collect();
         // Per host, in order of appearance: the echoes in total, and each probe with its count
         // and targets.
         struct Share<'c> {
@@ -1439,7 +1440,11 @@ impl Checker<'_> {
             let ProbeKind::Icmp { count, .. } = probe.kind else {
                 continue;
             };
-            for target in probe.targets.iter().filter_map(|name| by_name.get(name.as_str())) {
+            for target in probe
+                .targets
+                .iter()
+                .filter_map(|name| by_name.get(name.as_str()))
+            {
                 let host = match check_host(&target.host) {
                     Ok(Some(address)) => address.to_string(),
                     _ => target.host.trim_end_matches('.').to_ascii_lowercase(),
@@ -1478,11 +1483,13 @@ impl Checker<'_> {
             self.error(
                 span,
                 format!(
-                    "icmp probes could have {total} echoes to host `{host}` awaiting replies at                      once, more than the {LIMIT} that 16-bit sequence numbers can tell apart: {}",
+                    "icmp probes could have {total} echoes to host `{host}` awaiting replies at \
+                     once, more than the {LIMIT} that 16-bit sequence numbers can tell apart: {}",
                     parts.join("; ")
                 ),
                 format!(
-                    "lower `count`, or probe `{host}` from fewer targets or probes: the sum of                      `count` over every icmp probe and target with this host must be at most {LIMIT}"
+                    "lower `count`, or probe `{host}` from fewer targets or probes: the sum of \
+                     `count` over every icmp probe and target with this host must be at most {LIMIT}"
                 ),
             );
         }

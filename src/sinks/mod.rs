@@ -674,7 +674,11 @@ impl SpoolWriter {
             Some(stats) => stats(),
             None => (self.shared.offered.load(Ordering::Relaxed), 0.0),
         };
-        let icmp_rejected_replies = self.options.icmp_rejected_replies.as_ref().map_or(0, |f| f());
+        let icmp_rejected_replies = self
+            .options
+            .icmp_rejected_replies
+            .as_ref()
+            .map_or(0, |f| f());
         let now = spool::now_ns();
         for output in &self.shared.outputs {
             let stats = output.stats();

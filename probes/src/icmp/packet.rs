@@ -127,8 +127,8 @@ pub fn echo_request(
     buf[4..6].copy_from_slice(&ident.to_be_bytes());
     buf[6..8].copy_from_slice(&seq.to_be_bytes());
     buf[8..8 + STAMP_LEN].copy_from_slice(&stamp.to_be_bytes());
-    buf[8 + STAMP_LEN..8 + STAMP_LEN + TAG_LEN]
-        .copy_from_slice(&key.tag(destination, ident, seq, stamp));
+    let tag = key.tag(destination, ident, seq, stamp);
+    buf[8 + STAMP_LEN..8 + STAMP_LEN + TAG_LEN].copy_from_slice(&tag);
     if family == Family::V4 {
         let checksum = IcmpPacket::new(&buf)
             .map(|p| icmp::checksum(&p))
@@ -349,7 +349,10 @@ mod tests {
         };
         assert_eq!(with(6, &8u16.to_be_bytes()), Err(Rejected::BadTag));
         assert_eq!(with(8, &(STAMP - 1).to_be_bytes()), Err(Rejected::BadTag));
-        assert_eq!(with(8 + STAMP_LEN + TAG_LEN - 1, &[0x55]), Err(Rejected::BadTag));
+        assert_eq!(
+            with(8 + STAMP_LEN + TAG_LEN - 1, &[0x55]),
+            Err(Rejected::BadTag)
+        );
         // The untouched copy, from the target it was sent to, is that target's reply.
         assert!(classify_v4(&raw_v4_reply_to(&seen, TARGET)).is_ok());
     }
@@ -362,7 +365,11 @@ mod tests {
         assert_ne!(base, payload(OTHER_TARGET, 7, STAMP));
         assert_ne!(base, payload(TARGET, 8, STAMP));
         assert_ne!(base, payload(TARGET, 7, STAMP + 1));
-        assert_eq!(base, payload(TARGET, 7, STAMP), "deterministic under one key");
+        assert_eq!(
+            base,
+            payload(TARGET, 7, STAMP),
+            "deterministic under one key"
+        );
         assert_eq!(base.len(), PAYLOAD_LEN);
     }
 
@@ -416,7 +423,14 @@ mod tests {
         );
         let other_key = EchoKey::from_secret(&[9; 32]);
         assert_eq!(
-            classify(&icmp, from, Family::V6, SocketKind::Datagram, ME, &other_key),
+            classify(
+                &icmp,
+                from,
+                Family::V6,
+                SocketKind::Datagram,
+                ME,
+                &other_key
+            ),
             Err(Rejected::BadTag)
         );
     }
