@@ -141,6 +141,8 @@ pub struct HttpProbe {
     pub server_name: Option<String>,
     pub max_redirects: u32,
     pub max_body_bytes: u64,
+    /// Follow redirects from a public address into loopback, link-local or private ones.
+    pub follow_private_redirects: bool,
 }
 
 impl HttpProbe {

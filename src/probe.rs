@@ -286,6 +286,7 @@ fn http_settings(
         timeout,
         max_body_bytes: http.max_body_bytes,
         max_redirects: http.max_redirects,
+        follow_private_redirects: http.follow_private_redirects,
         ip,
         server_name: http.server_name.clone(),
         ca_file: http.ca_file.clone(),
@@ -342,8 +343,9 @@ fn trace_settings(
     }
 }
 
-/// Whether this process may open raw sockets (`CAP_NET_RAW` in its effective set). Traces then
-/// run privileged (every protocol); without it only ICMP traces work, over ping sockets.
+/// Whether this process may open raw sockets (`CAP_NET_RAW` in its effective set). Traces need
+/// it (every protocol: trippy cannot trace over ping sockets); without it each trace is a failure
+/// saying so.
 pub fn has_cap_net_raw() -> bool {
     const CAP_NET_RAW: u32 = 13;
     std::fs::read_to_string("/proc/self/status")
@@ -443,6 +445,7 @@ mod tests {
             server_name: None,
             max_redirects: 10,
             max_body_bytes: 1 << 20,
+            follow_private_redirects: false,
         };
         assert_eq!(
             http.url("api.example.net"),

@@ -841,6 +841,43 @@ kind = "trace"
 }
 
 #[test]
+fn http_follows_redirects_into_private_addresses_only_when_asked() {
+    let config = accept(
+        r#"
+[agent]
+site = "scl3"
+[[target]]
+name = "web"
+host = "198.18.1.1"
+[[probe]]
+name = "guarded"
+kind = "http"
+[[probe]]
+name = "trusting"
+kind = "http"
+follow_private_redirects = true
+"#,
+    );
+    let follows = |name: &str| match &config.probe(name).expect("probe").kind {
+        ProbeKind::Http(h) => h.follow_private_redirects,
+        other => panic!("{other:?}"),
+    };
+    assert!(!follows("guarded"), "off by default");
+    assert!(follows("trusting"));
+    let errors = reject(
+        "[agent]\nsite = \"scl3\"\n[[target]]\nname = \"web\"\nhost = \"198.18.1.1\"\n\
+         [[probe]]\nname = \"web\"\nkind = \"http\"\nfollow_private_redirects = \"yes\"\n",
+    );
+    let error = &errors.errors[0];
+    assert_eq!((errors.errors.len(), error.line), (1, 9), "{errors:?}");
+    assert!(
+        error.message.contains("follow_private_redirects"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
 fn service_probe_mistakes_without_their_own_fixture() {
     let errors = reject(
         r#"

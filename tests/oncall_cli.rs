@@ -123,6 +123,12 @@ fn http_json_has_the_measurement_fields_and_the_assertions() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let v = json(&out);
+    // serde_json keeps the last of duplicate keys: count each top-level key in the raw text.
+    for key in v.as_object().expect("an object").keys() {
+        let times = out.matches(&format!("\"{key}\":")).count();
+        assert_eq!(times, 1, "key {key:?} printed {times} times: {out}");
+    }
+    assert_eq!(v["method"], "GET");
     assert_eq!(v["status_code"], 200);
     assert_eq!(v["redirects"], 1);
     assert_eq!(v["final_url"], server.url("/health"));

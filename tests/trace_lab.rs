@@ -1,7 +1,8 @@
 //! Path traces by the `vantage` binary in the routed lab (`lab` crate: agent → r1 → r2 → target in
-//! network namespaces): the one-shot `vantage trace` with loss on r2, a trace probe noticing a
-//! reroute (and not noticing one after a restart), and the trace an incident draft gets when loss
-//! opens it. Needs root; fails (never skips) without it.
+//! network namespaces): the one-shot `vantage trace` with loss on r2 and with delay at r1, a trace
+//! probe noticing a reroute (and not noticing one after a restart), the trace an incident draft
+//! gets when loss or latency opens it, and traces without CAP_NET_RAW (refused, never "not
+//! reached"). Needs root; fails (never skips) without it.
 
 mod support;
 
@@ -47,11 +48,20 @@ fn vantage_trace_names_the_hop_where_loss_begins() {
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
     let hops = v["hops"].as_array().expect("hops");
     assert_eq!(hops.len(), 3, "{v}");
-    let address = |i: usize| hops[i]["addresses"][0].as_str().unwrap_or("???");
+    // `address` as the README's `trace_hop` has it; every address in `addresses`.
+    let address = |i: usize| hops[i]["address"].as_str().unwrap_or("???");
     assert_eq!(
         [address(0), address(1), address(2)],
-        ["198.18.0.1", "198.18.1.2", "198.18.2.2"]
+        ["198.18.0.1", "198.18.1.2", "198.18.2.2"],
+        "{v}"
     );
+    for hop in hops {
+        assert_eq!(
+            hop["addresses"],
+            serde_json::json!([hop["address"]]),
+            "{hop}"
+        );
+    }
     for hop in hops {
         for field in [
             "ttl",
@@ -331,4 +341,244 @@ fn an_incident_opened_by_loss_carries_the_trace_and_its_verdict() {
     assert!(draft.contains("  1.|-- 198.18.0.1 "), "{draft}");
     assert!(draft.contains("  2.|-- 198.18.1.2 "), "{draft}");
     assert!(draft.contains(&format!("  3.|-- {far} ")), "{draft}");
+}
+
+/// `vantage trace --json` from the lab's agent, which must reach `target` (exit 0): its output.
+fn trace_json(lab: &Lab, target: &str, rounds: u32) -> serde_json::Value {
+    let output = lab
+        .agent()
+        .command(VANTAGE)
+        .args(["trace", "--json", "--interval-ms", "300", "--max-ttl", "8"])
+        .args(["--count", &rounds.to_string(), target])
+        .output()
+        .expect("run vantage trace");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).expect("JSON")
+}
+
+#[test]
+fn vantage_trace_names_the_hop_where_latency_steps_up() {
+    let mut lab = Lab::routed();
+    // r1 holds what it forwards toward the target: its own replies (hop 1) are fast, r2's (hop 2)
+    // and the target's cross r1's forwarding path and are 120 ms slower.
+    lab.inject_delay(Router::R1, Duration::from_millis(120));
+    for (target, r1, r2) in [
+        ("198.18.2.2", "198.18.0.1", "198.18.1.2"),
+        ("fd00:18:2::2", "fd00:18::1", "fd00:18:1::2"),
+    ] {
+        let v = trace_json(&lab, target, 10);
+        let hops = v["hops"].as_array().expect("hops");
+        let addresses: Vec<&str> = hops.iter().filter_map(|h| h["address"].as_str()).collect();
+        assert_eq!(addresses, [r1, r2, target], "{v}");
+        let step = &v["latency_step"];
+        assert_eq!(step["ttl"], 2, "{v}");
+        assert_eq!(step["address"], r2, "{v}");
+        let rise = step["rise_ms"].as_f64().expect("rise_ms");
+        assert!((115.0..=130.0).contains(&rise), "rise {rise} ms: {v}");
+        let text = v["verdict_text"].as_str().expect("verdict text");
+        assert!(
+            text.starts_with("no loss to the destination; latency rises by 1")
+                && text.ends_with(&format!(" ms at hop 2, {r2}")),
+            "{text}"
+        );
+    }
+    // Without the delay, no step.
+    lab.clear_delay(Router::R1);
+    let v = trace_json(&lab, "198.18.2.2", 5);
+    assert!(v["latency_step"].is_null(), "{v}");
+    assert_eq!(v["verdict_text"], "no loss to the destination", "{v}");
+}
+
+#[test]
+fn an_incident_opened_by_latency_says_where_it_starts() {
+    let mut lab = Lab::routed();
+    let far = "198.19.0.9";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("vantage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nname = \"lab-agent\"\nsite = \"lab\"\ndata_dir = \"{}\"\n\n\
+             [[target]]\nname = \"far\"\nhost = \"{far}\"\nsite = \"target\"\n\n\
+             [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"1s\"\ntimeout = \"400ms\"\ncount = 5\nspacing = \"50ms\"\n\n\
+             [[rule]]\nname = \"slow\"\nkind = \"latency\"\nprobes = [\"ping\"]\nabove_ms = 60\nruns = 2\nfor = \"2s\"\nclear_for = \"5s\"\nmin_hold = \"5s\"\n",
+            data.display()
+        ),
+    )
+    .expect("config");
+    lab.inject_delay(Router::R1, Duration::from_millis(120));
+    let netns = ["ip", "netns", "exec", lab.agent().name()];
+    let agent = Agent::start(&netns, &config, dir.path().join("agent.log"));
+    let incidents = data.join("incidents");
+    let mut draft = String::new();
+    // The trace at breach takes 20 rounds of 400 ms: wait for the draft that carries it.
+    wait_until(
+        "a draft with its trace",
+        Duration::from_secs(40),
+        &agent,
+        || {
+            let Some(folder) = std::fs::read_dir(&incidents)
+                .ok()
+                .and_then(|mut entries| entries.next())
+                .and_then(Result::ok)
+            else {
+                return false;
+            };
+            draft = std::fs::read_to_string(folder.path().join("incident.md")).unwrap_or_default();
+            draft.contains("- Path trace verdict: ")
+        },
+    );
+    agent.stop();
+    let verdict = draft
+        .lines()
+        .find(|l| l.starts_with("- Path trace verdict: "))
+        .expect("the verdict line");
+    assert!(
+        verdict
+            .starts_with("- Path trace verdict: **no loss to the destination; latency rises by 1")
+            && verdict.ends_with(" ms at hop 2, 198.18.1.2**"),
+        "{draft}"
+    );
+    let rise: f64 = verdict
+        .split("latency rises by ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|ms| ms.parse().ok())
+        .expect("the rise in ms");
+    assert!((115.0..=130.0).contains(&rise), "{verdict}");
+    assert!(draft.contains("  2.|-- 198.18.1.2 "), "{draft}");
+}
+
+/// Run `vantage` in the lab's agent namespace as `nobody`, without capabilities, with ping sockets
+/// allowed for every group (the namespace's own `ping_group_range`): what a user without
+/// CAP_NET_RAW on a systemd distribution has.
+fn unprivileged(lab: &Lab) -> Vec<String> {
+    lab.agent()
+        .run(["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
+    [
+        "ip",
+        "netns",
+        "exec",
+        lab.agent().name(),
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn without_cap_net_raw_vantage_trace_refuses_in_both_families() {
+    let lab = Lab::routed();
+    let wrapper = unprivileged(&lab);
+    for target in ["198.18.2.2", "fd00:18:2::2"] {
+        let output = std::process::Command::new(&wrapper[0])
+            .args(&wrapper[1..])
+            .args([
+                VANTAGE,
+                "trace",
+                "--count",
+                "2",
+                "--interval-ms",
+                "50",
+                target,
+            ])
+            .output()
+            .expect("run vantage trace");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert_eq!(output.status.code(), Some(2), "{target}: {stdout}{stderr}");
+        assert!(stdout.is_empty(), "{target}: {stdout}");
+        assert!(
+            stderr.contains("path traces need raw sockets (CAP_NET_RAW)")
+                && stderr.contains("setcap cap_net_raw+ep")
+                && !stderr.contains("not reached"),
+            "{target}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn without_cap_net_raw_a_trace_probe_stores_why_not_unreached() {
+    let lab = Lab::routed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("vantage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nname = \"lab-agent\"\nsite = \"lab\"\ndata_dir = \"{}\"\n\n\
+             [[target]]\nname = \"v4\"\nhost = \"198.18.2.2\"\n\n\
+             [[target]]\nname = \"v6\"\nhost = \"fd00:18:2::2\"\n\n\
+             [[probe]]\nname = \"path\"\nkind = \"trace\"\ninterval = \"1s\"\ntimeout = \"100ms\"\ncount = 3\nmax_ttl = 8\n",
+            data.display()
+        ),
+    )
+    .expect("config");
+    // nobody (65534) runs the agent: it reads the config and writes the data there.
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).expect("chown");
+    std::os::unix::fs::chown(&config, Some(65534), Some(65534)).expect("chown");
+    let wrapper = unprivileged(&lab);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let agent = Agent::start(&wrapper, &config, dir.path().join("agent.log"));
+    let rows = || -> Vec<(String, bool, Option<String>, Option<String>)> {
+        let Ok(db) = Connection::open(data.join("vantage.db")) else {
+            return Vec::new();
+        };
+        let Ok(mut query) = db.prepare(
+            "SELECT target, success, failure_kind, failure FROM observations \
+             WHERE measurement = 'trace' ORDER BY ts_ns",
+        ) else {
+            return Vec::new();
+        };
+        query
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .map(|rows| rows.filter_map(Result::ok).collect())
+            .unwrap_or_default()
+    };
+    wait_until(
+        "two traces of each target",
+        Duration::from_secs(20),
+        &agent,
+        || {
+            let rows = rows();
+            ["v4", "v6"]
+                .iter()
+                .all(|t| rows.iter().filter(|r| r.0 == *t).count() >= 2)
+        },
+    );
+    let log = agent.stop();
+    // Every trace of both families: a `send` failure that says why.
+    let wrong: Vec<_> = rows()
+        .into_iter()
+        .filter(|(_, success, kind, failure)| {
+            *success
+                || kind.as_deref() != Some("send")
+                || !failure
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with("path traces need raw sockets (CAP_NET_RAW)"))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "(target, success, kind, failure): {wrong:#?}"
+    );
+    assert!(
+        log.contains("each run of these trace probes will fail"),
+        "the agent warns at start:\n{log}"
+    );
 }

@@ -12,7 +12,8 @@
 //! - [`http`]: HTTP(S) checks with phase timings ([`HttpCheck`] built from [`HttpSettings`])
 //! - [`tcp`]: TCP connect checks ([`tcp::run`] with [`TcpSettings`])
 //! - [`trace`]: mtr-style path traces on trippy-core ([`trace::run`] with [`TraceSettings`]), the
-//!   [`locate_loss`] verdict and the [`render_report`] table
+//!   [`locate_loss`] and [`locate_latency_step`] verdicts ([`verdict_text`]) and the
+//!   [`render_report`] table; traces need `CAP_NET_RAW` ([`trace::NEEDS_CAP_NET_RAW`])
 //! - [`net`]: what the TCP and HTTP checks share: [`IpPreference`], resolution, error classes
 //!
 //! ## Example
@@ -51,6 +52,6 @@ pub use stats::PingStats;
 pub use tcp::{TcpSettings, TcpStats};
 pub use tokio_util::sync::CancellationToken;
 pub use trace::{
-    Hop, LossVerdict, Path, TraceProtocol, TraceReport, TraceSettings, locate_loss, merge_path,
-    render_report, same_path,
+    Hop, LatencyStep, LossVerdict, Path, TraceProtocol, TraceReport, TraceSettings,
+    locate_latency_step, locate_loss, merge_path, render_report, same_path, verdict_text,
 };

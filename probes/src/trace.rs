@@ -2,9 +2,16 @@
 //!
 //! The engine is `trippy-core` (pinned to an exact version: its API is explicitly unstable),
 //! wrapped behind our own types so nothing of it leaks into the rest of vantage:
-//! [`TraceSettings`] in, a [`TraceReport`] (one [`Hop`] per TTL) out. On top of the report sit two
-//! pure functions: [`locate_loss`] (the first hop where loss begins *and persists* to the
-//! destination) and [`render_report`] (an `mtr --report` table).
+//! [`TraceSettings`] in, a [`TraceReport`] (one [`Hop`] per TTL) out. On top of the report sit pure
+//! functions: [`locate_loss`] (the first hop where loss begins *and persists* to the destination),
+//! [`locate_latency_step`] (the hop where latency steps up and stays up, in [`latency`]),
+//! [`verdict_text`] (both in words) and [`render_report`] (an `mtr --report` table).
+//!
+//! ## Privileges
+//! trippy needs raw sockets (`CAP_NET_RAW`) on Linux: its unprivileged mode sends over ping
+//! sockets with `IP_HDRINCL`, which Linux refuses (IPv4), and cannot match the replies to what it
+//! sent (IPv6; the kernel rewrites the echo identifier). So a trace without the capability is
+//! refused up front with [`NEEDS_CAP_NET_RAW`], a `send` failure, never run to a false "not reached".
 //!
 //! ## Flow-stable probing
 //! Under ECMP, routers hash a packet's flow fields to pick a path; a classic traceroute varies
@@ -29,6 +36,12 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
+
+mod latency;
+
+pub use latency::{
+    LATENCY_STEP_JITTER_FACTOR, LatencyStep, MIN_LATENCY_STEP_MS, locate_latency_step,
+};
 
 use crate::net::{IpPreference, resolve};
 use crate::observation::{FailureKind, Measurement, Observation, Outcome};
@@ -58,7 +71,8 @@ pub struct TraceSettings {
     pub max_ttl: u8,
     /// Destination port for UDP (default 33434) and TCP (default 80).
     pub port: Option<u16>,
-    /// Raw sockets (needs CAP_NET_RAW). Unprivileged mode supports ICMP only.
+    /// Whether this process may open raw sockets (CAP_NET_RAW). Without it the trace is refused
+    /// (see the module docs): trippy cannot trace over Linux ping sockets.
     pub privileged: bool,
 }
 
@@ -100,8 +114,9 @@ pub struct TraceReport {
     pub path_changed: bool,
 }
 
-/// One TTL of a trace (the `trace_hop` measurement).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One TTL of a trace (the `trace_hop` measurement). Serialized with `address` too, the first of
+/// `addresses` (null for a silent hop), as `trace_hop` has it in the outputs.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Hop {
     pub ttl: u8,
     /// Every address that answered for this TTL (more than one: the path changed, or ECMP).
@@ -119,6 +134,25 @@ pub struct Hop {
 impl Hop {
     fn is_silent(&self) -> bool {
         self.received == 0
+    }
+}
+
+impl Serialize for Hop {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut hop = serializer.serialize_struct("Hop", 11)?;
+        hop.serialize_field("ttl", &self.ttl)?;
+        hop.serialize_field("address", &self.addresses.first())?;
+        hop.serialize_field("addresses", &self.addresses)?;
+        hop.serialize_field("sent", &self.sent)?;
+        hop.serialize_field("received", &self.received)?;
+        hop.serialize_field("loss_pct", &self.loss_pct)?;
+        hop.serialize_field("rtt_last_ms", &self.rtt_last_ms)?;
+        hop.serialize_field("rtt_avg_ms", &self.rtt_avg_ms)?;
+        hop.serialize_field("rtt_best_ms", &self.rtt_best_ms)?;
+        hop.serialize_field("rtt_worst_ms", &self.rtt_worst_ms)?;
+        hop.serialize_field("rtt_stddev_ms", &self.rtt_stddev_ms)?;
+        hop.end()
     }
 }
 
@@ -205,10 +239,17 @@ fn path_hash(hops: &[Hop]) -> String {
     format!("{hash:016x}")
 }
 
+/// Why a trace without `CAP_NET_RAW` is refused, and how to grant it.
+pub const NEEDS_CAP_NET_RAW: &str = "path traces need raw sockets (CAP_NET_RAW), which this process lacks; the tracer (trippy) cannot trace over Linux ping sockets, so net.ipv4.ping_group_range does not help: run as root, or grant the capability with `sudo setcap cap_net_raw+ep \"$(command -v vantage)\"` (systemd: AmbientCapabilities=CAP_NET_RAW)";
+
 /// Run one trace on a blocking thread. Never fails: errors are part of the [`Observation`].
 pub async fn run(settings: &TraceSettings) -> Observation {
     let started_at = SystemTime::now();
     let started = Instant::now();
+    if !settings.privileged {
+        let why = NEEDS_CAP_NET_RAW.to_owned();
+        return failed(started_at, started, None, FailureKind::Send, why);
+    }
     let (resolved, _) = resolve(&settings.target, 0, settings.ip).await;
     let target = match resolved.map(|addrs| addrs.first().map(|a| a.ip())) {
         Ok(Some(target)) => target,
@@ -290,6 +331,10 @@ fn failed(
 fn trace(settings: &TraceSettings, target: IpAddr) -> Result<TraceReport, String> {
     use trippy_core::{Builder, MultipathStrategy, Port, PortDirection, PrivilegeMode, Protocol};
 
+    if !settings.privileged {
+        return Err(NEEDS_CAP_NET_RAW.to_owned());
+    }
+
     // A per-run identity so concurrent traces in one process do not take each other's replies.
     let trace_id: u16 = rand::random_range(1..u16::MAX);
     let src_port: u16 = rand::random_range(40_000..60_000);
@@ -318,16 +363,11 @@ fn trace(settings: &TraceSettings, target: IpAddr) -> Result<TraceReport, String
             PortDirection::FixedDest(Port(settings.port.unwrap_or(80))),
         ),
     };
-    let privilege = if settings.privileged {
-        PrivilegeMode::Privileged
-    } else {
-        PrivilegeMode::Unprivileged
-    };
     let tracer = Builder::new(target)
         .protocol(protocol)
         .multipath_strategy(strategy)
         .port_direction(ports)
-        .privilege_mode(privilege)
+        .privilege_mode(PrivilegeMode::Privileged)
         .trace_identifier(trace_id)
         .first_ttl(settings.first_ttl)
         .max_ttl(settings.max_ttl)
@@ -501,6 +541,17 @@ pub fn locate_loss(report: &TraceReport) -> LossVerdict {
         ttl: start.ttl,
         address: start.addresses.first().copied(),
         destination_loss_pct: destination.loss_pct,
+    }
+}
+
+/// A trace's verdict in words: where loss starts ([`locate_loss`]), and where latency steps up
+/// ([`locate_latency_step`]) when it does, e.g. "no loss to the destination; latency rises by
+/// 120 ms at hop 2, 198.18.1.2". Pure.
+pub fn verdict_text(report: &TraceReport) -> String {
+    let loss = locate_loss(report);
+    match locate_latency_step(report) {
+        Some(step) => format!("{loss}; {step}"),
+        None => loss.to_string(),
     }
 }
 
@@ -729,6 +780,74 @@ mod tests {
             .to_string(),
             "destination not reached; the path goes silent after hop 2, 198.18.1.2"
         );
+    }
+
+    #[test]
+    fn a_hop_serializes_its_first_address_as_address() {
+        let mut ecmp = hop(2, Some("198.18.1.2"), 0.0);
+        ecmp.addresses.push(ip("198.18.1.3").expect("address"));
+        let json = serde_json::to_value(report(vec![ecmp, hop(3, None, 100.0)])).expect("JSON");
+        assert_eq!(json["hops"][0]["address"], "198.18.1.2");
+        assert_eq!(
+            json["hops"][0]["addresses"],
+            serde_json::json!(["198.18.1.2", "198.18.1.3"])
+        );
+        assert_eq!(json["hops"][0]["sent"], 20);
+        assert!(json["hops"][1]["address"].is_null(), "{json}");
+    }
+
+    #[test]
+    fn the_verdict_text_says_where_latency_steps_up() {
+        let slow = |mut h: Hop| {
+            for rtt in [
+                &mut h.rtt_last_ms,
+                &mut h.rtt_avg_ms,
+                &mut h.rtt_best_ms,
+                &mut h.rtt_worst_ms,
+            ] {
+                *rtt = rtt.map(|ms| ms + 119.5); // best: 1.3 ms at hop 1, 122.3 at hop 2
+            }
+            h
+        };
+        let delayed = report(vec![
+            hop(1, Some("198.18.0.1"), 0.0),
+            slow(hop(2, Some("198.18.1.2"), 0.0)),
+            slow(hop(3, Some(TARGET), 0.0)),
+        ]);
+        assert_eq!(
+            verdict_text(&delayed),
+            "no loss to the destination; latency rises by 121 ms at hop 2, 198.18.1.2"
+        );
+        let flat = report(vec![
+            hop(1, Some("198.18.0.1"), 0.0),
+            hop(2, Some(TARGET), 0.0),
+        ]);
+        assert_eq!(verdict_text(&flat), "no loss to the destination");
+    }
+
+    /// trippy cannot trace over Linux ping sockets: without CAP_NET_RAW a trace is a send failure
+    /// saying so, never a trace that "did not reach" its target.
+    #[tokio::test]
+    async fn an_unprivileged_trace_is_refused_not_unreached() {
+        for target in ["127.0.0.1", "::1"] {
+            let settings = TraceSettings {
+                privileged: false,
+                rounds: 1,
+                round_duration: Duration::from_millis(10),
+                ..TraceSettings::new(target)
+            };
+            let ip: IpAddr = target.parse().expect("address");
+            for observation in [run(&settings).await, run_blocking(&settings, ip)] {
+                match &observation.outcome {
+                    Outcome::Failure { kind, message } => {
+                        assert_eq!(*kind, FailureKind::Send, "{message}");
+                        assert_eq!(message, NEEDS_CAP_NET_RAW);
+                    }
+                    Outcome::Success => panic!("an unprivileged trace to {target} succeeded"),
+                }
+            }
+        }
+        assert!(NEEDS_CAP_NET_RAW.contains("setcap cap_net_raw+ep"));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::time::Duration;
 use lab::{Lab, Router, addr};
 use nix::sched::{CloneFlags, setns};
 use probes::{
-    LossVerdict, Measurement, Observation, TraceProtocol, TraceReport, TraceSettings, locate_loss,
-    trace,
+    LossVerdict, Measurement, Observation, TraceProtocol, TraceReport, TraceSettings,
+    locate_latency_step, locate_loss, trace,
 };
 
 /// Run `settings` from the agent's namespace to the lab's target.
@@ -146,6 +146,51 @@ fn delay_on_the_second_router_raises_rtt_from_hop_three_only() {
         "hop 3 delayed by 100 ms: {r:?}"
     );
     assert!(r.hops[2].rtt_best_ms.is_some_and(|ms| ms >= 100.0), "{r:?}");
+    let step = locate_latency_step(r).expect("a latency step");
+    assert_eq!(
+        (step.ttl, step.address),
+        (3, Some(ip(addr::TARGET))),
+        "{r:?}"
+    );
+    assert!((95.0..=110.0).contains(&step.rise_ms), "{step:?}");
+}
+
+/// r2 is slow to answer for itself only (its time-exceeded replies wait 100 ms; what it forwards
+/// does not): its hop is slow, the target is not, and the verdict does not blame r2.
+#[test]
+fn a_router_slow_to_answer_for_itself_is_not_a_latency_step() {
+    let mut lab = Lab::routed();
+    // The lab's delay queue, fed from r2's own ICMP errors instead of what it forwards.
+    lab.inject_delay(Router::R2, Duration::from_millis(100));
+    let r2 = lab.router(Router::R2);
+    r2.run(["iptables", "-w", "-F", "FORWARD"]);
+    r2.run([
+        "iptables",
+        "-w",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "icmp",
+        "--icmp-type",
+        "time-exceeded",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        "0",
+    ]);
+    let obs = trace_from_agent(&lab, &settings(TraceProtocol::Icmp, 5, 300));
+    let r = report(&obs);
+    assert!(obs.is_success(), "{obs:?}");
+    assert!(
+        r.hops[1].rtt_best_ms.is_some_and(|ms| ms >= 100.0),
+        "r2's replies are slow: {r:?}"
+    );
+    assert!(
+        r.hops[2].rtt_best_ms.is_some_and(|ms| ms < 50.0),
+        "the target is not: {r:?}"
+    );
+    assert_eq!(locate_latency_step(r), None, "{r:?}");
+    assert_eq!(probes::verdict_text(r), "no loss to the destination");
 }
 
 #[test]

@@ -59,16 +59,14 @@ async fn agent(config: Config, store: Store, outputs: Vec<OutputConfig>) -> anyh
         },
     };
 
-    let raw_traces: Vec<&str> = config
+    let traces: Vec<&str> = config
         .probes
         .iter()
-        .filter(
-            |p| matches!(&p.kind, ProbeKind::Trace(t) if t.protocol != probes::TraceProtocol::Icmp),
-        )
+        .filter(|p| matches!(&p.kind, ProbeKind::Trace(_)))
         .map(|p| p.name.as_str())
         .collect();
-    if !raw_traces.is_empty() && !crate::probe::has_cap_net_raw() {
-        tracing::warn!(probes = ?raw_traces, "UDP and TCP traces need CAP_NET_RAW, which this process lacks: each of their runs will fail (see ICMP privileges in the README)");
+    if !traces.is_empty() && !crate::probe::has_cap_net_raw() {
+        tracing::warn!(probes = ?traces, "each run of these trace probes will fail: {}", probes::trace::NEEDS_CAP_NET_RAW);
     }
     // Trace probes compare each path with the previous one; after a restart, the stored one.
     let mut path_hashes = match store.latest_path_hashes() {

@@ -1,5 +1,6 @@
 //! `vantage trace`: an mtr-style path trace, printed like `mtr --report` (paste it into a bug
-//! as is), followed by the loss verdict.
+//! as is), followed by the verdict (where loss starts, where latency steps up). Needs
+//! `CAP_NET_RAW`: without it, it refuses (exit 2) and says how to grant it.
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -12,7 +13,7 @@ use crate::probe::has_cap_net_raw;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// What to probe with: ICMP echo; UDP to a fixed port pair (Paris/Dublin: flow-stable under
-    /// ECMP); or TCP SYN. UDP and TCP need CAP_NET_RAW.
+    /// ECMP); or TCP SYN. Every protocol needs CAP_NET_RAW.
     #[arg(long, short = 'P', value_enum, default_value_t = Protocol::Icmp)]
     protocol: Protocol,
     /// Rounds: how many probes each hop gets (mtr -c).
@@ -34,9 +35,9 @@ pub struct Args {
     /// Use IPv6 only (when TARGET is a name).
     #[arg(short = '6')]
     ipv6: bool,
-    /// Print one JSON object: every hop's fields (ttl, addresses, sent, received, loss_pct,
-    /// rtt_last_ms, rtt_avg_ms, rtt_best_ms, rtt_worst_ms, rtt_stddev_ms), reached, path_hash,
-    /// the verdict (structured and as text) and the failure, if any.
+    /// Print one JSON object: every hop's fields (ttl, address, addresses, sent, received,
+    /// loss_pct, rtt_last_ms, rtt_avg_ms, rtt_best_ms, rtt_worst_ms, rtt_stddev_ms), reached,
+    /// path_hash, the verdict (structured, the latency step, and as text) and the failure, if any.
     #[arg(long)]
     json: bool,
     /// A host name or an IP address.
@@ -56,10 +57,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if args.port.is_some() && args.protocol == Protocol::Icmp {
         anyhow::bail!("--port applies to --protocol udp or tcp; ICMP echo has no ports");
     }
-    if !privileged && args.protocol != Protocol::Icmp {
-        anyhow::bail!(
-            "UDP and TCP traces need raw sockets (CAP_NET_RAW): run as root, or `sudo setcap cap_net_raw+ep \"$(command -v vantage)\"`; or use --protocol icmp"
-        );
+    if !privileged {
+        anyhow::bail!("{}", probes::trace::NEEDS_CAP_NET_RAW);
     }
     let settings = TraceSettings {
         ip: if args.ipv4 {
@@ -96,16 +95,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     };
     // Could not trace at all (sockets, privileges): not a statement about the path.
     if let Some((FailureKind::Send, message)) = failure {
-        anyhow::bail!(
-            "{message}{}",
-            if privileged {
-                ""
-            } else {
-                " (without CAP_NET_RAW, ICMP traces need ping sockets: sysctl net.ipv4.ping_group_range)"
-            }
-        );
+        anyhow::bail!("{message}");
     }
     let verdict = (!report.hops.is_empty()).then(|| probes::locate_loss(report));
+    let latency_step = probes::locate_latency_step(report);
+    let verdict_text = verdict.is_some().then(|| probes::verdict_text(report));
     if args.json {
         let mut json = serde_json::to_value(report)?;
         if let Some(object) = json.as_object_mut() {
@@ -115,10 +109,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 format!("{:?}", args.protocol).to_lowercase().into(),
             );
             object.insert("verdict".into(), serde_json::to_value(&verdict)?);
-            object.insert(
-                "verdict_text".into(),
-                verdict.as_ref().map(ToString::to_string).into(),
-            );
+            object.insert("latency_step".into(), serde_json::to_value(&latency_step)?);
+            object.insert("verdict_text".into(), verdict_text.clone().into());
             object.insert(
                 "failure".into(),
                 match &observation.outcome {
@@ -129,7 +121,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         println!("{}", serde_json::to_string(&json)?);
     } else {
-        match &verdict {
+        match &verdict_text {
             Some(verdict) => {
                 // mtr --report: a start line, then the table.
                 println!("Start: {}", humantime::format_rfc3339_seconds(started));

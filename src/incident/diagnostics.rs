@@ -1,6 +1,6 @@
 //! [`TraceDiagnostics`]: the one-shot diagnostics an incident gets when it opens — an ICMP path
 //! trace to each affected target (a few of them, at most), rendered like `mtr --report`, with the
-//! [`probes::locate_loss`] verdict.
+//! verdict ([`probes::verdict_text`]: where loss starts, where latency steps up).
 //!
 //! Bounded and off the probing path: the manager runs it on the rules thread (never on a probe's),
 //! the traces run in parallel on threads of their own, each for at most `ROUNDS × ROUND + grace`,
@@ -136,14 +136,14 @@ impl Diagnostics for TraceDiagnostics {
                         notes.push(format!("Path trace to {name} ({ip}) failed: {why}."));
                         continue;
                     }
-                    let verdict = probes::locate_loss(report);
+                    let verdict = probes::verdict_text(report);
                     reports.push(format!(
                         "$ vantage trace --count {ROUNDS} {}\nStart: {}\n{}",
                         self.targets[*name].host,
                         humantime::format_rfc3339_seconds(observation.started_at),
                         probes::render_report(report, &self.agent)
                     ));
-                    verdicts.push((name.to_string(), verdict.to_string()));
+                    verdicts.push((name.to_string(), verdict));
                 }
             }
         }

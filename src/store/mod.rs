@@ -82,25 +82,30 @@ pub struct LatestTrace {
     pub reached: bool,
     pub path_changed: bool,
     pub path_hash: String,
-    /// [`probes::locate_loss`] in words; `None` when the trace could not run.
+    /// [`probes::verdict_text`]: where loss starts and latency steps up, in words; `None` when the
+    /// trace could not run.
     pub verdict: Option<String>,
 }
 
-/// The stored fields of a trace: the `trace` measurement, its hops (`trace_hop`), and the loss
-/// verdict (`verdict`, structured, and `verdict_text`) when there are hops to judge.
+/// The stored fields of a trace: the `trace` measurement, its hops (`trace_hop`), and the verdict
+/// when there are hops to judge: the loss verdict (`verdict`, structured), the latency step
+/// (`latency_step`, null when none) and both in words (`verdict_text`).
 pub fn trace_fields(report: &probes::TraceReport) -> anyhow::Result<String> {
     let mut fields = serde_json::to_value(report)?;
     if let Some(object) = fields.as_object_mut() {
         let (verdict, text) = if report.hops.is_empty() {
             (serde_json::Value::Null, serde_json::Value::Null)
         } else {
-            let verdict = probes::locate_loss(report);
             (
-                serde_json::to_value(&verdict)?,
-                serde_json::Value::String(verdict.to_string()),
+                serde_json::to_value(probes::locate_loss(report))?,
+                serde_json::Value::String(probes::verdict_text(report)),
             )
         };
         object.insert("verdict".into(), verdict);
+        object.insert(
+            "latency_step".into(),
+            serde_json::to_value(probes::locate_latency_step(report))?,
+        );
         object.insert("verdict_text".into(), text);
     }
     Ok(serde_json::to_string(&fields)?)

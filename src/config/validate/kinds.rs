@@ -275,6 +275,7 @@ impl Checker<'_> {
             server_name_key,
             redirects_key,
             body_bytes_key,
+            private_redirects_key,
         ] = &HTTP;
         let scheme = or(
             self.choice(table, scheme_key, "scheme", &SCHEMES, false),
@@ -506,6 +507,8 @@ impl Checker<'_> {
             Got::Valid(n, _) => u64::try_from(n).ok(),
         };
 
+        let follow_private_redirects = or(self.boolean(table, private_redirects_key), false);
+
         Some(ProbeKind::Http(Box::new(HttpProbe {
             scheme: scheme?.to_string(),
             port: port?,
@@ -523,6 +526,7 @@ impl Checker<'_> {
             server_name: server_name?,
             max_redirects: max_redirects?,
             max_body_bytes: max_body_bytes?,
+            follow_private_redirects: follow_private_redirects?,
         })))
     }
 
