@@ -285,7 +285,7 @@ impl Setup {
         // Private (0700), owned by us and outside system paths, before anything is written in it.
         crate::config::data_dir::prepare(&config.agent.data_dir)?;
         let store = Store::open(&config.agent.data_dir)?;
-        let jobs = jobs(config, &store)?;
+        let (jobs, icmp) = jobs(config, &store)?;
         let outputs = if config.outputs.is_empty() {
             None
         } else {
@@ -298,6 +298,10 @@ impl Setup {
                     stats.max_lag_us.load(Ordering::Relaxed) as f64 / 1000.0,
                 )
             }));
+            // Forged echo replies (issue 11, item 8), counted in the `agent` self-metrics.
+            if let Some(icmp) = icmp {
+                options.icmp_rejected_replies = Some(Box::new(move || icmp.rejected_replies()));
+            }
             Some(Sinks::start(
                 &config.agent.data_dir,
                 config.outputs.clone(),
@@ -324,7 +328,7 @@ impl Setup {
 
 /// One job per (probe, target), with the ICMP socket shared and each trace seeded with the path
 /// stored last (so the first trace after a restart can flag a change).
-fn jobs(config: &Config, store: &Store) -> anyhow::Result<Vec<Job>> {
+fn jobs(config: &Config, store: &Store) -> anyhow::Result<(Vec<Job>, Option<IcmpClient>)> {
     let needs_icmp = config
         .probes
         .iter()
@@ -373,7 +377,7 @@ fn jobs(config: &Config, store: &Store) -> anyhow::Result<Vec<Job>> {
             });
         }
     }
-    Ok(jobs)
+    Ok((jobs, resources.icmp))
 }
 
 /// The fan-out of every measured record: offered to the outputs (never waits; drops are counted

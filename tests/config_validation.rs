@@ -303,6 +303,48 @@ fn targets_list_written_as_a_string() {
     );
 }
 
+/// `n` targets `t1`..`tn`, all with host 198.18.2.2, and `probes` after them.
+fn same_host_targets(n: usize, probes: &str) -> String {
+    let mut text = String::from("[agent]\nsite = \"scl3\"\n");
+    for i in 1..=n {
+        text += &format!("[[target]]\nname = \"t{i}\"\nhost = \"198.18.2.2\"\n");
+    }
+    text + probes
+}
+
+/// Issue 11, item 4: echoes to one address that could all await replies at once must fit in its
+/// 65,536 sequence numbers; the agent used to freeze on such a config.
+#[test]
+fn more_echoes_to_one_host_than_sequence_numbers_is_refused() {
+    let ping = "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ncount = 10000\nspacing = \"1ms\"\n";
+    let errors = reject(&same_host_targets(8, ping));
+    assert_eq!(
+        errors.to_string(),
+        "vantage.toml:28:8: error: icmp probes could have 80000 echoes to host `198.18.2.2` \
+         awaiting replies at once, more than the 65536 that 16-bit sequence numbers can tell \
+         apart: probe `ping` (count 10000) × `t1`, `t2`, `t3`, `t4`, `t5`, `t6`, `t7`, `t8`\n  \
+         hint: lower `count`, or probe `198.18.2.2` from fewer targets or probes: the sum of \
+         `count` over every icmp probe and target with this host must be at most 65536"
+    );
+    accept(&same_host_targets(6, ping));
+    // Two probes, each within the limit, together over it: both are named.
+    let two = format!(
+        "{ping}targets = [\"t1\", \"t2\", \"t3\", \"t4\", \"t5\", \"t6\"]\n\
+         [[probe]]\nname = \"slow\"\nkind = \"icmp\"\ninterval = \"60s\"\ncount = 6000\n\
+         targets = [\"t1\"]\n"
+    );
+    let errors = reject(&same_host_targets(6, &two));
+    assert_eq!(errors.errors.len(), 1, "{errors}");
+    assert!(
+        errors.errors[0].message.contains(
+            "66000 echoes to host `198.18.2.2` awaiting replies at once, more than the 65536 \
+             that 16-bit sequence numbers can tell apart: probe `ping` (count 10000) × `t1`, \
+             `t2`, `t3`, `t4`, `t5`, `t6`; probe `slow` (count 6000) × `t1`"
+        ),
+        "{errors}"
+    );
+}
+
 #[test]
 fn labels_must_not_shadow_built_in_tags() {
     let errors = reject(

@@ -346,3 +346,18 @@ fn a_router_saying_host_unreachable_is_failure_kind_unreachable() {
         );
     }
 }
+
+/// Issue 11, item 4: more echoes to one target than its 65,536 sequence numbers used to spin at
+/// 80% CPU without sending anything; now refused up front (exit 2), naming the limit.
+#[test]
+fn more_echoes_per_target_than_sequence_numbers_is_refused_at_once() {
+    let lab = Lab::routed();
+    let mut command = lab.agent().command(env!("CARGO_BIN_EXE_vantage"));
+    command.args(["ping", "-c", "65537", "-p", "1", "-t", "100"]);
+    command.arg(addr::TARGET.to_string());
+    let started = Instant::now();
+    let (code, stdout, stderr) = run_bounded(command, Duration::from_secs(20));
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains("65536"), "names the limit: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

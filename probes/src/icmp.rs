@@ -3,6 +3,12 @@
 //! One [`IcmpClient`] holds one socket per address family, shared by every round; a receive task per
 //! socket hands each reply to the round waiting for it, keyed by (target address, sequence).
 //!
+//! A round holds one sequence number per echo for its whole length, so at most
+//! [`MAX_OUTSTANDING_PER_ADDRESS`] echoes to one address can be told apart at a time: a round that
+//! would need more fails at once with a clear message (`vantage check` refuses configs that could
+//! get there). Replies must carry the tag of the echo they answer ([`packet`]); those that do not
+//! are dropped and counted ([`IcmpClient::rejected_replies`]).
+//!
 //! Why not `surge-ping` (DESIGN.md's first choice): its matcher is private and ignores the payload,
 //! so a colliding identifier from another process counts as ours and none of it can be unit-tested;
 //! it also makes a `getsockname` call per received packet and a timer per echo. Here packet parsing
@@ -15,6 +21,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,10 +39,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use packet::{Family, Inbound, Rejected, SocketKind, classify, echo_request};
+pub use packet::{EchoKey, Family, Inbound, Rejected, SocketKind, classify, echo_request};
 
 use crate::observation::{FailureKind, Measurement, Observation, Outcome};
 use crate::stats::PingStats;
+
+/// Echoes to one address that can await replies at once: each needs its own 16-bit sequence number
+/// (the identifier is one per socket), or two replies could not be told apart.
+pub const MAX_OUTSTANDING_PER_ADDRESS: usize = 1 << 16;
 
 /// How one round is paced: `count` echoes, one every `spacing`, each waited for up to `timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,8 +114,20 @@ struct Shared {
     kind: SocketKind,
     family: Family,
     ident: u16,
-    nonce: [u8; packet::NONCE_LEN],
-    waiting: Mutex<HashMap<(IpAddr, u16), Waiter>>,
+    /// Tags every echo; random per socket, so per process.
+    key: EchoKey,
+    /// Send stamps in echoes are nanoseconds since this instant.
+    epoch: Instant,
+    waiting: Mutex<Waiting>,
+    /// Echo replies with our identifier whose tag did not verify ([`Rejected::BadTag`]).
+    rejected: AtomicU64,
+}
+
+/// The rounds waiting for replies: who holds each (address, sequence), and how many each address has.
+#[derive(Debug, Default)]
+struct Waiting {
+    waiters: HashMap<(IpAddr, u16), Waiter>,
+    held: HashMap<IpAddr, usize>,
 }
 
 #[derive(Debug)]
@@ -118,6 +141,8 @@ struct Waiter {
 struct Arrival {
     index: usize,
     at: Instant,
+    /// The send stamp an echo reply carried; None for an unreachable (quotes carry no stamp).
+    stamp: Option<u64>,
     unreachable: Option<(IpAddr, u8)>,
 }
 
@@ -152,6 +177,16 @@ impl IcmpClient {
     /// Which kind of socket serves `family`, if any.
     pub fn socket_kind(&self, family: Family) -> Option<SocketKind> {
         self.endpoint(family).socket.as_ref().ok().map(|s| s.kind)
+    }
+
+    /// Echo replies rejected since the client was opened: our identifier, but a tag that does not
+    /// verify for the address they came from (forged, or another process's by coincidence).
+    pub fn rejected_replies(&self) -> u64 {
+        [&self.v4, &self.v6]
+            .iter()
+            .filter_map(|endpoint| endpoint.socket.as_ref().ok())
+            .map(|shared| shared.rejected.load(Ordering::Relaxed))
+            .sum()
     }
 
     fn endpoint(&self, family: Family) -> &Endpoint {
@@ -251,8 +286,10 @@ fn open(family: Family, preferred: SocketKind) -> Result<Shared, OpenError> {
         kind,
         family,
         ident,
-        nonce: rand::random(),
-        waiting: Mutex::new(HashMap::new()),
+        key: EchoKey::random(),
+        epoch: Instant::now(),
+        waiting: Mutex::new(Waiting::default()),
+        rejected: AtomicU64::new(0),
     })
 }
 
@@ -342,16 +379,21 @@ async fn receive(shared: Arc<Shared>) {
             shared.family,
             shared.kind,
             shared.ident,
-            &shared.nonce,
+            &shared.key,
         );
-        let (key, unreachable) = match inbound {
-            Ok(Inbound::EchoReply { from, seq }) => ((from, seq), None),
+        let (key, stamp, unreachable) = match inbound {
+            Ok(Inbound::EchoReply { from, seq, stamp }) => ((from, seq), Some(stamp), None),
             Ok(Inbound::Unreachable {
                 target,
                 seq,
                 reporter,
                 code,
-            }) => ((target, seq), Some((reporter, code))),
+            }) => ((target, seq), None, Some((reporter, code))),
+            Err(Rejected::BadTag) => {
+                shared.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "rejected an echo reply whose tag does not verify");
+                continue;
+            }
             Err(reason) => {
                 tracing::trace!(?reason, %from, "ignored ICMP datagram");
                 continue;
@@ -361,11 +403,12 @@ async fn receive(shared: Arc<Shared>) {
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match waiting.get(&key) {
+        match waiting.waiters.get(&key) {
             // A closed channel means the round already ended: the reply is late, drop it.
             Some(waiter) => drop(waiter.tx.send(Arrival {
                 index: waiter.index,
                 at,
+                stamp,
                 unreachable,
             })),
             None => {
@@ -423,23 +466,34 @@ struct Registration<'a> {
 }
 
 impl<'a> Registration<'a> {
+    /// Take `count` sequence numbers for echoes to `addr`, or say why they cannot all be had.
     fn new(
         shared: &'a Shared,
         addr: IpAddr,
         count: usize,
         tx: mpsc::UnboundedSender<Arrival>,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let mut waiting = shared
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let Waiting { waiters, held } = &mut *waiting;
+        let already = held.get(&addr).copied().unwrap_or(0);
+        if already + count > MAX_OUTSTANDING_PER_ADDRESS {
+            return Err(format!(
+                "cannot send {count} echoes to {addr}: {already} echoes to it already await \
+                 replies, and at most {MAX_OUTSTANDING_PER_ADDRESS} can be told apart (16-bit \
+                 sequence numbers); lower `count`, or probe {addr} from fewer probes or targets"
+            ));
+        }
         let mut seq: u16 = rand::random();
         let mut seqs = Vec::with_capacity(count);
         for index in 0..count {
-            // Skip sequence numbers another round to the same address still holds.
+            // Skip sequence numbers another round to the same address still holds. Enough are
+            // free (checked above), so this takes at most one lap of the sequence space.
             loop {
                 seq = seq.wrapping_add(1);
-                if let Entry::Vacant(slot) = waiting.entry((addr, seq)) {
+                if let Entry::Vacant(slot) = waiters.entry((addr, seq)) {
                     slot.insert(Waiter {
                         index,
                         tx: tx.clone(),
@@ -449,7 +503,8 @@ impl<'a> Registration<'a> {
                 }
             }
         }
-        Registration { shared, addr, seqs }
+        *held.entry(addr).or_default() += count;
+        Ok(Registration { shared, addr, seqs })
     }
 }
 
@@ -461,7 +516,13 @@ impl Drop for Registration<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for seq in &self.seqs {
-            waiting.remove(&(self.addr, *seq));
+            waiting.waiters.remove(&(self.addr, *seq));
+        }
+        if let Entry::Occupied(mut held) = waiting.held.entry(self.addr) {
+            *held.get_mut() = held.get().saturating_sub(self.seqs.len());
+            if *held.get() == 0 {
+                held.remove();
+            }
         }
     }
 }
@@ -470,7 +531,8 @@ impl Drop for Registration<'_> {
 #[derive(Debug)]
 pub struct RoundState {
     timeout: Duration,
-    sent_at: Vec<Option<Instant>>,
+    /// When each echo was sent, and the stamp it carried.
+    sent_at: Vec<Option<(Instant, u64)>>,
     rtts: Vec<Option<f64>>,
 }
 
@@ -484,6 +546,9 @@ pub enum Verdict {
     Late,
     /// For an echo this round never sent.
     NotSent,
+    /// Tagged by us, but for an earlier echo with the same sequence number (a late reply to a
+    /// previous round, or a replay): its stamp is not this echo's.
+    Stale,
 }
 
 impl RoundState {
@@ -495,14 +560,18 @@ impl RoundState {
         }
     }
 
-    pub fn sent(&mut self, index: usize, at: Instant) {
-        self.sent_at[index] = Some(at);
+    pub fn sent(&mut self, index: usize, at: Instant, stamp: u64) {
+        self.sent_at[index] = Some((at, stamp));
     }
 
-    pub fn accept(&mut self, index: usize, at: Instant) -> Verdict {
-        let Some(Some(sent)) = self.sent_at.get(index) else {
+    /// A verified reply to echo `index`, received `at`, carrying `stamp`.
+    pub fn accept(&mut self, index: usize, at: Instant, stamp: u64) -> Verdict {
+        let Some(Some((sent, sent_stamp))) = self.sent_at.get(index) else {
             return Verdict::NotSent;
         };
+        if stamp != *sent_stamp {
+            return Verdict::Stale;
+        }
         let rtt = at.saturating_duration_since(*sent);
         if self.rtts[index].is_some() {
             Verdict::Duplicate
@@ -533,7 +602,15 @@ async fn run_round(
 ) -> (Vec<Option<f64>>, Option<Outcome>) {
     let count = plan.count as usize;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let registration = Registration::new(shared, addr, count, tx);
+    let registration = match Registration::new(shared, addr, count, tx) {
+        Ok(registration) => registration,
+        Err(message) => {
+            return (
+                Vec::new(),
+                Some(Outcome::failure(FailureKind::Send, message)),
+            );
+        }
+    };
     let mut state = RoundState::new(count, plan.timeout);
     let target = SocketAddr::new(addr, 0);
     let start = tokio::time::Instant::now();
@@ -555,16 +632,18 @@ async fn run_round(
         tokio::select! {
             biased;
             Some(arrival) = rx.recv() => {
-                if let Some((reporter, code)) = arrival.unreachable {
-                    failure = Some(Outcome::failure(
+                match (arrival.unreachable, arrival.stamp) {
+                    (Some((reporter, code)), _) => failure = Some(Outcome::failure(
                         FailureKind::Unreachable,
                         format!("{reporter} reports {addr} unreachable (ICMP code {code})"),
-                    ));
-                } else {
-                    let verdict = state.accept(arrival.index, arrival.at);
-                    if verdict != Verdict::Counted {
-                        tracing::debug!(%addr, ?verdict, "reply not counted");
+                    )),
+                    (None, Some(stamp)) => {
+                        let verdict = state.accept(arrival.index, arrival.at, stamp);
+                        if verdict != Verdict::Counted {
+                            tracing::debug!(%addr, ?verdict, "reply not counted");
+                        }
                     }
+                    (None, None) => {}
                 }
             }
             () = stop.cancelled(), if sending => stopping = true,
@@ -572,9 +651,11 @@ async fn run_round(
                 if !sending {
                     break;
                 }
-                let request = echo_request(shared.family, shared.ident, registration.seqs[sent], &shared.nonce);
                 let now = tokio::time::Instant::now();
-                state.sent(sent, now.into_std());
+                let stamp = u64::try_from(now.into_std().duration_since(shared.epoch).as_nanos())
+                    .unwrap_or(u64::MAX);
+                let request = echo_request(addr, shared.ident, registration.seqs[sent], stamp, &shared.key);
+                state.sent(sent, now.into_std(), stamp);
                 if let Err(error) = shared.socket.send_to(&request, target).await {
                     // The echo counts as sent and lost: a local "no route" is part of the outage.
                     let kind = match error.raw_os_error() {
@@ -601,22 +682,22 @@ mod tests {
         let t0 = Instant::now();
         let timeout = Duration::from_millis(100);
         let mut round = RoundState::new(3, timeout);
-        round.sent(0, t0);
-        round.sent(1, t0);
+        round.sent(0, t0, 0);
+        round.sent(1, t0, 1);
         assert_eq!(
-            round.accept(0, t0 + Duration::from_millis(5)),
+            round.accept(0, t0 + Duration::from_millis(5), 0),
             Verdict::Counted
         );
         assert_eq!(
-            round.accept(0, t0 + Duration::from_millis(6)),
+            round.accept(0, t0 + Duration::from_millis(6), 0),
             Verdict::Duplicate
         );
         assert_eq!(
-            round.accept(1, t0 + Duration::from_millis(101)),
+            round.accept(1, t0 + Duration::from_millis(101), 1),
             Verdict::Late
         );
-        assert_eq!(round.accept(2, t0), Verdict::NotSent);
-        assert_eq!(round.accept(7, t0), Verdict::NotSent);
+        assert_eq!(round.accept(2, t0, 2), Verdict::NotSent);
+        assert_eq!(round.accept(7, t0, 7), Verdict::NotSent);
         let rtts = round.into_rtts(2);
         assert_eq!(rtts.len(), 2);
         assert!((rtts[0].unwrap_or_default() - 5.0).abs() < 1e-6);
@@ -628,18 +709,35 @@ mod tests {
         // Echo 0 answered after echo 1 was sent: RTT is what matters, not the send order.
         let t0 = Instant::now();
         let mut round = RoundState::new(2, Duration::from_secs(1));
-        round.sent(0, t0);
-        round.sent(1, t0 + Duration::from_millis(10));
+        round.sent(0, t0, 0);
+        round.sent(1, t0 + Duration::from_millis(10), 1);
         assert_eq!(
-            round.accept(1, t0 + Duration::from_millis(11)),
+            round.accept(1, t0 + Duration::from_millis(11), 1),
             Verdict::Counted
         );
         assert_eq!(
-            round.accept(0, t0 + Duration::from_millis(300)),
+            round.accept(0, t0 + Duration::from_millis(300), 0),
             Verdict::Counted
         );
         let rtts = round.into_rtts(2);
         assert!((rtts[0].unwrap_or_default() - 300.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_reply_stamped_for_an_earlier_echo_with_the_same_sequence_is_stale() {
+        let t0 = Instant::now();
+        let mut round = RoundState::new(1, Duration::from_secs(1));
+        round.sent(0, t0, 42);
+        assert_eq!(
+            round.accept(0, t0 + Duration::from_millis(1), 41),
+            Verdict::Stale
+        );
+        assert_eq!(
+            round.accept(0, t0 + Duration::from_millis(2), 42),
+            Verdict::Counted
+        );
+        let rtts = round.into_rtts(1);
+        assert!((rtts[0].unwrap_or_default() - 2.0).abs() < 1e-6);
     }
 
     #[test]

@@ -99,3 +99,78 @@ async fn datagram_sockets_work_where_ping_group_range_allows() {
     };
     assert_eq!((stats.sent, stats.received), (5, 5), "{obs:?}");
 }
+
+/// Issue 11, item 4: a round needing more sequence numbers than its address had free looped over
+/// them forever under the table's lock (the whole client froze). Now it fails at once, naming the
+/// limit, and rounds that fit keep working. Run on a thread of its own so a hang fails the test.
+#[test]
+fn more_echoes_to_one_address_than_sequence_numbers_fail_at_once() {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let client = IcmpClient::new().expect("ICMP socket");
+            let addr = "127.0.0.1".parse().expect("addr");
+            let plan = |count| RoundPlan {
+                count,
+                spacing: Duration::from_millis(1),
+                timeout: Duration::from_millis(300),
+            };
+            let never = CancellationToken::new();
+            let alone = client.round(addr, plan(65_537), &never).await;
+            // Two rounds that fit alone but not together: the second fails, the first runs on.
+            let stop = CancellationToken::new();
+            let first = client.round(addr, plan(40_000), &stop);
+            let second = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let second = client.round(addr, plan(30_000), &never).await;
+                stop.cancel();
+                second
+            };
+            let (first, second) = tokio::join!(first, second);
+            // The first round's numbers are free again once it ended: this one registers (and,
+            // stopped already, sends nothing).
+            let stopped = CancellationToken::new();
+            stopped.cancel();
+            let after = client.round(addr, plan(30_000), &stopped).await;
+            let _ = done.send((alone, first, second, after));
+        });
+    });
+    let (alone, first, second, after) = result
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the rounds hung (issue 11, item 4)");
+    let failure = |obs: &probes::Observation| match &obs.outcome {
+        probes::Outcome::Failure { kind, message } => (*kind, message.clone()),
+        other => panic!("expected a failure, got {other:?}: {obs:?}"),
+    };
+    let sent_received = |obs: &probes::Observation| match &obs.measurement {
+        Measurement::Ping(stats) => (stats.sent, stats.received),
+        _ => panic!("not a ping: {obs:?}"),
+    };
+
+    let (kind, message) = failure(&alone);
+    assert_eq!(kind, probes::FailureKind::Send, "{message}");
+    assert!(
+        message.contains("65537 echoes") && message.contains("65536"),
+        "{message}"
+    );
+    assert_eq!(sent_received(&alone), (0, 0));
+
+    let (kind, message) = failure(&second);
+    assert_eq!(kind, probes::FailureKind::Send, "{message}");
+    assert!(
+        message.contains("40000 echoes to it already await"),
+        "{message}"
+    );
+    assert_eq!(sent_received(&second), (0, 0));
+
+    let (sent, received) = sent_received(&first);
+    assert!(sent > 10 && sent < 40_000, "first round: {first:?}");
+    assert_eq!(received, sent, "first round: {first:?}");
+
+    let (kind, message) = failure(&after);
+    assert_eq!(kind, probes::FailureKind::Deadline, "{message}");
+}

@@ -16,8 +16,9 @@ use probes::net::resolve_one;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Echoes per target.
-    #[arg(long, short = 'c', default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Echoes per target, at most 65536: every echo of a run holds one of the 65,536 sequence
+    /// numbers that tell its reply apart.
+    #[arg(long, short = 'c', default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT))]
     count: u32,
     /// Gap between echoes to the same target, in ms (like fping -p). Replies slower than this
     /// still count, up to --timeout-ms.
@@ -34,6 +35,9 @@ pub struct Args {
     #[arg(required = true, value_name = "TARGET")]
     targets: Vec<String>,
 }
+
+/// `--count`'s bound: one round's echoes must fit in one address's sequence space.
+const MAX_COUNT: i64 = probes::icmp::MAX_OUTSTANDING_PER_ADDRESS as i64;
 
 /// A target's round, or why it could not start (its name did not resolve).
 type RoundResult = Result<(IpAddr, Observation), String>;

@@ -482,6 +482,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let agent = checker.agent(root, path);
     let (targets, defined) = checker.targets(root);
     let (probes, probe_names) = checker.probes(root, &targets, &defined);
+    checker.icmp_sequence_space(&targets, &probes, &probe_names); // issue 11, item 4
     let incidents = checker.incidents(root);
     let rules = checker.rules(root, &targets, &defined, &probes, &probe_names);
     let outputs = checker.outputs(root);
@@ -1480,6 +1481,87 @@ impl Checker<'_> {
             }
         };
         Some(ProbeKind::Icmp { count, spacing })
+    }
+
+    /// Echoes to one host from every icmp probe and target could all await replies at once (the
+    /// probes run independently); more than the sequence space holds could not be told apart, and
+    /// the engine would fail those rounds. Hosts are compared as written (addresses parsed): names
+    /// that resolve to the same address are caught at run time, as a failed round.
+    fn icmp_sequence_space(
+        &mut self,
+        targets: &[Target],
+        probes: &[ProbeConfig],
+        probe_names: &[Defined],
+    ) {
+        use probes::icmp::MAX_OUTSTANDING_PER_ADDRESS as LIMIT;
+        let by_name: HashMap<&str, &Target> =
+            targets.iter().map(|t| (t.name.as_str(), t)).collect();
+        // Per host, in order of appearance: the echoes in total, and each probe with its count
+        // and targets.
+        struct Share<'c> {
+            probe: &'c str,
+            count: u32,
+            targets: Vec<&'c str>,
+        }
+        let mut hosts: Vec<(String, usize, Vec<Share>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for probe in probes {
+            let ProbeKind::Icmp { count, .. } = probe.kind else {
+                continue;
+            };
+            for target in probe
+                .targets
+                .iter()
+                .filter_map(|name| by_name.get(name.as_str()))
+            {
+                let host = match check_host(&target.host) {
+                    Ok(Some(address)) => address.to_string(),
+                    _ => target.host.trim_end_matches('.').to_ascii_lowercase(),
+                };
+                let at = *index.entry(host.clone()).or_insert_with(|| {
+                    hosts.push((host, 0, Vec::new()));
+                    hosts.len() - 1
+                });
+                let (_, total, by_probe) = &mut hosts[at];
+                *total += count as usize;
+                match by_probe.iter_mut().find(|share| share.probe == probe.name) {
+                    Some(share) => share.targets.push(&target.name),
+                    None => by_probe.push(Share {
+                        probe: &probe.name,
+                        count,
+                        targets: vec![&target.name],
+                    }),
+                }
+            }
+        }
+        for (host, total, by_probe) in hosts.into_iter().filter(|(_, t, _)| *t > LIMIT) {
+            let last = by_probe.last().map_or("", |share| share.probe);
+            let span = probe_names
+                .iter()
+                .find(|d| d.name == last)
+                .map_or(0..0, |d| d.span.clone());
+            let parts: Vec<String> = by_probe
+                .iter()
+                .map(|share| {
+                    let names: Vec<String> =
+                        share.targets.iter().map(|n| format!("`{n}`")).collect();
+                    let (probe, count) = (share.probe, share.count);
+                    format!("probe `{probe}` (count {count}) × {}", names.join(", "))
+                })
+                .collect();
+            self.error(
+                span,
+                format!(
+                    "icmp probes could have {total} echoes to host `{host}` awaiting replies at \
+                     once, more than the {LIMIT} that 16-bit sequence numbers can tell apart: {}",
+                    parts.join("; ")
+                ),
+                format!(
+                    "lower `count`, or probe `{host}` from fewer targets or probes: the sum of \
+                     `count` over every icmp probe and target with this host must be at most {LIMIT}"
+                ),
+            );
+        }
     }
 
     /// A `targets` (or `probes`) list: every entry names a defined target (probe), once.

@@ -215,6 +215,9 @@ pub struct AgentSample {
     pub probe_lag_ms: f64,
     /// Age of the oldest point not yet delivered; None when the spool is empty.
     pub oldest_undelivered_age_s: Option<f64>,
+    /// Echo replies the ICMP client rejected since the agent started: a tag that does not verify
+    /// (forged, or another process's by coincidence). 0 without ICMP probes.
+    pub icmp_rejected_replies: u64,
 }
 
 /// The `agent` self-metrics point for one output (tag `output`).
@@ -234,6 +237,7 @@ pub fn agent_point(
         ("dropped_points", int(sample.dropped_points)),
         ("dead_letter_points", int(sample.dead_letter_points)),
         ("probe_lag_ms", FieldValue::Float(sample.probe_lag_ms)),
+        ("icmp_rejected_replies", int(sample.icmp_rejected_replies)),
     ];
     if let Some(age) = sample.oldest_undelivered_age_s {
         fields.push(("oldest_undelivered_age_s", FieldValue::Float(age)));
@@ -517,6 +521,7 @@ mod tests {
             dead_letter_points: 0,
             probe_lag_ms: 1.5,
             oldest_undelivered_age_s: Some(4.25),
+            icmp_rejected_replies: 3,
         };
         assert_eq!(
             agent_point("a1", "scl3", "vm", &sample, 7)
@@ -524,7 +529,7 @@ mod tests {
                 .expect("line"),
             "agent,agent=a1,site=scl3,output=vm observations=10i,spool_points=2i,spool_bytes=300i,\
              delivered_points=8i,dropped_points=1i,dead_letter_points=0i,probe_lag_ms=1.5,\
-             oldest_undelivered_age_s=4.25 7"
+             icmp_rejected_replies=3i,oldest_undelivered_age_s=4.25 7"
         );
     }
 

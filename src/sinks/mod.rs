@@ -72,6 +72,8 @@ pub struct SinkOptions {
     /// Observations made and recent probe lag, from the scheduler's counters; None: count the
     /// records offered, lag 0.
     pub agent_stats: Option<Box<dyn Fn() -> (u64, f64) + Send>>,
+    /// Echo replies the ICMP client rejected (issue 11, item 8); None: 0.
+    pub icmp_rejected_replies: Option<Box<dyn Fn() -> u64 + Send>>,
 }
 
 impl std::fmt::Debug for SinkOptions {
@@ -82,6 +84,10 @@ impl std::fmt::Debug for SinkOptions {
             .field("queue_capacity", &self.queue_capacity)
             .field("self_metrics_every", &self.self_metrics_every)
             .field("agent_stats", &self.agent_stats.as_ref().map(|_| "fn"))
+            .field(
+                "icmp_rejected_replies",
+                &self.icmp_rejected_replies.as_ref().map(|_| "fn"),
+            )
             .finish()
     }
 }
@@ -94,6 +100,7 @@ impl SinkOptions {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             self_metrics_every: Some(DEFAULT_SELF_METRICS_EVERY),
             agent_stats: None,
+            icmp_rejected_replies: None,
         }
     }
 }
@@ -654,6 +661,11 @@ impl SpoolWriter {
             Some(stats) => stats(),
             None => (self.shared.offered.load(Ordering::Relaxed), 0.0),
         };
+        let icmp_rejected_replies = self
+            .options
+            .icmp_rejected_replies
+            .as_ref()
+            .map_or(0, |f| f());
         let now = spool::now_ns();
         for output in &self.shared.outputs {
             let stats = output.stats();
@@ -672,6 +684,7 @@ impl SpoolWriter {
                 dead_letter_points: stats.dead_letter,
                 probe_lag_ms,
                 oldest_undelivered_age_s: oldest,
+                icmp_rejected_replies,
             };
             let point = line_protocol::agent_point(
                 &self.options.agent,

@@ -1,9 +1,18 @@
 //! ICMP echo packets in and out, as pure functions: building requests and deciding whether a
 //! received datagram is one of *our* replies. Every rule for "is this ours?" lives here, so it can be
 //! tested byte by byte without a socket.
+//!
+//! Every echo carries its send stamp and a tag: HMAC-SHA256 (aws-lc-rs, already linked for rustls)
+//! under a key random per process, over (destination, identifier, sequence, stamp), truncated to
+//! [`TAG_LEN`] bytes. A host that receives our echoes can copy their payloads, but cannot make a
+//! payload that verifies for another destination or sequence: it cannot forge replies for a target
+//! it does not see echoes for. 16 bytes, not the full 32: a forger gets no feedback on a guess
+//! and pays a packet for each, so 2^-128 per packet is far beyond reach; the rest of the 56-byte
+//! payload stays zero, like ping(8)'s padding.
 
 use std::net::IpAddr;
 
+use aws_lc_rs::{constant_time, hmac};
 use pnet_packet::Packet;
 use pnet_packet::icmp::{self, IcmpPacket, IcmpTypes};
 use pnet_packet::icmpv6::{Icmpv6Packet, Icmpv6Types};
@@ -11,9 +20,47 @@ use pnet_packet::ipv4::Ipv4Packet;
 
 /// Bytes after the 8-byte ICMP header: like ping(8) and fping, 56, so a request is 64 bytes.
 pub const PAYLOAD_LEN: usize = 56;
-/// The payload starts with this many bytes of per-socket random nonce; a reply that does not echo
-/// it back was not sent by this socket, even if identifier and sequence happen to collide.
-pub const NONCE_LEN: usize = 8;
+/// The payload starts with the send stamp (big-endian u64, the sender's choice of clock) ...
+pub const STAMP_LEN: usize = 8;
+/// ... followed by this many bytes of tag.
+pub const TAG_LEN: usize = 16;
+
+/// The per-process secret behind every echo's tag. Never leaves the process.
+pub struct EchoKey(hmac::Key);
+
+impl EchoKey {
+    /// A fresh random key (rand's thread RNG: a CSPRNG seeded by the OS).
+    pub fn random() -> Self {
+        Self::from_secret(&rand::random::<[u8; 32]>())
+    }
+
+    pub fn from_secret(secret: &[u8; 32]) -> Self {
+        EchoKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    /// The tag of an echo to `destination`. Addresses are tagged in their 16-byte form (IPv4
+    /// mapped), so every input has the same layout.
+    fn tag(&self, destination: IpAddr, ident: u16, seq: u16, stamp: u64) -> [u8; TAG_LEN] {
+        let address = match destination {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        let mut message = [0u8; 16 + 2 + 2 + STAMP_LEN];
+        message[..16].copy_from_slice(&address.octets());
+        message[16..18].copy_from_slice(&ident.to_be_bytes());
+        message[18..20].copy_from_slice(&seq.to_be_bytes());
+        message[20..].copy_from_slice(&stamp.to_be_bytes());
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&hmac::sign(&self.0, &message).as_ref()[..TAG_LEN]);
+        tag
+    }
+}
+
+impl std::fmt::Debug for EchoKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EchoKey(..)")
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -32,8 +79,9 @@ pub enum SocketKind {
 /// What a received datagram means for a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inbound {
-    /// An echo reply carrying our identifier (raw sockets) and our nonce.
-    EchoReply { from: IpAddr, seq: u16 },
+    /// An echo reply carrying our identifier (raw sockets) and a tag that verifies for its source:
+    /// the reply to the echo we sent to `from` with this sequence at `stamp`.
+    EchoReply { from: IpAddr, seq: u16, stamp: u64 },
     /// A router's destination-unreachable (or time-exceeded) about one of our echoes to `target`.
     Unreachable {
         target: IpAddr,
@@ -52,13 +100,25 @@ pub enum Rejected {
     NotForUs,
     /// An echo reply for another process's identifier.
     ForeignIdentifier,
-    /// Identifier and sequence may match, but the payload is not the one we sent.
-    ForeignPayload,
+    /// Our identifier, but the payload's tag does not verify for this source and sequence: another
+    /// process's echo with a colliding identifier, or a forgery (e.g. by a host that copied the
+    /// payload of an echo we sent to it). The only kind the client counts as a rejected reply.
+    BadTag,
 }
 
-/// An echo request: 8-byte header + nonce + zero padding. The checksum is filled in for IPv4; for
-/// IPv6 (and IPv4 datagram sockets) the kernel computes it.
-pub fn echo_request(family: Family, ident: u16, seq: u16, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
+/// An echo request to `destination`: 8-byte header + stamp + tag + zero padding. The checksum is
+/// filled in for IPv4; for IPv6 (and IPv4 datagram sockets) the kernel computes it.
+pub fn echo_request(
+    destination: IpAddr,
+    ident: u16,
+    seq: u16,
+    stamp: u64,
+    key: &EchoKey,
+) -> Vec<u8> {
+    let family = match destination {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    };
     let mut buf = vec![0u8; 8 + PAYLOAD_LEN];
     buf[0] = match family {
         Family::V4 => IcmpTypes::EchoRequest.0,
@@ -66,7 +126,9 @@ pub fn echo_request(family: Family, ident: u16, seq: u16, nonce: &[u8; NONCE_LEN
     };
     buf[4..6].copy_from_slice(&ident.to_be_bytes());
     buf[6..8].copy_from_slice(&seq.to_be_bytes());
-    buf[8..8 + NONCE_LEN].copy_from_slice(nonce);
+    buf[8..8 + STAMP_LEN].copy_from_slice(&stamp.to_be_bytes());
+    let tag = key.tag(destination, ident, seq, stamp);
+    buf[8 + STAMP_LEN..8 + STAMP_LEN + TAG_LEN].copy_from_slice(&tag);
     if family == Family::V4 {
         let checksum = IcmpPacket::new(&buf)
             .map(|p| icmp::checksum(&p))
@@ -86,7 +148,7 @@ pub fn classify(
     family: Family,
     kind: SocketKind,
     ident: u16,
-    nonce: &[u8; NONCE_LEN],
+    key: &EchoKey,
 ) -> Result<Inbound, Rejected> {
     let check_ident = kind == SocketKind::Raw;
     match family {
@@ -110,7 +172,7 @@ pub fn classify(
                 return Err(Rejected::BadChecksum);
             }
             match packet.get_icmp_type() {
-                IcmpTypes::EchoReply => echo_reply(icmp_bytes, from, check_ident, ident, nonce),
+                IcmpTypes::EchoReply => echo_reply(icmp_bytes, from, check_ident, ident, key),
                 IcmpTypes::DestinationUnreachable | IcmpTypes::TimeExceeded => {
                     let quoted = packet.payload().get(4..).ok_or(Rejected::Truncated)?;
                     let ip = Ipv4Packet::new(quoted).ok_or(Rejected::Truncated)?;
@@ -136,7 +198,7 @@ pub fn classify(
                 return Err(Rejected::Truncated);
             }
             match packet.get_icmpv6_type() {
-                Icmpv6Types::EchoReply => echo_reply(datagram, from, check_ident, ident, nonce),
+                Icmpv6Types::EchoReply => echo_reply(datagram, from, check_ident, ident, key),
                 Icmpv6Types::DestinationUnreachable | Icmpv6Types::TimeExceeded => {
                     // 8-byte error header, the quoted 40-byte IPv6 header, then our echo header.
                     let quoted_ip = datagram.get(8..48).ok_or(Rejected::Truncated)?;
@@ -163,7 +225,7 @@ fn echo_reply(
     from: IpAddr,
     check_ident: bool,
     ident: u16,
-    nonce: &[u8; NONCE_LEN],
+    key: &EchoKey,
 ) -> Result<Inbound, Rejected> {
     let their_ident = u16::from_be_bytes([icmp_bytes[4], icmp_bytes[5]]);
     if check_ident && their_ident != ident {
@@ -173,15 +235,19 @@ fn echo_reply(
     if icmp_bytes.len() < 8 + PAYLOAD_LEN {
         return Err(Rejected::Truncated);
     }
-    if &icmp_bytes[8..8 + NONCE_LEN] != nonce {
-        return Err(Rejected::ForeignPayload);
-    }
     let seq = u16::from_be_bytes([icmp_bytes[6], icmp_bytes[7]]);
-    Ok(Inbound::EchoReply { from, seq })
+    let mut stamp = [0u8; STAMP_LEN];
+    stamp.copy_from_slice(&icmp_bytes[8..8 + STAMP_LEN]);
+    let stamp = u64::from_be_bytes(stamp);
+    // Our own identifier, not the reply's: a datagram socket's kernel already matched it.
+    let expected = key.tag(from, ident, seq, stamp);
+    let carried = &icmp_bytes[8 + STAMP_LEN..8 + STAMP_LEN + TAG_LEN];
+    constant_time::verify_slices_are_equal(&expected, carried).map_err(|_| Rejected::BadTag)?;
+    Ok(Inbound::EchoReply { from, seq, stamp })
 }
 
 /// The first 8 bytes of the echo request a router quoted back: ours if it is an echo request with
-/// our identifier. Routers need only quote 8 bytes, so there is no nonce to check here.
+/// our identifier. Routers need only quote 8 bytes, so there is no tag to check here.
 fn quoted_echo(
     echo: &[u8],
     request_type: u8,
@@ -201,35 +267,54 @@ fn quoted_echo(
 mod tests {
     use super::*;
 
-    const NONCE: [u8; NONCE_LEN] = *b"vantage!";
     const ME: u16 = 0x1234;
+    const STAMP: u64 = 123_456_789;
     const TARGET: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 2, 2));
+    const OTHER_TARGET: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 2, 99));
 
-    /// An echo reply as a raw IPv4 socket delivers it: IPv4 header + ICMP.
-    fn raw_v4_reply(ident: u16, seq: u16, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
-        let mut icmp = echo_request(Family::V4, ident, seq, nonce);
+    fn key() -> EchoKey {
+        EchoKey::from_secret(&[7; 32])
+    }
+
+    /// The reply `from` sends to an echo request (its payload echoed back), as a raw IPv4 socket
+    /// delivers it: IPv4 header + ICMP.
+    fn raw_v4_reply_to(request: &[u8], from: IpAddr) -> Vec<u8> {
+        let mut icmp = request.to_vec();
         icmp[0] = IcmpTypes::EchoReply.0;
         icmp[2..4].copy_from_slice(&[0, 0]);
         let checksum = icmp::checksum(&IcmpPacket::new(&icmp).expect("header"));
         icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
-        let mut ip = vec![
-            0x45, 0, 0, 84, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 2, 2, 198, 18, 0, 2,
-        ];
+        let IpAddr::V4(source) = from else {
+            panic!("an IPv4 source, not {from}")
+        };
+        let mut ip = vec![0x45, 0, 0, 84, 0, 0, 0, 0, 64, 1, 0, 0];
+        ip.extend_from_slice(&source.octets());
+        ip.extend_from_slice(&[198, 18, 0, 2]);
         ip.extend_from_slice(&icmp);
         ip
     }
 
+    /// `TARGET`'s reply to our echo `seq` to it.
+    fn raw_v4_reply(ident: u16, seq: u16) -> Vec<u8> {
+        raw_v4_reply_to(&echo_request(TARGET, ident, seq, STAMP, &key()), TARGET)
+    }
+
+    fn classify_from(datagram: &[u8], from: IpAddr) -> Result<Inbound, Rejected> {
+        classify(datagram, from, Family::V4, SocketKind::Raw, ME, &key())
+    }
+
     fn classify_v4(datagram: &[u8]) -> Result<Inbound, Rejected> {
-        classify(datagram, TARGET, Family::V4, SocketKind::Raw, ME, &NONCE)
+        classify_from(datagram, TARGET)
     }
 
     #[test]
-    fn our_reply_is_accepted_with_its_sequence() {
+    fn our_reply_is_accepted_with_its_sequence_and_stamp() {
         assert_eq!(
-            classify_v4(&raw_v4_reply(ME, 7, &NONCE)),
+            classify_v4(&raw_v4_reply(ME, 7)),
             Ok(Inbound::EchoReply {
                 from: TARGET,
-                seq: 7
+                seq: 7,
+                stamp: STAMP
             })
         );
     }
@@ -237,19 +322,60 @@ mod tests {
     #[test]
     fn a_reply_to_another_process_is_rejected() {
         assert_eq!(
-            classify_v4(&raw_v4_reply(ME + 1, 7, &NONCE)),
+            classify_v4(&raw_v4_reply(ME + 1, 7)),
             Err(Rejected::ForeignIdentifier)
         );
-        // Same identifier by coincidence, but not our payload.
+        // Same identifier by coincidence, but tagged under another process's key.
+        let theirs = echo_request(TARGET, ME, 7, STAMP, &EchoKey::from_secret(&[8; 32]));
         assert_eq!(
-            classify_v4(&raw_v4_reply(ME, 7, b"someone!")),
-            Err(Rejected::ForeignPayload)
+            classify_v4(&raw_v4_reply_to(&theirs, TARGET)),
+            Err(Rejected::BadTag)
         );
+    }
+
+    /// Issue 11, item 8: a host that receives our echoes copies one into a reply from another
+    /// target (or with another sequence or stamp); none of those verify.
+    #[test]
+    fn a_copied_payload_does_not_verify_for_another_target_sequence_or_stamp() {
+        let seen = echo_request(TARGET, ME, 7, STAMP, &key());
+        assert_eq!(
+            classify_from(&raw_v4_reply_to(&seen, OTHER_TARGET), OTHER_TARGET),
+            Err(Rejected::BadTag)
+        );
+        let with = |offset: usize, bytes: &[u8]| {
+            let mut forged = seen.clone();
+            forged[offset..offset + bytes.len()].copy_from_slice(bytes);
+            classify_v4(&raw_v4_reply_to(&forged, TARGET))
+        };
+        assert_eq!(with(6, &8u16.to_be_bytes()), Err(Rejected::BadTag));
+        assert_eq!(with(8, &(STAMP - 1).to_be_bytes()), Err(Rejected::BadTag));
+        assert_eq!(
+            with(8 + STAMP_LEN + TAG_LEN - 1, &[0x55]),
+            Err(Rejected::BadTag)
+        );
+        // The untouched copy, from the target it was sent to, is that target's reply.
+        assert!(classify_v4(&raw_v4_reply_to(&seen, TARGET)).is_ok());
+    }
+
+    #[test]
+    fn echoes_differ_by_destination_sequence_and_stamp_under_one_key() {
+        let key = key();
+        let payload = |dest, seq, stamp| echo_request(dest, ME, seq, stamp, &key)[8..].to_vec();
+        let base = payload(TARGET, 7, STAMP);
+        assert_ne!(base, payload(OTHER_TARGET, 7, STAMP));
+        assert_ne!(base, payload(TARGET, 8, STAMP));
+        assert_ne!(base, payload(TARGET, 7, STAMP + 1));
+        assert_eq!(
+            base,
+            payload(TARGET, 7, STAMP),
+            "deterministic under one key"
+        );
+        assert_eq!(base.len(), PAYLOAD_LEN);
     }
 
     #[test]
     fn truncated_and_corrupted_packets_are_rejected() {
-        let reply = raw_v4_reply(ME, 7, &NONCE);
+        let reply = raw_v4_reply(ME, 7);
         for cut in [0, 10, 20, 24, 27] {
             assert_eq!(
                 classify_v4(&reply[..cut]),
@@ -257,7 +383,7 @@ mod tests {
                 "cut at {cut}"
             );
         }
-        // Header intact but the nonce cut short: checksum no longer matches.
+        // Header intact but the payload cut short: checksum no longer matches.
         for cut in [30, 32, 40] {
             assert!(classify_v4(&reply[..cut]).is_err(), "cut at {cut}");
         }
@@ -272,7 +398,7 @@ mod tests {
 
     #[test]
     fn our_own_echo_request_seen_on_a_raw_socket_is_not_a_reply() {
-        let mut ip = raw_v4_reply(ME, 7, &NONCE);
+        let mut ip = raw_v4_reply(ME, 7);
         ip[20] = IcmpTypes::EchoRequest.0;
         ip[22..24].copy_from_slice(&[0, 0]);
         let checksum = icmp::checksum(&IcmpPacket::new(&ip[20..]).expect("header"));
@@ -281,14 +407,21 @@ mod tests {
     }
 
     #[test]
-    fn a_datagram_socket_reply_needs_no_identifier_but_does_need_the_nonce() {
-        let mut icmp = echo_request(Family::V6, 999, 3, &NONCE);
-        icmp[0] = Icmpv6Types::EchoReply.0;
+    fn a_datagram_socket_reply_needs_no_identifier_but_does_need_the_tag() {
         let from: IpAddr = "2001:db8::2".parse().expect("addr");
+        let mut icmp = echo_request(from, ME, 3, STAMP, &key());
+        icmp[0] = Icmpv6Types::EchoReply.0;
+        // The kernel matched the identifier already; what the field holds does not matter.
+        icmp[4..6].copy_from_slice(&999u16.to_be_bytes());
         assert_eq!(
-            classify(&icmp, from, Family::V6, SocketKind::Datagram, ME, &NONCE),
-            Ok(Inbound::EchoReply { from, seq: 3 })
+            classify(&icmp, from, Family::V6, SocketKind::Datagram, ME, &key()),
+            Ok(Inbound::EchoReply {
+                from,
+                seq: 3,
+                stamp: STAMP
+            })
         );
+        let other_key = EchoKey::from_secret(&[9; 32]);
         assert_eq!(
             classify(
                 &icmp,
@@ -296,16 +429,16 @@ mod tests {
                 Family::V6,
                 SocketKind::Datagram,
                 ME,
-                b"12345678"
+                &other_key
             ),
-            Err(Rejected::ForeignPayload)
+            Err(Rejected::BadTag)
         );
     }
 
     #[test]
     fn a_routers_unreachable_names_the_target_and_sequence() {
         // ICMP type 3 code 1 (host unreachable) quoting our request's IPv4 header + 8 bytes.
-        let request = echo_request(Family::V4, ME, 9, &NONCE);
+        let request = echo_request(TARGET, ME, 9, STAMP, &key());
         let quoted_ip = [
             0x45, 0, 0, 84, 0, 0, 0, 0, 63, 1, 0, 0, 198, 18, 0, 2, 198, 18, 2, 2,
         ];
@@ -320,7 +453,7 @@ mod tests {
         ip.extend_from_slice(&icmp);
         let router: IpAddr = "198.18.1.1".parse().expect("addr");
         assert_eq!(
-            classify(&ip, router, Family::V4, SocketKind::Raw, ME, &NONCE),
+            classify(&ip, router, Family::V4, SocketKind::Raw, ME, &key()),
             Ok(Inbound::Unreachable {
                 target: TARGET,
                 seq: 9,
