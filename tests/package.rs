@@ -415,7 +415,15 @@ fn deb_installs_runs_with_cap_net_raw_only_upgrades_and_purges_clean() {
     std::fs::write(CONFFILE, &edited).expect("edit the conffile");
     std::fs::write(format!("{STATE}/marker"), "kept\n").expect("a file of state");
     let state_before = snapshot(Path::new(STATE));
-    let upgrade = build(&["--deb-version", "0.1.0-2"]);
+    // Elsewhere than target/debian, where the README's `apt install ./target/debian/vantage_*.deb`
+    // must find exactly one package.
+    let upgrade_dir = tempfile::tempdir().expect("tempdir");
+    let upgrade = build(&[
+        "--deb-version",
+        "0.1.0-2",
+        "--output",
+        upgrade_dir.path().to_str().expect("path"),
+    ]);
     assert_ne!(upgrade, deb);
     run(&mut sh(&["dpkg", "-i", upgrade.to_str().expect("path")]));
     let version = run(&mut sh(&[
