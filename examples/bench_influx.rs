@@ -12,8 +12,13 @@
 //! `cargo run --release --example bench_influx -- [--points N] [--batch B] [--no-gzip]`
 //! Bounded: one backlog, one drain, stops by itself (gives up after 10 minutes).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+// The sink tests' stores (tests/support), without the parts that need the test binary.
+#[allow(dead_code)]
+#[path = "../tests/support/process.rs"]
+mod process;
+#[allow(dead_code)]
+#[path = "../tests/support/stores.rs"]
+mod stores;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,7 +42,7 @@ async fn main() {
     const TARGETS: u64 = 1000;
     let start_ts = SystemTime::now() - Duration::from_secs(3 * 3600);
     let record = |i: u64| {
-        common::ping_record(
+        stores::ping_record(
             &format!("target-{:04}", i % TARGETS),
             start_ts + Duration::from_secs(i / TARGETS) + Duration::from_micros(i % TARGETS),
             i,
@@ -81,16 +86,16 @@ async fn main() {
     );
 
     // 3. The store returns: drain to VictoriaMetrics.
-    let vm = common::VictoriaMetrics::start(&dir.path().join("vm")).await;
+    let vm = stores::VictoriaMetrics::start(&dir.path().join("vm")).await;
     drain(&data, &vm.url, "VictoriaMetrics", batch, gzip).await;
-    let client = common::http();
+    let client = stores::http();
     client
         .get(format!("{}/internal/force_flush", vm.url))
         .send()
         .await
         .expect("flush");
     let answer = client
-        .get(common::with_query(
+        .get(stores::with_query(
             &format!("{}/api/v1/query", vm.url),
             &[("query", "sum(count_over_time(ping_sent[4h]))")],
         ))
@@ -149,7 +154,7 @@ async fn main() {
     drop(vm);
 
     // 4. The same backlog into an endpoint that costs nothing: vantage's own ceiling.
-    let null = common::ScriptedEndpoint::start(std::sync::Arc::new(|_, _: &common::Received| {
+    let null = stores::ScriptedEndpoint::start(std::sync::Arc::new(|_, _: &stores::Received| {
         (204, vec![], String::new())
     }))
     .await;

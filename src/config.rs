@@ -88,7 +88,10 @@ pub struct ProbeConfig {
     pub kind: ProbeKind,
 }
 
-/// Kind-specific settings: the closed set of probe kinds.
+/// Kind-specific settings: the closed set of probe kinds. The service and path kinds hold the
+/// `probes` crate's own settings; what depends on the target (its address, family preference)
+/// is filled in per target by [`crate::probe::Probe::new`], with the probe's `timeout` for
+/// HTTP and DNS.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeKind {
     /// Smokeping-style rounds of `count` echoes, one every `spacing`.
@@ -97,10 +100,11 @@ pub enum ProbeKind {
     Tcp { port: u16 },
     /// An HTTP(S) request to a URL built from the target's host.
     Http(Box<HttpProbe>),
-    /// A DNS query sent to the target, which is the DNS server.
-    Dns(DnsProbe),
-    /// An mtr-style path trace to the target.
-    Trace(TraceProbe),
+    /// A DNS query sent to the target, which is the DNS server. Only the port of `server` is
+    /// configured; the address is the target's, resolved per run.
+    Dns(probes::DnsSettings),
+    /// An mtr-style path trace to the target (`rounds` of `timeout` each).
+    Trace(probes::TraceSettings),
 }
 
 impl ProbeKind {
@@ -116,7 +120,7 @@ impl ProbeKind {
     }
 }
 
-/// `kind = "http"`: what to request from each target and what the answer must look like.
+/// `kind = "http"`: the URL to request from each target and the check to run on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpProbe {
     /// `http` or `https`.
@@ -125,22 +129,9 @@ pub struct HttpProbe {
     pub port: Option<u16>,
     /// Path and query, starting with `/`.
     pub path: String,
-    pub method: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Option<String>,
-    /// Accepted status codes; empty: any 2xx.
-    pub expect_status: Vec<u16>,
-    pub body_contains: Option<String>,
-    pub body_regex: Option<String>,
-    /// (header name, regex) pairs the response must have.
-    pub header_matches: Vec<(String, String)>,
-    pub max_total: Option<Duration>,
-    pub min_cert_expiry_days: Option<f64>,
-    /// Resolved against the config file's directory.
-    pub ca_file: Option<PathBuf>,
-    pub server_name: Option<String>,
-    pub max_redirects: u32,
-    pub max_body_bytes: u64,
+    /// Everything but the URL, the timeout and the address family (per target). A relative
+    /// `ca_file` is already resolved against the config file's directory.
+    pub check: probes::HttpSettings,
 }
 
 impl HttpProbe {
@@ -156,33 +147,6 @@ impl HttpProbe {
             None => format!("{}://{host}{}", self.scheme, self.path),
         }
     }
-}
-
-/// `kind = "dns"`: the question to ask each target (a DNS server) and the answer expected.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DnsProbe {
-    pub query: String,
-    pub record_type: probes::DnsRecordType,
-    pub transport: probes::DnsTransport,
-    pub port: u16,
-    /// The RD bit: ask the server to recurse (a resolver) or not (an authoritative server).
-    pub recursion: bool,
-    /// Accepted response code (upper case); `None`: NOERROR.
-    pub expect_rcode: Option<String>,
-    /// Each must be one of the answers.
-    pub expect_answers: Vec<String>,
-    pub min_answers: Option<u32>,
-}
-
-/// `kind = "trace"`: an mtr-style trace of `count` rounds, each waiting `timeout` for replies.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TraceProbe {
-    pub protocol: probes::TraceProtocol,
-    /// Rounds: probes per hop.
-    pub count: u32,
-    pub max_ttl: u8,
-    /// UDP or TCP destination port; `None`: 33434 (UDP) or 80 (TCP).
-    pub port: Option<u16>,
 }
 
 /// How long a trace waits for late replies after its last round (the tracer's grace period).

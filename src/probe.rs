@@ -7,18 +7,19 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use probes::net::resolve_one;
+// Re-exported for the agent's start-up check.
+pub use probes::net::has_cap_net_raw;
 use probes::{
-    CancellationToken, DnsCheck, DnsExpect, DnsSettings, DnsStats, FailureKind, HeaderMatch,
-    HttpCheck, HttpExpect, HttpSettings, HttpStats, IcmpClient, IpPreference, Measurement,
-    Observation, Outcome, PingStats, RoundPlan, TcpSettings, TcpStats, TraceReport, TraceSettings,
+    CancellationToken, DnsCheck, DnsSettings, DnsStats, FailureKind, HttpCheck, HttpSettings,
+    HttpStats, IcmpClient, IpPreference, Measurement, Observation, Outcome, PingStats, RoundPlan,
+    TcpSettings, TcpStats, TraceReport, TraceSettings,
 };
 
-use crate::config::{
-    DnsProbe, FamilyPreference, HttpProbe, ProbeConfig, ProbeKind, TRACE_GRACE, Target, TraceProbe,
-};
+use crate::config::{FamilyPreference, ProbeConfig, ProbeKind, Target};
 
 /// Slack on top of a run's own time bound before the scheduler cuts it off: resolving a name,
 /// handing over the result.
@@ -41,8 +42,7 @@ pub enum Probe {
     },
     /// The check is built per run: the target (the DNS server) may be a name to resolve first.
     Dns {
-        query: DnsProbe,
-        timeout: Duration,
+        settings: DnsSettings,
     },
     Trace {
         settings: TraceSettings,
@@ -118,7 +118,12 @@ impl Probe {
                 },
             },
             ProbeKind::Http(http) => {
-                let settings = http_settings(http, &target.host, config.timeout, ip);
+                let settings = HttpSettings {
+                    url: http.url(&target.host),
+                    timeout: config.timeout,
+                    ip,
+                    ..http.check.clone()
+                };
                 let check = HttpCheck::new(settings).with_context(|| {
                     format!("probe {:?}, target {:?}", config.name, target.name)
                 })?;
@@ -127,17 +132,22 @@ impl Probe {
                 }
             }
             ProbeKind::Dns(dns) => {
-                // Catch what only the DNS library can judge before the first run.
-                let placeholder = SocketAddr::from(([127, 0, 0, 1], dns.port));
-                DnsCheck::new(dns_settings(dns, placeholder, config.timeout))
-                    .with_context(|| format!("probe {:?}", config.name))?;
-                Probe::Dns {
-                    query: dns.clone(),
+                let settings = DnsSettings {
                     timeout: config.timeout,
-                }
+                    ..dns.clone()
+                };
+                // Catch what only the DNS library can judge before the first run.
+                DnsCheck::new(settings.clone())
+                    .with_context(|| format!("probe {:?}", config.name))?;
+                Probe::Dns { settings }
             }
             ProbeKind::Trace(trace) => Probe::Trace {
-                settings: trace_settings(trace, &target.host, config.timeout, ip),
+                settings: TraceSettings {
+                    target: target.host.clone(),
+                    ip,
+                    privileged: has_cap_net_raw(),
+                    ..trace.clone()
+                },
                 last_path: Mutex::new(LastPath::Unknown),
             },
         })
@@ -158,8 +168,17 @@ impl Probe {
             Probe::Icmp { plan, .. } => plan.duration() + SLACK,
             Probe::Tcp { settings } => settings.timeout + SLACK,
             Probe::Http { check } => check.settings().timeout + SLACK,
-            Probe::Dns { timeout, .. } => *timeout + SLACK,
+            Probe::Dns { settings } => settings.timeout + SLACK,
             Probe::Trace { settings, .. } => settings.max_duration() + TRACE_SLACK,
+        }
+    }
+
+    /// Whether `observation` is a round this probe stopped short of its count (the agent was
+    /// stopping): its loss and spread describe fewer echoes than every other round's.
+    pub fn cut_short(&self, observation: &Observation) -> bool {
+        match (self, &observation.measurement) {
+            (Probe::Icmp { plan, .. }, Measurement::Ping(stats)) => stats.sent < plan.count,
+            _ => false,
         }
     }
 
@@ -171,13 +190,15 @@ impl Probe {
         stop: &CancellationToken,
     ) -> (Option<IpAddr>, Observation) {
         match self {
-            Probe::Icmp { client, plan } => match resolve(&target.host, target.family).await {
-                Ok(address) => (Some(address), client.round(address, *plan, stop).await),
-                Err(message) => (
-                    None,
-                    self.failed_before_start(FailureKind::Resolve, message),
-                ),
-            },
+            Probe::Icmp { client, plan } => {
+                match resolve_one(&target.host, ip_preference(target.family)).await {
+                    Ok(address) => (Some(address), client.round(address, *plan, stop).await),
+                    Err(message) => (
+                        None,
+                        self.failed_before_start(FailureKind::Resolve, message),
+                    ),
+                }
+            }
             Probe::Tcp { settings } => {
                 let observation = probes::tcp::run(settings).await;
                 let address = match &observation.measurement {
@@ -188,8 +209,8 @@ impl Probe {
             }
             // reqwest resolves (and times) the name itself; only a literal is known up front.
             Probe::Http { check } => (target.host.parse().ok(), check.run().await),
-            Probe::Dns { query, timeout } => {
-                let server = match resolve(&target.host, target.family).await {
+            Probe::Dns { settings } => {
+                let server = match resolve_one(&target.host, ip_preference(target.family)).await {
                     Ok(address) => address,
                     Err(message) => {
                         return (
@@ -198,7 +219,10 @@ impl Probe {
                         );
                     }
                 };
-                let settings = dns_settings(query, SocketAddr::new(server, query.port), *timeout);
+                let settings = DnsSettings {
+                    server: SocketAddr::new(server, settings.server.port()),
+                    ..settings.clone()
+                };
                 let observation = match DnsCheck::new(settings) {
                     Ok(check) => check.run().await,
                     // Checked when the probe was built; cannot happen for another server.
@@ -230,30 +254,18 @@ impl Probe {
     /// The observation for a run that could not even start (name did not resolve, deadline hit).
     pub fn failed_before_start(&self, kind: FailureKind, message: String) -> Observation {
         let measurement = match self {
-            Probe::Icmp { .. } => Measurement::Ping(PingStats::from_rtts(Vec::new())),
-            Probe::Tcp { .. } => Measurement::Tcp(TcpStats {
-                connect_ms: None,
-                resolve_ms: None,
-                address: None,
-            }),
+            Probe::Icmp { .. } => Measurement::Ping(PingStats::default()),
+            Probe::Tcp { .. } => Measurement::Tcp(TcpStats::default()),
             Probe::Http { check } => Measurement::Http(HttpStats {
                 method: check.settings().method.clone(),
                 final_url: check.settings().url.clone(),
                 ..HttpStats::default()
             }),
-            Probe::Dns { query, .. } => Measurement::Dns(DnsStats {
-                server: String::new(),
-                record_type: query.record_type.as_str().to_string(),
-                rcode: None,
-                latency_ms: None,
-                answers: 0,
-                records: Vec::new(),
-                authoritative: false,
-                truncated: false,
+            Probe::Dns { settings } => Measurement::Dns(DnsStats {
+                record_type: settings.record_type.as_str().to_string(),
+                ..DnsStats::default()
             }),
-            Probe::Trace { .. } => {
-                Measurement::Trace(TraceReport::new(IpAddr::from([0, 0, 0, 0]), Vec::new()))
-            }
+            Probe::Trace { .. } => Measurement::Trace(TraceReport::default()),
         };
         Observation {
             started_at: SystemTime::now(),
@@ -271,110 +283,6 @@ pub fn ip_preference(family: FamilyPreference) -> IpPreference {
         FamilyPreference::V4 => IpPreference::V4Only,
         FamilyPreference::V6 => IpPreference::V6Only,
     }
-}
-
-fn http_settings(
-    http: &HttpProbe,
-    host: &str,
-    timeout: Duration,
-    ip: IpPreference,
-) -> HttpSettings {
-    HttpSettings {
-        method: http.method.clone(),
-        headers: http.headers.clone(),
-        body: http.body.as_ref().map(|b| b.clone().into_bytes()),
-        timeout,
-        max_body_bytes: http.max_body_bytes,
-        max_redirects: http.max_redirects,
-        ip,
-        server_name: http.server_name.clone(),
-        ca_file: http.ca_file.clone(),
-        expect: HttpExpect {
-            status_codes: http.expect_status.clone(),
-            body_contains: http.body_contains.iter().cloned().collect(),
-            body_matches: http.body_regex.iter().cloned().collect(),
-            headers: http
-                .header_matches
-                .iter()
-                .map(|(name, regex)| HeaderMatch {
-                    name: name.clone(),
-                    regex: regex.clone(),
-                })
-                .collect(),
-            max_total: http.max_total,
-            min_cert_expiry_days: http.min_cert_expiry_days,
-        },
-        ..HttpSettings::new(http.url(host))
-    }
-}
-
-fn dns_settings(dns: &DnsProbe, server: SocketAddr, timeout: Duration) -> DnsSettings {
-    DnsSettings {
-        transport: dns.transport,
-        timeout,
-        recursion_desired: dns.recursion,
-        expect: DnsExpect {
-            rcodes: dns.expect_rcode.iter().cloned().collect(),
-            min_answers: dns.min_answers,
-            answers_include: dns.expect_answers.clone(),
-            answers_match: Vec::new(),
-        },
-        ..DnsSettings::new(server, dns.query.clone(), dns.record_type)
-    }
-}
-
-fn trace_settings(
-    trace: &TraceProbe,
-    host: &str,
-    round: Duration,
-    ip: IpPreference,
-) -> TraceSettings {
-    TraceSettings {
-        ip,
-        protocol: trace.protocol,
-        rounds: trace.count as usize,
-        round_duration: round,
-        grace: TRACE_GRACE,
-        max_ttl: trace.max_ttl,
-        port: trace.port,
-        privileged: has_cap_net_raw(),
-        ..TraceSettings::new(host)
-    }
-}
-
-/// Whether this process may open raw sockets (`CAP_NET_RAW` in its effective set). Traces need
-/// it (every protocol: trippy cannot trace over ping sockets); without it each trace is a failure
-/// saying so.
-pub fn has_cap_net_raw() -> bool {
-    const CAP_NET_RAW: u32 = 13;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << CAP_NET_RAW) != 0)
-}
-
-/// Resolve a host name or address literal, honouring the family preference.
-pub async fn resolve(host: &str, family: FamilyPreference) -> Result<IpAddr, String> {
-    if let Ok(address) = host.parse::<IpAddr>() {
-        return Ok(address);
-    }
-    let started = Instant::now();
-    let addresses = tokio::net::lookup_host((host, 0))
-        .await
-        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?;
-    let wanted = |a: &IpAddr| match family {
-        FamilyPreference::Any => true,
-        FamilyPreference::V4 => a.is_ipv4(),
-        FamilyPreference::V6 => a.is_ipv6(),
-    };
-    let found = addresses.map(|s| s.ip()).find(wanted);
-    tracing::trace!(host, ?found, elapsed = ?started.elapsed(), "resolved");
-    found.ok_or_else(|| format!("{host:?} has no {family:?} address"))
 }
 
 #[cfg(test)]
@@ -427,23 +335,11 @@ mod tests {
 
     #[test]
     fn http_urls_bracket_ipv6_and_keep_default_ports_out() {
-        let mut http = HttpProbe {
+        let mut http = crate::config::HttpProbe {
             scheme: "https".into(),
             port: None,
             path: "/healthz?full=1".into(),
-            method: "GET".into(),
-            headers: Vec::new(),
-            body: None,
-            expect_status: Vec::new(),
-            body_contains: None,
-            body_regex: None,
-            header_matches: Vec::new(),
-            max_total: None,
-            min_cert_expiry_days: None,
-            ca_file: None,
-            server_name: None,
-            max_redirects: 10,
-            max_body_bytes: 1 << 20,
+            check: HttpSettings::new(""),
         };
         assert_eq!(
             http.url("api.example.net"),
@@ -458,14 +354,5 @@ mod tests {
             http.url("198.18.1.1"),
             "https://198.18.1.1:8443/healthz?full=1"
         );
-    }
-
-    #[test]
-    fn the_capability_check_reads_this_process() {
-        // Whatever the answer, it must not panic, and root in CI has the capability.
-        let raw = has_cap_net_raw();
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            assert!(raw, "CI runs as root, with CAP_NET_RAW");
-        }
     }
 }

@@ -41,6 +41,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use probes::Measurement;
+use probes::stats::median;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
@@ -897,21 +898,6 @@ fn update_member(member: &mut Member, condition: &Condition, now: Mono, record: 
         Some(false) => State::Good,
         None => member.state,
     };
-}
-
-/// The median (mean of the middle two for an even count); None when empty.
-pub fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let mut sorted: Vec<f64> = values.collect();
-    if sorted.is_empty() {
-        return None;
-    }
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    Some(if sorted.len() % 2 == 0 {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
-    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! One scheduler for every probe kind (after cloudprober's `sched.go`): a loop per (probe, target),
 //! starts staggered evenly across the interval, a little jitter per tick, missed ticks skipped —
 //! never a burst to catch up — and a deadline on every run. On stop, runs in flight finish what they
-//! measured and hand it over before the loops exit.
+//! measured and hand it over before the loops exit — except an ICMP round, which stops sending at
+//! once (a round can last its whole interval) and, cut short, is not stored: every stored round
+//! has its full count of echoes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +43,8 @@ pub struct Counters {
     pub deadline_exceeded: AtomicU64,
     /// Worst lateness of a run's start against its schedule since last read, in microseconds.
     pub max_lag_us: AtomicU64,
+    /// ICMP rounds cut short by the stop, and so not stored.
+    pub cut_short: AtomicU64,
 }
 
 /// Start every job; returns when `stop` fires and every loop has handed over its last observation.
@@ -71,6 +75,13 @@ pub async fn run(
         if let Err(error) = result {
             tracing::error!(%error, "a probe loop ended abnormally");
         }
+    }
+    let cut_short = counters.cut_short.load(Ordering::Relaxed);
+    if cut_short > 0 {
+        tracing::info!(
+            rounds = cut_short,
+            "stopping: ICMP rounds in flight were cut short and are not stored"
+        );
     }
 }
 
@@ -127,6 +138,11 @@ async fn job_loop(
                     )
                 }
             };
+        if stop.is_cancelled() && job.probe.cut_short(&observation) {
+            // A stored round is always whole: the latest round of a target never shows 5 of 10.
+            counters.cut_short.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         counters.observations.fetch_add(1, Ordering::Relaxed);
         if !observation.is_success() {
             counters.failures.fetch_add(1, Ordering::Relaxed);

@@ -3,48 +3,14 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-const VANTAGE: &str = env!("CARGO_BIN_EXE_vantage");
+mod support;
 
-/// The agent as a child process, stopped (SIGKILL) if the test fails before it is stopped cleanly.
-struct Agent(Option<Child>);
-
-impl Agent {
-    fn start(config: &Path) -> Agent {
-        let child = Command::new(VANTAGE)
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start vantage run");
-        Agent(Some(child))
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn terminate(mut self) -> Output {
-        let child = self.0.take().expect("running agent");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("send SIGTERM");
-        assert!(status.success());
-        child.wait_with_output().expect("agent exit")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use support::{Agent, VANTAGE};
 
 fn write_config(dir: &Path, probe: &str, targets: &[(String, String)]) -> std::path::PathBuf {
     let mut text = format!(
@@ -109,19 +75,10 @@ fn run_stores_rounds_that_report_shows() {
             ("lo-v6".into(), "::1".into()),
         ],
     );
-    let started_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as i64;
-    let agent = Agent::start(&config);
+    let started_ns = probes::unix_ns(std::time::SystemTime::now());
+    let agent = Agent::start(&[], &config, dir.path().join("agent.log"));
     std::thread::sleep(Duration::from_millis(3500));
-    let output = agent.terminate();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "agent exit {:?}: {log}",
-        output.status
-    );
+    let log = agent.stop();
     assert!(log.contains("agent started"), "{log}");
     assert!(log.contains("everything measured is stored"), "{log}");
 
@@ -174,33 +131,63 @@ fn run_stores_rounds_that_report_shows() {
     }
 }
 
+/// Issue 11: after SIGTERM the round in flight was stored cut short (`SNT 5` of 10) as the
+/// target's latest round. It is not stored at all now: every stored round is whole, and the exit
+/// waits at most one echo timeout.
 #[test]
-fn sigterm_mid_round_stores_the_echoes_already_sent() {
+fn sigterm_mid_round_stores_only_whole_rounds_and_exits_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // One 10-echo round takes ~5 s; stop after ~2 s.
-    let probe = "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"10s\"\ncount = 10\nspacing = \"500ms\"\ntimeout = \"1s\"\n";
+    // One 10-echo round takes ~5.5 s, every 6 s: the second is in flight at ~8 s.
+    let probe = "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"6s\"\ncount = 10\nspacing = \"500ms\"\ntimeout = \"1s\"\n";
     let config = write_config(dir.path(), probe, &[("lo".into(), "127.0.0.1".into())]);
-    let agent = Agent::start(&config);
-    std::thread::sleep(Duration::from_millis(2000));
+    let agent = Agent::start(&[], &config, dir.path().join("agent.log"));
+    std::thread::sleep(Duration::from_millis(8000));
     let stop_at = Instant::now();
-    let output = agent.terminate();
+    let log = agent.stop();
+    let took = stop_at.elapsed();
     assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        took < Duration::from_secs(3),
+        "shutdown took {took:?}: {log}"
     );
     assert!(
-        stop_at.elapsed() < Duration::from_secs(3),
-        "shutdown waits at most one echo timeout"
+        log.contains("stopping: ICMP rounds in flight were cut short and are not stored rounds=1"),
+        "{log}"
     );
     let rows = rounds(dir.path());
-    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows.len(), 1, "the first round only: {rows:?}");
     let (_, _, sent, received, _) = rows[0];
-    assert!((1..10).contains(&sent), "a partial round: sent {sent}");
-    assert_eq!(
-        sent, received,
-        "every echo sent before SIGTERM was awaited and stored"
+    assert_eq!((sent, received), (10, 10), "{rows:?}");
+}
+
+/// Issue 11: with an output that is down, SIGTERM took 10.6 s (the whole delivery grace spent
+/// retrying it). Its points stay in the spool; the agent exits within a couple of seconds.
+#[test]
+fn sigterm_with_an_unreachable_output_exits_within_seconds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A loopback port nobody listens on: every write is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let probe = format!(
+        "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"1s\"\ncount = 1\ntimeout = \"500ms\"\n\n\
+         [[output]]\nname = \"central\"\nkind = \"influxdb_v1\"\nurl = \"http://{closed}\"\n\
+         db = \"vantage\"\nflush_interval = \"200ms\"\n"
     );
+    let config = write_config(dir.path(), &probe, &[("lo".into(), "127.0.0.1".into())]);
+    let agent = Agent::start(&[], &config, dir.path().join("agent.log"));
+    std::thread::sleep(Duration::from_secs(4));
+    let stop_at = Instant::now();
+    let log = agent.stop();
+    let took = stop_at.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "shutdown took {took:?}: {log}"
+    );
+    assert!(
+        log.contains("they stay in the spool for the next start"),
+        "{log}"
+    );
+    assert!(rounds(dir.path()).len() >= 3, "{log}");
 }
 
 #[test]
@@ -212,15 +199,10 @@ fn one_agent_holds_ten_thousand_targets() {
         .collect();
     let probe = "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"5s\"\ncount = 2\nspacing = \"1s\"\ntimeout = \"2s\"\n";
     let config = write_config(dir.path(), probe, &targets);
-    let agent = Agent::start(&config);
+    let agent = Agent::start(&[], &config, dir.path().join("agent.log"));
     // Two full intervals plus the longest round (1 s spacing + 2 s timeout) and start-up slack.
     std::thread::sleep(Duration::from_secs(14));
-    let output = agent.terminate();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    agent.stop();
     let rows = rounds(dir.path());
     let mut per_target = std::collections::HashMap::<&str, usize>::new();
     let (mut sent_total, mut lost_total) = (0, 0);

@@ -5,7 +5,6 @@
 //! outage of InfluxDB, a path change included — then every panel, variable and annotation query
 //! runs against it the way Grafana would send it, and must answer with the columns it promises.
 
-mod common;
 mod grafana;
 mod support;
 
@@ -16,10 +15,10 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::Influxd;
 use grafana::Source;
 use lab::{Lab, Netns, Router, addr};
 use serde_json::Value;
+use support::Influxd;
 use support::{Agent, HttpServer};
 
 const DATASOURCE_UID: &str = "vantage-influxdb";
@@ -31,7 +30,7 @@ fn yaml(path: &str) -> Value {
 
 #[test]
 fn the_committed_json_is_what_generate_py_writes() {
-    let python = common::require_binary("python3", "python3");
+    let python = support::require_binary("python3", "python3");
     let output = std::process::Command::new(python)
         .arg(grafana::repo().join("dashboards/generate.py"))
         .arg("--check")
@@ -486,7 +485,7 @@ fn now_ms() -> i64 {
 
 #[test]
 fn every_dashboard_query_answers_with_real_data() {
-    common::init_logs();
+    support::init_logs();
     let started_ms = now_ms();
     let lab = Lab::routed();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -2,13 +2,13 @@
 //! closed (connection refused → a `failures` rule opens an incident) and then opens (→ resolved)
 //! writes `incident` points to a real InfluxDB 1.x, with the tags and fields of the README schema.
 
-mod common;
+mod support;
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Influxd;
+use support::Influxd;
 
 const VANTAGE: &str = env!("CARGO_BIN_EXE_vantage");
 
@@ -19,7 +19,7 @@ async fn incident_events_become_incident_points_in_influxdb() {
     influx.query("", "CREATE DATABASE vantage").await;
     let password = dir.path().join("influx.password");
     std::fs::write(&password, "s3cret\n").expect("password file");
-    let port = common::free_port(); // closed until the "service" comes back below
+    let port = support::free_port(); // closed until the "service" comes back below
     let config = dir.path().join("vantage.toml");
     std::fs::write(
         &config,
@@ -77,7 +77,7 @@ flush_interval = "200ms"
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("listen on the checked port");
     let all = wait_for_events(&influx, &["opened", "resolved"]).await;
     drop(listener);
-    common::terminate(&agent);
+    support::terminate(&agent);
     let output = agent.wait_with_output().expect("agent exit");
     let log = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{log}");

@@ -13,7 +13,6 @@
 //! Needs the Debian package `prometheus-alertmanager` (scripts/test installs it); without it the
 //! test fails, it never skips. Every process and listener started here is stopped on drop.
 
-mod common;
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -27,8 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use vantage::incident::{Incident, IncidentDb, Status};
 
-use common::{ServerProcess, free_port, require_binary};
 use support::Agent;
+use support::{ServerProcess, free_port, require_binary};
 
 /// One POST as it arrived: lower-case header names, the JSON body.
 #[derive(Debug, Clone)]

@@ -9,14 +9,16 @@
 //! Needs root (network namespaces) and nftables (`apt-get install nftables`); without them it
 //! fails, it never skips. The namespace and the agent are removed by Drop guards, also on panic.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vantage::incident::{IncidentDb, Status};
 
-const VANTAGE: &str = env!("CARGO_BIN_EXE_vantage");
+mod support;
+
+use support::{Agent, VANTAGE};
 
 /// A network namespace with only `lo` up, deleted on drop.
 struct Netns(String);
@@ -94,57 +96,6 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// The agent inside the namespace, killed on drop unless stopped cleanly.
-struct Agent {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(netns: &Netns, config: &Path, log: PathBuf) -> Agent {
-        let file = std::fs::File::create(&log).expect("agent log");
-        // `ip netns exec` execs the agent in place: the child's PID is the agent's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", &netns.0, VANTAGE, "run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "vantage=info")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start vantage run");
-        Agent {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn stop(mut self) -> String {
-        let mut child = self.child.take().expect("running agent");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("send SIGTERM");
-        assert!(status.success());
-        let exit = child.wait().expect("agent exit");
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        assert!(exit.success(), "agent exit {exit:?}:\n{log}");
-        log
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -258,7 +209,11 @@ min_hold = "3s"
     .expect("write config");
 
     // 1. The dead target opens one incident.
-    let agent = Agent::start(&netns, &config, dir.path().join("agent-1.log"));
+    let agent = Agent::start(
+        &["ip", "netns", "exec", &netns.0],
+        &config,
+        dir.path().join("agent-1.log"),
+    );
     let open = wait_for(
         "an incident to open",
         Duration::from_secs(30),
@@ -296,7 +251,11 @@ min_hold = "3s"
     assert!(first_log.contains("incident opened"), "{first_log}");
 
     // 2. Restart while it is open: resumed, not re-opened, not delivered again.
-    let agent = Agent::start(&netns, &config, dir.path().join("agent-2.log"));
+    let agent = Agent::start(
+        &["ip", "netns", "exec", &netns.0],
+        &config,
+        dir.path().join("agent-2.log"),
+    );
     wait_for(
         "the restarted agent to resume the incident",
         Duration::from_secs(10),
@@ -448,7 +407,11 @@ min_hold = "3s"
     );
     std::fs::write(&config, text).expect("write config");
 
-    let agent = Agent::start(&netns, &config, dir.path().join("agent.log"));
+    let agent = Agent::start(
+        &["ip", "netns", "exec", &netns.0],
+        &config,
+        dir.path().join("agent.log"),
+    );
     // Healthy first, then the uplink is cut.
     std::thread::sleep(Duration::from_secs(3));
     netns.cut_uplink();

@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::{Dnsmasq, HttpServer, closed_port, vantage};
+use support::{Dnsmasq, HttpServer, free_port, vantage};
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: not JSON: {text}"))
@@ -94,7 +94,7 @@ fn http_failures_name_the_assertion_and_exit_1() {
     );
 
     // Nobody listening: refused, nothing to assert on.
-    let url = format!("http://127.0.0.1:{}/", closed_port());
+    let url = format!("http://127.0.0.1:{}/", free_port());
     let (code, out, _) = vantage(&["http", &url]);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -123,6 +123,12 @@ fn http_json_has_the_measurement_fields_and_the_assertions() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let v = json(&out);
+    // serde_json keeps the last of duplicate keys: count each top-level key in the raw text.
+    for key in v.as_object().expect("an object").keys() {
+        let times = out.matches(&format!("\"{key}\":")).count();
+        assert_eq!(times, 1, "key {key:?} printed {times} times: {out}");
+    }
+    assert_eq!(v["method"], "GET");
     assert_eq!(v["status_code"], 200);
     assert_eq!(v["redirects"], 1);
     assert_eq!(v["final_url"], server.url("/health"));
@@ -246,7 +252,7 @@ fn tcp_connects_or_says_why_not() {
     assert!(v["connect_ms"].is_number());
     assert_eq!(v["resolve_ms"], 0.0, "a literal needs no lookup");
 
-    let closed = format!("127.0.0.1:{}", closed_port());
+    let closed = format!("127.0.0.1:{}", free_port());
     let (code, out, _) = vantage(&["tcp", "--json", &closed]);
     assert_eq!(code, 1, "{out}");
     let v = json(&out);

@@ -1,13 +1,13 @@
 //! `[[output]]` end to end: `vantage check` reaches the configured VictoriaMetrics, and every round
 //! `vantage run` stores in SQLite also arrives there, once, with its original timestamp.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::VictoriaMetrics;
+use support::VictoriaMetrics;
 
 const VANTAGE: &str = env!("CARGO_BIN_EXE_vantage");
 
@@ -74,7 +74,7 @@ flush_interval = "200ms"
         .spawn()
         .expect("agent");
     tokio::time::sleep(Duration::from_millis(4500)).await;
-    common::terminate(&agent);
+    support::terminate(&agent);
     let output = agent.wait_with_output().expect("agent exit");
     let log = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{log}");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use support::{Agent, Dnsmasq, HttpServer, closed_port, vantage};
+use support::{Agent, Dnsmasq, HttpServer, free_port, vantage};
 
 /// (measurement, probe, success, fields) of every stored observation.
 fn stored(data: &Path) -> Vec<(String, String, bool, serde_json::Value)> {
@@ -45,7 +45,7 @@ fn run_stores_http_dns_tcp_and_trace_results_that_report_shows() {
     let data = dir.path().join("data");
     let config = dir.path().join("vantage.toml");
     let web_port = web.addr.port();
-    let closed = closed_port();
+    let closed = free_port();
     std::fs::write(
         &config,
         format!(

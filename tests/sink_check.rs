@@ -2,9 +2,9 @@
 //! auth on (v1 API) — good credentials, a wrong password, a missing database, nobody listening,
 //! an unreadable secret, and `--offline`. No message carries a secret.
 
-mod common;
+mod support;
 
-use common::{Influxd, VictoriaMetrics, free_port};
+use support::{Influxd, VictoriaMetrics, free_port};
 use vantage::sinks::check::check_outputs;
 use vantage::sinks::{OutputConfig, SecretSource};
 
@@ -12,7 +12,7 @@ const PASSWORD: &str = "check-pass-5b2c91";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_reachability_and_credentials_per_output() {
-    common::init_logs();
+    support::init_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let vm = VictoriaMetrics::start(&dir.path().join("vm")).await;
     let influx = Influxd::start(&dir.path().join("influx"), "vantage", PASSWORD).await;

@@ -10,7 +10,7 @@
 //! | 3 (3 s) | up: the spooled backlog drains | still full |
 //! | 4 (4 s) | up | filler removed: new points are spooled and delivered again |
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Received, ScriptedEndpoint, lines_of, ping_record};
+use support::{Received, ScriptedEndpoint, lines_of, ping_record};
 use vantage::sinks::{OutputConfig, SinkOptions, Sinks};
 
 const RATE_PER_S: u64 = 500;
@@ -81,7 +81,7 @@ fn fill(path: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_counts_the_loss_exactly_and_delivery_resumes() {
     require_root();
-    common::init_logs();
+    support::init_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let mount = Tmpfs::mount(&dir.path().join("data"), "8m");
     let filler = mount.0.join("filler");
@@ -158,7 +158,7 @@ async fn full_disk_counts_the_loss_exactly_and_delivery_resumes() {
     let slowest = producer.join().expect("producer thread");
 
     let (offered, dropped) = sinks.offered();
-    common::wait_for("the spool drained", Duration::from_secs(60), || {
+    support::wait_for("the spool drained", Duration::from_secs(60), || {
         let s = sinks.stats().remove(0);
         async move { s.spool_points == 0 && s.delivered == s.accepted }
     })

@@ -2,14 +2,14 @@
 //! 503 + Retry-After, 429, 413, 400 with one poison line in 5,000, 401/403 then 2xx after a token
 //! rotation, a bounded spool, and a hand-off that never blocks. Exact counts throughout.
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Received, ScriptedEndpoint, lines_of, ping_record};
+use support::{Received, ScriptedEndpoint, lines_of, ping_record};
 use vantage::sinks::{OutputConfig, OutputStats, SecretSource, SinkOptions, Sinks};
 use vantage::store::Record;
 
@@ -38,7 +38,7 @@ fn output(url: &str) -> OutputConfig {
 }
 
 fn options() -> SinkOptions {
-    common::init_logs();
+    support::init_logs();
     let mut options = SinkOptions::new("test-agent", "lab");
     options.self_metrics_every = None;
     options
@@ -211,7 +211,7 @@ async fn status_413_splits_and_remembers_the_size() {
     for record in first {
         handle.offer(record);
     }
-    common::wait_for("first half", Duration::from_secs(60), || {
+    support::wait_for("first half", Duration::from_secs(60), || {
         let done = sinks.stats()[0].delivered == 5000;
         async move { done }
     })
@@ -220,7 +220,7 @@ async fn status_413_splits_and_remembers_the_size() {
     for record in second {
         handle.offer(record);
     }
-    common::wait_for("second half", Duration::from_secs(60), || {
+    support::wait_for("second half", Duration::from_secs(60), || {
         let done = sinks.stats()[0].delivered == 10_000;
         async move { done }
     })
@@ -332,7 +332,7 @@ async fn status_401_waits_for_a_rotated_token_and_loses_nothing() {
     for record in &records {
         handle.offer(record);
     }
-    common::wait_for("two 401s", Duration::from_secs(30), || {
+    support::wait_for("two 401s", Duration::from_secs(30), || {
         let n = server.received().len();
         async move { n >= 2 }
     })
@@ -350,7 +350,7 @@ async fn status_401_waits_for_a_rotated_token_and_loses_nothing() {
         "secret in an error: {error}"
     );
     std::fs::write(&token_file, "new-token-value\n").expect("rotate token");
-    common::wait_for("delivery after rotation", Duration::from_secs(30), || {
+    support::wait_for("delivery after rotation", Duration::from_secs(30), || {
         let done = sinks.stats()[0].delivered == 200;
         async move { done }
     })
@@ -420,13 +420,13 @@ async fn v1_basic_auth_403_then_204_after_password_rotation() {
     for record in &records {
         sinks.handle().offer(record);
     }
-    common::wait_for("a 403", Duration::from_secs(30), || {
+    support::wait_for("a 403", Duration::from_secs(30), || {
         let n = server.received().len();
         async move { n >= 1 }
     })
     .await;
     std::fs::write(&password_file, "right\n").expect("rotate password");
-    common::wait_for("delivery", Duration::from_secs(30), || {
+    support::wait_for("delivery", Duration::from_secs(30), || {
         let done = sinks.stats()[0].delivered == 20;
         async move { done }
     })
@@ -471,7 +471,7 @@ async fn spool_bound_drops_the_oldest_and_counts_exactly() {
     for record in &records {
         sinks.handle().offer(record);
     }
-    common::wait_for(
+    support::wait_for(
         "everything spooled, the bound enforced",
         Duration::from_secs(30),
         || {
@@ -484,7 +484,7 @@ async fn spool_bound_drops_the_oldest_and_counts_exactly() {
     assert!(full.spool_bytes <= 64 * 1024, "{full:?}");
     assert!(full.dropped_spool_full > 0);
     open.store(true, std::sync::atomic::Ordering::SeqCst);
-    common::wait_for("drained", Duration::from_secs(30), || {
+    support::wait_for("drained", Duration::from_secs(30), || {
         let s = sinks.stats().remove(0);
         async move { s.spool_points == 0 }
     })
@@ -546,7 +546,7 @@ async fn hand_off_never_blocks_and_counts_every_drop() {
         "the queue never filled; the test proves nothing"
     );
     assert_eq!(queued + dropped, 20_000);
-    common::wait_for("delivery", Duration::from_secs(60), || {
+    support::wait_for("delivery", Duration::from_secs(60), || {
         let s = sinks.stats().remove(0);
         async move { s.delivered == queued }
     })
@@ -591,13 +591,13 @@ async fn backlog_drains_in_order_exactly_once_with_the_next_batch_prepared_in_fl
     for record in &records {
         assert!(sinks.handle().offer(record));
     }
-    common::wait_for("the backlog spooled", Duration::from_secs(60), || {
+    support::wait_for("the backlog spooled", Duration::from_secs(60), || {
         let s = sinks.stats().remove(0);
         async move { s.spool_points == 20_000 }
     })
     .await;
     open.store(true, std::sync::atomic::Ordering::SeqCst);
-    common::wait_for("drained", Duration::from_secs(60), || {
+    support::wait_for("drained", Duration::from_secs(60), || {
         let s = sinks.stats().remove(0);
         async move { s.spool_points == 0 }
     })

@@ -1,6 +1,6 @@
 //! `vantage report` shows a "delivery" section per output from the spool.
 
-mod common;
+mod support;
 
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -14,19 +14,14 @@ fn report_shows_delivery_per_output() {
     let now = SystemTime::now();
     Store::open(dir.path())
         .expect("store")
-        .insert(&[common::ping_record("sjc1", now, 0)])
+        .insert(&[support::ping_record("sjc1", now, 0)])
         .expect("insert");
     let mut spool = Spool::open(dir.path()).expect("spool");
     let (vm, influx) = (
         spool.output_id("vm").expect("vm"),
         spool.output_id("influx").expect("influx"),
     );
-    let ts = |ago: u64| {
-        (now - Duration::from_secs(ago))
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos() as i64
-    };
+    let ts = |ago: u64| probes::unix_ns(now - Duration::from_secs(ago));
     let points: Vec<(i64, Vec<u8>)> = (0..10)
         .map(|i| {
             (

@@ -157,10 +157,7 @@ fn traces(data: &Path) -> Vec<(i64, String, bool, Vec<String>)> {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as i64
+    probes::unix_ns(std::time::SystemTime::now())
 }
 
 #[test]
@@ -186,11 +183,7 @@ fn a_trace_probe_flags_a_reroute_once_and_not_after_a_restart() {
         traces(&data).len() >= 3
     });
 
-    let changed_at = lab
-        .reroute_around_r2()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as i64;
+    let changed_at = probes::unix_ns(lab.reroute_around_r2());
 
     wait_until(
         "three traces after the reroute",

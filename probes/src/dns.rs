@@ -101,7 +101,7 @@ pub enum DnsTransport {
 }
 
 /// One DNS check. Build a [`DnsCheck`] from it once; run that often.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DnsSettings {
     /// The server to ask (address and port).
     pub server: SocketAddr,
@@ -131,7 +131,7 @@ impl DnsSettings {
 }
 
 /// What makes an answer a success. The default: rcode NOERROR, anything in the answer section.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DnsExpect {
     /// Accepted response codes by name (`NOERROR`, `NXDOMAIN`, ...); empty = `NOERROR` only.
     pub rcodes: Vec<String>,
@@ -168,7 +168,7 @@ pub struct DnsCheck {
 
 /// The `dns` measurement. `server` and `record_type` are the schema's tags; `success` and
 /// `failure` come from the outcome.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct DnsStats {
     pub server: String,
     pub record_type: String,

@@ -15,7 +15,8 @@
 //!   [`ClientSessionStore`] that never resumes records that instant. TLS = ready − that instant, and
 //!   connect = that instant − end of resolution. The same per-run certificate verifier wrapper
 //!   records the earliest `notAfter` of the presented chain (blackbox's
-//!   `probe_ssl_earliest_cert_expiry`), also when verification then fails.
+//!   `probe_ssl_earliest_cert_expiry`), also when verification then fails: so the chain is read
+//!   before it is trusted, with `x509-parser` (a certificate it cannot read has no expiry).
 //! - **processing**: connection ready → response headers (time to first byte, roughly).
 //! - **transfer**: headers → last body byte (after decompression).
 //!
@@ -25,11 +26,22 @@
 //! blackbox does); a hop to the same origin keeps the request headers, a hop to another origin
 //! drops `Authorization` and `Cookie`.
 //!
+//! A check that starts at a public address does not follow redirects into internal ones (loopback,
+//! link-local such as the cloud metadata service 169.254.169.254, RFC 1918 private, carrier-grade
+//! NAT, IPv6 unique local, unspecified; IPv4-mapped IPv6 counts as its IPv4 address) unless
+//! [`HttpSettings::follow_private_redirects`] is set: the probe would otherwise fetch (and time,
+//! and match against) the agent's own network on a remote server's say-so. "Public" is every
+//! other address, special-purpose ranges such as 198.18.0.0/15 (benchmarking) included. The start
+//! is judged by the address its connection reached; a redirect target by its literal host before
+//! any connection, or by every address its name resolves to, in the resolver the connection then
+//! uses (so a name that resolves to 169.254.169.254 is caught too, DNS rebinding included).
+//!
 //! ## Safety
 //! One deadline ([`HttpSettings::timeout`]) bounds the whole check, a server trickling a byte a
 //! second included; the body is read chunk by chunk and abandoned past
-//! [`HttpSettings::max_body_bytes`] counted after gzip decompression, so a gzip bomb costs at most
-//! that much memory.
+//! [`HttpSettings::max_body_bytes`] counted after gzip decompression. Only what the body
+//! expectations need is kept ([`BodySeen`]): nothing without any, a window the length of the
+//! longest `body_contains` text for those, the whole body (up to the cap) only for a regex.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -53,11 +65,11 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, NamedGroup, SignatureScheme};
 use serde::Serialize;
 
-use crate::net::{IpPreference, classify_io_error, ms};
+use crate::net::{IpPreference, classify_io_error, error_chain as chain, ms};
 use crate::observation::{FailureKind, Measurement, Observation, Outcome};
 
 /// Everything one HTTP check does and expects. Build an [`HttpCheck`] from it once; run that often.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpSettings {
     pub url: String,
     /// `GET` unless set.
@@ -68,6 +80,7 @@ pub struct HttpSettings {
     /// Bounds the whole check: every hop, every phase, the body.
     pub timeout: Duration,
     /// Hard cap on body bytes read (after decompression); more is a [`FailureKind::BodyLimit`].
+    /// The body is kept in memory (up to this) only when [`HttpExpect::body_matches`] is set.
     pub max_body_bytes: u64,
     /// Redirects followed before giving up with [`FailureKind::Redirect`]; 0 = do not follow, a 3xx
     /// is then the final response (and fails the default status expectation).
@@ -78,6 +91,9 @@ pub struct HttpSettings {
     pub server_name: Option<String>,
     /// PEM file of CA certificates to trust instead of the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Follow redirects from a public address into loopback, link-local or private ones (see the
+    /// module docs); off: such a redirect is a [`FailureKind::Redirect`].
+    pub follow_private_redirects: bool,
     pub expect: HttpExpect,
 }
 
@@ -94,19 +110,21 @@ impl HttpSettings {
             ip: IpPreference::Any,
             server_name: None,
             ca_file: None,
+            follow_private_redirects: false,
             expect: HttpExpect::default(),
         }
     }
 }
 
 /// What makes a response a success. The default: any 2xx status.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HttpExpect {
     /// Accepted status codes of the final response; empty = 200..=299.
     pub status_codes: Vec<u16>,
-    /// Substrings the body must contain.
+    /// Substrings the body must contain (searched as the body streams past).
     pub body_contains: Vec<String>,
-    /// Regexes (the `regex` crate's syntax) the body must match.
+    /// Regexes (the `regex` crate's syntax) the body must match. With any, the whole body (up to
+    /// [`HttpSettings::max_body_bytes`]) is kept in memory to run them on.
     pub body_matches: Vec<String>,
     /// Response headers that must be present with a value matching the regex.
     pub headers: Vec<HeaderMatch>,
@@ -287,6 +305,12 @@ impl HttpCheck {
     /// As [`HttpCheck::run`], and every expectation's result (empty when no complete response
     /// arrived: nothing could be checked). The observation's outcome is the first that failed.
     pub async fn run_detailed(&self) -> (Observation, Vec<AssertionResult>) {
+        let (observation, assertions, _) = self.run_seeing_body().await;
+        (observation, assertions)
+    }
+
+    /// As [`HttpCheck::run_detailed`], and what was kept of the body.
+    async fn run_seeing_body(&self) -> (Observation, Vec<AssertionResult>, BodySeen) {
         let started_at = SystemTime::now();
         let started = Instant::now();
         let recorder = Recorder::default();
@@ -295,11 +319,11 @@ impl HttpCheck {
             final_url: self.url.to_string(),
             ..HttpStats::default()
         };
-        let mut body = Vec::new();
+        let mut body = BodySeen::for_expect(&self.settings.expect);
         let exchange = self.exchange(&recorder, &mut stats, &mut body);
         let result = tokio::time::timeout(self.settings.timeout, exchange).await;
         stats.cert_expiry_days = recorder.cert_expiry_days();
-        stats.body_bytes = body.len() as u64;
+        stats.body_bytes = body.bytes;
         let mut assertions = Vec::new();
         let outcome = match result {
             Ok(Ok(response)) => {
@@ -327,13 +351,15 @@ impl HttpCheck {
             outcome,
             measurement: Measurement::Http(stats),
         };
-        (observation, assertions)
+        (observation, assertions, body)
     }
 
+    /// A client for one hop; `refuse_internal`: its resolver refuses names with internal addresses.
     fn client(
         &self,
         recorder: &Recorder,
         pins: HashMap<String, String>,
+        refuse_internal: bool,
     ) -> Result<reqwest::Client, Outcome> {
         let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_safe_default_protocol_versions()
@@ -352,6 +378,7 @@ impl HttpCheck {
                 recorder: recorder.clone(),
                 preference: self.settings.ip,
                 pins,
+                refuse_internal,
             }))
             .connector_layer(TimingLayer(recorder.clone()))
             .redirect(reqwest::redirect::Policy::none())
@@ -372,12 +399,15 @@ impl HttpCheck {
         &self,
         recorder: &Recorder,
         stats: &mut HttpStats,
-        body: &mut Vec<u8>,
+        body: &mut BodySeen,
     ) -> Result<Response, Outcome> {
         let mut url = self.url.clone();
         let mut method = self.method.clone();
         let mut headers = self.headers.clone();
         let mut request_body = self.settings.body.clone();
+        // Set once the first hop answered: it reached a public address, so the redirects it
+        // starts may not lead into internal ones.
+        let mut guard_redirects = false;
         loop {
             let (request_url, pins) = self.connect_url(&url, &mut headers)?;
             if let Some(ip) = literal_ip(&request_url)
@@ -391,7 +421,7 @@ impl HttpCheck {
                     ),
                 ));
             }
-            let client = self.client(recorder, pins)?;
+            let client = self.client(recorder, pins, guard_redirects)?;
             let mut request = client
                 .request(method.clone(), request_url)
                 .headers(headers.clone());
@@ -409,6 +439,13 @@ impl HttpCheck {
                 }
             };
             recorder.close_hop(stats, headers_at);
+            if stats.redirects == 0 {
+                // No peer address (never for a TCP connection) counts as public: refuse.
+                guard_redirects = !self.settings.follow_private_redirects
+                    && response
+                        .remote_addr()
+                        .is_none_or(|peer| internal_range(peer.ip()).is_none());
+            }
             let status = response.status();
             stats.status_code = Some(status.as_u16());
             stats.final_url = url.to_string();
@@ -425,6 +462,17 @@ impl HttpCheck {
                         ));
                     }
                     stats.redirects += 1;
+                    if guard_redirects
+                        && let Some(ip) = literal_ip(&next)
+                        && let Some(range) = internal_range(ip)
+                    {
+                        return Err(Outcome::failure(
+                            FailureKind::Redirect,
+                            format!(
+                                "redirect to {next} refused: {ip} is {range}; {PRIVATE_REDIRECT_HINT}"
+                            ),
+                        ));
+                    }
                     if next.origin() != url.origin() {
                         headers.remove(AUTHORIZATION);
                         headers.remove(COOKIE);
@@ -496,22 +544,23 @@ impl HttpCheck {
         mut response: reqwest::Response,
         headers_at: Instant,
         stats: &mut HttpStats,
-        body: &mut Vec<u8>,
+        body: &mut BodySeen,
     ) -> Result<Response, Outcome> {
         let cap = self.settings.max_body_bytes;
+        let needles = &self.settings.expect.body_contains;
         let result = loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
-                    let room = usize::try_from(cap.saturating_sub(body.len() as u64))
-                        .unwrap_or(usize::MAX);
+                    let room =
+                        usize::try_from(cap.saturating_sub(body.bytes)).unwrap_or(usize::MAX);
                     if chunk.len() > room {
-                        body.extend_from_slice(&chunk[..room]);
+                        body.take(&chunk[..room], needles);
                         break Err(Outcome::failure(
                             FailureKind::BodyLimit,
                             format!("body larger than {cap} bytes (after decompression)"),
                         ));
                     }
-                    body.extend_from_slice(&chunk);
+                    body.take(&chunk, needles);
                 }
                 Ok(None) => break Ok(()),
                 Err(error) => {
@@ -522,7 +571,7 @@ impl HttpCheck {
                 }
             }
         };
-        stats.body_bytes = body.len() as u64;
+        stats.body_bytes = body.bytes;
         stats.transfer_ms = Some(ms(headers_at.elapsed()));
         result?;
         Ok(Response {
@@ -537,7 +586,7 @@ impl HttpCheck {
     fn judge(
         &self,
         response: &Response,
-        body: &[u8],
+        body: &BodySeen,
         stats: &HttpStats,
         elapsed: Duration,
     ) -> (Outcome, Vec<AssertionResult>) {
@@ -598,10 +647,10 @@ impl HttpCheck {
                 format!("{name}: {}", matched.cloned().unwrap_or_default()),
             );
         }
-        for needle in &expect.body_contains {
+        for (needle, found) in expect.body_contains.iter().zip(&body.found) {
             check(
                 format!("body contains {needle:?}"),
-                (!contains(body, needle.as_bytes())).then(|| {
+                (!found).then(|| {
                     (
                         FailureKind::Assertion,
                         format!("body does not contain {needle:?}"),
@@ -611,7 +660,7 @@ impl HttpCheck {
             );
         }
         if !self.body_matches.is_empty() {
-            let text = String::from_utf8_lossy(body);
+            let text = String::from_utf8_lossy(body.kept.as_deref().unwrap_or_default());
             for regex in &self.body_matches {
                 check(
                     format!("body matches /{regex}/"),
@@ -706,8 +755,72 @@ impl HttpStats {
     }
 }
 
+/// What the body expectations need of a body, gathered as it streams past: the body itself only
+/// when a regex must run on it; for `body_contains`, which texts were seen.
+#[derive(Debug, Default)]
+struct BodySeen {
+    /// Bytes read, after decompression.
+    bytes: u64,
+    /// The body (up to the cap), kept only for [`HttpExpect::body_matches`].
+    kept: Option<Vec<u8>>,
+    /// Per [`HttpExpect::body_contains`] entry: seen yet?
+    found: Vec<bool>,
+    /// The body's last bytes, one short of the longest text not yet seen: a text split across
+    /// chunks is found when the next chunk arrives.
+    tail: Vec<u8>,
+}
+
+impl BodySeen {
+    fn for_expect(expect: &HttpExpect) -> Self {
+        BodySeen {
+            kept: (!expect.body_matches.is_empty()).then(Vec::new),
+            found: vec![false; expect.body_contains.len()],
+            ..BodySeen::default()
+        }
+    }
+
+    /// The next chunk of the body; `needles` are the `body_contains` texts.
+    fn take(&mut self, chunk: &[u8], needles: &[String]) {
+        self.bytes += chunk.len() as u64;
+        if let Some(kept) = &mut self.kept {
+            kept.extend_from_slice(chunk);
+        }
+        let longest_missing = needles
+            .iter()
+            .zip(&self.found)
+            .filter(|(_, found)| !**found)
+            .map(|(needle, _)| needle.len())
+            .max();
+        let Some(longest) = longest_missing else {
+            self.tail = Vec::new();
+            return;
+        };
+        let keep = longest.saturating_sub(1);
+        // Where the previous chunks end and this one begins: the only place the chunk alone misses.
+        let mut seam = std::mem::take(&mut self.tail);
+        seam.extend_from_slice(&chunk[..chunk.len().min(keep)]);
+        for (needle, found) in needles.iter().zip(&mut self.found) {
+            let needle = needle.as_bytes();
+            *found = *found || contains(chunk, needle) || contains(&seam, needle);
+        }
+        if chunk.len() >= keep {
+            seam.clear();
+            seam.extend_from_slice(&chunk[chunk.len() - keep..]);
+        } else {
+            seam.drain(..seam.len().saturating_sub(keep));
+        }
+        self.tail = seam;
+    }
+
+    /// Bytes of memory held for the body.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.kept.as_ref().map_or(0, Vec::capacity) + self.tail.capacity()
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 fn literal_ip(url: &Url) -> Option<std::net::IpAddr> {
@@ -718,26 +831,53 @@ fn literal_ip(url: &Url) -> Option<std::net::IpAddr> {
         .ok()
 }
 
+/// Which internal range `ip` is in (`None`: public), for redirects from a public address.
+fn internal_range(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else if v4.is_private() {
+                Some("private (RFC 1918)")
+            } else if a == 100 && (64..128).contains(&b) {
+                Some("carrier-grade NAT (100.64.0.0/10)")
+            } else if v4.is_unspecified() {
+                Some("unspecified (this host)")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("unique local (fc00::/7)")
+            } else if v6.is_unspecified() {
+                Some("unspecified (this host)")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Why a redirect into an internal address was refused, and how to allow it.
+const PRIVATE_REDIRECT_HINT: &str = "the check started at a public address, and follows \
+    redirects into internal ones only with follow_private_redirects = true (vantage http: \
+    --follow-private-redirects)";
+
 /// The absolute URL a 3xx response points to, if it has a usable `Location`.
 fn redirect_target(base: &Url, headers: &HeaderMap) -> Option<Url> {
     let location = headers.get(LOCATION)?.to_str().ok()?;
     let next = base.join(location).ok()?;
     matches!(next.scheme(), "http" | "https").then_some(next)
-}
-
-/// An error and its causes on one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Classify a failed request by the phase it died in and the errors in its cause chain.
@@ -748,6 +888,9 @@ fn classify_request_error(error: &reqwest::Error, phase: Phase) -> Outcome {
     while let Some(cause) = source {
         if cause.downcast_ref::<ResolveFailed>().is_some() {
             return Outcome::failure(FailureKind::Resolve, message);
+        }
+        if let Some(refused) = cause.downcast_ref::<InternalRedirect>() {
+            return Outcome::failure(FailureKind::Redirect, refused.to_string());
         }
         if cause.downcast_ref::<rustls::Error>().is_some() {
             return Outcome::failure(FailureKind::Tls, message);
@@ -773,74 +916,17 @@ fn classify_request_error(error: &reqwest::Error, phase: Phase) -> Outcome {
     Outcome::failure(kind, message)
 }
 
-/// Earliest `notAfter` of a DER certificate, in seconds since the Unix epoch. A minimal walk of
-/// `Certificate → TBSCertificate → Validity`, enough for expiry and nothing else.
+/// The `notAfter` of a DER certificate, in seconds since the Unix epoch; `None` if it does not
+/// parse. It reads the server's chain before (and whether or not) it is trusted, so it uses
+/// `x509-parser`, made for untrusted input, and leaves extensions unparsed (expiry needs none).
 pub fn cert_not_after(der: &[u8]) -> Option<i64> {
-    let (_, cert, _) = der_tlv(der)?;
-    let (_, mut tbs, _) = der_tlv(cert)?;
-    let (tag, _, rest) = der_tlv(tbs)?;
-    if tag == 0xa0 {
-        tbs = rest; // explicit version
-    }
-    let (_, _, rest) = der_tlv(tbs)?; // serialNumber
-    let (_, _, rest) = der_tlv(rest)?; // signature algorithm
-    let (_, _, rest) = der_tlv(rest)?; // issuer
-    let (tag, validity, _) = der_tlv(rest)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (_, _, after_not_before) = der_tlv(validity)?;
-    let (tag, not_after, _) = der_tlv(after_not_before)?;
-    let text = std::str::from_utf8(not_after).ok()?;
-    match tag {
-        0x17 if text.len() == 13 => {
-            // UTCTime YYMMDDHHMMSSZ; RFC 5280: YY >= 50 is 19YY
-            let yy: i64 = text[0..2].parse().ok()?;
-            let year = if yy >= 50 { 1900 + yy } else { 2000 + yy };
-            unix_from_parts(year, &text[2..12])
-        }
-        0x18 if text.len() == 15 => unix_from_parts(text[0..4].parse().ok()?, &text[4..14]),
-        _ => None,
-    }
-}
-
-/// `MMDDHHMMSS` of `year` to Unix seconds (UTC).
-fn unix_from_parts(year: i64, rest: &str) -> Option<i64> {
-    let field = |i: usize| rest.get(i..i + 2)?.parse::<i64>().ok();
-    let (month, day, hour, minute, second) =
-        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// One DER TLV: (tag, contents, rest). Single-byte tags only, which is all X.509 needs here.
-fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, input) = input.split_first()?;
-    let (&first, mut input) = input.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || input.len() < count {
-            return None;
-        }
-        let len = input[..count]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        input = &input[count..];
-        len
-    };
-    (input.len() >= len).then(|| (tag, &input[..len], &input[len..]))
+    use x509_parser::certificate::X509CertificateParser;
+    use x509_parser::nom::Parser;
+    let (_, cert) = X509CertificateParser::new()
+        .with_deep_parse_extensions(false)
+        .parse(der)
+        .ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// The phase a hop was in when it ended (or was cut off).
@@ -985,12 +1071,27 @@ struct TimedResolver {
     preference: IpPreference,
     /// lower-case name → host to resolve instead (server name override).
     pins: HashMap<String, String>,
+    /// A redirect from a public address: a name with any internal address is refused.
+    refuse_internal: bool,
 }
+
+/// A redirect target resolved to an internal address; see the module docs.
+#[derive(Debug)]
+struct InternalRedirect(String);
+
+impl fmt::Display for InternalRedirect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InternalRedirect {}
 
 impl reqwest::dns::Resolve for TimedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let recorder = self.recorder.clone();
         let preference = self.preference;
+        let refuse_internal = self.refuse_internal;
         let host = self
             .pins
             .get(&name.as_str().to_ascii_lowercase())
@@ -1005,6 +1106,17 @@ impl reqwest::dns::Resolve for TimedResolver {
                 result.map_err(|why| -> Box<dyn std::error::Error + Send + Sync> {
                     Box::new(ResolveFailed(why))
                 })?;
+            if refuse_internal
+                && let Some((ip, range)) = addrs
+                    .iter()
+                    .find_map(|a| Some((a.ip(), internal_range(a.ip())?)))
+            {
+                return Err(Box::new(InternalRedirect(format!(
+                    "redirect to {host} refused: it resolves to {ip}, which is {range}; \
+                     {PRIVATE_REDIRECT_HINT}"
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -1153,23 +1265,173 @@ impl ServerCertVerifier for RecordingVerifier {
 mod tests {
     use super::*;
 
-    #[test]
-    fn not_after_is_read_from_utc_and_generalized_time() {
-        assert_eq!(unix_from_parts(1970, "0101000000"), Some(0));
-        assert_eq!(unix_from_parts(2000, "0301000000"), Some(951_868_800));
-        assert_eq!(unix_from_parts(2038, "0119031408"), Some(2_147_483_648));
-        assert_eq!(unix_from_parts(2024, "1301000000"), None);
+    /// A self-signed certificate's DER, valid until `not_after`.
+    fn cert_until(not_after: time::OffsetDateTime) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["x.test".to_owned()]).expect("params");
+        params.not_after = not_after;
+        params.self_signed(&key).expect("cert").der().to_vec()
     }
 
     #[test]
-    fn der_lengths_in_long_form_are_read() {
-        let mut long = vec![0x04, 0x82, 0x01, 0x00];
-        long.extend(std::iter::repeat_n(7u8, 256));
-        long.push(0xff);
-        let (tag, contents, rest) = der_tlv(&long).expect("tlv");
-        assert_eq!((tag, contents.len(), rest), (0x04, 256, &[0xff][..]));
-        assert_eq!(der_tlv(&[0x04, 0x05, 1, 2]), None, "truncated");
+    fn not_after_is_read_from_utc_and_generalized_time() {
+        // RFC 5280: UTCTime up to 2049, GeneralizedTime from 2050.
+        let utc = cert_until(rcgen::date_time_ymd(2038, 1, 19));
+        assert_eq!(cert_not_after(&utc), Some(2_147_472_000));
+        let generalized = cert_until(rcgen::date_time_ymd(2050, 1, 1));
+        assert_eq!(cert_not_after(&generalized), Some(2_524_608_000));
         assert_eq!(cert_not_after(b"not a certificate"), None);
+        assert_eq!(cert_not_after(&utc[..utc.len() / 2]), None, "truncated");
+    }
+
+    #[test]
+    fn a_non_ascii_not_after_is_no_expiry_not_a_panic() {
+        let mut der = cert_until(rcgen::date_time_ymd(2038, 1, 19));
+        // Validity: SEQUENCE of two 13-byte UTCTimes; put a 3-byte UTF-8 character in notAfter,
+        // so that byte offsets no longer fall on character boundaries.
+        let validity = der
+            .windows(4)
+            .position(|w| w == [0x30, 0x1e, 0x17, 0x0d])
+            .expect("a UTCTime validity");
+        let not_after = validity + 2 + 15 + 2;
+        der[not_after + 1..not_after + 4].copy_from_slice("€".as_bytes());
+        assert_eq!(cert_not_after(&der), None);
+    }
+
+    #[test]
+    fn body_contains_finds_texts_split_across_chunks_keeping_only_a_short_tail() {
+        let needles = [
+            "hello world".to_owned(),
+            "!".to_owned(),
+            "absent".to_owned(),
+        ];
+        let expect = HttpExpect {
+            body_contains: needles.to_vec(),
+            ..HttpExpect::default()
+        };
+        let mut seen = BodySeen::for_expect(&expect);
+        for chunk in ["xxhel", "l", "o w", "orld and much more text after it", "!"] {
+            seen.take(chunk.as_bytes(), &needles);
+            assert!(seen.tail.len() < "hello world".len(), "{seen:?}");
+        }
+        assert_eq!(seen.found, [true, true, false]);
+        assert_eq!(seen.bytes, 42);
+        assert_eq!(seen.kept, None);
+    }
+
+    /// A loopback server answering every request with `size` bytes of `.` ending in `THE END`.
+    async fn serve_large_body(size: usize) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request).await;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+                    );
+                    stream.write_all(head.as_bytes()).await?;
+                    let block = vec![b'.'; 1 << 16];
+                    let mut left = size - "THE END".len();
+                    while left > 0 {
+                        let n = left.min(block.len());
+                        stream.write_all(&block[..n]).await?;
+                        left -= n;
+                    }
+                    stream.write_all(b"THE END").await?;
+                    stream.shutdown().await
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_body_is_kept_in_memory_only_for_a_regex() {
+        let run = |size: usize, expect: HttpExpect| async move {
+            let addr = serve_large_body(size).await;
+            let check = HttpCheck::new(HttpSettings {
+                max_body_bytes: size as u64,
+                timeout: Duration::from_secs(60),
+                expect,
+                ..HttpSettings::new(format!("http://{addr}/"))
+            })
+            .expect("settings");
+            let (observation, _, seen) = check.run_seeing_body().await;
+            assert_eq!(observation.outcome, Outcome::Success, "{observation:?}");
+            let Measurement::Http(stats) = observation.measurement else {
+                panic!("not http: {observation:?}");
+            };
+            assert_eq!(stats.body_bytes, size as u64);
+            seen.held()
+        };
+        let counted_only = run(64 << 20, HttpExpect::default()).await;
+        assert_eq!(counted_only, 0, "no body expectation: nothing kept");
+        let searched = run(
+            64 << 20,
+            HttpExpect {
+                body_contains: vec!["THE END".to_owned()],
+                ..HttpExpect::default()
+            },
+        )
+        .await;
+        assert!(searched < 64, "body_contains kept {searched} bytes");
+        let matched = run(
+            1 << 20,
+            HttpExpect {
+                body_matches: vec!["THE END$".to_owned()],
+                ..HttpExpect::default()
+            },
+        )
+        .await;
+        assert!(
+            matched >= 1 << 20,
+            "a regex needs the whole body: {matched}"
+        );
+    }
+
+    #[test]
+    fn internal_ranges_are_told_from_public_addresses() {
+        let range = |ip: &str| internal_range(ip.parse().expect("ip"));
+        for (ip, expected) in [
+            ("169.254.169.254", "link-local"),
+            ("::ffff:169.254.169.254", "link-local"),
+            ("fe80::1", "link-local"),
+            ("febf::1", "link-local"),
+            ("127.0.0.1", "loopback"),
+            ("127.255.0.9", "loopback"),
+            ("::1", "loopback"),
+            ("10.1.2.3", "private (RFC 1918)"),
+            ("172.16.0.1", "private (RFC 1918)"),
+            ("172.31.255.255", "private (RFC 1918)"),
+            ("192.168.1.1", "private (RFC 1918)"),
+            ("100.64.0.1", "carrier-grade NAT (100.64.0.0/10)"),
+            ("100.127.255.255", "carrier-grade NAT (100.64.0.0/10)"),
+            ("fc00::1", "unique local (fc00::/7)"),
+            ("fd00:18::2", "unique local (fc00::/7)"),
+            ("0.0.0.0", "unspecified (this host)"),
+            ("::", "unspecified (this host)"),
+        ] {
+            assert_eq!(range(ip), Some(expected), "{ip}");
+        }
+        for public in [
+            "172.32.0.1",
+            "172.15.255.255",
+            "100.63.255.255",
+            "100.128.0.1",
+            "169.253.0.1",
+            "198.18.0.2",
+            "192.0.2.1",
+            "fec0::1",
+            "2001:db8::1",
+            "::ffff:198.18.0.2",
+        ] {
+            assert_eq!(range(public), None, "{public}");
+        }
     }
 
     #[test]

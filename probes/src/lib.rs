@@ -17,8 +17,9 @@
 //! - [`net`]: what the TCP and HTTP checks share: [`IpPreference`], resolution, error classes
 //!
 //! ## Example
-//! ```no_run
-//! # async fn demo() -> Result<(), probes::IcmpError> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), probes::IcmpError> {
 //! use std::time::Duration;
 //! let client = probes::IcmpClient::new()?;
 //! let plan = probes::RoundPlan { count: 5, spacing: Duration::from_millis(200), timeout: Duration::from_secs(1) };
@@ -26,6 +27,7 @@
 //! let observation = client.round("127.0.0.1".parse().expect("address"), plan, &stop).await;
 //! if let probes::Measurement::Ping(stats) = &observation.measurement {
 //!     println!("loss {}%, median {:?} ms", stats.loss_pct, stats.rtt_median_ms);
+//!     assert_eq!(stats.sent, 5);
 //! }
 //! # Ok(()) }
 //! ```
@@ -47,7 +49,7 @@ pub use http::{
 };
 pub use icmp::{IcmpClient, IcmpError, RoundPlan};
 pub use net::IpPreference;
-pub use observation::{FailureKind, Measurement, Observation, Outcome};
+pub use observation::{FailureKind, Measurement, Observation, Outcome, unix_ns};
 pub use stats::PingStats;
 pub use tcp::{TcpSettings, TcpStats};
 pub use tokio_util::sync::CancellationToken;

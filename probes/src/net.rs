@@ -1,5 +1,5 @@
-//! What the TCP and HTTP checks share: resolving a host with an address-family preference, and
-//! classifying socket errors into [`FailureKind`]s.
+//! What the checks share: resolving a host with an address-family preference, whether raw
+//! sockets are allowed, and classifying socket errors into [`FailureKind`]s.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -87,6 +87,51 @@ pub async fn resolve(
     (result, took)
 }
 
+/// The first address of `host` by `preference` (see [`resolve`]), for checks that measure one
+/// address (ICMP rounds, DNS queries).
+pub async fn resolve_one(host: &str, preference: IpPreference) -> Result<IpAddr, String> {
+    let (resolved, _) = resolve(host, 0, preference).await;
+    resolved?
+        .first()
+        .map(SocketAddr::ip)
+        .ok_or_else(|| format!("{host} has no address"))
+}
+
+/// Whether this process may open raw sockets (`CAP_NET_RAW` in its effective set). Traces need
+/// it (every protocol: trippy cannot trace over ping sockets); without it each trace is a failure
+/// saying so.
+pub fn has_cap_net_raw() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|status| effective_caps(&status).is_some_and(|caps| caps & CAP_NET_RAW != 0))
+}
+
+/// Bit 13 of the capability sets (linux/capability.h).
+const CAP_NET_RAW: u64 = 1 << 13;
+
+/// The `CapEff:` mask of a `/proc/<pid>/status` text.
+fn effective_caps(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// An error and its causes on one line, e.g. "error sending request for url (…): connection
+/// refused"; a cause whose text is already there is left out.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The failure class of a socket error from connecting (or of an I/O error later on the connection).
 pub fn classify_io_error(error: &io::Error) -> FailureKind {
     match error.kind() {
@@ -116,6 +161,44 @@ pub(crate) fn ms(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_capability_check_agrees_with_opening_a_raw_socket() {
+        // Independent of /proc: the kernel itself says whether this process may open one.
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        );
+        assert_eq!(has_cap_net_raw(), raw.is_ok(), "raw socket: {raw:?}");
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_without_repeats() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("sending the request")]
+        struct Quiet(#[source] io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("sending the request: {0}")]
+        struct Repeats(#[source] io::Error);
+        let refused = || io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused");
+        let expected = "sending the request: connection refused";
+        assert_eq!(error_chain(&Quiet(refused())), expected);
+        assert_eq!(error_chain(&Repeats(refused())), expected);
+    }
+
+    #[test]
+    fn the_effective_set_is_read_from_capeff() {
+        let status =
+            |eff: &str| format!("Name:\tvantage\nCapInh:\t0000000000002000\nCapEff:\t{eff}\n");
+        let root = effective_caps(&status("000001ffffffffff")).expect("mask");
+        assert_ne!(root & CAP_NET_RAW, 0);
+        let setcap = effective_caps(&status("0000000000002000")).expect("mask");
+        assert_eq!(setcap, CAP_NET_RAW);
+        let none = effective_caps(&status("0000000000000000")).expect("mask");
+        assert_eq!(none & CAP_NET_RAW, 0, "CapInh is not the effective set");
+        assert_eq!(effective_caps("Name:\tvantage\n"), None);
+    }
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter()

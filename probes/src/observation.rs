@@ -130,7 +130,9 @@ impl Measurement {
     }
 }
 
-pub(crate) fn unix_ns(t: SystemTime) -> i64 {
+/// Nanoseconds since the Unix epoch, as the stores and line protocol keep time (0 before 1970,
+/// `i64::MAX` after 2262).
+pub fn unix_ns(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)

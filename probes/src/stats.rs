@@ -25,6 +25,13 @@ pub struct PingStats {
     pub rtts_ms: Vec<Option<f64>>,
 }
 
+/// A round that sent nothing: 100% loss, no RTTs.
+impl Default for PingStats {
+    fn default() -> Self {
+        PingStats::from_rtts(Vec::new())
+    }
+}
+
 impl PingStats {
     /// Summarise a round: one entry per echo sent, in send order, `None` for a lost echo.
     pub fn from_rtts(rtts_ms: Vec<Option<f64>>) -> Self {
@@ -76,9 +83,24 @@ pub fn percentile(sorted: &[f64], pct: f64) -> Option<f64> {
     Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64))
 }
 
+/// The median of `values` in any order (the mean of the middle two for an even count); `None`
+/// when there are none.
+pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.into_iter().collect();
+    sorted.sort_by(f64::total_cmp);
+    percentile(&sorted, 50.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_even_and_odd_counts_in_any_order() {
+        assert_eq!(median([3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median([4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median([]), None);
+    }
 
     fn close(a: Option<f64>, b: f64) -> bool {
         a.is_some_and(|a| (a - b).abs() < 1e-9)

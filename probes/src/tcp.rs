@@ -39,7 +39,7 @@ impl TcpSettings {
 }
 
 /// The `tcp` measurement. `success` and `failure` come from the observation's outcome.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct TcpStats {
     /// Handshake time; `None` when no connection was established.
     pub connect_ms: Option<f64>,

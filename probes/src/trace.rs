@@ -55,7 +55,7 @@ pub enum TraceProtocol {
 }
 
 /// One path trace.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TraceSettings {
     /// A name or an IP literal.
     pub target: String,
@@ -112,6 +112,13 @@ pub struct TraceReport {
     /// Whether `path_hash` differs from the previous trace of the same target. One trace cannot
     /// know: always `false` here, set by whoever keeps the previous hash (the agent's trace probe).
     pub path_changed: bool,
+}
+
+/// A trace that did not run: no target address, no hops.
+impl Default for TraceReport {
+    fn default() -> Self {
+        TraceReport::new(IpAddr::from([0, 0, 0, 0]), Vec::new())
+    }
 }
 
 /// One TTL of a trace (the `trace_hop` measurement). Serialized with `address` too, the first of

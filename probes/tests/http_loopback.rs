@@ -1,6 +1,8 @@
 //! HTTP checks against real servers started here on loopback: plain and TLS (with a test CA),
 //! phase timings, expectations, redirects, and hostile servers (endless body, trickle, redirect
-//! loop, gzip bomb) that must each end within the deadline with a classified failure.
+//! loop, gzip bomb) that must each end within the deadline with a classified failure. Redirects
+//! from a public address into internal ones run in a lab namespace, where the agent's 198.18.0.2
+//! is the public start (needs root; fails, never skips, without it).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -255,6 +257,16 @@ impl TestPki {
 
     /// A server config presenting a leaf for `names`, valid for `days` more days.
     fn server(&self, names: &[&str], days: i64) -> Arc<rustls::ServerConfig> {
+        self.server_with(names, days, |_| {})
+    }
+
+    /// As [`TestPki::server`], with the leaf's DER changed by `patch` after signing.
+    fn server_with(
+        &self,
+        names: &[&str],
+        days: i64,
+        patch: impl FnOnce(&mut Vec<u8>),
+    ) -> Arc<rustls::ServerConfig> {
         let key = rcgen::KeyPair::generate().expect("leaf key");
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -262,14 +274,19 @@ impl TestPki {
         params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
         params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
         let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
-        let leaf = params.signed_by(&key, &issuer).expect("sign leaf");
+        let mut leaf = params
+            .signed_by(&key, &issuer)
+            .expect("sign leaf")
+            .der()
+            .to_vec();
+        patch(&mut leaf);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_no_client_auth()
             .with_single_cert(
-                vec![leaf.der().clone()],
+                vec![leaf.into()],
                 rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
             )
             .expect("server config");
@@ -424,6 +441,37 @@ async fn an_untrusted_certificate_is_a_tls_failure_with_its_expiry_still_recorde
     let s = stats(&obs);
     assert!(s.cert_expiry_days.is_some_and(|d| d > 99.0), "{s:?}");
     assert!(s.tls_ms.is_some(), "{s:?}");
+    assert_eq!(s.status_code, None);
+}
+
+#[tokio::test]
+async fn a_certificate_with_a_non_ascii_expiry_is_a_tls_failure_not_a_panic() {
+    let pki = TestPki::new();
+    // The leaf's notAfter UTCTime gets a 3-byte UTF-8 character where digits belong (which also
+    // breaks its signature): the expiry is unreadable and the chain untrusted.
+    let hostile = pki.server_with(&["localhost"], 10, |der| {
+        let validity = der
+            .windows(4)
+            .position(|w| w == [0x30, 0x1e, 0x17, 0x0d])
+            .expect("a UTCTime validity");
+        let not_after = validity + 2 + 15 + 2;
+        der[not_after + 1..not_after + 4].copy_from_slice("€".as_bytes());
+    });
+    let server = Server::start("127.0.0.1:0", Some(hostile), Arc::new(|_| ok("x"))).await;
+    let url = format!("https://localhost:{}/", server.addr.port());
+    let obs = run(HttpSettings {
+        ca_file: Some(pki.ca_path()),
+        ip: IpPreference::V4Only,
+        ..HttpSettings::new(url)
+    })
+    .await;
+    assert_eq!(
+        failure(&obs).map(|f| f.0),
+        Some(FailureKind::Tls),
+        "{obs:?}"
+    );
+    let s = stats(&obs);
+    assert_eq!(s.cert_expiry_days, None, "{s:?}");
     assert_eq!(s.status_code, None);
 }
 
@@ -664,6 +712,99 @@ async fn redirects_are_followed_counted_and_limited() {
         "not following: the 302 is final: {obs:?}"
     );
     assert_eq!(stats(&obs).status_code, Some(302));
+}
+
+fn redirect_to(location: String) -> Reply {
+    Reply::Full {
+        status: 302,
+        headers: vec![("Location".into(), location)],
+        body: vec![],
+        delay: Duration::ZERO,
+    }
+}
+
+#[test]
+fn redirects_from_a_public_address_into_internal_ones_need_the_option() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let lab = lab::Lab::routed();
+    lab.agent().inside(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let hits = Arc::new(AtomicUsize::new(0));
+            let counted: Handler = {
+                let hits = Arc::clone(&hits);
+                Arc::new(move |_| {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    ok("internal")
+                })
+            };
+            let loopback = Server::start("127.0.0.1:0", None, Arc::clone(&counted)).await;
+            let ula = Server::start("[fd00:18::2]:0", None, counted).await;
+            let (port, ula_port) = (loopback.addr.port(), ula.addr.port());
+            let public = Server::start(
+                &format!("{}:0", lab::addr::AGENT),
+                None,
+                Arc::new(move |r: &Request| {
+                    redirect_to(match r.path.as_str() {
+                        "/to-loopback" => format!("http://127.0.0.1:{port}/"),
+                        // A name, not a literal: caught where it resolves (to 127.0.0.1).
+                        "/to-name" => format!("http://localhost:{port}/"),
+                        "/to-ula" => format!("http://[fd00:18::2]:{ula_port}/"),
+                        "/via-public" => "/to-loopback".to_owned(),
+                        _ => return ok("public"),
+                    })
+                }),
+            )
+            .await;
+            let cases = [
+                ("/to-loopback", "127.0.0.1 is loopback"),
+                ("/to-name", "resolves to 127.0.0.1, which is loopback"),
+                ("/to-ula", "fd00:18::2 is unique local"),
+                ("/via-public", "127.0.0.1 is loopback"),
+            ];
+            for (path, why) in cases {
+                let obs = run(HttpSettings::new(format!("http://{}{path}", public.addr))).await;
+                let (kind, message) = failure(&obs).unwrap_or_else(|| panic!("{path}: {obs:?}"));
+                assert_eq!(kind, FailureKind::Redirect, "{path}: {obs:?}");
+                assert!(message.contains(why), "{path}: {message}");
+                assert!(
+                    message.contains("follow_private_redirects = true"),
+                    "{message}"
+                );
+                assert_eq!(stats(&obs).status_code, Some(302), "{path}: {obs:?}");
+            }
+            assert_eq!(
+                hits.load(Ordering::SeqCst),
+                0,
+                "an internal server was reached"
+            );
+
+            for (path, _) in cases {
+                let obs = run(HttpSettings {
+                    follow_private_redirects: true,
+                    ..HttpSettings::new(format!("http://{}{path}", public.addr))
+                })
+                .await;
+                assert!(obs.is_success(), "{path}: {obs:?}");
+            }
+            assert_eq!(hits.load(Ordering::SeqCst), cases.len());
+
+            // An internal start may redirect anywhere internal (loopback to ULA here).
+            let internal_start = Server::start(
+                "127.0.0.1:0",
+                None,
+                Arc::new(move |_: &Request| {
+                    redirect_to(format!("http://[fd00:18::2]:{ula_port}/"))
+                }),
+            )
+            .await;
+            let obs = run(HttpSettings::new(internal_start.url("/"))).await;
+            assert!(obs.is_success(), "{obs:?}");
+        });
+    });
 }
 
 #[tokio::test]

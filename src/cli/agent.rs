@@ -25,7 +25,7 @@ const STORE_QUEUE: usize = 16_384;
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// At shutdown, keep delivering spooled points to the outputs for at most this long (what is
 /// left stays in the spool for the next start).
-const SINK_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const SINK_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = match Config::load(path) {

@@ -52,7 +52,12 @@ pub struct Args {
     /// Redirects to follow before failing (0: report the 3xx itself).
     #[arg(long, default_value_t = 10)]
     max_redirects: u32,
-    /// Read at most this many body bytes (after decompression).
+    /// Follow redirects from a public address into loopback, link-local or private ones (refused
+    /// by default: a remote server could point the check at this host's network).
+    #[arg(long)]
+    follow_private_redirects: bool,
+    /// Read at most this many body bytes (after decompression); the body is kept in memory only
+    /// for --body-regex.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: u64,
     /// Give up after this many milliseconds (the whole check: every redirect, the body).
@@ -72,11 +77,11 @@ pub struct Args {
     url: String,
 }
 
-/// `--json` output.
+/// `--json` output. The method comes with the measurement's fields (a `method` here too would print
+/// the key twice).
 #[derive(Debug, Serialize)]
 struct HttpLine<'a> {
     url: &'a str,
-    method: &'a str,
     #[serde(flatten)]
     stats: &'a probes::HttpStats,
     success: bool,
@@ -112,6 +117,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_millis(args.timeout_ms),
         max_body_bytes: args.max_body_bytes,
         max_redirects: args.max_redirects,
+        follow_private_redirects: args.follow_private_redirects,
         ip: if args.ipv4 {
             IpPreference::V4Only
         } else if args.ipv6 {
@@ -143,7 +149,6 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         let line = HttpLine {
             url: &args.url,
-            method: &args.method,
             stats,
             success: observation.is_success(),
             failure,

@@ -11,8 +11,8 @@ use probes::{
 use serde::Serialize;
 
 use super::table;
-use crate::config::FamilyPreference;
-use crate::probe::resolve;
+use probes::IpPreference;
+use probes::net::resolve_one;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -74,7 +74,7 @@ async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
         let offset = plan.spacing / n * index as u32;
         rounds.spawn(async move {
             tokio::time::sleep(offset).await;
-            let result = match resolve(&target, FamilyPreference::Any).await {
+            let result = match resolve_one(&target, IpPreference::Any).await {
                 Ok(address) => Ok((address, client.round(address, plan, &stop).await)),
                 Err(message) => Err(message),
             };

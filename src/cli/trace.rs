@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use probes::{FailureKind, IpPreference, Measurement, Outcome, TraceProtocol, TraceSettings};
 
 use crate::config::TRACE_GRACE;
-use crate::probe::has_cap_net_raw;
+use probes::net::has_cap_net_raw;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

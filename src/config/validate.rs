@@ -217,7 +217,7 @@ const ICMP: [Key; 2] = [
     key("spacing", Type::Duration, r#"spacing = "900ms""#),
 ];
 const TCP: [Key; 1] = [key("port", Type::Integer, "port = 443")];
-const HTTP: [Key; 16] = [
+const HTTP: [Key; 17] = [
     key("scheme", Type::Str, r#"scheme = "https""#),
     key("port", Type::Integer, "port = 8443"),
     key("path", Type::Str, r#"path = "/healthz""#),
@@ -254,6 +254,11 @@ const HTTP: [Key; 16] = [
     ),
     key("max_redirects", Type::Integer, "max_redirects = 3"),
     key("max_body_bytes", Type::Integer, "max_body_bytes = 1048576"),
+    key(
+        "follow_private_redirects",
+        Type::Bool,
+        "follow_private_redirects = true",
+    ),
 ];
 const DNS: [Key; 8] = [
     key("query", Type::Str, r#"query = "www.example.net""#),

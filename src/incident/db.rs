@@ -7,50 +7,19 @@
 //! unless it failed before it was marked delivered, so sinks de-duplicate by idempotency key.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
 use super::outbox::{EventKind, OutboxEvent};
 use super::{DB_FILE, Incident, Status, Timestamp};
 
-#[derive(Debug)]
-pub struct IncidentDb {
-    conn: Connection,
-    path: PathBuf,
-}
+/// How long a statement waits for another connection's lock before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One sink's delivery of one event, for `vantage incidents show` and tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub idempotency_key: String,
-    pub sink: String,
-    pub attempts: u32,
-    pub delivered: bool,
-    pub last_error: Option<String>,
-}
-
-/// One sink's share of one incident's events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkProgress {
-    pub sink: String,
-    pub events: u32,
-    pub delivered: u32,
-    pub last_error: Option<String>,
-}
-
-impl IncidentDb {
-    /// Open (creating if needed) `incidents.db` in `data_dir`.
-    pub fn open(data_dir: &Path) -> anyhow::Result<IncidentDb> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-        let path = data_dir.join(DB_FILE);
-        let conn = Connection::open(&path)
-            .with_context(|| format!("cannot open incident state {}", path.display()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             PRAGMA busy_timeout = 5000;
+/// The tables, created once by [`IncidentDb::open`].
+const SCHEMA: &str = "
              CREATE TABLE IF NOT EXISTS incidents (
                  id        TEXT PRIMARY KEY,
                  seq       INTEGER NOT NULL UNIQUE,
@@ -80,14 +49,106 @@ impl IncidentDb {
                  delivered_ns INTEGER,
                  last_error   TEXT,
                  PRIMARY KEY (outbox_seq, sink)
-             );",
+             );";
+
+/// Switch the file to WAL (once per file; a no-op after). Switching upgrades a shared lock to an
+/// exclusive one, and when another connection does the same at that moment SQLite answers
+/// "database is locked" at once instead of waiting (waiting could deadlock): retry, within the
+/// busy timeout. Several threads opening a new file at once hit this.
+fn use_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let give_up = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Err(rusqlite::Error::SqliteFailure(error, _))
+                if error.code == ErrorCode::DatabaseBusy && Instant::now() < give_up =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result.map(drop),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct IncidentDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// One sink's delivery of one event, for `vantage incidents show` and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub idempotency_key: String,
+    pub sink: String,
+    pub attempts: u32,
+    pub delivered: bool,
+    pub last_error: Option<String>,
+}
+
+/// One sink's share of one incident's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkProgress {
+    pub sink: String,
+    pub events: u32,
+    pub delivered: u32,
+    pub last_error: Option<String>,
+}
+
+impl IncidentDb {
+    /// Open (creating if needed) `incidents.db` in `data_dir`, and create or update its tables.
+    /// The agent calls this once, on its own thread, before any of its threads opens the file
+    /// with [`IncidentDb::open_existing`]; tools and tests may call it at any time.
+    pub fn open(data_dir: &Path) -> anyhow::Result<IncidentDb> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let db = IncidentDb::connect(data_dir, OpenFlags::default())?;
+        use_wal(&db.conn)
+            .and_then(|()| {
+                db.conn
+                    .execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
+            })
+            .with_context(|| {
+                format!(
+                    "cannot initialise incident state {} (is another program holding it, or the disk full?)",
+                    db.path.display()
+                )
+            })?;
+        Ok(db)
+    }
+
+    /// Open `incidents.db` that [`IncidentDb::open`] created: a thread of the agent opening its
+    /// own connection neither creates the file nor changes its schema, so threads starting at
+    /// once never race on either.
+    pub fn open_existing(data_dir: &Path) -> anyhow::Result<IncidentDb> {
+        IncidentDb::connect(
+            data_dir,
+            OpenFlags::default().difference(OpenFlags::SQLITE_OPEN_CREATE),
         )
-        .with_context(|| format!("cannot initialise incident state {}", path.display()))?;
+    }
+
+    fn connect(data_dir: &Path, flags: OpenFlags) -> anyhow::Result<IncidentDb> {
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open_with_flags(&path, flags)
+            .with_context(|| format!("cannot open incident state {}", path.display()))?;
+        // First of all: every statement after this waits for a lock instead of failing at once
+        // with "database is locked" while another thread of the agent holds it.
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .and_then(|()| conn.execute_batch("PRAGMA synchronous = FULL;"))
+            .with_context(|| format!("cannot open incident state {}", path.display()))?;
         Ok(IncidentDb { conn, path })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Tests: make the file refuse to grow ("database or disk is full"), or lift that.
+    #[cfg(test)]
+    pub(crate) fn set_full(&self, full: bool) {
+        let pages: i64 = if full { 1 } else { 1 << 30 };
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .expect("max_page_count");
     }
 
     /// A new id for an incident detected on `date` (`2026-11-21` → `20261121-001`).
@@ -323,5 +384,53 @@ impl IncidentDb {
             .optional()?;
         data.map(|d| serde_json::from_str(&d).context("corrupt incident"))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11: the agent's threads opened a fresh `incidents.db` at once, and one in fifty
+    /// starts failed with "database is locked" (switching the new file to WAL). The agent now
+    /// creates it once before its threads start, and opening is safe anyway: connections opening
+    /// a new file at the same instant (the agent's threads, a tool) all succeed.
+    #[test]
+    fn connections_opening_a_new_file_at_once_all_succeed() {
+        const THREADS: usize = 8;
+        for _ in 0..100 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let start = std::sync::Barrier::new(THREADS);
+            std::thread::scope(|scope| {
+                let opening: Vec<_> = (0..THREADS)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            start.wait();
+                            IncidentDb::open(dir.path())
+                        })
+                    })
+                    .collect();
+                for thread in opening {
+                    if let Err(error) = thread.join().expect("no panic") {
+                        panic!("{error:#}");
+                    }
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn open_existing_does_not_create_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = IncidentDb::open_existing(dir.path()).expect_err("no file yet");
+        assert!(
+            format!("{error:#}").contains("cannot open incident state"),
+            "{error:#}"
+        );
+        assert!(!dir.path().join(DB_FILE).exists());
+        IncidentDb::open(dir.path()).expect("created");
+        IncidentDb::open_existing(dir.path())
+            .and_then(|db| db.register_sink("directory"))
+            .expect("opened");
     }
 }

@@ -2,21 +2,27 @@
 //! trace to each affected target (a few of them, at most), rendered like `mtr --report`, with the
 //! verdict ([`probes::verdict_text`]: where loss starts, where latency steps up).
 //!
-//! Bounded and off the probing path: the manager runs it on the rules thread (never on a probe's),
-//! the traces run in parallel on threads of their own, each for at most `ROUNDS × ROUND + grace`,
-//! and the manager waits at most [`TraceDiagnostics::budget`] for them; a trace that is not done by
-//! then (its target's name still resolving, say) is left to finish on its own and not attached.
+//! Off the rules thread and bounded: [`Diagnostics::start`] returns at once, and the traces run
+//! on threads of their own, at most [`MAX_CONCURRENT_TRACES`] at a time (the others wait their
+//! turn), each for at most `ROUNDS × ROUND + grace`. A trace to a target already being traced, or
+//! traced in the last [`REUSE`], serves every incident that asks (a per-target and a group
+//! incident opening for one fault share it). The manager polls; an incident waits at most
+//! [`EVIDENCE_WAIT`] for its traces, and one not done by then is not attached. When the agent
+//! stops, traces waiting for their turn are dropped and running ones are not waited for.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, ToSocketAddrs};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use probes::net::has_cap_net_raw;
 use probes::{Measurement, Observation, Outcome, TraceProtocol, TraceSettings};
 
+use super::manager::PendingDiagnosis;
 use super::{Diagnosis, Diagnostics, TraceEvidence};
 use crate::config::{Config, FamilyPreference, TRACE_GRACE, Target};
-use crate::probe::has_cap_net_raw;
+use crate::probe::ip_preference;
 
 /// Rounds per trace: enough that the verdict locates a lossy link — 30% each way on the link into
 /// a router makes its hop and the destination lose 51%, and with 10 rounds one trace in 17 blamed
@@ -28,33 +34,66 @@ pub const ROUND: Duration = Duration::from_millis(400);
 /// At most this many affected targets are traced (the first ones, in the order the rule lists
 /// them); an agent-wide incident over a thousand targets gets a sample, not a thousand traces.
 pub const MAX_TARGETS: usize = 4;
-/// On top of the traces' own bound: resolving names, starting threads.
-const SLACK: Duration = Duration::from_secs(1);
+/// Traces running at once, over every incident: a fault behind which 16 targets breach together
+/// gets its 16 traces in one wave (20 rounds of at most 30 probes each: about 1,200 packets a
+/// second at most); more wait for a free slot.
+pub const MAX_CONCURRENT_TRACES: usize = 16;
+/// A trace that finished this recently is the trace at breach of another incident too.
+pub const REUSE: Duration = Duration::from_secs(30);
+/// The longest an incident's draft waits for its traces (a few waves of traces, when many
+/// targets breach at once); what is not done by then is not attached.
+pub const EVIDENCE_WAIT: Duration = Duration::from_secs(30);
 
 /// Path traces at breach (see the module docs).
 #[derive(Debug, Clone)]
 pub struct TraceDiagnostics {
     agent: String,
-    targets: HashMap<String, Target>,
+    /// Shared: every incident's pending traces hold a clone.
+    targets: Arc<HashMap<String, Target>>,
     privileged: bool,
+    tracer: Arc<Tracer>,
 }
+
+/// The traces of every incident: one per target at a time, a bounded number at once.
+#[derive(Debug, Default)]
+struct Tracer {
+    traces: Mutex<HashMap<String, Trace>>,
+    /// Traces running now; at most [`MAX_CONCURRENT_TRACES`].
+    running: Mutex<usize>,
+    freed: Condvar,
+    stopping: AtomicBool,
+}
+
+/// One target's latest trace.
+#[derive(Debug)]
+struct Trace {
+    /// None while it waits or runs.
+    result: Option<Arc<Traced>>,
+    finished: Option<Instant>,
+}
+
+/// What one trace found: the address traced and the observation, or why it could not run.
+type Traced = Result<(IpAddr, Observation), String>;
 
 impl TraceDiagnostics {
     pub fn new(config: &Config) -> TraceDiagnostics {
         TraceDiagnostics {
             agent: config.agent.name.clone(),
-            targets: config
-                .targets
-                .iter()
-                .map(|t| (t.name.clone(), t.clone()))
-                .collect(),
+            targets: Arc::new(
+                config
+                    .targets
+                    .iter()
+                    .map(|t| (t.name.clone(), t.clone()))
+                    .collect(),
+            ),
             privileged: has_cap_net_raw(),
+            tracer: Arc::default(),
         }
     }
 
-    /// The longest [`Diagnostics::at_breach`] waits for its traces.
+    /// The longest one trace takes once it runs.
     pub fn budget() -> Duration {
-        ROUND * ROUNDS as u32 + TRACE_GRACE + SLACK
+        ROUND * ROUNDS as u32 + TRACE_GRACE
     }
 
     fn settings(&self, host: &str) -> TraceSettings {
@@ -67,61 +106,155 @@ impl TraceDiagnostics {
             ..TraceSettings::new(host)
         }
     }
+
+    /// Start a trace to `name`, unless one is running or waiting, or finished within [`REUSE`].
+    fn request(&self, name: &str) {
+        let mut traces = self
+            .tracer
+            .traces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(trace) = traces.get(name)
+            && trace.finished.is_none_or(|at| at.elapsed() < REUSE)
+        {
+            return;
+        }
+        traces.insert(
+            name.to_string(),
+            Trace {
+                result: None,
+                finished: None,
+            },
+        );
+        drop(traces);
+        let target = self.targets[name].clone();
+        let settings = self.settings(&target.host);
+        let tracer = Arc::clone(&self.tracer);
+        let name = name.to_string();
+        let spawned = std::thread::Builder::new()
+            .name(format!("trace-{name}"))
+            .spawn({
+                let (tracer, name) = (Arc::clone(&tracer), name.clone());
+                move || {
+                    let result = tracer.run(|| {
+                        resolve_blocking(&target.host, target.family)
+                            .map(|ip| (ip, probes::trace::run_blocking(&settings, ip)))
+                    });
+                    tracer.finish(&name, result);
+                }
+            });
+        if let Err(error) = spawned {
+            tracer.finish(&name, Err(format!("cannot start a trace thread: {error}")));
+        }
+    }
 }
 
-/// What one trace thread sends back.
-type Traced = (usize, Result<(IpAddr, Observation), String>);
+impl Tracer {
+    /// Run `trace` once a slot is free (or not at all if the agent is stopping).
+    fn run(&self, trace: impl FnOnce() -> Traced) -> Traced {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        while *running >= MAX_CONCURRENT_TRACES && !self.stopping.load(Ordering::Relaxed) {
+            running = self
+                .freed
+                .wait_timeout(running, Duration::from_millis(200))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("not run: the agent is stopping".into());
+        }
+        *running += 1;
+        drop(running);
+        let result = trace();
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        self.freed.notify_one();
+        result
+    }
+
+    fn finish(&self, name: &str, result: Traced) {
+        let mut traces = self.traces.lock().unwrap_or_else(PoisonError::into_inner);
+        traces.insert(
+            name.to_string(),
+            Trace {
+                result: Some(Arc::new(result)),
+                finished: Some(Instant::now()),
+            },
+        );
+    }
+
+    fn result(&self, name: &str) -> Option<Arc<Traced>> {
+        let traces = self.traces.lock().unwrap_or_else(PoisonError::into_inner);
+        traces.get(name).and_then(|t| t.result.clone())
+    }
+}
 
 impl Diagnostics for TraceDiagnostics {
-    fn at_breach(&self, key: &str, affected: &[(String, String)]) -> Diagnosis {
-        let mut names: Vec<&str> = Vec::new();
+    fn start(&self, key: &str, affected: &[(String, String)]) -> Box<dyn PendingDiagnosis> {
+        let mut names: Vec<String> = Vec::new();
         for (_, target) in affected {
-            if !names.contains(&target.as_str()) && self.targets.contains_key(target) {
-                names.push(target);
+            if !names.contains(target) && self.targets.contains_key(target) {
+                names.push(target.clone());
             }
         }
         let total = names.len();
         names.truncate(MAX_TARGETS);
-        if names.is_empty() {
-            return Diagnosis::default();
+        for name in &names {
+            self.request(name);
         }
-        let started = Instant::now();
-        let deadline = started + Self::budget();
-        let (tx, rx) = mpsc::channel::<Traced>();
-        for (index, name) in names.iter().enumerate() {
-            let target = self.targets[*name].clone();
-            let settings = self.settings(&target.host);
-            let tx = tx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("trace-{name}"))
-                .spawn(move || {
-                    let result = resolve_blocking(&target.host, target.family)
-                        .map(|ip| (ip, probes::trace::run_blocking(&settings, ip)));
-                    let _ = tx.send((index, result));
-                });
-            if let Err(error) = spawned {
-                tracing::warn!(%error, "cannot start a trace thread");
-            }
-        }
-        drop(tx);
-        let mut results: Vec<Option<Result<(IpAddr, Observation), String>>> =
-            (0..names.len()).map(|_| None).collect();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match rx.recv_timeout(left) {
-                Ok((index, result)) => results[index] = Some(result),
-                Err(_) => break, // every thread reported, or the budget is spent
-            }
-        }
-        tracing::info!(key, traced = names.len(), elapsed = ?started.elapsed(), "path traces at breach");
+        Box::new(PendingTraces {
+            diagnostics: self.clone(),
+            key: key.to_string(),
+            names,
+            total,
+            started: Instant::now(),
+        })
+    }
 
+    fn stop(&self) {
+        self.tracer.stopping.store(true, Ordering::Relaxed);
+        self.tracer.freed.notify_all();
+    }
+}
+
+/// The traces one incident waits for.
+#[derive(Debug)]
+struct PendingTraces {
+    diagnostics: TraceDiagnostics,
+    key: String,
+    names: Vec<String>,
+    /// Affected targets known to the config (only the first [`MAX_TARGETS`] are traced).
+    total: usize,
+    started: Instant,
+}
+
+impl PendingDiagnosis for PendingTraces {
+    fn poll(&mut self, force: bool) -> Option<Diagnosis> {
+        let tracer = &self.diagnostics.tracer;
+        let results: Vec<Option<Arc<Traced>>> =
+            self.names.iter().map(|name| tracer.result(name)).collect();
+        let done = results.iter().all(Option::is_some);
+        if !done && !force && self.started.elapsed() < EVIDENCE_WAIT {
+            return None;
+        }
+        tracing::info!(key = %self.key, traced = self.names.len(), elapsed = ?self.started.elapsed(), "path traces at breach");
+        Some(self.diagnostics.diagnosis(&self.names, results, self.total))
+    }
+}
+
+impl TraceDiagnostics {
+    fn diagnosis(
+        &self,
+        names: &[String],
+        results: Vec<Option<Arc<Traced>>>,
+        total: usize,
+    ) -> Diagnosis {
         let mut reports = Vec::new();
         let mut verdicts = Vec::new();
         let mut notes = Vec::new();
         for (name, result) in names.iter().zip(results) {
-            match result {
+            match result.as_deref() {
                 None => notes.push(format!(
-                    "Path trace to {name}: not finished within {:?}; not attached.",
-                    Self::budget()
+                    "Path trace to {name}: not finished when the draft was written; not attached."
                 )),
                 Some(Err(why)) => notes.push(format!("Path trace to {name}: {why}.")),
                 Some(Ok((ip, observation))) => {
@@ -139,7 +272,7 @@ impl Diagnostics for TraceDiagnostics {
                     let verdict = probes::verdict_text(report);
                     reports.push(format!(
                         "$ vantage trace --count {ROUNDS} {}\nStart: {}\n{}",
-                        self.targets[*name].host,
+                        self.targets[name].host,
                         humantime::format_rfc3339_seconds(observation.started_at),
                         probes::render_report(report, &self.agent)
                     ));
@@ -169,7 +302,8 @@ impl Diagnostics for TraceDiagnostics {
     }
 }
 
-/// Resolve on this (trace) thread; a literal needs no lookup.
+/// Resolve on this (trace) thread, with the family filter the probes use; a literal needs no
+/// lookup.
 fn resolve_blocking(host: &str, family: FamilyPreference) -> Result<IpAddr, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ip);
@@ -177,13 +311,10 @@ fn resolve_blocking(host: &str, family: FamilyPreference) -> Result<IpAddr, Stri
     let addresses = (host, 0)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host:?}: {e}"))?;
-    addresses
+    ip_preference(family)
+        .apply(addresses.collect())
+        .first()
         .map(|a| a.ip())
-        .find(|ip| match family {
-            FamilyPreference::Any => true,
-            FamilyPreference::V4 => ip.is_ipv4(),
-            FamilyPreference::V6 => ip.is_ipv6(),
-        })
         .ok_or_else(|| format!("{host:?} has no {family:?} address"))
 }
 
@@ -205,6 +336,17 @@ mod tests {
 
     /// Real ICMP traces over loopback (root, or ping sockets): each affected target once, in the
     /// order given, mtr-style, with a verdict per target; all within the budget.
+    /// Poll like the manager does, until the diagnosis is there.
+    fn wait(diagnostics: &TraceDiagnostics, key: &str, affected: &[(String, String)]) -> Diagnosis {
+        let mut pending = diagnostics.start(key, affected);
+        loop {
+            if let Some(diagnosis) = pending.poll(false) {
+                return diagnosis;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     #[test]
     fn a_breach_traces_each_affected_target_within_the_budget() {
         let diagnostics = TraceDiagnostics::new(&config());
@@ -215,10 +357,10 @@ mod tests {
             ("ping".to_string(), "lo-b".to_string()),
             ("ping".to_string(), "gone-from-config".to_string()),
         ];
-        let diagnosis = diagnostics.at_breach("loss/target/lo-a", &affected);
+        let diagnosis = wait(&diagnostics, "loss/target/lo-a", &affected);
         let took = started.elapsed();
         assert!(
-            took <= TraceDiagnostics::budget() + Duration::from_millis(200),
+            took <= TraceDiagnostics::budget() + Duration::from_millis(500),
             "{took:?}"
         );
         assert!(diagnosis.notes.is_empty(), "{:?}", diagnosis.notes);
@@ -297,10 +439,84 @@ mod tests {
         );
     }
 
+    /// However many incidents open at once, at most [`MAX_CONCURRENT_TRACES`] traces run; the
+    /// others wait their turn, and all of them run.
+    #[test]
+    fn concurrent_traces_are_bounded() {
+        let tracer = Tracer::default();
+        let (now, most) = (Mutex::new(0usize), Mutex::new(0usize));
+        std::thread::scope(|scope| {
+            for _ in 0..3 * MAX_CONCURRENT_TRACES {
+                scope.spawn(|| {
+                    tracer.run(|| {
+                        let running = {
+                            let mut now = now.lock().expect("lock");
+                            *now += 1;
+                            *now
+                        };
+                        let mut most = most.lock().expect("lock");
+                        *most = (*most).max(running);
+                        drop(most);
+                        std::thread::sleep(Duration::from_millis(50));
+                        *now.lock().expect("lock") -= 1;
+                        Err("traced".into())
+                    })
+                });
+            }
+        });
+        assert_eq!(*most.lock().expect("lock"), MAX_CONCURRENT_TRACES);
+    }
+
+    /// Incidents opening together each get their traces at once (not one after the other), and
+    /// a target two incidents share is traced once; a stopped tracer starts no more traces.
+    #[test]
+    fn incidents_opening_together_share_traces_and_run_them_at_once() {
+        let diagnostics = TraceDiagnostics::new(&config());
+        let started = Instant::now();
+        let mut pending = vec![
+            diagnostics.start("loss/target/lo-a", &[("ping".into(), "lo-a".into())]),
+            diagnostics.start("loss/target/lo-b", &[("ping".into(), "lo-b".into())]),
+            diagnostics.start(
+                "loss/group/x",
+                &[
+                    ("ping".into(), "lo-a".into()),
+                    ("ping".into(), "lo-b".into()),
+                ],
+            ),
+        ];
+        let mut done = Vec::new();
+        while !pending.is_empty() {
+            pending.retain_mut(|p| match p.poll(false) {
+                Some(diagnosis) => {
+                    done.push(diagnosis);
+                    false
+                }
+                None => true,
+            });
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let took = started.elapsed();
+        assert!(
+            took <= TraceDiagnostics::budget() + Duration::from_secs(1),
+            "three incidents' traces took {took:?}"
+        );
+        assert!(done.iter().all(|d| d.trace.is_some()), "{done:#?}");
+        assert_eq!(diagnostics.tracer.traces.lock().expect("lock").len(), 2);
+
+        diagnostics.stop();
+        let result = diagnostics
+            .tracer
+            .run(|| unreachable!("no trace starts after stop"));
+        assert_eq!(
+            result.err().as_deref(),
+            Some("not run: the agent is stopping")
+        );
+    }
+
     #[test]
     fn nothing_to_trace_is_no_diagnosis() {
         let diagnostics = TraceDiagnostics::new(&config());
-        let diagnosis = diagnostics.at_breach("k", &[("ping".into(), "unknown".into())]);
+        let diagnosis = wait(&diagnostics, "k", &[("ping".into(), "unknown".into())]);
         assert_eq!(diagnosis, Diagnosis::default());
     }
 }

@@ -1,8 +1,14 @@
 //! The [`Manager`]: rule transitions in, incident state and outbox events out. It also drafts a
 //! status update every `[incidents] status_updates` while an incident is open, and resumes the
 //! incidents that were open when the agent stopped.
+//!
+//! Nothing the engine says is lost or reordered: an opening is recorded once its diagnostics
+//! (the path traces at breach, run off this thread) are done, with the time it was detected; a
+//! transition the database refuses (disk full) is kept and retried every tick, and its draft's
+//! timeline says how late it was recorded and why; a later transition of the same key waits
+//! behind either.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -35,11 +41,26 @@ pub struct Diagnosis {
 }
 
 /// One-shot diagnostics run when an incident opens (trace, DNS, HTTP detail); the agent's is
-/// [`super::TraceDiagnostics`]. It must return within a few seconds: the manager runs it inline,
-/// on the rules thread (never on a probe's).
+/// [`super::TraceDiagnostics`]. [`Diagnostics::start`] must return at once: the work runs off the
+/// rules thread, and the manager polls for it.
 pub trait Diagnostics: Send {
     /// `targets`: (probe, target) pairs affected at the moment of breach.
-    fn at_breach(&self, key: &str, targets: &[(String, String)]) -> Diagnosis;
+    fn start(&self, key: &str, targets: &[(String, String)]) -> Box<dyn PendingDiagnosis>;
+    /// The agent is stopping: give up what has not begun.
+    fn stop(&self) {}
+}
+
+/// Diagnostics under way for one incident.
+pub trait PendingDiagnosis: Send {
+    /// The diagnosis once it is complete (or its own deadline passed); with `force`, what is
+    /// done so far, at once.
+    fn poll(&mut self, force: bool) -> Option<Diagnosis>;
+}
+
+impl PendingDiagnosis for Diagnosis {
+    fn poll(&mut self, _force: bool) -> Option<Diagnosis> {
+        Some(std::mem::take(self))
+    }
 }
 
 /// No diagnostics: drafts without a path trace (tests, and agents that must not trace).
@@ -47,9 +68,26 @@ pub trait Diagnostics: Send {
 pub struct NoDiagnostics;
 
 impl Diagnostics for NoDiagnostics {
-    fn at_breach(&self, _key: &str, _targets: &[(String, String)]) -> Diagnosis {
-        Diagnosis::default()
+    fn start(&self, _key: &str, _targets: &[(String, String)]) -> Box<dyn PendingDiagnosis> {
+        Box::new(Diagnosis::default())
     }
+}
+
+/// Transitions held while they cannot be recorded (the database refuses them); beyond this the
+/// oldest is dropped, and logged with its key.
+pub const MAX_QUEUED: usize = 10_000;
+
+/// A transition not yet recorded: an opening waiting for its evidence, one the database refused
+/// (it is retried every tick), or one behind either for the same key (kept in order).
+struct Queued {
+    transition: Transition,
+    /// When the engine made it: the draft's times are this, however late it is recorded.
+    at: SystemTime,
+    /// An opening's diagnostics, until they are done.
+    pending: Option<Box<dyn PendingDiagnosis>>,
+    diagnosis: Option<Diagnosis>,
+    /// Why it could not be recorded, the first time.
+    error: Option<String>,
 }
 
 /// Per open incident, in memory: when its last status update was drafted (monotonic).
@@ -74,6 +112,8 @@ pub struct Manager {
     rules: Vec<RuleConfig>,
     diagnostics: Box<dyn Diagnostics>,
     open: HashMap<String, Open>,
+    /// Oldest first; see [`Queued`].
+    queue: VecDeque<Queued>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -81,6 +121,7 @@ impl std::fmt::Debug for Manager {
         f.debug_struct("Manager")
             .field("db", &self.db.path())
             .field("open", &self.open)
+            .field("queued", &self.queue.len())
             .finish_non_exhaustive()
     }
 }
@@ -103,6 +144,7 @@ impl Manager {
             rules: config.rules.clone(),
             diagnostics,
             open: HashMap::new(),
+            queue: VecDeque::new(),
         }
     }
 
@@ -177,10 +219,117 @@ impl Manager {
         Ok(resumed)
     }
 
-    /// Apply one transition from the engine.
+    /// Take one transition from the engine, made at `wall`: an opening starts its diagnostics
+    /// and is recorded when they are done; anything else is recorded now — unless the database
+    /// refuses it or an earlier transition of its key is still waiting: then it waits (in order)
+    /// and is retried every [`Manager::tick`].
     pub fn apply(&mut self, transition: &Transition, wall: SystemTime) -> anyhow::Result<()> {
+        let pending = (transition.kind == TransitionKind::Opened).then(|| {
+            tracing::info!(key = %transition.key, "breach: gathering evidence for the draft");
+            let members: Vec<(String, String)> = transition
+                .impact
+                .affected
+                .iter()
+                .map(|m| (m.probe.clone(), m.target.clone()))
+                .collect();
+            self.diagnostics.start(&transition.key, &members)
+        });
+        self.queue.push_back(Queued {
+            transition: transition.clone(),
+            at: wall,
+            pending,
+            diagnosis: None,
+            error: None,
+        });
+        while self.queue.len() > MAX_QUEUED {
+            if let Some(lost) = self.queue.pop_front() {
+                tracing::error!(key = %lost.transition.key, kind = lost.transition.kind.as_str(), queued = MAX_QUEUED, "incident transition dropped: too many could not be recorded");
+            }
+        }
+        self.record_queued(wall, false);
+        Ok(())
+    }
+
+    /// Record what can be, in order per key. `force`: do not wait for diagnostics (stopping).
+    fn record_queued(&mut self, wall: SystemTime, force: bool) {
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut index = 0;
+        while index < self.queue.len() {
+            let item = &mut self.queue[index];
+            if blocked.contains(&item.transition.key) {
+                index += 1;
+                continue;
+            }
+            if let Some(pending) = &mut item.pending {
+                match pending.poll(force) {
+                    Some(diagnosis) => {
+                        item.diagnosis = Some(diagnosis);
+                        item.pending = None;
+                    }
+                    None => {
+                        blocked.insert(item.transition.key.clone());
+                        index += 1;
+                        continue;
+                    }
+                }
+            }
+            let item = self.queue.remove(index).expect("index is in the queue");
+            if let Err(error) = self.record(&item, wall) {
+                // "database or disk is full", without rusqlite's restatement of the code.
+                let error = match error.downcast_ref::<rusqlite::Error>() {
+                    Some(rusqlite::Error::SqliteFailure(_, Some(message))) => message.clone(),
+                    _ => format!("{error:#}"),
+                };
+                if item.error.is_none() {
+                    tracing::error!(key = %item.transition.key, kind = item.transition.kind.as_str(), %error, "cannot record incident transition; kept, and retried every second");
+                }
+                self.queue.insert(index, item);
+                // The database is refusing writes: everything waiting now waits for it too, and
+                // is tried again next tick, in order.
+                for waiting in &mut self.queue {
+                    waiting.error.get_or_insert_with(|| error.clone());
+                }
+                return;
+            }
+        }
+    }
+
+    /// Transitions not recorded yet (waiting for diagnostics or for the database).
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The agent is stopping: record what is waiting for diagnostics without it, and say what
+    /// the database still refuses (it is lost).
+    pub fn stop(&mut self, wall: SystemTime) {
+        self.diagnostics.stop();
+        self.record_queued(wall, true);
+        for lost in &self.queue {
+            tracing::error!(key = %lost.transition.key, kind = lost.transition.kind.as_str(), error = lost.error.as_deref().unwrap_or_default(), "stopping with an incident transition that could not be recorded; the rules engine detects it again at the next start if the condition holds");
+        }
+    }
+
+    /// Record one transition in the database (state and outbox event in one transaction).
+    fn record(&mut self, item: &Queued, now: SystemTime) -> anyhow::Result<()> {
+        let transition = &item.transition;
+        // Recorded late because the database refused it: the draft says so.
+        let late = item.error.as_ref().and_then(|error| {
+            let delay = now.duration_since(item.at).ok()?;
+            (delay >= Duration::from_secs(1)).then(|| TimelineEntry {
+                at: Timestamp(now),
+                event: "delayed".into(),
+                text: format!(
+                    "Recorded {} after detection: incident state could not be written: {error}.",
+                    humantime::format_duration(Duration::from_secs(delay.as_secs()))
+                ),
+            })
+        });
+        let wall = item.at;
         match transition.kind {
-            TransitionKind::Opened => self.opened(transition, wall),
+            TransitionKind::Opened => {
+                let diagnosis = item.diagnosis.clone().unwrap_or_default();
+                self.opened(transition, wall, now, diagnosis, late)
+            }
             TransitionKind::Updated | TransitionKind::Resolved => {
                 let Some(mut incident) = self.db.open_by_key(&transition.key)? else {
                     tracing::warn!(key = %transition.key, kind = transition.kind.as_str(), "no open incident for this transition; ignored");
@@ -222,7 +371,8 @@ impl Manager {
                     });
                     EventKind::Updated
                 };
-                self.refresh_evidence(&mut incident, wall);
+                incident.timeline.extend(late);
+                self.refresh_evidence(&mut incident, now);
                 self.db.save(&incident, None, Some(event))?;
                 tracing::info!(id = %incident.id, key = %transition.key, event = event.as_str(), title = %incident.title, "incident {}", event.as_str());
                 Ok(())
@@ -230,7 +380,14 @@ impl Manager {
         }
     }
 
-    fn opened(&mut self, transition: &Transition, wall: SystemTime) -> anyhow::Result<()> {
+    fn opened(
+        &mut self,
+        transition: &Transition,
+        wall: SystemTime,
+        now: SystemTime,
+        diagnosis: Diagnosis,
+        late: Option<TimelineEntry>,
+    ) -> anyhow::Result<()> {
         if let Some(existing) = self.db.open_by_key(&transition.key)? {
             // The engine restarted without being told (it always is, by `resume`): keep one.
             tracing::warn!(id = %existing.id, key = %transition.key, "already open; not opening twice");
@@ -239,13 +396,6 @@ impl Manager {
         let at = Timestamp(wall);
         let (id, seq) = self.db.next_id(&at.date())?;
         let rule = self.rules.iter().find(|r| r.name == transition.rule);
-        let members: Vec<(String, String)> = transition
-            .impact
-            .affected
-            .iter()
-            .map(|m| (m.probe.clone(), m.target.clone()))
-            .collect();
-        let diagnosis = self.diagnostics.at_breach(&transition.key, &members);
         let mut incident = Incident {
             id: id.clone(),
             key: transition.key.clone(),
@@ -300,7 +450,8 @@ impl Manager {
                 text: note,
             });
         }
-        self.refresh_evidence(&mut incident, wall);
+        incident.timeline.extend(late);
+        self.refresh_evidence(&mut incident, now);
         self.db
             .save(&incident, Some(seq), Some(EventKind::Opened))?;
         tracing::warn!(id = %id, key = %transition.key, severity = %incident.severity, title = %incident.title, "incident opened");
@@ -316,7 +467,9 @@ impl Manager {
     }
 
     /// Draft a status update for every incident open for another `status_updates` period.
+    /// Also records the transitions that were waiting (see [`Manager::apply`]).
     pub fn tick(&mut self, now: Mono, wall: SystemTime) -> anyhow::Result<()> {
+        self.record_queued(wall, false);
         let due: Vec<String> = self
             .open
             .iter()

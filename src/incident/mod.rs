@@ -39,7 +39,9 @@ pub use db::IncidentDb;
 pub use diagnostics::TraceDiagnostics;
 pub use directory::DirectorySink;
 pub use evidence::Evidence;
-pub use manager::{Diagnosis, Diagnostics, Manager, NoDiagnostics, TraceEvidence};
+pub use manager::{
+    Diagnosis, Diagnostics, Manager, NoDiagnostics, PendingDiagnosis, TraceEvidence,
+};
 pub use outbox::{EventKind, IncidentSink, OutboxEvent};
 
 use crate::rules::{Impact, Peak, Scope};
@@ -74,10 +76,7 @@ impl Timestamp {
     }
 
     pub fn unix_ns(self) -> i64 {
-        self.0
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
+        probes::unix_ns(self.0)
     }
 
     pub fn from_unix_ns(ns: i64) -> Timestamp {

@@ -11,6 +11,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context;
+
 use super::alertmanager::AlertmanagerSink;
 use super::outbox::Deliverer;
 use super::webhook::WebhookSink;
@@ -33,79 +35,94 @@ pub struct Pipeline {
     stop_delivery: Arc<AtomicBool>,
 }
 
-/// Start evaluating and delivering. Returns at once: each thread opens its own state (SQLite
-/// files, the store for evidence), so probing never waits for it, and if incident state cannot be
-/// opened the agent keeps measuring and says so. `extra` sinks are delivered to besides the
-/// directory. Feed the returned sender with stored records; drop it to stop, then
-/// [`Pipeline::join`].
+/// Start evaluating and delivering. Incident state is created and opened, and the rules engine
+/// resumed, here on the caller's thread, and the delivery thread reports back once every sink is
+/// ready: an agent that cannot open incidents does not start (the error says why). `extra` sinks
+/// are delivered to besides the directory. Feed the returned sender with stored records; drop it
+/// to stop, then [`Pipeline::join`].
 pub fn start(
     config: &Config,
     data_dir: &Path,
     extra: Vec<Box<dyn IncidentSink>>,
 ) -> anyhow::Result<(SyncSender<Record>, Pipeline)> {
     // The sinks are built on the delivery thread (HTTP sinks own a runtime); their names are
-    // registered first, on the rules thread, before any event can be queued.
+    // registered first, before any event can be queued.
     let mut names = vec![super::directory::NAME.to_string()];
     names.extend(config.incident_sinks.iter().map(|s| s.name.clone()));
     names.extend(extra.iter().map(|s| s.name().to_string()));
-    let (tx, rx) = sync_channel(RULES_QUEUE);
     let origin = Instant::now();
-    let rules_config = config.clone();
-    let rules_dir = data_dir.to_path_buf();
+    // Creates incidents.db and its tables once, before any thread opens it: threads creating a
+    // new file at once failed with "database is locked".
+    let (engine, manager) = prepare(config, data_dir, origin, &names)
+        .context("cannot open incident state: the agent does not run without its incidents")?;
+    let (tx, rx) = sync_channel(RULES_QUEUE);
     let rules = std::thread::Builder::new()
         .name("rules".into())
-        .spawn(move || {
-            let (engine, manager) = match prepare(&rules_config, &rules_dir, origin, &names) {
-                Ok(ready) => ready,
-                Err(error) => {
-                    // Dropping `rx` tells the store writer to stop offering observations.
-                    tracing::error!(error = %format!("{error:#}"), "cannot open incident state: rules are NOT evaluated (probing goes on)");
-                    return;
-                }
-            };
-            evaluate_loop(engine, manager, rx, origin);
-        })?;
+        .spawn(move || evaluate_loop(engine, manager, rx, origin))?;
     let stop_delivery = Arc::new(AtomicBool::new(false));
     let stop = Arc::clone(&stop_delivery);
     let delivery_dir = data_dir.to_path_buf();
     let delivery_config = config.clone();
+    let (ready_tx, ready) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let delivery = std::thread::Builder::new()
         .name("incident-outbox".into())
         .spawn(move || {
-            let mut all = match sinks(&delivery_config, &delivery_dir) {
-                Ok(all) => all,
+            let deliverers = match deliverers(&delivery_config, &delivery_dir, extra) {
+                Ok(deliverers) => {
+                    let _ = ready_tx.send(Ok(()));
+                    deliverers
+                }
                 Err(error) => {
-                    tracing::error!(error = %format!("{error:#}"), "cannot start the incident sinks: drafts are NOT delivered");
+                    let _ = ready_tx.send(Err(error));
                     return;
                 }
             };
-            all.extend(extra);
             // One thread per sink: a sink that hangs until its timeout delays only itself.
             std::thread::scope(|scope| {
-                for sink in all {
-                    let (dir, stop) = (&delivery_dir, &stop);
+                for deliverer in deliverers {
+                    let stop = &stop;
                     scope.spawn(move || {
-                        let name = sink.name().to_string();
-                        match IncidentDb::open(dir).and_then(|db| Deliverer::new(db, vec![sink])) {
-                            Ok(deliverer) => {
-                                deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed))
-                            }
-                            Err(error) => {
-                                tracing::error!(sink = %name, error = %format!("{error:#}"), "cannot open the incident outbox: drafts are NOT delivered to this sink");
-                            }
-                        }
+                        deliverer.run(DELIVERY_POLL, || stop.load(Ordering::Relaxed))
                     });
                 }
             });
         })?;
-    Ok((
-        tx,
-        Pipeline {
-            rules,
-            delivery,
-            stop_delivery,
-        },
-    ))
+    let pipeline = Pipeline {
+        rules,
+        delivery,
+        stop_delivery,
+    };
+    match ready.recv() {
+        Ok(Ok(())) => Ok((tx, pipeline)),
+        failed => {
+            drop(tx);
+            pipeline.join();
+            Err(match failed {
+                Ok(Err(error)) => error,
+                _ => anyhow::anyhow!("the incident outbox thread ended while starting"),
+            }
+            .context("cannot start the incident sinks: the agent does not run without them"))
+        }
+    }
+}
+
+/// A deliverer per sink (the directory, each `[[incident_sink]]`, then `extra`), each with its
+/// own connection to the outbox.
+fn deliverers(
+    config: &Config,
+    data_dir: &Path,
+    extra: Vec<Box<dyn IncidentSink>>,
+) -> anyhow::Result<Vec<Deliverer>> {
+    let mut all = sinks(config, data_dir)?;
+    all.extend(extra);
+    all.into_iter()
+        .map(|sink| {
+            let name = sink.name().to_string();
+            IncidentDb::open_existing(data_dir)
+                .and_then(|db| Deliverer::new(db, vec![sink]))
+                .with_context(|| format!("incident sink {name}: cannot open the outbox"))
+        })
+        .collect()
 }
 
 /// The incident sinks of this agent: the directory, then each `[[incident_sink]]`.
@@ -173,7 +190,10 @@ fn evaluate_loop(mut engine: Engine, mut manager: Manager, rx: Receiver<Record>,
                 engine.observe(origin.elapsed(), &record)
             }
             Err(RecvTimeoutError::Timeout) => Vec::new(),
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                manager.stop(SystemTime::now());
+                return;
+            }
         };
         apply(&mut manager, &transitions);
         if last_tick.elapsed() >= TICK {
@@ -191,9 +211,54 @@ fn evaluate_loop(mut engine: Engine, mut manager: Manager, rx: Receiver<Record>,
 fn apply(manager: &mut Manager, transitions: &[crate::rules::Transition]) {
     for transition in transitions {
         if let Err(error) = manager.apply(transition, SystemTime::now()) {
-            // The engine has moved on; the incident state is unchanged and the next transition
-            // of this key will find it as it was.
             tracing::error!(key = %transition.key, kind = transition.kind.as_str(), error = %format!("{error:#}"), "cannot record incident transition");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[agent]\nname = \"agent-1\"\nsite = \"scl3\"\n\
+             [[target]]\nname = \"lo\"\nhost = \"127.0.0.1\"\n\
+             [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"5s\"\n\
+             [[rule]]\nname = \"loss\"\nkind = \"loss\"\nabove_pct = 20\nclear_below_pct = 5\n",
+            Path::new("vantage.toml"),
+        )
+        .expect("valid config")
+    }
+
+    /// Issue 11: 2 of 100 fresh starts lost the rules or a sink ("database is locked" while the
+    /// threads created incidents.db at once), and the agent ran on without them. Every fresh start
+    /// must come up whole, and say so by returning.
+    #[test]
+    fn fresh_starts_come_up_with_rules_and_every_sink() {
+        let config = config();
+        for _ in 0..12 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (tx, pipeline) = start(&config, dir.path(), Vec::new()).expect("started");
+            let db = IncidentDb::open_existing(dir.path()).expect("incidents.db");
+            assert!(db.pending(super::super::directory::NAME, 1).is_ok());
+            drop(tx);
+            pipeline.join();
+        }
+    }
+
+    /// Incident state that cannot be opened stops the agent at start, naming the file.
+    #[test]
+    fn incident_state_that_cannot_be_opened_is_an_error_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let not_a_dir = dir.path().join("data");
+        std::fs::write(&not_a_dir, "a file where the data directory should be").expect("write");
+        let error = start(&config(), &not_a_dir, Vec::new()).expect_err("cannot start");
+        let text = format!("{error:#}");
+        assert!(
+            text.contains("the agent does not run without its incidents")
+                && text.contains(&not_a_dir.display().to_string()),
+            "{text}"
+        );
     }
 }

@@ -1,6 +1,10 @@
 //! The status document: pure functions from an [`Incident`] to text. The Markdown follows the
 //! incident process the draft serves: what is affected and how badly (impact, symptoms, scope),
 //! the evidence, a timeline, who to engage, and status updates ready to send.
+//!
+//! `golden/incident.md` is the whole document for a fixed incident (see the test
+//! `the_status_document_matches_the_golden_file`; `UPDATE_GOLDEN=1` rewrites it after a reviewed
+//! change).
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
@@ -224,6 +228,20 @@ fn localization(incident: &Incident) -> String {
 /// The whole status document.
 pub fn markdown(incident: &Incident) -> String {
     let mut md = String::new();
+    header(&mut md, incident);
+    impact(&mut md, incident);
+    symptoms(&mut md, incident);
+    scope_and_localization(&mut md, incident);
+    evidence_section(&mut md, incident);
+    timeline(&mut md, incident);
+    engage(&mut md, incident);
+    status_updates(&mut md, incident);
+    resolution(&mut md, incident);
+    md
+}
+
+/// The title and the facts table.
+fn header(md: &mut String, incident: &Incident) {
     let status = match incident.status {
         Status::Open => "DRAFT — open",
         Status::Resolved => "DRAFT — resolved",
@@ -257,7 +275,10 @@ pub fn markdown(incident: &Incident) -> String {
         incident.rule.name, incident.rule.condition
     );
     let _ = writeln!(md, "| **Dedup key** | `{}` |", incident.key);
+}
 
+/// ## Impact: how bad, now or as last reported, and the peak.
+fn impact(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Impact\n");
     let _ = writeln!(
         md,
@@ -269,7 +290,10 @@ pub fn markdown(incident: &Incident) -> String {
         }
     );
     let _ = writeln!(md, "\nPeak: {}.", peak_phrase(incident));
+}
 
+/// ## Symptoms: each affected target's figure.
+fn symptoms(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Symptoms\n");
     if incident.impact.affected.is_empty() {
         let _ = writeln!(md, "No target is breaching any more.");
@@ -298,7 +322,10 @@ pub fn markdown(incident: &Incident) -> String {
             );
         }
     }
+}
 
+/// ## Scope and localization: how wide, where the fault lies, the path trace.
+fn scope_and_localization(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Scope and localization\n");
     let _ = writeln!(
         md,
@@ -321,7 +348,10 @@ pub fn markdown(incident: &Incident) -> String {
             );
         }
     }
+}
 
+/// ## Evidence: the window, the chart, the tables.
+fn evidence_section(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Evidence\n");
     if let (Some(from), Some(to)) = (incident.evidence.window_from, incident.evidence.window_to) {
         let _ = writeln!(
@@ -338,13 +368,16 @@ pub fn markdown(incident: &Incident) -> String {
     let evidence = &incident.evidence;
     // A draft about service checks only has no ping history to show.
     if !evidence.series.is_empty() || evidence.checks.is_empty() {
-        ping_evidence(&mut md, evidence);
+        ping_evidence(md, evidence);
     }
     if !evidence.checks.is_empty() {
-        check_evidence(&mut md, evidence);
+        check_evidence(md, evidence);
     }
-    contrast(&mut md, evidence);
+    contrast(md, evidence);
+}
 
+/// ## Timeline (UTC).
+fn timeline(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Timeline (UTC)\n");
     for entry in &incident.timeline {
         let _ = writeln!(
@@ -355,7 +388,10 @@ pub fn markdown(incident: &Incident) -> String {
             entry.text
         );
     }
+}
 
+/// ## Engage: the checklist, with the owners of the faulty segment.
+fn engage(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Engage\n");
     let affected = incident.impact.affected_targets();
     let segment = match &incident.scope {
@@ -383,7 +419,10 @@ pub fn markdown(incident: &Incident) -> String {
         "- [ ] Send a status update every {} (drafts below).",
         human_duration(Duration::from_secs(incident.status_update_every_s))
     );
+}
 
+/// ## Status updates (drafts).
+fn status_updates(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Status updates (drafts)\n");
     if incident.status_updates.is_empty() {
         let _ = writeln!(
@@ -401,7 +440,10 @@ pub fn markdown(incident: &Incident) -> String {
             update.text
         );
     }
+}
 
+/// ## Resolution, once resolved.
+fn resolution(md: &mut String, incident: &Incident) {
     if incident.status == Status::Resolved {
         let _ = writeln!(md, "\n## Resolution\n");
         match incident
@@ -418,7 +460,6 @@ pub fn markdown(incident: &Incident) -> String {
             }
         }
     }
-    md
 }
 
 fn capitalize_first(text: &str) -> String {
@@ -460,7 +501,7 @@ fn ping_history_table(md: &mut String, points: &[PingPoint]) {
             slice.iter().map(|p| p.loss_pct).sum::<f64>() / slice.len() as f64
         };
         let median_of =
-            |f: fn(&PingPoint) -> Option<f64>| crate::rules::median(slice.iter().filter_map(f));
+            |f: fn(&PingPoint) -> Option<f64>| probes::stats::median(slice.iter().filter_map(f));
         let spread = match (median_of(|p| p.rtt_p10_ms), median_of(|p| p.rtt_p90_ms)) {
             (Some(lo), Some(hi)) => format!("{}–{}", ms(Some(lo)), ms(Some(hi))),
             _ => "-".into(),
@@ -491,7 +532,7 @@ fn ping_evidence(md: &mut String, evidence: &Evidence) {
             .iter()
             .filter_map(|p| p.rtt_median_ms)
             .collect();
-        let median = crate::rules::median(medians.iter().copied());
+        let median = probes::stats::median(medians.iter().copied());
         let _ = writeln!(
             md,
             "**{}** ({}): {rounds} rounds, {lossy} with loss; median RTT {} over the window.\n",
@@ -666,7 +707,7 @@ fn check_series(md: &mut String, series: &CheckSeries) {
         .runs
         .first()
         .map_or("time", |r| r.figures.headline_field());
-    let median = crate::rules::median(
+    let median = probes::stats::median(
         series
             .runs
             .iter()

@@ -1253,3 +1253,210 @@ fn a_new_path_to_an_affected_target_is_an_update_with_the_path() {
         "The path to aws-a changed (trace probe `path`): 3 hops, 198.18.0.1 → ??? → 198.18.10.1."
     );
 }
+
+/// The whole status document, byte for byte, for a fixed incident (deterministic times): opened
+/// by group loss, two status updates, resolved. A change to the renderer shows up as a diff to
+/// review here; `UPDATE_GOLDEN=1` rewrites the file (never in CI).
+#[test]
+fn the_status_document_matches_the_golden_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config();
+    config.incidents.status_updates = Duration::from_secs(120);
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    drive(&mut store, &mut engine, &mut manager, 0, 1600);
+    let incident = IncidentDb::open(dir.path())
+        .expect("db")
+        .get("20261121-001")
+        .expect("get")
+        .expect("incident");
+    assert!(incident.resolved_at.is_some(), "the fixture resolves");
+    let md = render::markdown(&incident);
+
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/incident/golden/incident.md");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "UPDATE_GOLDEN in CI would make this test pass whatever it renders"
+        );
+        std::fs::write(&golden, &md).expect("write the golden file");
+    }
+    let expected = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (create it with UPDATE_GOLDEN=1)", golden.display()));
+    if md != expected {
+        let (line, (got, want)) = md
+            .lines()
+            .zip(expected.lines())
+            .enumerate()
+            .find(|(_, (got, want))| got != want)
+            .unwrap_or((
+                md.lines().count().min(expected.lines().count()),
+                ("(end)", "(end)"),
+            ));
+        panic!(
+            "the status document differs from {} at line {}:\n  rendered: {got}\n  golden:   {want}\n\
+             review the change, then rewrite the file with UPDATE_GOLDEN=1\n--- rendered ---\n{md}",
+            golden.display(),
+            line + 1
+        );
+    }
+}
+
+/// Diagnostics that are not done until the test says so.
+#[derive(Clone, Default)]
+struct Gate(Arc<std::sync::atomic::AtomicBool>);
+
+impl Diagnostics for Gate {
+    fn start(&self, _key: &str, _targets: &[(String, String)]) -> Box<dyn PendingDiagnosis> {
+        Box::new(self.clone())
+    }
+}
+
+impl PendingDiagnosis for Gate {
+    fn poll(&mut self, force: bool) -> Option<Diagnosis> {
+        (force || self.0.load(std::sync::atomic::Ordering::Relaxed)).then(|| Diagnosis {
+            trace: None,
+            notes: vec!["Gate: diagnosed.".into()],
+        })
+    }
+}
+
+/// The events of the one incident in `dir`, as `kind`s in outbox order.
+fn event_kinds(dir: &Path) -> Vec<String> {
+    let db = IncidentDb::open(dir).expect("db");
+    let incidents = db.all().expect("incidents");
+    let Some(incident) = incidents.first() else {
+        return Vec::new();
+    };
+    db.events(&incident.id)
+        .expect("events")
+        .iter()
+        .map(|key| key.split('/').nth(1).expect("kind").to_string())
+        .collect()
+}
+
+/// Issue 11: the disk was full when the breach began; the opening was lost until a restart. It
+/// is kept and recorded once the database takes writes again — with the detection time, and the
+/// delay in its timeline — and the resolution that came meanwhile follows it, in order.
+#[test]
+fn a_transition_the_database_refused_is_recorded_in_order_once_it_can_be() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    drive(&mut store, &mut engine, &mut manager, 0, 600);
+    manager.db().set_full(true);
+    // Opened at t=660, resolved at t=1500; the database refuses both.
+    let kinds: Vec<&str> = drive(&mut store, &mut engine, &mut manager, 600, 1600)
+        .iter()
+        .map(|t| t.kind.as_str())
+        .collect();
+    assert_eq!(kinds, ["opened", "resolved"]);
+    assert_eq!(manager.queued(), 2);
+    assert!(event_kinds(dir.path()).is_empty());
+
+    manager.db().set_full(false);
+    manager
+        .tick(Duration::from_secs(1600), wall(1600))
+        .expect("tick");
+    assert_eq!(manager.queued(), 0);
+    assert_eq!(event_kinds(dir.path()), ["opened", "resolved"]);
+    let incident = IncidentDb::open(dir.path())
+        .and_then(|db| db.all())
+        .expect("incidents")
+        .remove(0);
+    assert_eq!(incident.detected_at, Timestamp(wall(660)));
+    assert_eq!(incident.status, Status::Resolved);
+    let delays: Vec<String> = incident
+        .timeline
+        .iter()
+        .filter(|e| e.event == "delayed")
+        .map(|e| format!("{} {}", e.at.time(), e.text))
+        .collect();
+    assert_eq!(
+        delays,
+        [
+            "10:26:40 Recorded 15m 40s after detection: incident state could not be written: database or disk is full.",
+            "10:26:40 Recorded 5m 20s after detection: incident state could not be written: database or disk is full."
+        ],
+        "{:#?}",
+        incident.timeline
+    );
+}
+
+/// Issue 11: evidence was gathered on the rules thread, one incident at a time. Now an opening
+/// waits for its diagnostics without holding up the rules, a later transition of the same key
+/// waits behind it, and the draft says when the breach was detected, not when it was written.
+#[test]
+fn an_opening_waits_for_its_diagnostics_and_keeps_the_detection_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let gate = Gate::default();
+    let mut manager = Manager::new(
+        IncidentDb::open(dir.path()).expect("incidents.db"),
+        Some(Store::open(dir.path()).expect("store")),
+        &config,
+        Box::new(gate.clone()),
+    );
+    let kinds: Vec<&str> = drive(&mut store, &mut engine, &mut manager, 0, 1600)
+        .iter()
+        .map(|t| t.kind.as_str())
+        .collect();
+    assert_eq!(kinds, ["opened", "resolved"]);
+    assert_eq!(
+        manager.queued(),
+        2,
+        "both wait for the opening's diagnostics"
+    );
+    assert!(event_kinds(dir.path()).is_empty());
+
+    gate.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    manager
+        .tick(Duration::from_secs(1600), wall(1600))
+        .expect("tick");
+    assert_eq!(event_kinds(dir.path()), ["opened", "resolved"]);
+    let incident = IncidentDb::open(dir.path())
+        .and_then(|db| db.all())
+        .expect("incidents")
+        .remove(0);
+    assert_eq!(incident.detected_at.display(), "2026-11-21 10:11:00 UTC");
+    let timeline: Vec<String> = incident
+        .timeline
+        .iter()
+        .map(|e| format!("{} {}", e.at.time(), e.event))
+        .collect();
+    assert_eq!(
+        timeline,
+        [
+            "10:10:20 breach",
+            "10:11:00 opened",
+            "10:11:00 diagnostics",
+            "10:21:20 resolved"
+        ]
+    );
+}
+
+/// Stopping does not wait for diagnostics: what is waiting is recorded without them.
+#[test]
+fn stopping_records_an_opening_without_waiting_for_its_diagnostics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = Manager::new(
+        IncidentDb::open(dir.path()).expect("incidents.db"),
+        Some(Store::open(dir.path()).expect("store")),
+        &config,
+        Box::new(Gate::default()),
+    );
+    drive(&mut store, &mut engine, &mut manager, 0, 700);
+    assert_eq!(manager.queued(), 1);
+    manager.stop(wall(700));
+    assert_eq!(manager.queued(), 0);
+    assert_eq!(event_kinds(dir.path()), ["opened"]);
+}

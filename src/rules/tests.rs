@@ -463,13 +463,6 @@ fn dedup_keys_are_stable() {
 }
 
 #[test]
-fn median_of_even_and_odd_counts() {
-    assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
-    assert_eq!(median([4.0, 1.0, 2.0, 3.0].into_iter()), Some(2.5));
-    assert_eq!(median(std::iter::empty()), None);
-}
-
-#[test]
 fn a_thousand_targets_failing_at_once_is_one_incident() {
     let names: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
     let targets: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "g")).collect();

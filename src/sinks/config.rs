@@ -98,10 +98,6 @@ pub enum SecretSource {
 pub struct Secret(String);
 
 impl Secret {
-    pub(crate) fn from_value(value: String) -> Secret {
-        Secret(value)
-    }
-
     /// The value, for the one place that needs it: an HTTP header marked sensitive.
     pub fn expose(&self) -> &str {
         &self.0

@@ -67,8 +67,9 @@ impl Sender {
         }
     }
 
-    /// Deliver until stopped; after the stop, keep delivering until the spool is empty or the
-    /// shutdown deadline passes. Whatever is left stays in the spool for the next start.
+    /// Deliver until stopped; after the stop, keep delivering until the spool is empty, the
+    /// shutdown deadline passes, or an attempt fails. Whatever is left stays in the spool for the
+    /// next start.
     pub async fn run(mut self) {
         let config = self.shared.config.clone();
         let mut flush_at: Option<Instant> = None;
@@ -106,6 +107,9 @@ impl Sender {
             flush_at = None;
             match self.attempt(limit).await {
                 Attempt::Done => retrying = false,
+                // Stopping, an output that just failed gets no more tries: its points are safe
+                // in the spool, and waiting out the grace for it would only delay the exit.
+                Attempt::Wait(_) if self.stop.is_cancelled() => break,
                 Attempt::Wait(delay) => {
                     retrying = true;
                     let deadline = Instant::now() + delay;

@@ -12,7 +12,7 @@ use anyhow::Context;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use reqwest::{StatusCode, Url};
+use reqwest::{RequestBuilder, StatusCode, Url};
 
 use super::config::{OutputConfig, OutputKind, Secret, SecretSource};
 use super::spool::SpooledPoint;
@@ -116,16 +116,15 @@ impl Writer {
         if self.gzip && !body.is_empty() {
             request = request.header(CONTENT_ENCODING, "gzip");
         }
-        match self.authorization() {
-            Ok(Some(value)) => request = request.header(AUTHORIZATION, value),
-            Ok(None) => {}
+        request = match self.authorize(request) {
+            Ok(request) => request,
             Err(message) => {
                 return Answer::Unauthorized {
                     status: None,
                     message,
                 };
             }
-        }
+        };
         let response = match request.body(body).send().await {
             Ok(response) => response,
             Err(e) => {
@@ -167,31 +166,24 @@ impl Writer {
         }
     }
 
-    /// The `Authorization` header, read fresh from the secret's source; Err names the source.
-    fn authorization(&self) -> Result<Option<HeaderValue>, String> {
-        let value = match &self.auth {
-            Auth::None => return Ok(None),
-            Auth::Token(source) => format!("Token {}", read_secret(source)?.expose()),
-            Auth::Basic { username, password } => {
-                let password = match password {
-                    Some(source) => read_secret(source)?,
-                    None => Secret::empty(),
-                };
-                let credentials = format!("{username}:{}", password.expose());
-                format!("Basic {}", base64(credentials.as_bytes()))
+    /// `request` with its credentials, read fresh from the secrets' sources; Err names the source.
+    fn authorize(&self, request: RequestBuilder) -> Result<RequestBuilder, String> {
+        Ok(match &self.auth {
+            Auth::None => request,
+            Auth::Token(source) => {
+                let token = format!("Token {}", read_secret(source)?.expose());
+                let mut header = HeaderValue::from_str(&token).map_err(|_| {
+                    "the token contains characters an HTTP header cannot carry".to_string()
+                })?;
+                header.set_sensitive(true);
+                request.header(AUTHORIZATION, header)
             }
-        };
-        let mut header = HeaderValue::from_str(&value).map_err(|_| {
-            "the credentials contain characters an HTTP header cannot carry".to_string()
-        })?;
-        header.set_sensitive(true);
-        Ok(Some(header))
-    }
-}
-
-impl Secret {
-    fn empty() -> Secret {
-        Secret::from_value(String::new())
+            Auth::Basic { username, password } => {
+                let password = password.as_ref().map(read_secret).transpose()?;
+                // reqwest encodes and marks the header sensitive.
+                request.basic_auth(username, password.as_ref().map(Secret::expose))
+            }
+        })
     }
 }
 
@@ -295,16 +287,7 @@ pub fn backoff(
 /// A reqwest error's chain, e.g. "error sending request for url (…): connection refused". URLs
 /// carry no secrets (credentials never go in the URL; `OutputConfig::validate` rejects them).
 pub(crate) fn describe_reqwest_error(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
+    let mut text = probes::net::error_chain(error);
     if error.is_timeout() {
         text.push_str(" (timed out)");
     }
@@ -320,28 +303,6 @@ pub(crate) fn truncate(text: &str) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
-}
-
-/// Standard base64 with padding (RFC 4648), for HTTP basic auth.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -426,14 +387,29 @@ mod tests {
     }
 
     #[test]
-    fn basic_auth_base64() {
-        assert_eq!(
-            base64(b"Aladdin:open sesame"),
-            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
-        );
-        assert_eq!(base64(b"a"), "YQ==");
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(base64(b"abc"), "YWJj");
-        assert_eq!(base64(b""), "");
+    fn basic_auth_is_encoded_and_sensitive() {
+        let writer = |password: Option<SecretSource>| Writer {
+            client: reqwest::Client::new(),
+            endpoint: Url::parse("http://198.18.0.1:8086/write").expect("url"),
+            auth: Auth::Basic {
+                username: "Aladdin".into(),
+                password,
+            },
+            gzip: false,
+        };
+        let header = |writer: Writer| {
+            let request = writer
+                .authorize(writer.client.post(writer.endpoint.clone()))
+                .expect("credentials")
+                .build()
+                .expect("request");
+            request.headers()[AUTHORIZATION].clone()
+        };
+        let secret = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(secret.path(), "open sesame\n").expect("write secret");
+        let with_password = header(writer(Some(SecretSource::File(secret.path().into()))));
+        assert_eq!(with_password, "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert!(with_password.is_sensitive());
+        assert_eq!(header(writer(None)), "Basic QWxhZGRpbjo=", "`Aladdin:`");
     }
 }

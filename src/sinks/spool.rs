@@ -69,10 +69,7 @@ pub struct OutputTotals {
 }
 
 pub(crate) fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    probes::unix_ns(SystemTime::now())
 }
 
 impl OutputTotals {

@@ -154,10 +154,12 @@ impl Store {
             .join(DB_FILE);
         let conn = Connection::open(&path)
             .with_context(|| format!("cannot open store {}", path.display()))?;
+        // The busy timeout first: the agent's threads open this file too, and wait for a lock
+        // rather than fail with "database is locked".
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA busy_timeout = 5000;
+             PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
-             PRAGMA busy_timeout = 5000;
              CREATE TABLE IF NOT EXISTS observations (
                  id           INTEGER PRIMARY KEY,
                  ts_ns        INTEGER NOT NULL,
@@ -234,10 +236,7 @@ impl Store {
     /// Delete observations older than `retention` before `now`; returns how many were removed.
     pub fn prune(&mut self, retention: Duration, now: SystemTime) -> anyhow::Result<usize> {
         let cutoff = now.checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH);
-        let cutoff_ns = cutoff
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let cutoff_ns = probes::unix_ns(cutoff);
         Ok(self
             .conn
             .execute("DELETE FROM observations WHERE ts_ns < ?1", [cutoff_ns])?)

@@ -1,7 +1,14 @@
 //! The store's writer thread: batches records into transactions, enforces retention, and holds
 //! records in memory (bounded, counted) while the disk refuses them rather than losing them at once.
+//!
+//! At shutdown nothing held may be lost to a full disk: the writer keeps [`RESERVE_BYTES`] of the
+//! data directory's file system in a file of its own (`vantage.db-reserve`), and when the store
+//! refuses the last records at shutdown it deletes that file and writes them into the space it
+//! frees. Only what still does not fit is lost, counted exactly in the error.
 
 use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,8 +22,58 @@ const BATCH: usize = 2_000;
 const MAX_PENDING: usize = 200_000;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 const RETRY_EVERY: Duration = Duration::from_secs(1);
-/// At shutdown, stop retrying a store that keeps refusing writes after this many attempts.
+/// At shutdown, stop retrying a store that keeps refusing writes after this many attempts, this
+/// far apart (the agent exits within a couple of seconds).
 const GIVE_UP_AT_SHUTDOWN: u32 = 5;
+const RETRY_AT_SHUTDOWN: Duration = Duration::from_millis(200);
+/// Disk space held back for the records in memory at shutdown: about 16,000 ping rounds.
+pub const RESERVE_BYTES: usize = 16 << 20;
+
+/// The space held back (see the module docs).
+struct Reserve {
+    path: PathBuf,
+    held: bool,
+}
+
+impl Reserve {
+    /// Hold [`RESERVE_BYTES`] next to `store` (written out, not sparse, so the space is taken).
+    fn hold(store: &Path) -> Reserve {
+        let path = store.with_file_name(RESERVE_FILE);
+        let held = std::fs::metadata(&path).is_ok_and(|m| m.len() >= RESERVE_BYTES as u64)
+            || std::fs::File::create(&path)
+                .and_then(|mut file| {
+                    file.write_all(&vec![0u8; RESERVE_BYTES])?;
+                    file.sync_all()
+                })
+                .inspect_err(|error| {
+                    let _ = std::fs::remove_file(&path);
+                    tracing::warn!(%error, path = %path.display(), bytes = RESERVE_BYTES, "cannot hold disk space back for the last write at shutdown; with a full disk then, observations in memory would be lost");
+                })
+                .is_ok();
+        Reserve { path, held }
+    }
+
+    /// Give the space back to the file system; false if there was none to give.
+    fn release(&mut self) -> bool {
+        if !self.held {
+            return false;
+        }
+        self.held = false;
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {
+                tracing::warn!(path = %self.path.display(), bytes = RESERVE_BYTES, "the disk is full at shutdown: released the space held back for this last write");
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, path = %self.path.display(), "cannot release the space held back");
+                false
+            }
+        }
+    }
+}
+
+/// Next to `vantage.db`.
+pub const RESERVE_FILE: &str = "vantage.db-reserve";
 
 /// Start the writer; it returns the number of records stored once every sender is dropped and
 /// the queue is drained.
@@ -56,6 +113,7 @@ fn write_loop(
     prune(&mut store, retention);
     let mut open = true;
     let mut failures_in_a_row = 0;
+    let mut reserve = Reserve::hold(store.path());
     while open || !pending.is_empty() {
         if pending.is_empty() {
             match rx.blocking_recv() {
@@ -107,11 +165,19 @@ fn write_loop(
                 stored += batch as u64;
                 failures_in_a_row = 0;
             }
+            // Shutting down: no more records will come; make room for these and try again.
+            Err(_) if !open && reserve.release() => {}
             Err(error) if !open && failures_in_a_row >= GIVE_UP_AT_SHUTDOWN => {
                 anyhow::bail!(
-                    "shutting down with {} observations the store refused ({error:#}); {stored} stored, {dropped} dropped earlier",
-                    pending.len()
+                    "shutting down: {} observations LOST: the store refused them ({error:#}) and no space held back for this was left to release; {stored} stored, {dropped} dropped earlier while it refused writes; free space in {}",
+                    pending.len(),
+                    store.path().parent().unwrap_or(store.path()).display()
                 );
+            }
+            Err(error) if !open => {
+                failures_in_a_row += 1;
+                tracing::error!(error = %format!("{error:#}"), pending = pending.len(), store = %store.path().display(), "shutting down: cannot write the last observations; retrying");
+                std::thread::sleep(RETRY_AT_SHUTDOWN);
             }
             Err(error) => {
                 failures_in_a_row += 1;

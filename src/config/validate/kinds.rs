@@ -2,14 +2,18 @@
 //! strictness as the rest of the file: every value's type, range and syntax, settings that
 //! contradict each other, and timings that cannot work. (`icmp` lives with the probe walk itself.)
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use probes::{DnsRecordType, DnsTransport, TraceProtocol};
+use probes::{
+    DnsExpect, DnsRecordType, DnsSettings, DnsTransport, HeaderMatch, HttpExpect, HttpSettings,
+    TraceProtocol, TraceSettings,
+};
 use toml::de::{DeTable, DeValue};
 
-use super::super::{DnsProbe, HttpProbe, ProbeKind, TRACE_GRACE, TraceProbe};
+use super::super::{HttpProbe, ProbeKind, TRACE_GRACE};
 use super::{Checker, DNS, Got, HTTP, Key, TCP, TRACE, a, ceil_to_millis, check_host, closest};
 use crate::config::format_duration;
 
@@ -258,31 +262,35 @@ impl Checker<'_> {
         table: &DeTable<'_>,
         timings: Option<(Duration, Duration)>,
     ) -> Option<ProbeKind> {
-        let [
-            scheme_key,
-            port_key,
-            path_key,
-            method_key,
-            headers_key,
-            body_key,
-            status_key,
-            contains_key,
-            regex_key,
-            header_matches_key,
-            max_total_key,
-            cert_days_key,
-            ca_file_key,
-            server_name_key,
-            redirects_key,
-            body_bytes_key,
-        ] = &HTTP;
+        let [scheme_key, port_key, path_key, ..] = &HTTP;
         let scheme = or(
             self.choice(table, scheme_key, "scheme", &SCHEMES, false),
             "https",
         );
         let port = optional(self.port(table, port_key, "the port to connect to"));
+        let path = self.http_path(table, path_key);
+        // TLS-only settings on a plain-HTTP probe are a mistake, not a no-op.
+        let plain = scheme == Some("http");
+        let request = self.http_request(table);
+        let expect = self.http_expect(table, timings, plain);
+        let tls = self.http_tls(table, plain);
+        let (ca_file, server_name) = tls?;
+        Some(ProbeKind::Http(Box::new(HttpProbe {
+            scheme: scheme?.to_string(),
+            port: port?,
+            path: path?,
+            check: HttpSettings {
+                ca_file,
+                server_name,
+                expect: expect?,
+                ..request?
+            },
+        })))
+    }
 
-        let path = match self.string(table, path_key) {
+    /// `path`: starts with `/`, nothing a URL cannot carry as written.
+    fn http_path(&mut self, table: &DeTable<'_>, path_key: &Key) -> Option<String> {
+        match self.string(table, path_key) {
             Got::Absent => Some("/".to_string()),
             Got::Invalid => None,
             Got::Valid(path, span) => {
@@ -310,8 +318,14 @@ impl Checker<'_> {
                     Some(path.to_string())
                 }
             }
-        };
+        }
+    }
 
+    /// What to send and how much to take: method, headers, body, redirects, body size. The URL
+    /// is the target's and the TLS settings are the caller's to fill in.
+    fn http_request(&mut self, table: &DeTable<'_>) -> Option<HttpSettings> {
+        let [_, _, _, method_key, headers_key, body_key, ..] = &HTTP;
+        let [.., redirects_key, body_bytes_key, private_redirects_key] = &HTTP;
         let method = match self.string(table, method_key) {
             Got::Absent => Some("GET".to_string()),
             Got::Invalid => None,
@@ -358,6 +372,65 @@ impl Checker<'_> {
         };
         let body = optional(self.string(table, body_key)).map(|b| b.map(str::to_string));
 
+        let max_redirects = or(
+            self.bounded_integer(
+                table,
+                redirects_key,
+                0,
+                MAX_REDIRECTS,
+                "how many redirects to follow (0: none)",
+            ),
+            DEFAULT_MAX_REDIRECTS,
+        );
+        let max_body_bytes = match self.integer(table, body_bytes_key) {
+            Got::Absent => Some(DEFAULT_MAX_BODY_BYTES),
+            Got::Invalid => None,
+            Got::Valid(n, span) if !(1..=MAX_BODY_BYTES).contains(&n) => {
+                self.error(
+                    span,
+                    format!("`max_body_bytes` must be from 1 to {MAX_BODY_BYTES} (1 GiB), not {n}"),
+                    "the most body bytes a check reads (after decompression); default 1048576 (1 MiB)",
+                );
+                None
+            }
+            Got::Valid(n, _) => u64::try_from(n).ok(),
+        };
+        let follow_private_redirects = or(self.boolean(table, private_redirects_key), false);
+
+        Some(HttpSettings {
+            method: method?,
+            headers: headers?,
+            body: body?.map(String::into_bytes),
+            max_body_bytes: max_body_bytes?,
+            max_redirects: max_redirects?,
+            follow_private_redirects: follow_private_redirects?,
+            // The URL is the target's; `Probe::new` fills it in.
+            ..HttpSettings::new(String::new())
+        })
+    }
+
+    /// What the response must look like: status, body, headers, total time, certificate lifetime.
+    fn http_expect(
+        &mut self,
+        table: &DeTable<'_>,
+        timings: Option<(Duration, Duration)>,
+        plain: bool,
+    ) -> Option<HttpExpect> {
+        let [
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            status_key,
+            contains_key,
+            regex_key,
+            header_matches_key,
+            max_total_key,
+            cert_days_key,
+            ..,
+        ] = &HTTP;
         let expect_status = match table.get(status_key.name) {
             None => Some(Vec::new()),
             Some(value) => self.status_codes(value, status_key),
@@ -409,22 +482,6 @@ impl Checker<'_> {
             },
         };
 
-        // TLS-only settings on a plain-HTTP probe are a mistake, not a no-op.
-        let plain = scheme == Some("http");
-        let tls_only = |checker: &mut Self, key: &Key| -> bool {
-            if !plain {
-                return true;
-            }
-            if let Some(value) = table.get(key.name) {
-                checker.error(
-                    value.span(),
-                    format!("`{}` needs `scheme = \"https\"`", key.name),
-                    "plain HTTP has no TLS: remove it, or set `scheme = \"https\"`",
-                );
-                return false;
-            }
-            true
-        };
         let min_cert_expiry_days = match self.number(table, cert_days_key) {
             Got::Absent => Some(None),
             Got::Invalid => None,
@@ -436,8 +493,30 @@ impl Checker<'_> {
                 );
                 None
             }
-            Got::Valid(days, _) => tls_only(self, cert_days_key).then_some(Some(days)),
+            Got::Valid(days, _) => self
+                .tls_only(table, cert_days_key, plain)
+                .then_some(Some(days)),
         };
+        Some(HttpExpect {
+            status_codes: expect_status?,
+            body_contains: body_contains?.into_iter().collect(),
+            body_matches: body_regex?.into_iter().collect(),
+            headers: header_matches?
+                .into_iter()
+                .map(|(name, regex)| HeaderMatch { name, regex })
+                .collect(),
+            max_total: max_total?,
+            min_cert_expiry_days: min_cert_expiry_days?,
+        })
+    }
+
+    /// `ca_file` (read and checked now) and `server_name`: which CA to trust, which name to verify.
+    fn http_tls(
+        &mut self,
+        table: &DeTable<'_>,
+        plain: bool,
+    ) -> Option<(Option<PathBuf>, Option<String>)> {
+        let [.., ca_file_key, server_name_key, _, _, _] = &HTTP;
         let ca_file = match self.string(table, ca_file_key) {
             Got::Absent => Some(None),
             Got::Invalid => None,
@@ -463,7 +542,9 @@ impl Checker<'_> {
                         );
                         None
                     }
-                    None => tls_only(self, ca_file_key).then_some(Some(full)),
+                    None => self
+                        .tls_only(table, ca_file_key, plain)
+                        .then_some(Some(full)),
                 }
             }
         };
@@ -471,7 +552,9 @@ impl Checker<'_> {
             Got::Absent => Some(None),
             Got::Invalid => None,
             Got::Valid(name, span) => match check_host(name) {
-                Ok(None) => tls_only(self, server_name_key).then(|| Some(name.to_string())),
+                Ok(None) => self
+                    .tls_only(table, server_name_key, plain)
+                    .then(|| Some(name.to_string())),
                 Ok(Some(_)) | Err(_) => {
                     self.error(
                         span,
@@ -482,48 +565,23 @@ impl Checker<'_> {
                 }
             },
         };
-        let max_redirects = or(
-            self.bounded_integer(
-                table,
-                redirects_key,
-                0,
-                MAX_REDIRECTS,
-                "how many redirects to follow (0: none)",
-            ),
-            DEFAULT_MAX_REDIRECTS,
-        );
-        let max_body_bytes = match self.integer(table, body_bytes_key) {
-            Got::Absent => Some(DEFAULT_MAX_BODY_BYTES),
-            Got::Invalid => None,
-            Got::Valid(n, span) if !(1..=MAX_BODY_BYTES).contains(&n) => {
-                self.error(
-                    span,
-                    format!("`max_body_bytes` must be from 1 to {MAX_BODY_BYTES} (1 GiB), not {n}"),
-                    "the most body bytes a check reads (after decompression); default 1048576 (1 MiB)",
-                );
-                None
-            }
-            Got::Valid(n, _) => u64::try_from(n).ok(),
-        };
+        Some((ca_file?, server_name?))
+    }
 
-        Some(ProbeKind::Http(Box::new(HttpProbe {
-            scheme: scheme?.to_string(),
-            port: port?,
-            path: path?,
-            method: method?,
-            headers: headers?,
-            body: body?,
-            expect_status: expect_status?,
-            body_contains: body_contains?,
-            body_regex: body_regex?,
-            header_matches: header_matches?,
-            max_total: max_total?,
-            min_cert_expiry_days: min_cert_expiry_days?,
-            ca_file: ca_file?,
-            server_name: server_name?,
-            max_redirects: max_redirects?,
-            max_body_bytes: max_body_bytes?,
-        })))
+    /// False (and reported) when `key` is set on a plain-HTTP probe: it has no TLS.
+    fn tls_only(&mut self, table: &DeTable<'_>, key: &Key, plain: bool) -> bool {
+        if !plain {
+            return true;
+        }
+        if let Some(value) = table.get(key.name) {
+            self.error(
+                value.span(),
+                format!("`{}` needs `scheme = \"https\"`", key.name),
+                "plain HTTP has no TLS: remove it, or set `scheme = \"https\"`",
+            );
+            return false;
+        }
+        true
     }
 
     fn header_name(&mut self, key: &str, name: &str, span: Range<usize>) -> bool {
@@ -640,15 +698,18 @@ impl Checker<'_> {
             10_000,
             "the fewest records of the asked type the answer must have",
         ));
-        Some(ProbeKind::Dns(DnsProbe {
-            query: query?,
-            record_type: record_type?,
+        // The server is each target, resolved per run: only its port is known here.
+        let server = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port?));
+        Some(ProbeKind::Dns(DnsSettings {
             transport: transport?,
-            port: port?,
-            recursion: recursion?,
-            expect_rcode: expect_rcode?,
-            expect_answers: expect_answers?,
-            min_answers: min_answers?,
+            recursion_desired: recursion?,
+            expect: DnsExpect {
+                rcodes: expect_rcode?.into_iter().collect(),
+                min_answers: min_answers?,
+                answers_include: expect_answers?,
+                answers_match: Vec::new(),
+            },
+            ..DnsSettings::new(server, query?, record_type?)
         }))
     }
 
@@ -720,11 +781,15 @@ impl Checker<'_> {
             }
             return None;
         }
-        Some(ProbeKind::Trace(TraceProbe {
+        // The target, its family and whether raw sockets are allowed are known per target.
+        Some(ProbeKind::Trace(TraceSettings {
             protocol: protocol?,
-            count,
+            rounds: count as usize,
+            round_duration: timeout,
+            grace: TRACE_GRACE,
             max_ttl: max_ttl?,
             port: port?,
+            ..TraceSettings::new(String::new())
         }))
     }
 }

@@ -65,10 +65,10 @@ impl Checker<'_> {
         let section = "[[rule]]";
         let [
             name_key,
-            kind_key,
+            _, // kind: `rule_kind`
             severity_key,
-            probes_key,
-            targets_key,
+            _, // probes: `rule_probes`
+            _, // targets: `rule_targets`
             scope_key,
             group_by_key,
             share_key,
@@ -78,65 +78,7 @@ impl Checker<'_> {
         ] = &RULE;
         let mut names: Vec<Defined> = Vec::new();
         for (table, span) in self.tables(value, &ROOT[3]) {
-            let kind = self.string(table, kind_key);
-            let kind = match self.required(
-                kind,
-                section,
-                &span,
-                kind_key,
-                &format!(" (known kinds: {})", RULE_KINDS.join(", ")),
-            ) {
-                Got::Valid(kind, kind_span) => match RULE_KINDS.iter().find(|k| **k == kind) {
-                    Some(kind) => Some(*kind),
-                    None => {
-                        let known = RULE_KINDS.join(", ");
-                        let hint = match closest(kind, RULE_KINDS) {
-                            Some(suggestion) => {
-                                format!("did you mean `{suggestion}`? known kinds: {known}")
-                            }
-                            None => format!("known kinds: {known}"),
-                        };
-                        self.error(kind_span, format!("unknown rule kind `{kind}`"), hint);
-                        None
-                    }
-                },
-                Got::Absent | Got::Invalid => None,
-            };
-            // As for probes: the keys of the rule's own kind are allowed; a key of another kind
-            // is named as such; with an unknown kind, keys of every kind are accepted unchecked.
-            let own: &[Key] = kind.map(rule_kind_keys).unwrap_or(&[]);
-            let allowed: Vec<&Key> = RULE.iter().chain(own).collect();
-            let all_kinds: Vec<&Key> = RULE_LOSS
-                .iter()
-                .chain(&RULE_FAILURES)
-                .chain(&RULE_LATENCY)
-                .collect();
-            match kind {
-                None => self.unknown_keys(table, section, &allowed, &all_kinds),
-                Some(kind) => {
-                    for (key_name, _) in table.iter() {
-                        let key_str: &str = key_name.get_ref();
-                        if allowed.iter().any(|k| k.name == key_str) {
-                            continue;
-                        }
-                        if let Some(other) = RULE_KINDS
-                            .iter()
-                            .find(|k| rule_kind_keys(k).iter().any(|key| key.name == key_str))
-                        {
-                            self.error(
-                                key_name.span(),
-                                format!("`{key_str}` does not apply to a rule of kind `{kind}`"),
-                                format!(
-                                    "`{key_str}` belongs to `kind = \"{other}\"`; keys of `{kind}`: {}",
-                                    own.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-                                ),
-                            );
-                        }
-                    }
-                    self.unknown_keys(table, section, &allowed, &all_kinds);
-                }
-            }
-
+            let kind = self.rule_kind(table, &span);
             let name = self.unique_name(
                 table,
                 section,
@@ -147,117 +89,16 @@ impl Checker<'_> {
                 &mut names,
             );
 
-            let severity = match self.string(table, severity_key) {
-                Got::Absent => Some(Severity::default()),
-                Got::Invalid => None,
-                Got::Valid(text, severity_span) => match Severity::parse(text) {
-                    Some(severity) => Some(severity),
-                    None => {
-                        let known = Severity::ALL.map(Severity::as_str);
-                        let hint = match closest(text, known) {
-                            Some(suggestion) => format!("did you mean `{suggestion}`?"),
-                            None => format!("use one of: {}", known.join(", ")),
-                        };
-                        self.error(severity_span, format!("unknown severity `{text}`"), hint);
-                        None
-                    }
-                },
-            };
+            let severity = self.severity(table, severity_key);
 
-            // The probes it reads: listed, or every probe the kind applies to.
-            let rule_probes: Option<Vec<&ProbeConfig>> = match table.get(probes_key.name) {
-                None => Some(
-                    probes
-                        .iter()
-                        .filter(|p| kind.is_none_or(|k| kind_applies(k, &p.kind)))
-                        .collect(),
-                ),
-                Some(value) => {
-                    let listed =
-                        self.name_refs(value, probes_key, ("rule", name), "probe", defined_probes);
-                    listed.and_then(|listed| {
-                        let mut found = Vec::new();
-                        for probe_name in &listed {
-                            // A listed probe with its own mistake is absent: reported there.
-                            let probe = probes.iter().find(|p| &p.name == probe_name)?;
-                            if let Some(kind) = kind
-                                && !kind_applies(kind, &probe.kind)
-                            {
-                                self.error(
-                                    value.span(),
-                                    format!("a `{kind}` rule cannot read probe `{probe_name}`"),
-                                    "loss and latency rules read icmp probes",
-                                );
-                                return None;
-                            }
-                            found.push(probe);
-                        }
-                        Some(found)
-                    })
-                }
-            };
-            if let (Some(kind), Some([])) = (kind, rule_probes.as_deref())
-                && !probes.is_empty()
-            {
-                self.error(
-                    span.clone(),
-                    format!("no probe measures what a `{kind}` rule reads"),
-                    "loss and latency rules read icmp probes: add a `kind = \"icmp\"` probe",
-                );
-            }
-
-            // The targets it watches: listed (each measured by one of its probes), or all of theirs.
-            let measured = |target: &str, probes: &[&ProbeConfig]| {
-                probes.iter().any(|p| p.targets.iter().any(|t| t == target))
-            };
-            let rule_targets: Option<Vec<String>> = match (
-                table.get(targets_key.name),
-                &rule_probes,
-            ) {
-                (None, Some(rule_probes)) => Some(
-                    targets
-                        .iter()
-                        .filter(|t| measured(&t.name, rule_probes))
-                        .map(|t| t.name.clone())
-                        .collect(),
-                ),
-                (None, None) => None,
-                (Some(value), rule_probes) => {
-                    let listed = self.name_refs(
-                        value,
-                        targets_key,
-                        ("rule", name),
-                        "target",
-                        defined_targets,
-                    );
-                    match (listed, rule_probes) {
-                        (Some(listed), Some(rule_probes)) => {
-                            let entries = value
-                                .get_ref()
-                                .as_array()
-                                .map(|a| a.iter().collect::<Vec<_>>())
-                                .unwrap_or_default();
-                            let mut valid = true;
-                            for (target, entry) in listed.iter().zip(entries) {
-                                if !measured(target, rule_probes)
-                                    && targets.iter().any(|t| &t.name == target)
-                                {
-                                    let probe_names: Vec<&str> =
-                                        rule_probes.iter().map(|p| p.name.as_str()).collect();
-                                    self.error(
-                                        entry.span(),
-                                        format!("rule watches target `{target}`, but none of its probes measures it"),
-                                        format!("add `{target}` to the `targets` of probe `{}`, or remove it here", probe_names.first().copied().unwrap_or("...")),
-                                    );
-                                    valid = false;
-                                }
-                            }
-                            valid.then_some(listed)
-                        }
-                        _ => None,
-                    }
-                }
-            };
+            let rule_probes = self.rule_probes(table, kind, name, &span, probes, defined_probes);
+            let rule_targets = self.rule_targets(
+                table,
+                name,
+                rule_probes.as_deref(),
+                targets,
+                defined_targets,
+            );
 
             let scope_text = match self.string(table, scope_key) {
                 Got::Absent => Some(("target", None)),
@@ -330,6 +171,206 @@ impl Checker<'_> {
             }
         }
         rules
+    }
+
+    /// `kind`, and the keys the kind allows (a key of another kind is named as such).
+    fn rule_kind(&mut self, table: &DeTable<'_>, span: &Range<usize>) -> Option<&'static str> {
+        let [_, kind_key, ..] = &RULE;
+        let section = "[[rule]]";
+        let kind = self.string(table, kind_key);
+        let kind = match self.required(
+            kind,
+            section,
+            span,
+            kind_key,
+            &format!(" (known kinds: {})", RULE_KINDS.join(", ")),
+        ) {
+            Got::Valid(kind, kind_span) => match RULE_KINDS.iter().find(|k| **k == kind) {
+                Some(kind) => Some(*kind),
+                None => {
+                    let known = RULE_KINDS.join(", ");
+                    let hint = match closest(kind, RULE_KINDS) {
+                        Some(suggestion) => {
+                            format!("did you mean `{suggestion}`? known kinds: {known}")
+                        }
+                        None => format!("known kinds: {known}"),
+                    };
+                    self.error(kind_span, format!("unknown rule kind `{kind}`"), hint);
+                    None
+                }
+            },
+            Got::Absent | Got::Invalid => None,
+        };
+        // As for probes: the keys of the rule's own kind are allowed; a key of another kind
+        // is named as such; with an unknown kind, keys of every kind are accepted unchecked.
+        let own: &[Key] = kind.map(rule_kind_keys).unwrap_or(&[]);
+        let allowed: Vec<&Key> = RULE.iter().chain(own).collect();
+        let all_kinds: Vec<&Key> = RULE_LOSS
+            .iter()
+            .chain(&RULE_FAILURES)
+            .chain(&RULE_LATENCY)
+            .collect();
+        match kind {
+            None => self.unknown_keys(table, section, &allowed, &all_kinds),
+            Some(kind) => {
+                for (key_name, _) in table.iter() {
+                    let key_str: &str = key_name.get_ref();
+                    if allowed.iter().any(|k| k.name == key_str) {
+                        continue;
+                    }
+                    if let Some(other) = RULE_KINDS
+                        .iter()
+                        .find(|k| rule_kind_keys(k).iter().any(|key| key.name == key_str))
+                    {
+                        self.error(
+                            key_name.span(),
+                            format!("`{key_str}` does not apply to a rule of kind `{kind}`"),
+                            format!(
+                                "`{key_str}` belongs to `kind = \"{other}\"`; keys of `{kind}`: {}",
+                                own.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                            ),
+                        );
+                    }
+                }
+                self.unknown_keys(table, section, &allowed, &all_kinds);
+            }
+        }
+        kind
+    }
+
+    fn severity(&mut self, table: &DeTable<'_>, severity_key: &Key) -> Option<Severity> {
+        match self.string(table, severity_key) {
+            Got::Absent => Some(Severity::default()),
+            Got::Invalid => None,
+            Got::Valid(text, severity_span) => match Severity::parse(text) {
+                Some(severity) => Some(severity),
+                None => {
+                    let known = Severity::ALL.map(Severity::as_str);
+                    let hint = match closest(text, known) {
+                        Some(suggestion) => format!("did you mean `{suggestion}`?"),
+                        None => format!("use one of: {}", known.join(", ")),
+                    };
+                    self.error(severity_span, format!("unknown severity `{text}`"), hint);
+                    None
+                }
+            },
+        }
+    }
+
+    /// The probes a rule reads: listed, or every probe its kind applies to.
+    fn rule_probes<'p>(
+        &mut self,
+        table: &DeTable<'_>,
+        kind: Option<&str>,
+        name: Option<&str>,
+        span: &Range<usize>,
+        probes: &'p [ProbeConfig],
+        defined_probes: &[Defined],
+    ) -> Option<Vec<&'p ProbeConfig>> {
+        let [_, _, _, probes_key, ..] = &RULE;
+        // The probes it reads: listed, or every probe the kind applies to.
+        let rule_probes: Option<Vec<&ProbeConfig>> = match table.get(probes_key.name) {
+            None => Some(
+                probes
+                    .iter()
+                    .filter(|p| kind.is_none_or(|k| kind_applies(k, &p.kind)))
+                    .collect(),
+            ),
+            Some(value) => {
+                let listed =
+                    self.name_refs(value, probes_key, ("rule", name), "probe", defined_probes);
+                listed.and_then(|listed| {
+                    let mut found = Vec::new();
+                    for probe_name in &listed {
+                        // A listed probe with its own mistake is absent: reported there.
+                        let probe = probes.iter().find(|p| &p.name == probe_name)?;
+                        if let Some(kind) = kind
+                            && !kind_applies(kind, &probe.kind)
+                        {
+                            self.error(
+                                value.span(),
+                                format!("a `{kind}` rule cannot read probe `{probe_name}`"),
+                                "loss and latency rules read icmp probes",
+                            );
+                            return None;
+                        }
+                        found.push(probe);
+                    }
+                    Some(found)
+                })
+            }
+        };
+        if let (Some(kind), Some([])) = (kind, rule_probes.as_deref())
+            && !probes.is_empty()
+        {
+            self.error(
+                span.clone(),
+                format!("no probe measures what a `{kind}` rule reads"),
+                "loss and latency rules read icmp probes: add a `kind = \"icmp\"` probe",
+            );
+        }
+        rule_probes
+    }
+
+    /// The targets a rule watches: listed (each measured by one of its probes), or all of theirs.
+    fn rule_targets(
+        &mut self,
+        table: &DeTable<'_>,
+        name: Option<&str>,
+        rule_probes: Option<&[&ProbeConfig]>,
+        targets: &[Target],
+        defined_targets: &[Defined],
+    ) -> Option<Vec<String>> {
+        let [_, _, _, _, targets_key, ..] = &RULE;
+        // The targets it watches: listed (each measured by one of its probes), or all of theirs.
+        let measured = |target: &str, probes: &[&ProbeConfig]| {
+            probes.iter().any(|p| p.targets.iter().any(|t| t == target))
+        };
+        match (table.get(targets_key.name), &rule_probes) {
+            (None, Some(rule_probes)) => Some(
+                targets
+                    .iter()
+                    .filter(|t| measured(&t.name, rule_probes))
+                    .map(|t| t.name.clone())
+                    .collect(),
+            ),
+            (None, None) => None,
+            (Some(value), rule_probes) => {
+                let listed = self.name_refs(
+                    value,
+                    targets_key,
+                    ("rule", name),
+                    "target",
+                    defined_targets,
+                );
+                match (listed, rule_probes) {
+                    (Some(listed), Some(rule_probes)) => {
+                        let entries = value
+                            .get_ref()
+                            .as_array()
+                            .map(|a| a.iter().collect::<Vec<_>>())
+                            .unwrap_or_default();
+                        let mut valid = true;
+                        for (target, entry) in listed.iter().zip(entries) {
+                            if !measured(target, rule_probes)
+                                && targets.iter().any(|t| &t.name == target)
+                            {
+                                let probe_names: Vec<&str> =
+                                    rule_probes.iter().map(|p| p.name.as_str()).collect();
+                                self.error(
+                                    entry.span(),
+                                    format!("rule watches target `{target}`, but none of its probes measures it"),
+                                    format!("add `{target}` to the `targets` of probe `{}`, or remove it here", probe_names.first().copied().unwrap_or("...")),
+                                );
+                                valid = false;
+                            }
+                        }
+                        valid.then_some(listed)
+                    }
+                    _ => None,
+                }
+            }
+        }
     }
 
     /// `scope`, `group_by` and `share_pct`, which only make sense together.

@@ -35,10 +35,11 @@
 //! outside it alike — it never passes silently.
 //!
 //! ## Example
-//! ```no_run
+//! ```
 //! let lab = lab::Lab::routed();
-//! let out = lab.agent().run(["fping", "-C", "3", "-q", "198.18.2.2"]);
-//! # let _ = out;
+//! // fping exits 0 when the target answered; -C prints each echo's time on stderr.
+//! let out = lab.agent().exec(["fping", "-C", "3", "-q", "198.18.2.2"]);
+//! assert!(out.status.success(), "{out:?}");
 //! ```
 //!
 //! Needs the Debian packages `iproute2`, `nftables`, `iptables` (plus `fping` for its own tests).

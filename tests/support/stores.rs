@@ -1,11 +1,6 @@
-//! Shared parts of the sink tests: real servers from Debian packages (VictoriaMetrics, InfluxDB 1.x)
+//! The sink tests' servers: real stores from Debian packages (VictoriaMetrics, InfluxDB 1.x)
 //! started on loopback with Drop guards, a scripted HTTP endpoint, synthetic records.
-//!
-//! A test that needs a package fails (never skips) when it is missing: scripts/test installs them.
-#![allow(dead_code)] // each test binary uses a different part
 
-use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,6 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use probes::{FailureKind, Measurement, Observation, Outcome, PingStats};
 use vantage::store::Record;
+
+use super::process::{free_port, require_binary, terminate, wait_for};
 
 /// Show the sinks' logs in a failing test's output (RUST_LOG overrides the level).
 pub fn init_logs() {
@@ -22,51 +19,6 @@ pub fn init_logs() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral loopback port")
-        .local_addr()
-        .expect("local address")
-        .port()
-}
-
-/// The path of `binary`, or a panic that names the Debian package to install.
-pub fn require_binary(binary: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
-        let path = Path::new(dir).join(binary);
-        if path.exists() {
-            return path;
-        }
-    }
-    panic!(
-        "{binary} not found: this test needs the Debian package `{package}` (scripts/test installs it: apt-get install {package})"
-    );
-}
-
-/// Send SIGTERM to one process we started, by PID.
-pub fn terminate(child: &Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-}
-
-/// Poll `ready` until it is true or `timeout` passes.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut ready: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !ready().await {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// `url` with `params` as its query string (reqwest's `form`/`json` features are not enabled).
