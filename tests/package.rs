@@ -185,7 +185,10 @@ fn deb_installs_runs_with_cap_net_raw_only_upgrades_and_purges_clean() {
         "the hidden `generate` command has no man page: {files:#?}"
     );
     let man = run(&mut sh(&["zcat", "/usr/share/man/man1/vantage-trace.1.gz"]));
-    assert!(man.contains(r"\-\-max\-ttl") && man.contains("mtr"), "{man}");
+    assert!(
+        man.contains(r"\-\-max\-ttl") && man.contains("mtr"),
+        "{man}"
+    );
     for (path, expect) in [
         (
             "/usr/share/bash-completion/completions/vantage",
