@@ -4,6 +4,7 @@
 
 mod agent;
 mod dns;
+mod generate;
 mod http;
 mod incidents;
 mod ping;
@@ -120,6 +121,9 @@ Exit status: 0 connected, 1 did not, 2 could not run."
     Tcp(tcp::Args),
     /// The incident drafts this agent wrote: `list`, `show ID`.
     Incidents(incidents::Args),
+    /// Write the man pages or shell completions (for packaging; see scripts/build-deb).
+    #[command(hide = true)]
+    Generate(generate::Args),
 }
 
 /// Parse the command line, set up logging, run the command. Exit codes: 0 fine, 1 the command's
@@ -139,6 +143,7 @@ pub fn main() -> ExitCode {
         Command::Dns(args) => dns::run(&args),
         Command::Tcp(args) => tcp::run(&args),
         Command::Incidents(args) => incidents::run(&args),
+        Command::Generate(args) => generate::run(&args),
     };
     match result {
         Ok(code) => code,
