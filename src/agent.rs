@@ -356,10 +356,16 @@ fn jobs(config: &Config, store: &Store) -> anyhow::Result<(Vec<Job>, Option<Icmp
             Default::default()
         }
     };
+    // By name, once: a linear search per (probe, target) made starting 100,000 targets quadratic.
+    let targets: std::collections::HashMap<&str, &crate::config::Target> = config
+        .targets
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
     let mut jobs = Vec::new();
     for probe_config in &config.probes {
         for name in &probe_config.targets {
-            let target = config.target(name).with_context(|| {
+            let target = targets.get(name.as_str()).copied().with_context(|| {
                 format!(
                     "probe {:?} names unknown target {name:?}",
                     probe_config.name

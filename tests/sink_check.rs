@@ -76,3 +76,47 @@ async fn check_reports_reachability_and_credentials_per_output() {
     let count = influx.query("vantage", "SHOW MEASUREMENTS").await;
     assert!(count["results"][0]["series"].is_null(), "{count}");
 }
+
+/// An output that answers 500 with a body without end: `check` reads only the start of it (the
+/// message shows it) and hangs up, rather than reading until its timeout into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_error_body_is_read_only_as_far_as_a_message_needs() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    // Serves one request, then writes until the client hangs up, at most 2 GiB or 30 s.
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request);
+        let _ =
+            stream.write_all(b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n\r\n");
+        let chunk = b"endless error body ".repeat(3449); // ~64 KiB
+        let (mut sent, started) = (0usize, std::time::Instant::now());
+        while sent < 2 << 30 && started.elapsed() < std::time::Duration::from_secs(30) {
+            match stream.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    let outputs = vec![OutputConfig::influxdb_v2(
+        "endless", &url, "lab", "vantage", None,
+    )];
+    let results = check_outputs(&outputs, false).await;
+    let sent = tokio::task::spawn_blocking(move || server.join().expect("server"))
+        .await
+        .expect("join");
+    let result = &results[0];
+    assert!(!result.ok, "{result:?}");
+    assert!(
+        result.message.contains("endless error body"),
+        "the message shows the start of the body: {result:?}"
+    );
+    // What the server got out before the hang-up: the 64 KiB read plus the sockets' buffers.
+    assert!(
+        sent < 32 << 20,
+        "the client read {sent} bytes of an error body before hanging up"
+    );
+}

@@ -655,7 +655,8 @@ async fn run_round(
                 let stamp = u64::try_from(now.into_std().duration_since(shared.epoch).as_nanos())
                     .unwrap_or(u64::MAX);
                 let request = echo_request(addr, shared.ident, registration.seqs[sent], stamp, &shared.key);
-                state.sent(sent, now.into_std(), stamp);
+                // The RTT starts now, not before the tag was computed.
+                state.sent(sent, Instant::now(), stamp);
                 if let Err(error) = shared.socket.send_to(&request, target).await {
                     // The echo counts as sent and lost: a local "no route" is part of the outage.
                     let kind = match error.raw_os_error() {

@@ -7,7 +7,7 @@ use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 
 use crate::config::{IncidentSinkConfig, SecretSource};
-use crate::sinks::influx::{describe_reqwest_error, truncate};
+use crate::sinks::influx::{describe_reqwest_error, error_body, truncate};
 use crate::sinks::redact::Redactor;
 
 #[derive(Debug)]
@@ -74,7 +74,7 @@ impl Poster {
             if status.is_success() {
                 return Ok(());
             }
-            let text = redactor.redact(&response.text().await.unwrap_or_default());
+            let text = redactor.redact(&error_body(response).await);
             Err(failed(format!("{status}: {}", truncate(text.trim()))))
         })
     }

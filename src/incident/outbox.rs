@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::db::IncidentDb;
 use super::event::OutboxEvent;
 use super::{Incident, Timestamp};
+use crate::sinks::influx::backoff;
 
 /// Events read from the outbox per sink per pass.
 const BATCH: usize = 100;
@@ -40,15 +41,19 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// One sink and its retry state.
 struct Slot {
     sink: Box<dyn IncidentSink>,
-    backoff: Duration,
+    /// Failures in a row, since the last success.
+    failures: u32,
     next_try: Instant,
     next_refresh: Instant,
 }
 
 impl Slot {
-    fn failed(&mut self, now: Instant) {
-        self.next_try = now + self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    /// Count a failure; returns the wait before the next try (the outputs' backoff, no jitter).
+    fn failed(&mut self, now: Instant) -> Duration {
+        self.failures += 1;
+        let wait = backoff(self.failures, FIRST_BACKOFF, MAX_BACKOFF, 1.0, None);
+        self.next_try = now + wait;
+        wait
     }
 }
 
@@ -56,7 +61,7 @@ impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
             .field("sink", &self.sink.name())
-            .field("backoff", &self.backoff)
+            .field("failures", &self.failures)
             .finish()
     }
 }
@@ -80,7 +85,7 @@ impl Deliverer {
                 .into_iter()
                 .map(|sink| Slot {
                     sink,
-                    backoff: FIRST_BACKOFF,
+                    failures: 0,
                     next_try: now,
                     next_refresh: now,
                 })
@@ -105,14 +110,14 @@ impl Deliverer {
                     Ok(()) => {
                         self.db
                             .mark_delivered(event.seq, &name, Timestamp(SystemTime::now()))?;
-                        slot.backoff = FIRST_BACKOFF;
+                        slot.failures = 0;
                         delivered += 1;
                     }
                     Err(error) => {
                         let error = format!("{error:#}");
                         self.db.mark_failed(event.seq, &name, &error)?;
-                        tracing::warn!(sink = %name, event = %event.idempotency_key, %error, retry_in = ?slot.backoff, "incident sink is down; will retry");
-                        slot.failed(now);
+                        let retry_in = slot.failed(now);
+                        tracing::warn!(sink = %name, event = %event.idempotency_key, %error, ?retry_in, "incident sink is down; will retry");
                         caught_up = false;
                         break; // keep the order: nothing after a failed event goes first
                     }
@@ -125,12 +130,12 @@ impl Deliverer {
                 match slot.sink.refresh(&self.db.open_incidents()?) {
                     Ok(()) => {
                         slot.next_refresh = now + every;
-                        slot.backoff = FIRST_BACKOFF;
+                        slot.failures = 0;
                     }
                     Err(error) => {
                         let error = format!("{error:#}");
-                        tracing::warn!(sink = %name, %error, retry_in = ?slot.backoff, "cannot re-send open incidents; will retry");
-                        slot.failed(now);
+                        let retry_in = slot.failed(now);
+                        tracing::warn!(sink = %name, %error, ?retry_in, "cannot re-send open incidents; will retry");
                     }
                 }
             }

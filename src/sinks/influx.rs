@@ -24,6 +24,9 @@ use base64::Engine as _;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// How much of an error body is kept for logs and dead letters.
 const MAX_MESSAGE: usize = 1024;
+/// Of an error answer's body, at most this much is read: only its start goes into a message, and
+/// a broken or hostile endpoint may send a body without end.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// What a write request's answer means for the points in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +148,7 @@ impl Writer {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let message = redactor.redact(&response.text().await.unwrap_or_default());
+        let message = redactor.redact(&error_body(response).await);
         let message = truncate(message.trim());
         classify(status, message, retry_after)
     }
@@ -303,6 +306,22 @@ pub(crate) fn describe_reqwest_error(error: &reqwest::Error) -> String {
         text.push_str(" (timed out)");
     }
     text
+}
+
+/// The start of an error answer's body: at most [`MAX_ERROR_BODY`] bytes are read, then the
+/// connection is dropped.
+pub(crate) async fn error_body(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ERROR_BODY - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 pub(crate) fn truncate(text: &str) -> String {
