@@ -243,7 +243,7 @@ fn deb_installs_runs_with_cap_net_raw_only_upgrades_and_purges_clean() {
     assert!(uid < 1000, "a system user: {passwd}");
     assert!(fields[6].ends_with("nologin"), "no login shell: {passwd}");
     run(&mut sh(&["getent", "group", "vantage"]));
-    assert_eq!(owner_and_mode(STATE), "vantage:vantage 750");
+    assert_eq!(owner_and_mode(STATE), "vantage:vantage 700");
     // Not enabled by the install: the operator edits the config first, then enables it.
     let wants = Path::new("/etc/systemd/system/multi-user.target.wants/vantage.service");
     assert!(
@@ -442,7 +442,7 @@ fn deb_installs_runs_with_cap_net_raw_only_upgrades_and_purges_clean() {
         state_before,
         "state changed by the upgrade"
     );
-    assert_eq!(owner_and_mode(STATE), "vantage:vantage 750");
+    assert_eq!(owner_and_mode(STATE), "vantage:vantage 700");
     assert_eq!(run(&mut sh(&["getent", "passwd", "vantage"])), passwd);
     assert!(wants.exists(), "the upgrade disabled the unit");
 
