@@ -400,12 +400,15 @@ impl Endpoint {
     }
 }
 
-/// Receive buffer wanted per echo/s offered: 100 ms of replies at ~1 KiB of kernel memory each
-/// (an skb's truesize), so a stall of the loop that long loses nothing.
-const RECV_BYTES_PER_ECHO_PER_S: f64 = 0.1 * 1024.0;
+/// Receive buffer wanted per echo/s offered: 250 ms of replies at 2 KiB of kernel memory each (an
+/// skb's truesize; on loopback a raw socket also queues every echo request), so a stall of the
+/// loop that long (a loaded machine) loses nothing. Memory is only used while replies queue.
+const RECV_BYTES_PER_ECHO_PER_S: f64 = 0.25 * 2048.0;
 /// Send buffer: 10 ms of echoes (sends leave in batches, one per timer tick).
-const SEND_BYTES_PER_ECHO_PER_S: f64 = 0.01 * 1024.0;
-const MIN_BUFFER: usize = 256 << 10;
+const SEND_BYTES_PER_ECHO_PER_S: f64 = 0.01 * 2048.0;
+/// What the client asked for before it sized buffers by rate: bursts of replies from thousands of
+/// targets must not overflow the default ~200 KiB.
+const MIN_BUFFER: usize = 8 << 20;
 const MAX_BUFFER: usize = 256 << 20;
 
 /// The socket buffers' sizes, grown with the offered rate.
@@ -483,8 +486,8 @@ fn grow(socket: &UdpSocket, direction: Direction, want: usize) -> usize {
 /// Datagram bytes read per slot of a receive batch: an echo reply is 64–84 bytes, an unreachable
 /// quoting our echo under 600; anything longer is cut and then rejected by [`classify`].
 const RECV_SLOT: usize = 2048;
-/// Receive batches read per wake-up before the loop sends what is due.
-const RECV_BATCHES_PER_WAKE: usize = 16;
+/// At most this many receive batches per drain (a flood must not stop the sends for long).
+const RECV_BATCHES_MAX: usize = 1024;
 
 /// The loop of one socket: commands from rounds, due echoes out, replies in, until every client
 /// clone is gone.
@@ -508,8 +511,26 @@ async fn drive(
     // Set when the send buffer is full: wait for the socket to be writable before sending again.
     let mut blocked = false;
     loop {
-        if !blocked {
-            blocked = send_due(&mut engine, &socket, fd, &mut outgoing, &mut send_headers);
+        if engine
+            .next_deadline()
+            .is_some_and(|at| at <= Instant::now())
+        {
+            // Replies already queued count before any round is ended at its deadline: a loop
+            // woken late must not call them lost.
+            let now = Instant::now();
+            receive_queued(
+                &socket,
+                &mut recv_headers,
+                &mut recv_slots,
+                &mut engine,
+                family,
+                now,
+                Ask::Kernel,
+            )
+            .await;
+            if !blocked {
+                blocked = send_due(&mut engine, &socket, fd, &mut outgoing, &mut send_headers);
+            }
         }
         let wake = engine
             .next_deadline()
@@ -522,21 +543,11 @@ async fn drive(
                     tracing::warn!(%error, ?family, "ICMP socket failed");
                     return;
                 }
-                for _ in 0..RECV_BATCHES_PER_WAKE {
-                    let read = socket.try_io(Interest::READABLE, || {
-                        receive_batch(fd, &mut recv_headers, &mut recv_slots, &mut engine)
-                    });
-                    match read {
-                        Ok(n) if n == BATCH => continue,
-                        Ok(_) => {}
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(error) => {
-                            tracing::warn!(%error, ?family, "ICMP receive failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                    break;
-                }
+                // Readable: read what is there now (a stream of replies must not hold up sends).
+                let now = Instant::now();
+                let (headers, slots) = (&mut recv_headers, &mut recv_slots);
+                receive_queued(&socket, headers, slots, &mut engine, family, now, Ask::Tokio)
+                    .await;
             }
             command = commands.recv() => {
                 let Some(command) = command else { return };
@@ -556,6 +567,49 @@ async fn drive(
             }
             () = &mut sleep => {}
         }
+    }
+}
+
+/// Whether to trust tokio's readiness flag before reading (it clears the flag on EAGAIN, needed
+/// before waiting for readability), or to ask the kernel in any case: a loop that is behind finds
+/// its deadlines already passed and never parks, so the flag is not refreshed and may be stale.
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    Tokio,
+    Kernel,
+}
+
+/// Read what the socket holds, a batch per `recvmmsg`, until it is empty or holds only datagrams
+/// that arrived after `until`: everything that arrived before a round's deadline is counted before
+/// the round is ended, however far behind the loop is. (A flood of foreign datagrams ends the
+/// drain after [`RECV_BATCHES_MAX`] batches.)
+async fn receive_queued(
+    socket: &UdpSocket,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    slots: &mut [[u8; RECV_SLOT]; BATCH],
+    engine: &mut Engine,
+    family: Family,
+    until: Instant,
+    ask: Ask,
+) {
+    let fd = socket.as_raw_fd();
+    for _ in 0..RECV_BATCHES_MAX {
+        let read = match ask {
+            Ask::Tokio => socket.try_io(Interest::READABLE, || {
+                receive_batch(fd, headers, slots, engine)
+            }),
+            Ask::Kernel => receive_batch(fd, headers, slots, engine),
+        };
+        match read {
+            Ok((n, last)) if n == BATCH && last.is_none_or(|at| at < until) => continue,
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => {
+                tracing::warn!(%error, ?family, "ICMP receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        break;
     }
 }
 
@@ -634,13 +688,13 @@ fn send_batch(
 }
 
 /// Read up to [`BATCH`] datagrams with one `recvmmsg` and hand each to the engine, timed by its
-/// kernel receive stamp. Returns how many were read.
+/// kernel receive stamp. Returns how many were read, and when the last one arrived.
 fn receive_batch(
     fd: RawFd,
     headers: &mut MultiHeaders<SockaddrStorage>,
     slots: &mut [[u8; RECV_SLOT]; BATCH],
     engine: &mut Engine,
-) -> io::Result<usize> {
+) -> io::Result<(usize, Option<Instant>)> {
     let mut slices = slots.each_mut().map(|s| [IoSliceMut::new(s)]);
     let messages = recvmmsg(fd, headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?;
     // One clock pair per batch: a datagram's arrival is now, minus how long it was queued.
@@ -649,6 +703,7 @@ fn receive_batch(
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     let mut read = 0;
+    let mut last = None;
     for message in messages {
         read += 1;
         let from = message.address.as_ref().and_then(|a| {
@@ -678,11 +733,12 @@ fn receive_batch(
             })
             .and_then(|queued| now.checked_sub(queued))
             .unwrap_or(now);
+        last = Some(at);
         let datagram = message.iovs().next().unwrap_or(&[]);
         let received = engine.receive(datagram, from, at);
         tracing::trace!(%from, ?received, "ICMP datagram");
     }
-    Ok(read)
+    Ok((read, last))
 }
 
 /// Which echoes of a round were answered, and in time. Pure bookkeeping, tested on its own.
