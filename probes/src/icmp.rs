@@ -551,11 +551,11 @@ async fn drive(
             }
             command = commands.recv() => {
                 let Some(command) = command else { return };
-                let now = Instant::now();
-                engine.command(command, now);
+                engine.command(command);
                 while let Ok(command) = commands.try_recv() {
-                    engine.command(command, now);
+                    engine.command(command);
                 }
+                engine.apply_stops(Instant::now());
                 buffers.fit(&socket, family, engine.offered_per_s());
             }
             writable = socket.writable(), if blocked => {

@@ -128,6 +128,7 @@ pub(super) struct Engine {
     /// Echoes per second the running rounds offer, to size the socket buffers.
     offered_per_s: f64,
     rejected: Arc<AtomicU64>,
+    stop_pending: bool,
 }
 
 impl Engine {
@@ -149,6 +150,7 @@ impl Engine {
             held: HashMap::new(),
             offered_per_s: 0.0,
             rejected,
+            stop_pending: false,
         }
     }
 
@@ -156,10 +158,18 @@ impl Engine {
         self.offered_per_s
     }
 
-    pub fn command(&mut self, command: Command, now: Instant) {
+    /// Take one command. Stops are only noted: [`Engine::apply_stops`] looks at every round once
+    /// for however many arrived together (a SIGINT stops every round at once).
+    pub fn command(&mut self, command: Command) {
         match command {
             Command::Start(request) => self.start(request),
-            Command::Stopped => self.stopped(now),
+            Command::Stopped => self.stop_pending = true,
+        }
+    }
+
+    pub fn apply_stops(&mut self, now: Instant) {
+        if std::mem::take(&mut self.stop_pending) {
+            self.stopped(now);
         }
     }
 
@@ -505,16 +515,13 @@ mod tests {
         at: Instant,
     ) -> oneshot::Receiver<RoundEnd> {
         let (reply, done) = oneshot::channel();
-        engine.command(
-            Command::Start(Request {
-                addr,
-                plan,
-                start: at,
-                stop: CancellationToken::new(),
-                reply,
-            }),
-            at,
-        );
+        engine.command(Command::Start(Request {
+            addr,
+            plan,
+            start: at,
+            stop: CancellationToken::new(),
+            reply,
+        }));
         done
     }
 
@@ -638,6 +645,39 @@ mod tests {
                 "{end:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_stop_ends_sending_but_awaits_the_echoes_already_sent() {
+        let mut engine = engine();
+        let mut batch = SendBatch::new();
+        let t0 = Instant::now();
+        let stop = CancellationToken::new();
+        let (reply, mut done) = oneshot::channel();
+        engine.command(Command::Start(Request {
+            addr: TARGET,
+            plan: plan(5),
+            start: t0,
+            stop: stop.clone(),
+            reply,
+        }));
+        assert_eq!(send_all(&mut engine, &mut batch, t0), 1);
+        let answer = reply_to(&batch, 0, TARGET);
+        stop.cancel();
+        engine.command(Command::Stopped);
+        engine.apply_stops(t0 + Duration::from_millis(1));
+        assert_eq!(
+            send_all(&mut engine, &mut batch, t0 + Duration::from_millis(10)),
+            0
+        );
+        assert!(done.try_recv().is_err(), "the echo sent is still awaited");
+        assert_eq!(
+            engine.receive(&answer, TARGET, t0 + Duration::from_millis(12)),
+            Received::Reply(Verdict::Counted)
+        );
+        let ended = done.try_recv().expect("answered: the round ended");
+        assert_eq!(ended.rtts.len(), 1);
+        assert_eq!(engine.running(), 0);
     }
 
     #[test]
