@@ -181,6 +181,16 @@ pub fn classify(
             if icmp_bytes.len() < 8 {
                 return Err(Rejected::Truncated);
             }
+            // Only the types we handle are checksummed: a raw socket also sees every echo request
+            // (on loopback, each of our own), which costs nothing this way.
+            let ours = [
+                IcmpTypes::EchoReply,
+                IcmpTypes::DestinationUnreachable,
+                IcmpTypes::TimeExceeded,
+            ];
+            if !ours.contains(&packet.get_icmp_type()) {
+                return Err(Rejected::NotForUs);
+            }
             // Raw sockets get packets the kernel has not checksummed for us.
             if kind == SocketKind::Raw && icmp::checksum(&packet) != packet.get_checksum() {
                 return Err(Rejected::BadChecksum);
