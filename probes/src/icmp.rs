@@ -875,6 +875,26 @@ mod tests {
         assert!((rtts[0].unwrap_or_default() - 2.0).abs() < 1e-6);
     }
 
+    /// The buffers follow the offered rate up, never down, and what is kept is what the kernel
+    /// reports (as root, past `net.core.rmem_max` with `SO_RCVBUFFORCE`).
+    #[tokio::test]
+    async fn socket_buffers_grow_with_the_offered_rate() {
+        let opened = open(Family::V4, SocketKind::Raw)
+            .unwrap_or_else(|_| panic!("a raw ICMP socket: run as root or with CAP_NET_RAW"));
+        let socket = UdpSocket::from_std(opened.socket).expect("register the socket");
+        let recv = || getsockopt(&socket, sockopt::RcvBuf).expect("SO_RCVBUF");
+        let mut buffers = Buffers::default();
+        buffers.fit(&socket, Family::V4, 0.0);
+        assert!(recv() >= MIN_BUFFER, "{} < {MIN_BUFFER}", recv());
+        let rate = 100_000.0;
+        buffers.fit(&socket, Family::V4, rate);
+        let wanted = (rate * RECV_BYTES_PER_ECHO_PER_S) as usize;
+        assert!(recv() >= wanted, "{} < {wanted} at {rate}/s", recv());
+        let grown = recv();
+        buffers.fit(&socket, Family::V4, 10.0);
+        assert_eq!(recv(), grown, "a lower rate does not shrink the buffer");
+    }
+
     #[test]
     fn round_duration_covers_the_last_echo_and_its_timeout() {
         let plan = RoundPlan {
