@@ -486,8 +486,8 @@ impl Engine {
             .any(|r| r.alerts.iter().any(|a| a.key == key))
     }
 
-    /// Take a new configuration (reload) without forgetting what was seen: a rule whose config
-    /// is unchanged keeps each (probe, target) member's window and state, and every alert its
+    /// Take a new configuration (reload) without forgetting what was seen: a rule whose settings
+    /// are unchanged (its lists of probes and targets aside) keeps each (probe, target) member's window and state, and every alert its
     /// phase, so a firing alert is neither opened again nor lost. A changed rule (same name)
     /// starts its windows afresh under its new condition, but its firing alerts stay firing (the
     /// open incident continues and resolves through the new clear condition). Alerts that no
@@ -503,7 +503,14 @@ impl Engine {
             let Some(old) = previous.remove(&rule.config.name) else {
                 continue;
             };
-            let unchanged = old.config == rule.config;
+            // Which targets and probes a rule reads is per member (kept by key below); a target
+            // added to the config changes every rule's resolved list, not the rule.
+            let settings = |rule: &RuleConfig| RuleConfig {
+                probes: Vec::new(),
+                targets: Vec::new(),
+                ..rule.clone()
+            };
+            let unchanged = settings(&old.config) == settings(&rule.config);
             if unchanged {
                 let mut members: HashMap<(String, String), Member> = old
                     .members

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::config::{AgentConfig, Config, ProbeConfig};
+use crate::config::{AgentConfig, Config, ProbeConfig, RuleConfig};
 use crate::scheduler::JobKey;
 
 /// Names added, removed and changed (same name, different settings), each sorted.
@@ -100,7 +100,12 @@ impl ReloadReport {
             ),
             probes: Changes::between(&old.probes, &new.probes, |p| p.name.clone(), PartialEq::eq),
             jobs: job_changes(old, new),
-            rules: Changes::between(&old.rules, &new.rules, |r| r.name.clone(), PartialEq::eq),
+            rules: Changes::between(
+                &old.rules,
+                &new.rules,
+                |r| r.name.clone(),
+                |a, b| same_rule(a, b, old, new),
+            ),
             outputs: Changes::between(
                 &old.outputs,
                 &new.outputs,
@@ -194,6 +199,28 @@ fn job_changes(old: &Config, new: &Config) -> Changes {
         }
     }
     changes
+}
+
+/// Whether a rule is the same in `old` and `new`: same settings, and the same probes and targets
+/// among those both configurations have (a rule without a `targets` list covers every target, so
+/// a target added or removed does not change the rule).
+fn same_rule(a: &RuleConfig, b: &RuleConfig, old: &Config, new: &Config) -> bool {
+    let common = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| {
+                (old.target(n).is_some() && new.target(n).is_some())
+                    || (old.probe(n).is_some() && new.probe(n).is_some())
+            })
+            .cloned()
+            .collect()
+    };
+    let settings = |rule: &RuleConfig| RuleConfig {
+        probes: common(&rule.probes),
+        targets: common(&rule.targets),
+        ..rule.clone()
+    };
+    settings(a) == settings(b)
 }
 
 /// The `[agent]` keys that differ: each needs a restart (the store, the spool and every record's
