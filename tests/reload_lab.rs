@@ -319,5 +319,13 @@ fn sighup_reloads_without_losing_open_incidents_or_spooled_points() {
         agent.log()
     );
     assert_eq!(delivered, expected);
-    agent.stop();
+
+    // Still firing since before the reload: the rules engine never saw a new breach of `stays`.
+    let log = agent.stop();
+    for key in ["loss/target/stays", "down/target/stays"] {
+        let breaches = log
+            .matches(&format!("gathering evidence for the draft key={key}\n"))
+            .count();
+        assert_eq!(breaches, 1, "{key} breached once, before the reload:\n{log}");
+    }
 }
