@@ -326,6 +326,9 @@ fn sighup_reloads_without_losing_open_incidents_or_spooled_points() {
         let breaches = log
             .matches(&format!("gathering evidence for the draft key={key}\n"))
             .count();
-        assert_eq!(breaches, 1, "{key} breached once, before the reload:\n{log}");
+        assert_eq!(
+            breaches, 1,
+            "{key} breached once, before the reload:\n{log}"
+        );
     }
 }

@@ -245,3 +245,76 @@ pub fn needs_restart(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> 
     }
     keys
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// Targets a (127.0.0.1) and `extra`, probe `ping` (every `interval`) on all of them, rule
+    /// `loss` (above `above` %) on all of them.
+    fn config(extra: &str, interval: &str, above: u32, name: &str) -> Config {
+        Config::parse(
+            &format!(
+                "[agent]\nname = \"{name}\"\nsite = \"s\"\n\
+                 [[target]]\nname = \"a\"\nhost = \"127.0.0.1\"\n{extra}\
+                 [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"{interval}\"\n\
+                 [[rule]]\nname = \"loss\"\nkind = \"loss\"\nabove_pct = {above}\nclear_below_pct = 5\n"
+            ),
+            Path::new("vantage.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_target_added_is_one_job_and_changes_no_rule() {
+        let old = config("", "5s", 20, "n");
+        let new = config(
+            "[[target]]\nname = \"b\"\nhost = \"127.0.0.2\"\n",
+            "5s",
+            20,
+            "n",
+        );
+        let report = ReloadReport::between(&old, &new);
+        assert_eq!(report.targets.added, names(&["b"]));
+        assert_eq!(report.jobs.added, names(&["ping/b"]));
+        assert!(report.jobs.changed.is_empty() && report.jobs.removed.is_empty());
+        // `loss` covers every target: b joins it, the rule itself is the same.
+        assert!(report.rules.is_empty(), "{report:?}");
+        let back = ReloadReport::between(&new, &old);
+        assert_eq!(back.jobs.removed, names(&["ping/b"]));
+        assert!(back.rules.is_empty(), "{back:?}");
+    }
+
+    #[test]
+    fn a_probe_or_target_setting_changes_its_jobs_and_a_threshold_its_rule() {
+        let b = |host: &str| format!("[[target]]\nname = \"b\"\nhost = \"{host}\"\n");
+        let old = config(&b("127.0.0.2"), "5s", 20, "n");
+        let moved = ReloadReport::between(&old, &config(&b("127.0.0.3"), "5s", 20, "n"));
+        assert_eq!(moved.targets.changed, names(&["b"]));
+        assert_eq!(moved.jobs.changed, names(&["ping/b"]));
+        let slower = ReloadReport::between(&old, &config(&b("127.0.0.2"), "10s", 20, "n"));
+        assert_eq!(slower.jobs.changed, names(&["ping/a", "ping/b"]));
+        let stricter = ReloadReport::between(&old, &config(&b("127.0.0.2"), "5s", 30, "n"));
+        assert_eq!(stricter.rules.changed, names(&["loss"]));
+        assert!(stricter.jobs.is_empty());
+        assert!(ReloadReport::between(&old, &old).is_empty());
+        assert_eq!(
+            ReloadReport::between(&old, &old).to_string(),
+            "nothing changed"
+        );
+    }
+
+    #[test]
+    fn the_agent_section_needs_a_restart_and_is_named() {
+        let old = config("", "5s", 20, "n");
+        let renamed = config("", "5s", 20, "m");
+        assert_eq!(needs_restart(&old.agent, &renamed.agent), ["agent.name"]);
+        assert!(needs_restart(&old.agent, &old.agent).is_empty());
+    }
+}
