@@ -44,8 +44,8 @@
 //!    ([`crate::rules::Engine::reconfigure`]): unchanged (rule, target) pairs keep their windows and
 //!    open incidents, and an incident whose rule or target was removed is resolved, its timeline
 //!    saying why;
-//! 5. the scheduler stops the removed and changed jobs (a run in flight hands over what it
-//!    measured) and starts the added and changed ones.
+//! 5. the scheduler stops the removed and changed jobs (a run in flight is cut short and not
+//!    stored, as at a stop) and starts the added and changed ones.
 //!
 //! The `[agent]` section (name, site, data_dir, retention) needs a restart: a configuration that
 //! changes it is rejected, naming the key, and the agent keeps running as it was.
