@@ -32,13 +32,25 @@
 //! - those threads that also speak HTTP (outputs, Alertmanager, webhooks) drive the async reqwest
 //!   client with a current-thread runtime of their own, on their own thread, for the same reason.
 //!
+//! ## Health, metrics and the watchdog
+//! [`Status`] is a cheap shared view of a running agent: its counters, whether the scheduler
+//! still starts runs and the store writer is alive ([`Status::liveness`]), and the latest
+//! record of each (probe, target), kept by the dispatcher (one per job, so bounded by the
+//! targets; a reconfiguration keeps only its jobs' with [`Status::retain_latest`]). With
+//! `[agent] listen` set, [`Agent::start`] serves it over HTTP (`crate::web`: `/healthz`,
+//! `/readyz`, `/metrics`); `vantage run` also pings systemd's watchdog while it is live.
+//! [`Agent::stall_scheduler_for_test`] stops the scheduler from starting runs, to prove both.
+//!
 //! ## Not yet
 //! Changing the configuration of a running agent (`reconfigure`) is issue 13 (reload); today a new
 //! configuration means [`Agent::stop`] and [`Agent::start`].
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -53,7 +65,7 @@ use crate::incident::pipeline::{self, Pipeline};
 use crate::probe::{Probe, Resources};
 use crate::record::Record;
 use crate::scheduler::{self, Counters, Identity, Job};
-use crate::sinks::{OutputStats, SinkHandle, SinkOptions, Sinks};
+use crate::sinks::{OutputStats, OutputsWatch, SinkHandle, SinkOptions, Sinks};
 use crate::store::{Store, writer};
 
 /// Records waiting for the store; probes wait (rather than lose data) only if it fills.
@@ -81,6 +93,172 @@ struct Flow {
     rules_dropped: AtomicU64,
 }
 
+/// A shared, read-only view of a running agent (for `/healthz`, `/metrics` and the watchdog).
+/// Cheap to clone; reading it takes atomics and one short lock for the latest records.
+#[derive(Debug, Clone)]
+pub struct Status(Arc<StatusInner>);
+
+#[derive(Debug)]
+struct StatusInner {
+    agent: String,
+    site: String,
+    data_dir: PathBuf,
+    rules: usize,
+    jobs: usize,
+    started: Instant,
+    counters: Arc<Counters>,
+    flow: Arc<Flow>,
+    outputs: Option<OutputsWatch>,
+    /// No run started for this long means the scheduler is stuck; `None` without jobs.
+    stale_after: Option<Duration>,
+    writer_alive: Arc<AtomicBool>,
+    stopping: AtomicBool,
+    /// The latest record of each (probe, target), as the dispatcher saw it.
+    latest: Mutex<HashMap<(String, String), Record>>,
+}
+
+impl Status {
+    /// Ok while the scheduler starts runs (one within [`Status::stale_after`]) and the store
+    /// writer is alive; otherwise why not, in a sentence for `/healthz` and the logs.
+    pub fn liveness(&self) -> Result<(), String> {
+        let inner = &self.0;
+        if !inner.writer_alive.load(Ordering::Relaxed) {
+            return Err("the store writer has stopped: measurements are not stored".into());
+        }
+        if let Some(limit) = inner.stale_after {
+            let idle = self.since_last_run();
+            if idle > limit && !inner.stopping.load(Ordering::Relaxed) {
+                return Err(format!(
+                    "the scheduler has started no run for {:.1} s (limit {:.1} s, 3 intervals of the most frequent probe)",
+                    idle.as_secs_f64(),
+                    limit.as_secs_f64()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ok once the agent is live, not stopping and has stored its first round.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.0.stopping.load(Ordering::Relaxed) {
+            return Err("the agent is stopping".into());
+        }
+        self.liveness()?;
+        if self.0.flow.stored.load(Ordering::Relaxed) == 0 {
+            return Err("no round stored yet".into());
+        }
+        Ok(())
+    }
+
+    /// How long ago the scheduler last started a run.
+    pub fn since_last_run(&self) -> Duration {
+        let last = self.0.counters.last_run_ms.load(Ordering::Relaxed);
+        Duration::from_millis(scheduler::mono_ms().saturating_sub(last))
+    }
+
+    /// How long without a run the scheduler is taken for stuck (`None`: no jobs).
+    pub fn stale_after(&self) -> Option<Duration> {
+        self.0.stale_after
+    }
+
+    pub fn agent(&self) -> &str {
+        &self.0.agent
+    }
+
+    pub fn site(&self) -> &str {
+        &self.0.site
+    }
+
+    /// Where the store, the spool and the incidents live.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.0.data_dir
+    }
+
+    /// Rules configured.
+    pub fn rules(&self) -> usize {
+        self.0.rules
+    }
+
+    /// The agent's counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        let inner = &self.0;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let stored = load(&inner.flow.stored);
+        Snapshot {
+            uptime: inner.started.elapsed(),
+            jobs: inner.jobs,
+            observations: load(&inner.counters.observations),
+            failures: load(&inner.counters.failures),
+            skipped_ticks: load(&inner.counters.skipped_ticks),
+            deadline_exceeded: load(&inner.counters.deadline_exceeded),
+            max_lag_ms: load(&inner.counters.max_lag_us) as f64 / 1000.0,
+            stored,
+            store_backlog: load(&inner.flow.to_store).saturating_sub(stored),
+            evaluated: load(&inner.flow.to_rules),
+            rules_waits: load(&inner.flow.rules_waits),
+            rules_dropped: load(&inner.flow.rules_dropped),
+            outputs_dropped: inner
+                .outputs
+                .as_ref()
+                .map_or(0, OutputsWatch::handoff_dropped),
+            outputs: inner
+                .outputs
+                .as_ref()
+                .map_or_else(Vec::new, OutputsWatch::stats),
+        }
+    }
+
+    /// The latest record of each (probe, target), sorted by probe then target.
+    pub fn latest(&self) -> Vec<Record> {
+        let latest = self.0.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records: Vec<Record> = latest.values().cloned().collect();
+        records.sort_by(|a, b| (&a.probe, &a.target).cmp(&(&b.probe, &b.target)));
+        records
+    }
+
+    /// Keep only the latest records of these (probe, target) pairs: a reconfiguration calls it
+    /// with its jobs, so a removed target disappears from `/metrics`.
+    pub fn retain_latest(&self, jobs: &[Job]) {
+        let keep: std::collections::HashSet<(&str, &str)> = jobs
+            .iter()
+            .map(|j| (j.probe_name.as_str(), j.target.name.as_str()))
+            .collect();
+        let mut latest = self.0.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.retain(|(probe, target), _| keep.contains(&(probe.as_str(), target.as_str())));
+    }
+
+    fn remember(&self, record: &Record) {
+        let mut latest = self.0.latest.lock().unwrap_or_else(|e| e.into_inner());
+        match latest.get_mut(&(record.probe.clone(), record.target.clone())) {
+            Some(slot) => slot.clone_from(record),
+            None => {
+                latest.insert(
+                    (record.probe.clone(), record.target.clone()),
+                    record.clone(),
+                );
+            }
+        }
+    }
+}
+
+/// Clears `writer_alive` when the store writer thread lets go of its tap: it returned or panicked.
+struct WriterAlive(Arc<AtomicBool>);
+
+impl Drop for WriterAlive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// How long without a started run means a stuck scheduler: three periods of the most frequent
+/// job (its interval, or its deadline if a run can last longer), and never under 2 s.
+fn stale_after(jobs: &[Job]) -> Option<Duration> {
+    jobs.iter()
+        .map(|job| job.interval.max(job.probe.deadline()))
+        .min()
+        .map(|period| (period * 3).max(Duration::from_secs(2)))
+}
+
 /// A running agent. Stop it with [`Agent::stop`]: dropped instead, its tasks end with the runtime
 /// and its threads once their inputs close, without draining.
 #[derive(Debug)]
@@ -88,14 +266,15 @@ pub struct Agent {
     stop: CancellationToken,
     counters: Arc<Counters>,
     flow: Arc<Flow>,
-    jobs: usize,
-    started: Instant,
     scheduler: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     summaries: JoinHandle<()>,
     writer: std::thread::JoinHandle<anyhow::Result<u64>>,
     incidents: Pipeline,
     outputs: Option<Sinks>,
+    status: Status,
+    /// The health and metrics listener: its address, its stop and its task.
+    web: Option<(SocketAddr, CancellationToken, JoinHandle<()>)>,
 }
 
 /// What a running agent has done so far (totals since [`Agent::start`]).
@@ -160,13 +339,40 @@ impl Agent {
         let (to_dispatch, from_scheduler) = mpsc::channel(STORE_QUEUE);
         let (to_store, from_dispatch) = mpsc::channel(STORE_QUEUE);
         let store_path = store.path().to_path_buf();
-        let tap = rules_tap(rules, Arc::clone(&flow), RULES_WAIT);
+        let writer_alive = Arc::new(AtomicBool::new(true));
+        let status = Status(Arc::new(StatusInner {
+            agent: config.agent.name.clone(),
+            site: config.agent.site.clone(),
+            data_dir: config.agent.data_dir.clone(),
+            rules: config.rules.len(),
+            jobs: jobs.len(),
+            started: Instant::now(),
+            counters: Arc::clone(&counters),
+            flow: Arc::clone(&flow),
+            outputs: outputs.as_ref().map(Sinks::watch),
+            stale_after: stale_after(&jobs),
+            writer_alive: Arc::clone(&writer_alive),
+            stopping: AtomicBool::new(false),
+            latest: Mutex::new(HashMap::with_capacity(jobs.len())),
+        }));
+        // Bound before anything runs: a port in use fails the start, naming the key.
+        let web = match &config.agent.listen {
+            Some(listen) => Some(crate::web::start(listen, status.clone()).await?),
+            None => None,
+        };
+        let mut rules_tap = rules_tap(rules, Arc::clone(&flow), RULES_WAIT);
+        let alive = WriterAlive(writer_alive);
+        let tap: writer::Tap = Box::new(move |record| {
+            let _held_by_the_writer = &alive;
+            rules_tap(record)
+        });
         let writer = writer::spawn_with_tap(store, from_dispatch, config.agent.retention, tap);
         let dispatcher = tokio::spawn(dispatch(
             from_scheduler,
             outputs.as_ref().map(Sinks::handle),
             to_store,
             Arc::clone(&flow),
+            Some(status.clone()),
         ));
 
         tracing::info!(
@@ -183,7 +389,6 @@ impl Agent {
             agent: config.agent.name.clone(),
             site: config.agent.site.clone(),
         };
-        let job_count = jobs.len();
         let scheduler = tokio::spawn(scheduler::run(
             jobs,
             identity,
@@ -196,43 +401,44 @@ impl Agent {
             stop,
             counters,
             flow,
-            jobs: job_count,
-            started: Instant::now(),
             scheduler,
             dispatcher,
             summaries,
             writer,
             incidents,
             outputs,
+            status,
+            web,
         })
     }
 
     /// The agent's counters now. Cheap: atomics only.
     pub fn snapshot(&self) -> Snapshot {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let stored = load(&self.flow.stored);
-        Snapshot {
-            uptime: self.started.elapsed(),
-            jobs: self.jobs,
-            observations: load(&self.counters.observations),
-            failures: load(&self.counters.failures),
-            skipped_ticks: load(&self.counters.skipped_ticks),
-            deadline_exceeded: load(&self.counters.deadline_exceeded),
-            max_lag_ms: load(&self.counters.max_lag_us) as f64 / 1000.0,
-            stored,
-            store_backlog: load(&self.flow.to_store).saturating_sub(stored),
-            evaluated: load(&self.flow.to_rules),
-            rules_waits: load(&self.flow.rules_waits),
-            rules_dropped: load(&self.flow.rules_dropped),
-            outputs_dropped: self.outputs.as_ref().map_or(0, |o| o.offered().1),
-            outputs: self.outputs.as_ref().map_or_else(Vec::new, Sinks::stats),
-        }
+        self.status.snapshot()
+    }
+
+    /// A shared view of this agent (health, counters, latest records) that outlives `&self`.
+    pub fn status(&self) -> Status {
+        self.status.clone()
+    }
+
+    /// Where the health and metrics listener listens (the bound port when `listen` gave `:0`).
+    pub fn listen_address(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(|(address, _, _)| *address)
+    }
+
+    /// Test hook: while `stalled`, the scheduler starts no run (runs in flight finish), so
+    /// `/healthz` and the watchdog see a stuck scheduler. `vantage run` of a debug build also
+    /// stalls while the file named by `VANTAGE_TEST_STALL_FILE` exists (`crate::cli::agent`).
+    pub fn stall_scheduler_for_test(&self, stalled: bool) {
+        self.counters.stalled.store(stalled, Ordering::Relaxed);
     }
 
     /// Stop probing, let the runs in flight finish and hand over what they measured, then drain
     /// in order: the store, the rules engine and incident delivery, the outputs (for at most
     /// [`SINK_SHUTDOWN_GRACE`]; what is left stays in their spool).
     pub async fn stop(self) -> anyhow::Result<Summary> {
+        self.status.0.stopping.store(true, Ordering::Relaxed);
         self.stop.cancel();
         self.summaries.abort();
         self.scheduler.await.context("scheduler task")?;
@@ -266,6 +472,11 @@ impl Agent {
             rules_dropped = summary.rules_dropped,
             "agent stopped; everything measured is stored"
         );
+        // Last: `/readyz` answered "stopping" until now.
+        if let Some((_, stop, task)) = self.web {
+            stop.cancel();
+            let _ = task.await;
+        }
         Ok(summary)
     }
 }
@@ -357,7 +568,7 @@ fn jobs(config: &Config, store: &Store) -> anyhow::Result<(Vec<Job>, Option<Icmp
         }
     };
     // By name, once: a linear search per (probe, target) made starting 100,000 targets quadratic.
-    let targets: std::collections::HashMap<&str, &crate::config::Target> = config
+    let targets: HashMap<&str, &crate::config::Target> = config
         .targets
         .iter()
         .map(|t| (t.name.as_str(), t))
@@ -394,8 +605,12 @@ async fn dispatch(
     outputs: Option<SinkHandle>,
     store: mpsc::Sender<Record>,
     flow: Arc<Flow>,
+    status: Option<Status>,
 ) {
     while let Some(record) = from_scheduler.recv().await {
+        if let Some(status) = &status {
+            status.remember(&record);
+        }
         if let Some(outputs) = &outputs {
             outputs.offer(&record);
         }
@@ -579,6 +794,7 @@ mod tests {
             Some(sinks.handle()),
             store_tx,
             Arc::clone(&flow),
+            None,
         ));
         for i in 0..20 {
             tx.send(record(i)).await.expect("send");

@@ -1,12 +1,27 @@
 //! `vantage run`: load the configuration, run the [`Agent`] until SIGTERM or SIGINT, stop it.
+//!
+//! Under systemd (`Type=notify`) it reports `READY=1` once the agent runs, `STOPPING=1` at the
+//! signal, a `STATUS=` line with a short summary, and, when the unit sets `WatchdogSec=`,
+//! `WATCHDOG=1` at half that period only while [`Status::liveness`] holds (the scheduler starts
+//! runs, the store writer is alive): a stuck agent stops pinging and systemd restarts it.
+//! Without `NOTIFY_SOCKET` (not under systemd) none of this sends anything.
+//!
+//! Test hook, debug builds only: while the file named by `VANTAGE_TEST_STALL_FILE` exists, the
+//! scheduler starts no run ([`Agent::stall_scheduler_for_test`]), so tests can watch `/healthz`
+//! and the watchdog notice.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Status};
 use crate::config::Config;
+
+/// How often `STATUS=` is refreshed when no watchdog asks for more.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = match Config::load(path) {
@@ -25,12 +40,92 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let agent = Agent::start(config).await?;
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping after in-flight runs"),
-            _ = interrupt.recv() => tracing::info!("SIGINT: stopping after in-flight runs"),
+        let status = agent.status();
+        notify(&[NotifyState::Ready, NotifyState::Status(&summary(&status))]);
+        let systemd = tokio::spawn(keep_systemd_informed(status));
+        let stall_file = stall_file();
+        let mut stall_poll = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => {
+                    tracing::info!("SIGTERM: stopping after in-flight runs");
+                    break;
+                }
+                _ = interrupt.recv() => {
+                    tracing::info!("SIGINT: stopping after in-flight runs");
+                    break;
+                }
+                _ = stall_poll.tick(), if stall_file.is_some() => {
+                    agent.stall_scheduler_for_test(stall_file.as_deref().is_some_and(Path::exists));
+                }
+            }
         }
+        systemd.abort();
+        notify(&[
+            NotifyState::Stopping,
+            NotifyState::Status("stopping: storing what was measured"),
+        ]);
         agent.stop().await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `VANTAGE_TEST_STALL_FILE`, honoured by debug builds only (release builds ignore it).
+fn stall_file() -> Option<PathBuf> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var_os("VANTAGE_TEST_STALL_FILE").map(PathBuf::from)
+}
+
+/// Ping the watchdog (if the unit has one) while the agent is live, and refresh `STATUS=`.
+async fn keep_systemd_informed(status: Status) {
+    let mut usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
+    let every = if watchdog {
+        (Duration::from_micros(usec) / 2).max(Duration::from_millis(10))
+    } else {
+        STATUS_EVERY
+    };
+    let mut was_live = true;
+    loop {
+        tokio::time::sleep(every).await;
+        match status.liveness() {
+            Ok(()) => {
+                let line = summary(&status);
+                let mut states = vec![NotifyState::Status(&line)];
+                if watchdog {
+                    states.push(NotifyState::Watchdog);
+                }
+                notify(&states);
+                if !was_live {
+                    tracing::info!("live again: the watchdog is pinged again");
+                }
+                was_live = true;
+            }
+            Err(reason) => {
+                if was_live {
+                    tracing::error!(%reason, watchdog, "not live: the watchdog is no longer pinged (systemd restarts the agent when its WatchdogSec= passes)");
+                }
+                was_live = false;
+                notify(&[NotifyState::Status(&format!("not live: {reason}"))]);
+            }
+        }
+    }
+}
+
+fn summary(status: &Status) -> String {
+    let snapshot = status.snapshot();
+    format!(
+        "probing {} (probe, target) pairs: {} runs, {} failed, {} stored",
+        snapshot.jobs, snapshot.observations, snapshot.failures, snapshot.stored
+    )
+}
+
+/// Tell systemd, if it listens; a failure to tell it is logged, never fatal.
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(false, states) {
+        tracing::warn!(%error, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
 }
