@@ -1090,11 +1090,12 @@ impl Checker<'_> {
             password_env,
             password_file,
         ] = &AGENT;
+        // Both the address and the credentials are checked, so every mistake is reported at once.
         let address = match self.string(table, listen_key) {
-            Got::Absent => None,
-            Got::Invalid => return None,
+            Got::Absent => Ok(None),
+            Got::Invalid => Err(()),
             Got::Valid(text, span) => match text.parse::<std::net::SocketAddr>() {
-                Ok(address) => Some(address),
+                Ok(address) => Ok(Some(address)),
                 Err(_) => {
                     self.error(
                         span,
@@ -1104,7 +1105,7 @@ impl Checker<'_> {
                             listen_key.example
                         ),
                     );
-                    return None;
+                    Err(())
                 }
             },
         };
@@ -1163,7 +1164,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        match (address, auth) {
+        match (address.ok()?, auth) {
             (Some(address), auth) => Some(Some(ListenConfig { address, auth })),
             (None, None) => Some(None),
             (None, Some(_)) => {
