@@ -36,6 +36,7 @@ pub mod record;
 pub mod rules;
 pub mod scheduler;
 pub mod sinks;
+pub mod status;
 pub mod store;
 pub mod web;
 

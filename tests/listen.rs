@@ -206,7 +206,7 @@ async fn the_listener_is_bounded_and_changes_nothing() {
     drop(idle.pop());
     let (code, waited) = waiting.await.expect("waiting request");
     assert_eq!(code, 200);
-    assert!(waited >= Duration::from_millis(1_500), "{waited:?}");
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
     drop(idle);
     agent.stop().await.expect("stop");
 }

@@ -17,8 +17,9 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::agent::{Agent, Status};
+use crate::agent::Agent;
 use crate::config::Config;
+use crate::status::Status;
 
 /// How often `STATUS=` is refreshed when no watchdog asks for more.
 const STATUS_EVERY: Duration = Duration::from_secs(10);

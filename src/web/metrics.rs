@@ -4,7 +4,7 @@
 //! `target_site`; per output `output`. The README's "Health and metrics" lists the names.
 //!
 //! A scrape builds a fresh registry from the agent's counters and the latest record of each
-//! (probe, target) ([`crate::agent::Status::latest`]), so a removed target disappears at once.
+//! (probe, target) ([`crate::status::Status::latest`]), so a removed target disappears at once.
 //! Units are Prometheus's (seconds, ratios); the stores keep milliseconds and percent.
 
 use std::borrow::Cow;
@@ -22,8 +22,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::AppState;
-use crate::agent::{Snapshot, Status};
 use crate::record::Record;
+use crate::status::{Snapshot, Status};
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

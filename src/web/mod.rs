@@ -33,8 +33,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::agent::Status;
 use crate::config::{ListenAuth, ListenConfig};
+use crate::status::Status;
 
 /// Connections served at once; the next ones wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 64;
