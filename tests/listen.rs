@@ -365,6 +365,16 @@ fn count(messages: &[String], line: &str) -> usize {
         .count()
 }
 
+/// Kills (by PID) the agent it holds when dropped, also when an assertion fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_watchdog_is_pinged_only_while_the_scheduler_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -375,20 +385,22 @@ fn the_watchdog_is_pinged_only_while_the_scheduler_runs() {
     let socket = UnixDatagram::bind(&socket_path).expect("fake notify socket");
     let stall = dir.path().join("stall");
     // systemd sets WATCHDOG_PID to the service's PID; the shell's PID is vantage's after exec.
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "WATCHDOG_PID=$$ exec {} run --config {}",
-            support::VANTAGE,
-            dir.path().join("vantage.toml").display()
-        ))
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "400000")
-        .env("VANTAGE_TEST_STALL_FILE", &stall)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("log")).expect("log"))
-        .spawn()
-        .expect("vantage run");
+    let mut child = Killed(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "WATCHDOG_PID=$$ exec {} run --config {}",
+                support::VANTAGE,
+                dir.path().join("vantage.toml").display()
+            ))
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "400000")
+            .env("VANTAGE_TEST_STALL_FILE", &stall)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).expect("log"))
+            .spawn()
+            .expect("vantage run"),
+    );
 
     let first = receive(&socket, Duration::from_secs(3));
     assert_eq!(count(&first, "READY=1"), 1, "{first:?}");
@@ -418,9 +430,9 @@ fn the_watchdog_is_pinged_only_while_the_scheduler_runs() {
     let resumed = receive(&socket, Duration::from_secs(3));
     assert!(count(&resumed, "WATCHDOG=1") >= 3, "{resumed:?}");
 
-    support::terminate(&child);
+    support::terminate(&child.0);
     let last = receive(&socket, Duration::from_secs(5));
     assert_eq!(count(&last, "STOPPING=1"), 1, "{last:?}");
-    let status = child.wait().expect("exit");
+    let status = child.0.wait().expect("exit");
     assert!(status.success(), "{status:?}");
 }
