@@ -24,6 +24,9 @@ use crate::status::Status;
 /// How often `STATUS=` is refreshed when no watchdog asks for more.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
+/// How long the exit waits for blocking threads still running after the agent stopped.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = match Config::load(path) {
         Ok(config) => config,
@@ -37,7 +40,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    super::runtime()?.block_on(async {
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let agent = Agent::start(config).await?;
@@ -69,6 +73,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         agent.stop().await?;
         anyhow::Ok(())
     })?;
+    // A trace interrupted by the stop keeps its blocking thread until trippy's round ends; its
+    // report is dropped anyway, so the agent exits now instead of waiting for it.
+    runtime.shutdown_timeout(EXIT_GRACE);
     Ok(ExitCode::SUCCESS)
 }
 
