@@ -47,12 +47,24 @@
 //! 5. the scheduler stops the removed and changed jobs (a run in flight is cut short and not
 //!    stored, as at a stop) and starts the added and changed ones.
 //!
-//! The `[agent]` section (name, site, data_dir, retention) needs a restart: a configuration that
-//! changes it is rejected, naming the key, and the agent keeps running as it was.
+//! The `[agent]` section (name, site, data_dir, retention, listen) needs a restart: a
+//! configuration that changes it is rejected, naming the key, and the agent keeps running as it
+//! was. The agent's [`Status`] follows the reload: its job and rule counts, its stall limit, its
+//! outputs, and the latest records of the jobs that remain.
+//!
+//! ## Health, metrics and the watchdog
+//! The dispatcher keeps the latest record of each (probe, target) in the agent's
+//! [`Status`] (`crate::status`), which also tells whether the scheduler still starts runs and
+//! the store writer is alive. With `[agent] listen` set, [`Agent::start`] serves it over HTTP
+//! (`crate::web`: `/healthz`, `/readyz`, `/metrics`); `vantage run` also pings systemd's
+//! watchdog while it is live. [`Agent::stall_scheduler_for_test`] stops the scheduler from
+//! starting runs, to prove both.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -68,6 +80,8 @@ use crate::probe::{Probe, Resources};
 use crate::record::Record;
 use crate::scheduler::{self, Command, Counters, Identity, Job, JobKey};
 use crate::sinks::{DurableWriter, OutputStats, SinkHandle, SinkOptions, Sinks};
+use crate::status::{Flow, StatusInner, WriterAlive, stale_after};
+pub use crate::status::{Snapshot, Status};
 use crate::store::{Store, writer};
 
 mod reload;
@@ -83,21 +97,6 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// left stays in the spool for the next start).
 pub const SINK_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Counters of the pipeline's fan-out points (the scheduler keeps its own [`Counters`]).
-#[derive(Debug, Default)]
-struct Flow {
-    /// Records handed to the store writer's queue.
-    to_store: AtomicU64,
-    /// Records the store has written.
-    stored: AtomicU64,
-    /// Stored records the rules engine took.
-    to_rules: AtomicU64,
-    /// Times the store writer waited for the rules engine (back-pressure).
-    rules_waits: AtomicU64,
-    /// Stored records the rules engine never saw: it was stalled longer than [`RULES_WAIT`].
-    rules_dropped: AtomicU64,
-}
-
 /// A running agent. Stop it with [`Agent::stop`]: dropped instead, its tasks end with the runtime
 /// and its threads once their inputs close, without draining.
 #[derive(Debug)]
@@ -107,8 +106,6 @@ pub struct Agent {
     stop: CancellationToken,
     counters: Arc<Counters>,
     flow: Arc<Flow>,
-    jobs: usize,
-    started: Instant,
     scheduler: JoinHandle<()>,
     /// Jobs added and stopped at reload.
     commands: mpsc::Sender<Command>,
@@ -122,36 +119,13 @@ pub struct Agent {
     offer_to: OutputsHandle,
     /// The ICMP socket, shared by every ICMP job (opened when the first ICMP probe needs it).
     icmp: Option<IcmpClient>,
+    status: Status,
+    /// The health and metrics listener: its address, its stop and its task.
+    web: Option<(SocketAddr, CancellationToken, JoinHandle<()>)>,
 }
 
 /// The outputs' hand-off as the dispatcher sees it; `None` without outputs.
 type OutputsHandle = Arc<tokio::sync::Mutex<Option<SinkHandle>>>;
-
-/// What a running agent has done so far (totals since [`Agent::start`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
-    pub uptime: Duration,
-    /// (probe, target) pairs being probed.
-    pub jobs: usize,
-    pub observations: u64,
-    pub failures: u64,
-    pub skipped_ticks: u64,
-    pub deadline_exceeded: u64,
-    /// Worst lateness of a run's start against its schedule in the last minute, in ms.
-    pub max_lag_ms: f64,
-    pub stored: u64,
-    /// Records on their way to the store (queued or being written).
-    pub store_backlog: u64,
-    /// Stored records the rules engine took.
-    pub evaluated: u64,
-    /// Times the store writer waited for a busy rules engine.
-    pub rules_waits: u64,
-    /// Stored records the rules engine never saw (it was stalled).
-    pub rules_dropped: u64,
-    /// Records the outputs' hand-off dropped (each output also counts them).
-    pub outputs_dropped: u64,
-    pub outputs: Vec<OutputStats>,
-}
 
 /// What [`Agent::stop`] leaves behind.
 #[derive(Debug, Clone, PartialEq)]
@@ -190,7 +164,33 @@ impl Agent {
         let (to_dispatch, from_scheduler) = mpsc::channel(STORE_QUEUE);
         let (to_store, from_dispatch) = mpsc::channel(STORE_QUEUE);
         let store_path = store.path().to_path_buf();
-        let tap = rules_tap(rules, Arc::clone(&flow), RULES_WAIT);
+        let writer_alive = Arc::new(AtomicBool::new(true));
+        let status = Status(Arc::new(StatusInner {
+            agent: config.agent.name.clone(),
+            site: config.agent.site.clone(),
+            data_dir: config.agent.data_dir.clone(),
+            rules: config.rules.len().into(),
+            jobs: jobs.len().into(),
+            started: Instant::now(),
+            counters: Arc::clone(&counters),
+            flow: Arc::clone(&flow),
+            outputs: Mutex::new(outputs.as_ref().map(Sinks::watch)),
+            stale_after: Mutex::new(stale_after(&jobs)),
+            writer_alive: Arc::clone(&writer_alive),
+            stopping: AtomicBool::new(false),
+            latest: Mutex::new(HashMap::with_capacity(jobs.len())),
+        }));
+        // Bound before anything runs: a port in use fails the start, naming the key.
+        let web = match &config.agent.listen {
+            Some(listen) => Some(crate::web::start(listen, status.clone()).await?),
+            None => None,
+        };
+        let mut rules_tap = rules_tap(rules, Arc::clone(&flow), RULES_WAIT);
+        let alive = WriterAlive(writer_alive);
+        let tap: writer::Tap = Box::new(move |record| {
+            let _held_by_the_writer = &alive;
+            rules_tap(record)
+        });
         let writer = writer::spawn_with_tap(store, from_dispatch, config.agent.retention, tap);
         let offer_to: OutputsHandle =
             Arc::new(tokio::sync::Mutex::new(outputs.as_ref().map(Sinks::handle)));
@@ -199,6 +199,7 @@ impl Agent {
             Arc::clone(&offer_to),
             to_store,
             Arc::clone(&flow),
+            Some(status.clone()),
         ));
 
         tracing::info!(
@@ -215,7 +216,6 @@ impl Agent {
             agent: config.agent.name.clone(),
             site: config.agent.site.clone(),
         };
-        let job_count = jobs.len();
         let (commands, from_agent) = mpsc::channel(16);
         let scheduler = tokio::spawn(scheduler::run(
             jobs,
@@ -234,37 +234,37 @@ impl Agent {
             stop,
             counters,
             flow,
-            jobs: job_count,
-            started: Instant::now(),
             scheduler,
             dispatcher,
             summaries,
             writer,
             incidents: Some(incidents),
             outputs,
+            status,
+            web,
         })
     }
 
     /// The agent's counters now. Cheap: atomics only.
     pub fn snapshot(&self) -> Snapshot {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let stored = load(&self.flow.stored);
-        Snapshot {
-            uptime: self.started.elapsed(),
-            jobs: self.jobs,
-            observations: load(&self.counters.observations),
-            failures: load(&self.counters.failures),
-            skipped_ticks: load(&self.counters.skipped_ticks),
-            deadline_exceeded: load(&self.counters.deadline_exceeded),
-            max_lag_ms: load(&self.counters.max_lag_us) as f64 / 1000.0,
-            stored,
-            store_backlog: load(&self.flow.to_store).saturating_sub(stored),
-            evaluated: load(&self.flow.to_rules),
-            rules_waits: load(&self.flow.rules_waits),
-            rules_dropped: load(&self.flow.rules_dropped),
-            outputs_dropped: self.outputs.as_ref().map_or(0, |o| o.offered().1),
-            outputs: self.outputs.as_ref().map_or_else(Vec::new, Sinks::stats),
-        }
+        self.status.snapshot()
+    }
+
+    /// A shared view of this agent (health, counters, latest records) that outlives `&self`.
+    pub fn status(&self) -> Status {
+        self.status.clone()
+    }
+
+    /// Where the health and metrics listener listens (the bound port when `listen` gave `:0`).
+    pub fn listen_address(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(|(address, _, _)| *address)
+    }
+
+    /// Test hook: while `stalled`, the scheduler starts no run (runs in flight finish), so
+    /// `/healthz` and the watchdog see a stuck scheduler. `vantage run` of a debug build also
+    /// stalls while the file named by `VANTAGE_TEST_STALL_FILE` exists (`crate::cli::agent`).
+    pub fn stall_scheduler_for_test(&self, stalled: bool) {
+        self.counters.stalled.store(stalled, Ordering::Relaxed);
     }
 
     /// Apply `new` without a restart (see "Reload" in the module doc) and say what changed.
@@ -310,8 +310,9 @@ impl Agent {
             .reconfigure(Arc::clone(&new))
             .await
             .context("the rules engine has stopped")??;
+        self.status
+            .reconfigured(&new, &reload::job_keys(&new), &jobs);
         self.command(Command::Start(jobs)).await?;
-        self.jobs = reload::job_keys(&new).len();
         self.config = new;
         Ok(report)
     }
@@ -381,6 +382,8 @@ impl Agent {
         .await
         .context("reload task")?;
         *offer_to = outputs.as_ref().map(Sinks::handle);
+        self.status
+            .watch_outputs(outputs.as_ref().map(Sinks::watch));
         self.outputs = outputs;
         result.context("the new outputs cannot start; running the previous ones")
     }
@@ -429,6 +432,7 @@ impl Agent {
     /// in order: the store, the rules engine and incident delivery, the outputs (for at most
     /// [`SINK_SHUTDOWN_GRACE`]; what is left stays in their spool).
     pub async fn stop(self) -> anyhow::Result<Summary> {
+        self.status.0.stopping.store(true, Ordering::Relaxed);
         self.stop.cancel();
         self.summaries.abort();
         self.scheduler.await.context("scheduler task")?;
@@ -463,6 +467,11 @@ impl Agent {
             rules_dropped = summary.rules_dropped,
             "agent stopped; everything measured is stored"
         );
+        // Last: `/readyz` answered "stopping" until now.
+        if let Some((_, stop, task)) = self.web {
+            stop.cancel();
+            let _ = task.await;
+        }
         Ok(summary)
     }
 }
@@ -568,7 +577,7 @@ fn jobs(
         }
     };
     // By name, once: a linear search per (probe, target) made starting 100,000 targets quadratic.
-    let targets: std::collections::HashMap<&str, &crate::config::Target> = config
+    let targets: HashMap<&str, &crate::config::Target> = config
         .targets
         .iter()
         .map(|t| (t.name.as_str(), t))
@@ -608,8 +617,12 @@ async fn dispatch(
     outputs: OutputsHandle,
     store: mpsc::Sender<Record>,
     flow: Arc<Flow>,
+    status: Option<Status>,
 ) {
     while let Some(record) = from_scheduler.recv().await {
+        if let Some(status) = &status {
+            status.remember(&record);
+        }
         if let Some(outputs) = &*outputs.lock().await {
             outputs.offer(&record);
         }
@@ -793,6 +806,7 @@ mod tests {
             Arc::new(tokio::sync::Mutex::new(Some(sinks.handle()))),
             store_tx,
             Arc::clone(&flow),
+            None,
         ));
         for i in 0..20 {
             tx.send(record(i)).await.expect("send");

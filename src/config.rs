@@ -57,6 +57,28 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// How long the embedded store keeps observations; default 14 days.
     pub retention: Duration,
+    /// The health and metrics listener (`listen = "127.0.0.1:9798"`); off by default.
+    pub listen: Option<ListenConfig>,
+}
+
+/// Where `/healthz`, `/readyz` and `/metrics` are served (`crate::web`), and who may ask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenConfig {
+    pub address: std::net::SocketAddr,
+    /// Required of every request when set; without it a non-loopback bind is logged as a warning.
+    pub auth: Option<ListenAuth>,
+}
+
+/// How a scraper proves who it is: `listen_token_env`/`listen_token_file` (a bearer token), or
+/// `listen_username` with `listen_password_env`/`listen_password_file` (HTTP basic auth). The
+/// secret is read again on every request, so rotating it needs no restart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenAuth {
+    Bearer(SecretSource),
+    Basic {
+        username: String,
+        password: SecretSource,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

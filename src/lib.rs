@@ -36,7 +36,9 @@ pub mod record;
 pub mod rules;
 pub mod scheduler;
 pub mod sinks;
+pub mod status;
 pub mod store;
+pub mod web;
 
 pub use agent::Agent;
 pub use config::Config;

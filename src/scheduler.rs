@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use probes::{CancellationToken, FailureKind};
@@ -51,6 +51,19 @@ pub struct Counters {
     /// Runs cut short by the stop (ICMP rounds short of their count, checks and traces
     /// interrupted), and so not stored.
     pub cut_short: AtomicU64,
+    /// When a run last started, in [`mono_ms`]: the liveness of `/healthz` and the watchdog.
+    pub last_run_ms: AtomicU64,
+    /// Test hook ([`crate::agent::Agent::stall_scheduler_for_test`]): while set, no run starts.
+    pub stalled: AtomicBool,
+}
+
+/// Milliseconds on a monotonic clock (since the first call in this process).
+pub fn mono_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 /// A job's identity: (probe name, target name).
@@ -81,6 +94,7 @@ pub async fn run(
     stop: CancellationToken,
     mut commands: mpsc::Receiver<Command>,
 ) {
+    counters.last_run_ms.store(mono_ms(), Ordering::Relaxed);
     let identity = Arc::new(identity);
     let mut loops = JoinSet::new();
     let mut running: HashMap<JobKey, CancellationToken> = HashMap::new();
@@ -175,6 +189,13 @@ async fn job_loop(
             () = stop.cancelled() => return,
             () = tokio::time::sleep_until(start_at) => {}
         }
+        while counters.stalled.load(Ordering::Relaxed) {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        counters.last_run_ms.store(mono_ms(), Ordering::Relaxed);
         let lag = Instant::now().saturating_duration_since(start_at);
         counters
             .max_lag_us

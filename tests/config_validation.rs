@@ -14,7 +14,7 @@ use std::time::Duration;
 use probes::{DnsRecordType, DnsSettings, DnsTransport, TraceProtocol, TraceSettings};
 use vantage::config::{
     Condition, Config, ConfigErrors, FamilyPreference, IncidentSinkConfig, IncidentSinkKind,
-    IncidentsConfig, LatencyField, LatencyThreshold, ProbeKind, RuleScope, Severity,
+    IncidentsConfig, LatencyField, LatencyThreshold, ListenAuth, ProbeKind, RuleScope, Severity,
 };
 use vantage::sinks::SecretSource;
 
@@ -721,5 +721,45 @@ token_env = "VANTAGE_WEBHOOK_TOKEN"
                 kind: IncidentSinkKind::Webhook,
             },
         ]
+    );
+}
+
+#[test]
+fn the_listener_is_off_by_default_and_parses_with_either_credentials() {
+    let base = "[agent]\nsite = \"scl3\"\n{}\n[[target]]\nname = \"core\"\nhost = \"198.18.1.1\"\n";
+    let with = |agent_keys: &str| accept(&base.replace("{}", agent_keys));
+    assert_eq!(with("").agent.listen, None);
+
+    let plain = with(r#"listen = "127.0.0.1:9798""#)
+        .agent
+        .listen
+        .expect("listen");
+    assert_eq!(plain.address, "127.0.0.1:9798".parse().expect("address"));
+    assert_eq!(plain.auth, None);
+
+    let bearer = with("listen = \"[::]:9798\"\nlisten_token_file = \"/etc/vantage/metrics-token\"")
+        .agent
+        .listen
+        .expect("listen");
+    assert_eq!(bearer.address, "[::]:9798".parse().expect("address"));
+    assert_eq!(
+        bearer.auth,
+        Some(ListenAuth::Bearer(SecretSource::File(
+            "/etc/vantage/metrics-token".into()
+        )))
+    );
+
+    let basic = with(
+        "listen = \"198.18.0.2:9798\"\nlisten_username = \"prometheus\"\nlisten_password_env = \"PW\"",
+    )
+    .agent
+    .listen
+    .expect("listen");
+    assert_eq!(
+        basic.auth,
+        Some(ListenAuth::Basic {
+            username: "prometheus".into(),
+            password: SecretSource::Env("PW".into()),
+        })
     );
 }

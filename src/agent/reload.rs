@@ -239,6 +239,9 @@ pub fn needs_restart(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> 
     if old.retention != new.retention {
         keys.push("agent.retention");
     }
+    if old.listen != new.listen {
+        keys.push("agent.listen");
+    }
     // A key added to `[agent]` later needs a restart too, until reload learns to apply it.
     if keys.is_empty() && old != new {
         keys.push("[agent]");

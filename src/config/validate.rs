@@ -17,8 +17,8 @@ use super::duration::{format_duration, parse_duration};
 use super::span::LineIndex;
 use super::suggest::closest;
 use super::{
-    AgentConfig, Config, ConfigError, ConfigErrors, FamilyPreference, ProbeConfig, ProbeKind,
-    Target,
+    AgentConfig, Config, ConfigError, ConfigErrors, FamilyPreference, ListenAuth, ListenConfig,
+    ProbeConfig, ProbeKind, Target,
 };
 
 mod incident_sink;
@@ -189,11 +189,37 @@ const OUTPUT_V1: [Key; 5] = [
         r#"password_file = "/etc/vantage/influx-password""#,
     ),
 ];
-const AGENT: [Key; 4] = [
+const AGENT: [Key; 10] = [
     key("name", Type::Str, r#"name = "scl3-probe-01""#),
     key("site", Type::Str, r#"site = "scl3""#),
     key("data_dir", Type::Str, r#"data_dir = "/var/lib/vantage""#),
     key("retention", Type::Duration, r#"retention = "14d""#),
+    key("listen", Type::Str, r#"listen = "127.0.0.1:9798""#),
+    key(
+        "listen_token_env",
+        Type::Str,
+        r#"listen_token_env = "VANTAGE_METRICS_TOKEN""#,
+    ),
+    key(
+        "listen_token_file",
+        Type::Str,
+        r#"listen_token_file = "/etc/vantage/metrics-token""#,
+    ),
+    key(
+        "listen_username",
+        Type::Str,
+        r#"listen_username = "prometheus""#,
+    ),
+    key(
+        "listen_password_env",
+        Type::Str,
+        r#"listen_password_env = "VANTAGE_METRICS_PASSWORD""#,
+    ),
+    key(
+        "listen_password_file",
+        Type::Str,
+        r#"listen_password_file = "/etc/vantage/metrics-password""#,
+    ),
 ];
 const TARGET: [Key; 5] = [
     key("name", Type::Str, r#"name = "sjc1-core""#),
@@ -1000,7 +1026,7 @@ impl Checker<'_> {
         };
         let section = "[agent]";
         let span = value.span();
-        let [name_key, site_key, data_dir_key, retention_key] = &AGENT;
+        let [name_key, site_key, data_dir_key, retention_key, ..] = &AGENT;
         self.unknown_keys(table, section, &AGENT.each_ref(), &[]);
 
         let name = match self.string(table, name_key) {
@@ -1041,13 +1067,115 @@ impl Checker<'_> {
             Got::Invalid => None,
             Got::Valid(retention, _) => Some(retention),
         };
+        let listen = self.listen(table);
         let config_dir = path.parent().unwrap_or_else(|| Path::new(""));
         Some(AgentConfig {
             name: name?,
             site: site?,
             data_dir: config_dir.join(data_dir?),
             retention: retention?,
+            listen: listen?,
         })
+    }
+
+    /// `[agent] listen` and its optional auth: `Some(None)` when the listener is off, `None`
+    /// when something was wrong (reported).
+    fn listen(&mut self, table: &DeTable<'_>) -> Option<Option<ListenConfig>> {
+        let [
+            ..,
+            listen_key,
+            token_env,
+            token_file,
+            username_key,
+            password_env,
+            password_file,
+        ] = &AGENT;
+        // Both the address and the credentials are checked, so every mistake is reported at once.
+        let address = match self.string(table, listen_key) {
+            Got::Absent => Ok(None),
+            Got::Invalid => Err(()),
+            Got::Valid(text, span) => match text.parse::<std::net::SocketAddr>() {
+                Ok(address) => Ok(Some(address)),
+                Err(_) => {
+                    self.error(
+                        span,
+                        format!("`listen` must be an IP address and a port, not {text:?}"),
+                        format!(
+                            "e.g. `{}` (loopback), or `listen = \"[::1]:9798\"`; a host name is not allowed",
+                            listen_key.example
+                        ),
+                    );
+                    Err(())
+                }
+            },
+        };
+        let token = self.secret(table, token_env, token_file)?;
+        let username = match self.string(table, username_key) {
+            Got::Absent => None,
+            Got::Invalid => return None,
+            Got::Valid(name, span) if name.is_empty() || name.contains(':') => {
+                self.error(
+                    span,
+                    "`listen_username` must not be empty nor contain `:` (HTTP basic auth)",
+                    format!("e.g. `{}`", username_key.example),
+                );
+                return None;
+            }
+            Got::Valid(name, span) => Some((name.to_string(), span)),
+        };
+        let password = self.secret(table, password_env, password_file)?;
+        let auth_span = [
+            token_env,
+            token_file,
+            username_key,
+            password_env,
+            password_file,
+        ]
+        .iter()
+        .find_map(|k| table.get(k.name).map(|v| v.span()));
+        let auth = match (token, username, password) {
+            (None, None, None) => None,
+            (Some(token), None, None) => Some(ListenAuth::Bearer(token)),
+            (None, Some((username, _)), Some(password)) => {
+                Some(ListenAuth::Basic { username, password })
+            }
+            (Some(_), _, _) => {
+                self.error(
+                    auth_span.unwrap_or_default(),
+                    "give either a bearer token (`listen_token_env`/`listen_token_file`) or basic auth (`listen_username` with `listen_password_env`/`listen_password_file`), not both",
+                    "keep the one your Prometheus scrape config sends",
+                );
+                return None;
+            }
+            (None, Some((_, span)), None) => {
+                self.error(
+                    span,
+                    "`listen_username` needs a password: `listen_password_env` or `listen_password_file`",
+                    format!("e.g. `{}`", password_file.example),
+                );
+                return None;
+            }
+            (None, None, Some(_)) => {
+                self.error(
+                    auth_span.unwrap_or_default(),
+                    "`listen_password_env`/`listen_password_file` need `listen_username`",
+                    format!("e.g. `{}`", username_key.example),
+                );
+                return None;
+            }
+        };
+        match (address.ok()?, auth) {
+            (Some(address), auth) => Some(Some(ListenConfig { address, auth })),
+            (None, None) => Some(None),
+            (None, Some(_)) => {
+                self.error(
+                    auth_span.unwrap_or_default(),
+                    "the listener's credentials are set but `listen` is not: nothing would use them",
+                    format!("add `{}`, or remove the credentials", listen_key.example),
+                );
+                None
+            }
+        }
     }
 
     /// The valid targets, and every target name written in the file (valid or not), so that a

@@ -303,6 +303,21 @@ fn append_counted(
     appended
 }
 
+/// The outputs' counters, read-only, for whoever outlives a borrow of [`Sinks`] (`/metrics`).
+#[derive(Debug, Clone)]
+pub struct OutputsWatch(Arc<Shared>);
+
+impl OutputsWatch {
+    pub fn stats(&self) -> Vec<OutputStats> {
+        self.0.outputs.iter().map(|o| o.stats()).collect()
+    }
+
+    /// Records the hand-off dropped so far (each output also counts them).
+    pub fn handoff_dropped(&self) -> u64 {
+        self.0.handoff_dropped.load(Ordering::Relaxed)
+    }
+}
+
 /// The running sinks: a spool writer thread and a delivery thread per output.
 #[derive(Debug)]
 pub struct Sinks {
@@ -484,6 +499,11 @@ impl Sinks {
     /// Every output's counters now.
     pub fn stats(&self) -> Vec<OutputStats> {
         self.shared.outputs.iter().map(|o| o.stats()).collect()
+    }
+
+    /// A view of the outputs' counters that does not borrow these sinks (the agent's status).
+    pub fn watch(&self) -> OutputsWatch {
+        OutputsWatch(Arc::clone(&self.shared))
     }
 
     /// Records offered so far, and how many of them the hand-off dropped.

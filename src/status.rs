@@ -1,0 +1,245 @@
+//! [`Status`]: a cheap shared, read-only view of a running agent — its counters ([`Snapshot`]),
+//! whether the scheduler still starts runs and the store writer is alive ([`Status::liveness`],
+//! [`Status::readiness`]), and the latest record of each (probe, target), kept by the agent's
+//! dispatcher (one per job, so bounded by the targets; a reconfiguration keeps only its jobs'). The agent makes it; the health and metrics listener
+//! (`crate::web`) and `vantage run`'s systemd watchdog read it. It lives below both, so the
+//! listener needs nothing of the agent but this.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::record::Record;
+use crate::scheduler::{self, Counters, Job};
+use crate::sinks::{OutputStats, OutputsWatch};
+
+/// Counters of the pipeline's fan-out points (the scheduler keeps its own [`Counters`]).
+#[derive(Debug, Default)]
+pub(crate) struct Flow {
+    /// Records handed to the store writer's queue.
+    pub(crate) to_store: AtomicU64,
+    /// Records the store has written.
+    pub(crate) stored: AtomicU64,
+    /// Stored records the rules engine took.
+    pub(crate) to_rules: AtomicU64,
+    /// Times the store writer waited for the rules engine (back-pressure).
+    pub(crate) rules_waits: AtomicU64,
+    /// Stored records the rules engine never saw: it was stalled longer than [`RULES_WAIT`].
+    pub(crate) rules_dropped: AtomicU64,
+}
+
+/// What a running agent has done so far (totals since [`Agent::start`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub uptime: Duration,
+    /// (probe, target) pairs being probed.
+    pub jobs: usize,
+    pub observations: u64,
+    pub failures: u64,
+    pub skipped_ticks: u64,
+    pub deadline_exceeded: u64,
+    /// Worst lateness of a run's start against its schedule in the last minute, in ms.
+    pub max_lag_ms: f64,
+    pub stored: u64,
+    /// Records on their way to the store (queued or being written).
+    pub store_backlog: u64,
+    /// Stored records the rules engine took.
+    pub evaluated: u64,
+    /// Times the store writer waited for a busy rules engine.
+    pub rules_waits: u64,
+    /// Stored records the rules engine never saw (it was stalled).
+    pub rules_dropped: u64,
+    /// Records the outputs' hand-off dropped (each output also counts them).
+    pub outputs_dropped: u64,
+    pub outputs: Vec<OutputStats>,
+}
+
+/// A shared, read-only view of a running agent (for `/healthz`, `/metrics` and the watchdog).
+/// Cheap to clone; reading it takes atomics and one short lock for the latest records.
+#[derive(Debug, Clone)]
+pub struct Status(pub(crate) Arc<StatusInner>);
+
+#[derive(Debug)]
+pub(crate) struct StatusInner {
+    pub(crate) agent: String,
+    pub(crate) site: String,
+    pub(crate) data_dir: PathBuf,
+    /// Rules and jobs configured now (a reload changes them).
+    pub(crate) rules: AtomicUsize,
+    pub(crate) jobs: AtomicUsize,
+    pub(crate) started: Instant,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) flow: Arc<Flow>,
+    /// The running outputs (a reload replaces them).
+    pub(crate) outputs: Mutex<Option<OutputsWatch>>,
+    /// No run started for this long means the scheduler is stuck; `None` without jobs.
+    pub(crate) stale_after: Mutex<Option<Duration>>,
+    pub(crate) writer_alive: Arc<AtomicBool>,
+    pub(crate) stopping: AtomicBool,
+    /// The latest record of each (probe, target), as the dispatcher saw it.
+    pub(crate) latest: Mutex<HashMap<(String, String), Record>>,
+}
+
+impl Status {
+    /// Ok while the scheduler starts runs (one within [`Status::stale_after`]) and the store
+    /// writer is alive; otherwise why not, in a sentence for `/healthz` and the logs.
+    pub fn liveness(&self) -> Result<(), String> {
+        let inner = &self.0;
+        if !inner.writer_alive.load(Ordering::Relaxed) {
+            return Err("the store writer has stopped: measurements are not stored".into());
+        }
+        if let Some(limit) = self.stale_after() {
+            let idle = self.since_last_run();
+            if idle > limit && !inner.stopping.load(Ordering::Relaxed) {
+                return Err(format!(
+                    "the scheduler has started no run for {:.1} s (limit {:.1} s, 3 intervals of the most frequent probe)",
+                    idle.as_secs_f64(),
+                    limit.as_secs_f64()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ok once the agent is live, not stopping and has stored its first round.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.0.stopping.load(Ordering::Relaxed) {
+            return Err("the agent is stopping".into());
+        }
+        self.liveness()?;
+        if self.0.flow.stored.load(Ordering::Relaxed) == 0 {
+            return Err("no round stored yet".into());
+        }
+        Ok(())
+    }
+
+    /// How long ago the scheduler last started a run.
+    pub fn since_last_run(&self) -> Duration {
+        let last = self.0.counters.last_run_ms.load(Ordering::Relaxed);
+        Duration::from_millis(scheduler::mono_ms().saturating_sub(last))
+    }
+
+    /// How long without a run the scheduler is taken for stuck (`None`: no jobs).
+    pub fn stale_after(&self) -> Option<Duration> {
+        *self.0.stale_after.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn agent(&self) -> &str {
+        &self.0.agent
+    }
+
+    pub fn site(&self) -> &str {
+        &self.0.site
+    }
+
+    /// Where the store, the spool and the incidents live.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.0.data_dir
+    }
+
+    /// Rules configured.
+    pub fn rules(&self) -> usize {
+        self.0.rules.load(Ordering::Relaxed)
+    }
+
+    /// The agent's counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        let inner = &self.0;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let stored = load(&inner.flow.stored);
+        let outputs = inner
+            .outputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Snapshot {
+            uptime: inner.started.elapsed(),
+            jobs: inner.jobs.load(Ordering::Relaxed),
+            observations: load(&inner.counters.observations),
+            failures: load(&inner.counters.failures),
+            skipped_ticks: load(&inner.counters.skipped_ticks),
+            deadline_exceeded: load(&inner.counters.deadline_exceeded),
+            max_lag_ms: load(&inner.counters.max_lag_us) as f64 / 1000.0,
+            stored,
+            store_backlog: load(&inner.flow.to_store).saturating_sub(stored),
+            evaluated: load(&inner.flow.to_rules),
+            rules_waits: load(&inner.flow.rules_waits),
+            rules_dropped: load(&inner.flow.rules_dropped),
+            outputs_dropped: outputs.as_ref().map_or(0, OutputsWatch::handoff_dropped),
+            outputs: outputs.as_ref().map_or_else(Vec::new, OutputsWatch::stats),
+        }
+    }
+
+    /// After a reload: the new counts, the stall limit (the unchanged jobs' periods are read from
+    /// the configuration, the new ones from `started`), and the latest records of `jobs` only,
+    /// so a removed target disappears from `/metrics`.
+    pub(crate) fn reconfigured(
+        &self,
+        config: &crate::config::Config,
+        jobs: &std::collections::BTreeSet<scheduler::JobKey>,
+        started: &[Job],
+    ) {
+        let inner = &self.0;
+        inner.rules.store(config.rules.len(), Ordering::Relaxed);
+        inner.jobs.store(jobs.len(), Ordering::Relaxed);
+        let configured = config
+            .probes
+            .iter()
+            .filter(|probe| !probe.targets.is_empty())
+            .map(|probe| (probe.interval * 3).max(Duration::from_secs(2)))
+            .min();
+        let limit = [configured, stale_after(started)]
+            .into_iter()
+            .flatten()
+            .max();
+        *inner.stale_after.lock().unwrap_or_else(|e| e.into_inner()) = limit;
+        let mut latest = inner.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.retain(|key, _| jobs.contains(key));
+    }
+
+    /// The outputs running now (a reload replaced them).
+    pub(crate) fn watch_outputs(&self, outputs: Option<OutputsWatch>) {
+        *self.0.outputs.lock().unwrap_or_else(|e| e.into_inner()) = outputs;
+    }
+
+    /// The latest record of each (probe, target), sorted by probe then target.
+    pub fn latest(&self) -> Vec<Record> {
+        let latest = self.0.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records: Vec<Record> = latest.values().cloned().collect();
+        records.sort_by(|a, b| (&a.probe, &a.target).cmp(&(&b.probe, &b.target)));
+        records
+    }
+
+    pub(crate) fn remember(&self, record: &Record) {
+        let mut latest = self.0.latest.lock().unwrap_or_else(|e| e.into_inner());
+        match latest.get_mut(&(record.probe.clone(), record.target.clone())) {
+            Some(slot) => slot.clone_from(record),
+            None => {
+                latest.insert(
+                    (record.probe.clone(), record.target.clone()),
+                    record.clone(),
+                );
+            }
+        }
+    }
+}
+
+/// Clears `writer_alive` when the store writer thread lets go of its tap: it returned or panicked.
+pub(crate) struct WriterAlive(pub(crate) Arc<AtomicBool>);
+
+impl Drop for WriterAlive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// How long without a started run means a stuck scheduler: three periods of the most frequent
+/// job (its interval, or its deadline if a run can last longer), and never under 2 s.
+pub(crate) fn stale_after(jobs: &[Job]) -> Option<Duration> {
+    jobs.iter()
+        .map(|job| job.interval.max(job.probe.deadline()))
+        .min()
+        .map(|period| (period * 3).max(Duration::from_secs(2)))
+}
