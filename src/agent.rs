@@ -161,7 +161,7 @@ impl Agent {
         let (to_store, from_dispatch) = mpsc::channel(STORE_QUEUE);
         let store_path = store.path().to_path_buf();
         let tap = rules_tap(rules, Arc::clone(&flow), RULES_WAIT);
-        let writer = writer::spawn_with_tap(store, from_dispatch, config.agent.retention, tap);
+        let writer = writer::spawn_with_tap(store, from_dispatch, (&config.agent).into(), tap);
         let dispatcher = tokio::spawn(dispatch(
             from_scheduler,
             outputs.as_ref().map(Sinks::handle),
