@@ -14,11 +14,16 @@ use super::Store;
 use super::series::{self, Round, SeriesKey};
 
 /// Rounds per transaction.
-const CHUNK: usize = 5_000;
+pub const CHUNK: usize = 5_000;
 
-/// Migrate every ping round left in `observations`; with `max_chunks`, stop after that many
-/// chunks (as an interrupted migration would). Returns how many rounds were converted.
-pub fn ping_rounds(store: &mut Store, max_chunks: Option<usize>) -> anyhow::Result<u64> {
+/// Migrate every ping round left in `observations`, `chunk` rounds a transaction; with
+/// `max_chunks`, stop after that many chunks (as an interrupted migration would). Returns how
+/// many rounds were converted.
+pub fn ping_rounds(
+    store: &mut Store,
+    chunk: usize,
+    max_chunks: Option<usize>,
+) -> anyhow::Result<u64> {
     let path = store.path.display().to_string();
     let total: u64 = store.conn.query_row(
         "SELECT COUNT(*) FROM observations WHERE measurement = 'ping'",
@@ -31,7 +36,7 @@ pub fn ping_rounds(store: &mut Store, max_chunks: Option<usize>) -> anyhow::Resu
     tracing::info!(store = %path, rounds = total, "converting ping rounds to the compact format");
     let (mut converted, mut unconverted, mut chunks) = (0u64, 0u64, 0usize);
     while max_chunks.is_none_or(|max| chunks < max) {
-        let (done, bad) = chunk(store)
+        let (done, bad) = convert_chunk(store, chunk)
             .with_context(|| format!("cannot convert the ping rounds of {path} (the conversion resumes where it stopped at the next start)"))?;
         if done == 0 {
             break;
@@ -46,12 +51,16 @@ pub fn ping_rounds(store: &mut Store, max_chunks: Option<usize>) -> anyhow::Resu
     if unconverted > 0 {
         tracing::error!(store = %path, unconverted, "ping rounds whose fields could not be read were kept as they were in the table ping_unconverted");
     }
+    if max_chunks.is_some_and(|max| chunks >= max) {
+        tracing::warn!(store = %path, converted, "conversion stopped early; it resumes at the next open");
+        return Ok(converted);
+    }
     tracing::info!(store = %path, converted, "ping rounds converted; `sqlite3 vantage.db VACUUM` (with the agent stopped) returns the space freed to the file system");
     Ok(converted)
 }
 
-/// Convert the oldest [`CHUNK`] ping rows; returns (rows moved, of which unconverted).
-fn chunk(store: &mut Store) -> anyhow::Result<(u64, u64)> {
+/// Convert the oldest `chunk` ping rows; returns (rows moved, of which unconverted).
+fn convert_chunk(store: &mut Store, chunk: usize) -> anyhow::Result<(u64, u64)> {
     let tx = store.conn.transaction()?;
     let rows: Vec<OldRow> = tx
         .prepare(
@@ -59,7 +68,7 @@ fn chunk(store: &mut Store) -> anyhow::Result<(u64, u64)> {
                     failure, duration_ms, fields
              FROM observations WHERE measurement = 'ping' ORDER BY id LIMIT ?1",
         )?
-        .query_map([CHUNK as i64], |row| {
+        .query_map([chunk as i64], |row| {
             Ok(OldRow {
                 id: row.get(0)?,
                 ts_ns: row.get(1)?,

@@ -6,7 +6,7 @@
 //! service checks and traces stay in `observations` with their fields as JSON. A store of the
 //! old format (ping rounds in `observations` too) is converted when opened ([`migrate`]).
 
-mod codec;
+pub mod codec;
 pub mod migrate;
 pub mod series;
 pub mod writer;
@@ -154,8 +154,20 @@ pub struct CheckPoint {
 }
 
 impl Store {
-    /// Open (creating if needed) the store in `data_dir`.
+    /// Open (creating if needed) the store in `data_dir`, converting a store of the old format
+    /// ([`migrate`]).
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        Store::open_migrating(data_dir, migrate::CHUNK, None)
+    }
+
+    /// As [`Store::open`], converting at most `max_chunks` chunks of `chunk` old rounds: what a
+    /// conversion interrupted half-way leaves (for its test).
+    #[doc(hidden)]
+    pub fn open_migrating(
+        data_dir: &Path,
+        chunk: usize,
+        max_chunks: Option<usize>,
+    ) -> anyhow::Result<Store> {
         crate::config::data_dir::create(data_dir)?;
         // Canonical, so logs and errors name the directory plainly (no `config/../`).
         let path = data_dir
@@ -197,7 +209,7 @@ impl Store {
             path,
             series: HashMap::new(),
         };
-        migrate::ping_rounds(&mut store, None)?;
+        migrate::ping_rounds(&mut store, chunk, max_chunks)?;
         Ok(store)
     }
 

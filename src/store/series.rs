@@ -442,9 +442,11 @@ impl Store {
         while let Some(coarser) = level.coarser() {
             let oldest = self.oldest(level, probe, target)?;
             let coarser_oldest = self.oldest(coarser, probe, target)?;
+            // The coarser level's first bucket starts at most one step before the finer
+            // level's first row unless the finer one was pruned.
             match (oldest, coarser_oldest) {
                 (Some(oldest), Some(coarser_oldest))
-                    if oldest > from_ns && coarser_oldest < oldest =>
+                    if oldest > from_ns && coarser_oldest < oldest - coarser.step_ns() =>
                 {
                     level = coarser
                 }
