@@ -108,25 +108,33 @@ fn main() {
     for (name, bytes) in new_tables.iter().chain(&old_tables) {
         println!("  {name:<24} {bytes:>12}");
     }
-    println!("\nold format: {} bytes, {old_round:.0} bytes per round (indexes included), insert {:.0} rounds/s",
-        file_size(&old_path), total as f64 / old_time.as_secs_f64());
-    println!("new format: {} bytes, {new_round:.1} bytes per round with its rollups; raw rows {raw:.1} bytes per round (WITHOUT ROWID: the key is the index), insert {:.0} rounds/s",
-        file_size(&new_path), total as f64 / new_time.as_secs_f64());
+    println!(
+        "\nold format: {} bytes, {old_round:.0} bytes per round (indexes included), insert {:.0} rounds/s",
+        file_size(&old_path),
+        total as f64 / old_time.as_secs_f64()
+    );
+    println!(
+        "new format: {} bytes, {new_round:.1} bytes per round with its rollups; raw rows {raw:.1} bytes per round (WITHOUT ROWID: the key is the index), insert {:.0} rounds/s",
+        file_size(&new_path),
+        total as f64 / new_time.as_secs_f64()
+    );
     println!("rollup rows: 5 min {five:.0} bytes, 1 h {hour:.0} bytes");
 
     let day = |per_row: f64, rows_per_day: f64| per_row * rows_per_day;
-    let (raw_day, five_day, hour_day) = (
-        day(raw, ROUNDS_PER_DAY),
-        day(five, 288.0),
-        day(hour, 24.0),
-    );
+    let (raw_day, five_day, hour_day) =
+        (day(raw, ROUNDS_PER_DAY), day(five, 288.0), day(hour, 24.0));
     let days_of = |d: Duration| d.as_secs_f64() / 86_400.0;
     let r = DEFAULT_RETENTION;
     let year = raw_day * days_of(r.raw).min(365.0)
         + five_day * days_of(r.five_min).min(365.0)
         + hour_day * days_of(r.hour).min(365.0);
-    println!("\nper target per day: old {:.2} MB; new raw {:.2} MB + 5 min {:.3} MB + 1 h {:.4} MB",
-        old_round * ROUNDS_PER_DAY / 1e6, raw_day / 1e6, five_day / 1e6, hour_day / 1e6);
+    println!(
+        "\nper target per day: old {:.2} MB; new raw {:.2} MB + 5 min {:.3} MB + 1 h {:.4} MB",
+        old_round * ROUNDS_PER_DAY / 1e6,
+        raw_day / 1e6,
+        five_day / 1e6,
+        hour_day / 1e6
+    );
     println!(
         "per target, a year of history with the default retentions (raw {:.0} d, 5 min {:.0} d, 1 h {:.0} d): new {:.2} MB; old (raw only, {:.0} d) {:.1} MB",
         days_of(r.raw),
@@ -140,12 +148,21 @@ fn main() {
     // Charts: the 30-hour and full-span series of one target.
     let store = Store::open(&new_dir).expect("reopen");
     let now = probes::unix_ns(SystemTime::now());
-    for span in [Duration::from_secs(3 * 3600), Duration::from_secs(30 * 3600), Duration::from_secs((days * 86_400.0) as u64)] {
+    for span in [
+        Duration::from_secs(3 * 3600),
+        Duration::from_secs(30 * 3600),
+        Duration::from_secs((days * 86_400.0) as u64),
+    ] {
         let t = Instant::now();
         let points = store
             .ping_series("icmp", "target-0", now - span.as_nanos() as i64, now)
             .expect("series");
-        println!("ping_series over {:>6.1} h: {} points in {:.1} ms", span.as_secs_f64() / 3600.0, points.len(), t.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "ping_series over {:>6.1} h: {} points in {:.1} ms",
+            span.as_secs_f64() / 3600.0,
+            points.len(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
     drop(store);
 
@@ -155,6 +172,9 @@ fn main() {
     let took = t.elapsed();
     let count = migrated.count().expect("count");
     assert_eq!(count, total, "every round converted");
-    println!("\nmigration of the old store: {total} rounds in {:.1} s ({:.0} rounds/s), all {count} there",
-        took.as_secs_f64(), total as f64 / took.as_secs_f64());
+    println!(
+        "\nmigration of the old store: {total} rounds in {:.1} s ({:.0} rounds/s), all {count} there",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
+    );
 }

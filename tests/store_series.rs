@@ -68,8 +68,12 @@ fn report_drafts_and_page_agree_with_the_rounds_stored() {
 
     // 3 hours: raw rounds, the same as the drafts' history, figures as computed from the RTTs.
     let from = now - 3 * HOUR_NS;
-    let page = store.ping_series("icmp", target, from, now).expect("series");
-    let drafts = store.ping_history("icmp", target, from, now).expect("history");
+    let page = store
+        .ping_series("icmp", target, from, now)
+        .expect("series");
+    let drafts = store
+        .ping_history("icmp", target, from, now)
+        .expect("history");
     assert_eq!(page, drafts);
     let expected: Vec<&&Record> = mine
         .iter()
@@ -102,15 +106,40 @@ fn report_drafts_and_page_agree_with_the_rounds_stored() {
     let last = page.last().expect("points");
     assert_eq!(report.timestamp_ns, last.timestamp_ns);
     assert_eq!(
-        (report.sent, report.loss_pct, report.rtt_median_ms, report.rtt_p10_ms, report.rtt_p90_ms),
-        (last.sent, last.loss_pct, last.rtt_median_ms, last.rtt_p10_ms, last.rtt_p90_ms)
+        (
+            report.sent,
+            report.loss_pct,
+            report.rtt_median_ms,
+            report.rtt_p10_ms,
+            report.rtt_p90_ms
+        ),
+        (
+            last.sent,
+            last.loss_pct,
+            last.rtt_median_ms,
+            last.rtt_p10_ms,
+            last.rtt_p90_ms
+        )
     );
     assert_eq!(report.address, last.address);
 
+    // A young store (2 days) charted over 10 days: its 5-minute buckets, not the hourly ones
+    // merely because the first hour bucket starts before the first 5-minute one.
+    let ten_days = store
+        .ping_series("icmp", target, now - 240 * HOUR_NS, now)
+        .expect("10 days");
+    assert!(ten_days.len() >= 576, "{} points", ten_days.len());
+    assert!(ten_days.iter().all(|p| p.step_ns == 300_000_000_000));
+
     // 30 hours: 5-minute buckets; 30 days: hourly ones. Counts exact, percentiles over every RTT
     // of the bucket within the 1% the distribution keeps.
-    for (span, step) in [(30 * HOUR_NS, 300_000_000_000), (30 * 24 * HOUR_NS, HOUR_NS)] {
-        let points = store.ping_series("icmp", target, now - span, now).expect("rollup");
+    for (span, step) in [
+        (30 * HOUR_NS, 300_000_000_000),
+        (30 * 24 * HOUR_NS, HOUR_NS),
+    ] {
+        let points = store
+            .ping_series("icmp", target, now - span, now)
+            .expect("rollup");
         assert!(!points.is_empty());
         for point in &points {
             assert_eq!(point.step_ns, step, "{point:?}");
@@ -164,7 +193,10 @@ fn a_pruned_level_gives_way_to_a_coarser_one() {
         .iter()
         .filter(|r| r.observation.timestamp_ns() < now - 24 * HOUR_NS)
         .count();
-    assert!(removed >= day_old, "{removed} rows removed, {day_old} raw rounds a day old");
+    assert!(
+        removed >= day_old,
+        "{removed} rows removed, {day_old} raw rounds a day old"
+    );
 
     // Raw rounds of the last day are still there; of the day before only buckets.
     let recent = store
@@ -174,21 +206,30 @@ fn a_pruned_level_gives_way_to_a_coarser_one() {
     let old = store
         .ping_series("icmp", "target-0", now - 40 * HOUR_NS, now - 37 * HOUR_NS)
         .expect("old");
-    assert!(!old.is_empty(), "the hourly level still reaches back 40 hours");
-    assert!(old.iter().all(|p: &PingPoint| p.step_ns == HOUR_NS), "{old:?}");
+    assert!(
+        !old.is_empty(),
+        "the hourly level still reaches back 40 hours"
+    );
+    assert!(
+        old.iter().all(|p: &PingPoint| p.step_ns == HOUR_NS),
+        "{old:?}"
+    );
     let middle = store
         .ping_series("icmp", "target-0", now - 30 * HOUR_NS, now - 27 * HOUR_NS)
         .expect("middle");
     assert!(!middle.is_empty());
-    assert!(middle.iter().all(|p| p.step_ns == 300_000_000_000), "{middle:?}");
+    assert!(
+        middle.iter().all(|p| p.step_ns == 300_000_000_000),
+        "{middle:?}"
+    );
 }
 
 #[test]
 fn each_level_has_its_retention_key() {
     let base = "[agent]\nsite = \"scl3\"\n";
     let target = "[[target]]\nname = \"sjc1-core\"\nhost = \"198.18.1.1\"\n";
-    let config = Config::parse(&format!("{base}{target}"), Path::new("vantage.toml"))
-        .expect("defaults");
+    let config =
+        Config::parse(&format!("{base}{target}"), Path::new("vantage.toml")).expect("defaults");
     assert_eq!(Retention::from(&config.agent), DEFAULT_RETENTION);
     assert_eq!(
         DEFAULT_RETENTION,
@@ -199,7 +240,9 @@ fn each_level_has_its_retention_key() {
         }
     );
     let config = Config::parse(
-        &format!("{base}retention = \"7d\"\nretention_5m = \"30d\"\nretention_1h = \"730d\"\n{target}"),
+        &format!(
+            "{base}retention = \"7d\"\nretention_5m = \"30d\"\nretention_1h = \"730d\"\n{target}"
+        ),
         Path::new("vantage.toml"),
     )
     .expect("valid");

@@ -24,8 +24,8 @@ use probes::PingStats;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::codec::{self, Histogram};
-use crate::config::{self, AgentConfig};
 use super::{LatestPing, PingPoint, Store};
+use crate::config::{self, AgentConfig};
 
 pub(super) const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS series (
@@ -273,13 +273,14 @@ pub(super) fn insert_rounds(
             received,
             rtts: Histogram::default(),
         };
-        round.rtts_ms.iter().flatten().for_each(|rtt| this.rtts.add_ms(*rtt));
+        round
+            .rtts_ms
+            .iter()
+            .flatten()
+            .for_each(|rtt| this.rtts.add_ms(*rtt));
         for level in Level::ROLLUPS {
             let start = ts_ns - ts_ns.rem_euclid(level.step_ns());
-            buckets
-                .entry((level, id, start))
-                .or_default()
-                .merge(&this);
+            buckets.entry((level, id, start)).or_default().merge(&this);
         }
     }
     for ((level, id, start), mut bucket) in buckets {
@@ -573,9 +574,8 @@ impl Store {
         let mut latest: Vec<LatestPing> = Vec::new();
         for row in rows {
             let (probe, target, target_site, address, ts, kind, failure, rtts) = row?;
-            let (point, stats) = raw_point(ts, address, kind, failure, &rtts).with_context(|| {
-                format!("{probe}/{target} in {}", self.path.display())
-            })?;
+            let (point, stats) = raw_point(ts, address, kind, failure, &rtts)
+                .with_context(|| format!("{probe}/{target} in {}", self.path.display()))?;
             let ping = LatestPing {
                 probe,
                 target,
