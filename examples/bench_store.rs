@@ -53,6 +53,31 @@ fn rows(path: &Path, table: &str) -> u64 {
     .expect("count")
 }
 
+/// Bytes per row of `observations` (its indexes included) and of its JSON fields, for `records`
+/// stored alone in a store in `dir`.
+fn row_bytes(dir: &Path, records: &[vantage::record::Record]) -> (f64, f64) {
+    let mut store = Store::open(dir).expect("store");
+    store.insert(records).expect("insert");
+    let path = store.path().to_path_buf();
+    drop(store);
+    let tables = bytes_by_table(&path);
+    let bytes: u64 = [
+        "observations",
+        "observations_by_time",
+        "observations_by_target",
+    ]
+    .iter()
+    .map(|name| tables.get(*name).copied().unwrap_or(0))
+    .sum();
+    let db = rusqlite::Connection::open(&path).expect("open");
+    let json: f64 = db
+        .query_row("SELECT AVG(LENGTH(fields)) FROM observations", [], |row| {
+            row.get(0)
+        })
+        .expect("avg");
+    (bytes as f64 / records.len() as f64, json)
+}
+
 fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
@@ -165,6 +190,61 @@ fn main() {
         );
     }
     drop(store);
+
+    // Service checks and traces keep their JSON fields in `observations`: their size per row.
+    let (checks, traces) = (2_000u32, 300u32);
+    let mut records = Vec::new();
+    for i in 0..checks {
+        let mut record = rounds.round(0, u64::from(i), start + ROUND_EVERY * i);
+        record.probe = "https".into();
+        let ms = |base: f64| Some(base + f64::from(i % 97) * 0.013_457);
+        record.observation.measurement = probes::Measurement::Http(probes::HttpStats {
+            method: "GET".into(),
+            status_code: Some(200),
+            resolve_ms: ms(0.4),
+            connect_ms: ms(1.2),
+            tls_ms: ms(3.4),
+            processing_ms: ms(12.0),
+            transfer_ms: ms(0.3),
+            total_ms: 17.3 + f64::from(i % 89) * 0.021_3,
+            body_bytes: 5_120,
+            cert_expiry_days: Some(61.234_567),
+            redirects: 0,
+            final_url: "https://www.example.net/health".into(),
+        });
+        records.push(record);
+    }
+    for i in 0..traces {
+        let mut record = rounds.round(0, u64::from(i), start + Duration::from_secs(300) * i);
+        record.probe = "trace".into();
+        let hops = (1..=12u8)
+            .map(|ttl| probes::Hop {
+                ttl,
+                addresses: vec![format!("198.18.{ttl}.1").parse().expect("address")],
+                sent: 10,
+                received: 10,
+                loss_pct: 0.0,
+                rtt_last_ms: Some(f64::from(ttl) * 1.234_567),
+                rtt_avg_ms: Some(f64::from(ttl) * 1.245_678),
+                rtt_best_ms: Some(f64::from(ttl) * 1.123_456),
+                rtt_worst_ms: Some(f64::from(ttl) * 1.345_678),
+                rtt_stddev_ms: Some(0.123_456),
+            })
+            .collect();
+        record.observation.measurement = probes::Measurement::Trace(probes::TraceReport::new(
+            "198.18.12.1".parse().expect("address"),
+            hops,
+        ));
+        records.push(record);
+    }
+    let (http, trace) = records.split_at(checks as usize);
+    let (http_row, http_json) = row_bytes(&dir.path().join("http"), http);
+    let (trace_row, trace_json) = row_bytes(&dir.path().join("trace"), trace);
+    println!(
+        "\nservice checks and traces (JSON fields in observations, indexes included): http {http_row:.0} bytes per run ({http_json:.0} of JSON), {:.2} MB per check per day at 20 s; trace (12 hops) {trace_row:.0} bytes per run ({trace_json:.0} of JSON), {:.2} MB per trace probe per day at 5 min",
+        http_row * ROUNDS_PER_DAY / 1e6,
+        trace_row * 288.0 / 1e6
+    );
 
     // The old store converted in place.
     let t = Instant::now();

@@ -47,6 +47,18 @@ fn old_format(dir: &Path) -> Vec<Record> {
     records
 }
 
+/// (target, ts_ns, address, success, failure_kind, sent, received, rtts) as the `ping` view has it.
+type StoredRound = (
+    String,
+    i64,
+    Option<String>,
+    bool,
+    Option<String>,
+    u32,
+    u32,
+    Vec<u8>,
+);
+
 /// Every round of `records` is in the store once, with its RTTs (to the microsecond), loss
 /// positions, failure and figures.
 fn assert_all_converted(store: &Store, records: &[Record]) {
@@ -57,16 +69,7 @@ fn assert_all_converted(store: &Store, records: &[Record]) {
              FROM ping WHERE target LIKE 'target-%' ORDER BY target, ts_ns",
         )
         .expect("query");
-    let mut stored: Vec<(
-        String,
-        i64,
-        Option<String>,
-        bool,
-        Option<String>,
-        u32,
-        u32,
-        Vec<u8>,
-    )> = query
+    let mut stored: Vec<StoredRound> = query
         .query_map([], |r| {
             Ok((
                 r.get(0)?,
