@@ -447,7 +447,8 @@ impl Store {
             // level's first row unless the finer one was pruned.
             match (oldest, coarser_oldest) {
                 (Some(oldest), Some(coarser_oldest))
-                    if oldest > from_ns && coarser_oldest < oldest - coarser.step_ns() =>
+                    if oldest > from_ns
+                        && coarser_oldest < oldest.saturating_sub(coarser.step_ns()) =>
                 {
                     level = coarser
                 }
