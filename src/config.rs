@@ -46,7 +46,7 @@ pub struct Config {
     pub incident_sinks: Vec<IncidentSinkConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     /// Agent name; default: the host name.
     pub name: String,
@@ -69,7 +69,7 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
 pub const DEFAULT_RETENTION_5M: Duration = Duration::from_secs(90 * 86_400);
 pub const DEFAULT_RETENTION_1H: Duration = Duration::from_secs(400 * 86_400);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub name: String,
     /// A host name or an IP address literal.
@@ -89,7 +89,7 @@ pub enum FamilyPreference {
     V6,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeConfig {
     pub name: String,
     /// Time between runs against the same target.
