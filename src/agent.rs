@@ -47,7 +47,7 @@
 //! 5. the scheduler stops the removed and changed jobs (a run in flight is cut short and not
 //!    stored, as at a stop) and starts the added and changed ones.
 //!
-//! The `[agent]` section (name, site, data_dir, retention, listen) needs a restart: a
+//! The `[agent]` section (name, site, data_dir, the retentions, listen) needs a restart: a
 //! configuration that changes it is rejected, naming the key, and the agent keeps running as it
 //! was. The agent's [`Status`] follows the reload: its job and rule counts, its stall limit, its
 //! outputs, and the latest records of the jobs that remain.
@@ -191,7 +191,7 @@ impl Agent {
             let _held_by_the_writer = &alive;
             rules_tap(record)
         });
-        let writer = writer::spawn_with_tap(store, from_dispatch, config.agent.retention, tap);
+        let writer = writer::spawn_with_tap(store, from_dispatch, (&config.agent).into(), tap);
         let offer_to: OutputsHandle =
             Arc::new(tokio::sync::Mutex::new(outputs.as_ref().map(Sinks::handle)));
         let dispatcher = tokio::spawn(dispatch(

@@ -55,8 +55,13 @@ pub struct AgentConfig {
     /// Where the embedded store lives; default `./vantage-data` (relative paths are relative to the
     /// config file's directory).
     pub data_dir: PathBuf,
-    /// How long the embedded store keeps observations; default 14 days.
+    /// How long the embedded store keeps observations (raw ping rounds, service checks,
+    /// traces); default 14 days.
     pub retention: Duration,
+    /// How long it keeps the 5-minute rollups of ping rounds; default 90 days.
+    pub retention_5m: Duration,
+    /// How long it keeps the hourly rollups of ping rounds; default 400 days.
+    pub retention_1h: Duration,
     /// The health and metrics listener (`listen = "127.0.0.1:9798"`); off by default.
     pub listen: Option<ListenConfig>,
 }
@@ -80,6 +85,11 @@ pub enum ListenAuth {
         password: SecretSource,
     },
 }
+
+/// The defaults of `[agent] retention`, `retention_5m` and `retention_1h`.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
+pub const DEFAULT_RETENTION_5M: Duration = Duration::from_secs(90 * 86_400);
+pub const DEFAULT_RETENTION_1H: Duration = Duration::from_secs(400 * 86_400);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {

@@ -80,8 +80,7 @@ timeout = "500ms"
     let db = rusqlite::Connection::open(dir.path().join("data/vantage.db")).expect("store");
     let totals = |target: &str| -> (i64, i64, i64) {
         db.query_row(
-            "SELECT COUNT(*), SUM(json_extract(fields, '$.sent')), SUM(json_extract(fields, '$.received'))
-             FROM observations WHERE target = ?1",
+            "SELECT COUNT(*), SUM(sent), SUM(received) FROM ping WHERE target = ?1",
             [target],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -108,7 +107,7 @@ timeout = "500ms"
     assert_eq!(received, 0);
     let failures: i64 = db
         .query_row(
-            "SELECT COUNT(*) FROM observations WHERE target = 'nobody' AND success = 0
+            "SELECT COUNT(*) FROM ping WHERE target = 'nobody' AND success = 0
              AND failure_kind IN ('timeout', 'unreachable')",
             [],
             |r| r.get(0),

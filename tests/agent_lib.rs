@@ -102,8 +102,12 @@ fn opened_drafts(data: &Path) -> usize {
 
 fn stored_rows(data: &Path) -> u64 {
     let db = rusqlite::Connection::open(data.join("vantage.db")).expect("open the store");
-    db.query_row("SELECT COUNT(*) FROM observations", [], |row| row.get(0))
-        .expect("count observations")
+    db.query_row(
+        "SELECT (SELECT COUNT(*) FROM observations) + (SELECT COUNT(*) FROM ping_rounds)",
+        [],
+        |row| row.get(0),
+    )
+    .expect("count observations")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,10 +33,7 @@ fn write_config(dir: &Path, probe: &str, targets: &[(String, String)]) -> std::p
 fn rounds(dir: &Path) -> Vec<(String, i64, i64, i64, bool)> {
     let db = Connection::open(dir.join("data/vantage.db")).expect("open store");
     let mut query = db
-        .prepare(
-            "SELECT target, ts_ns, json_extract(fields, '$.sent'), json_extract(fields, '$.received'), success
-             FROM observations WHERE measurement = 'ping' ORDER BY ts_ns",
-        )
+        .prepare("SELECT target, ts_ns, sent, received, success FROM ping ORDER BY ts_ns")
         .expect("query");
     query
         .query_map([], |r| {
@@ -52,8 +49,8 @@ fn failures(dir: &Path) -> Vec<(String, String)> {
     let db = Connection::open(dir.join("data/vantage.db")).expect("open store");
     let mut query = db
         .prepare(
-            "SELECT target, json_extract(fields, '$.rtts_ms') || ' ' || coalesce(failure, '') FROM observations
-             WHERE json_extract(fields, '$.received') < json_extract(fields, '$.sent') LIMIT 20",
+            "SELECT target, received || '/' || sent || ' ' || coalesce(failure, '') FROM ping
+             WHERE received < sent LIMIT 20",
         )
         .expect("query");
     query

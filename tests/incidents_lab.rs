@@ -113,9 +113,8 @@ impl Setup {
     fn echoes(&self, target: &str, from: SystemTime, to: SystemTime) -> (i64, i64, i64) {
         let db = rusqlite::Connection::open(self.data.join("vantage.db")).expect("store");
         db.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(json_extract(fields, '$.sent')), 0),
-                    COALESCE(SUM(json_extract(fields, '$.received')), 0)
-             FROM observations WHERE target = ?1 AND probe = 'ping' AND ts_ns >= ?2 AND ts_ns < ?3",
+            "SELECT COUNT(*), COALESCE(SUM(sent), 0), COALESCE(SUM(received), 0)
+             FROM ping WHERE target = ?1 AND probe = 'ping' AND ts_ns >= ?2 AND ts_ns < ?3",
             rusqlite::params![target, unix_ns(from), unix_ns(to)],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -136,9 +135,8 @@ impl Setup {
         let db = rusqlite::Connection::open(self.data.join("vantage.db")).expect("store");
         let mut query = db
             .prepare(
-                "SELECT ts_ns, json_extract(fields, '$.sent') - json_extract(fields, '$.received')
-                 FROM observations WHERE target = ?1 AND probe = 'ping' AND ts_ns >= ?2
-                 ORDER BY ts_ns",
+                "SELECT ts_ns, sent - received FROM ping
+                 WHERE target = ?1 AND probe = 'ping' AND ts_ns >= ?2 ORDER BY ts_ns",
             )
             .expect("query");
         let rounds: Vec<(i64, i64)> = query

@@ -83,7 +83,10 @@ flush_interval = "200ms"
     let db = rusqlite::Connection::open(dir.path().join("data/vantage.db")).expect("store");
     let mut stored: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let mut query = db
-        .prepare("SELECT target, ts_ns FROM observations ORDER BY ts_ns")
+        .prepare(
+            "SELECT target, ts_ns FROM ping UNION ALL SELECT target, ts_ns FROM observations
+             ORDER BY ts_ns",
+        )
         .expect("query");
     let rows = query
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))

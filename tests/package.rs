@@ -376,8 +376,7 @@ fn deb_installs_runs_with_cap_net_raw_only_upgrades_and_purges_clean() {
     let db = rusqlite::Connection::open(Path::new(STATE).join("vantage.db")).expect("store");
     let (rounds, sent, received): (i64, i64, i64) = db
         .query_row(
-            "SELECT COUNT(*), SUM(json_extract(fields, '$.sent')), SUM(json_extract(fields, '$.received'))
-             FROM observations WHERE target = 'lab-target'",
+            "SELECT COUNT(*), SUM(sent), SUM(received) FROM ping WHERE target = 'lab-target'",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )

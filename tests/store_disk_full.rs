@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use support::{Tmpfs, ping_record};
-use vantage::store::{Store, writer};
+use vantage::store::{DEFAULT_RETENTION, Retention, Store, writer};
 
 /// Fill the file system holding `path` with one file until it refuses a byte more.
 fn fill(path: &Path) {
@@ -34,7 +34,11 @@ fn a_full_disk_at_shutdown_loses_no_observation() {
     let _tmpfs = Tmpfs::mount(&data, "48m");
     let store = Store::open(&data).expect("store");
     let (tx, rx) = tokio::sync::mpsc::channel(16_384);
-    let writing = writer::spawn(store, rx, Duration::from_secs(86_400));
+    let retention = Retention {
+        raw: Duration::from_secs(86_400),
+        ..DEFAULT_RETENTION
+    };
+    let writing = writer::spawn(store, rx, retention);
     let t0 = SystemTime::now() - Duration::from_secs(3_600);
     let record = |seq: u64| {
         ping_record(
@@ -64,9 +68,6 @@ fn a_full_disk_at_shutdown_loses_no_observation() {
         .expect("no panic")
         .unwrap_or_else(|error| panic!("{error:#}"));
     assert_eq!(stored, BEFORE + DURING);
-    let db = rusqlite::Connection::open(data.join("vantage.db")).expect("store");
-    let rows: u64 = db
-        .query_row("SELECT COUNT(*) FROM observations", [], |r| r.get(0))
-        .expect("count");
+    let rows = Store::open(&data).expect("store").count().expect("count");
     assert_eq!(rows, BEFORE + DURING, "every observation is in the store");
 }

@@ -239,6 +239,12 @@ pub fn needs_restart(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> 
     if old.retention != new.retention {
         keys.push("agent.retention");
     }
+    if old.retention_5m != new.retention_5m {
+        keys.push("agent.retention_5m");
+    }
+    if old.retention_1h != new.retention_1h {
+        keys.push("agent.retention_1h");
+    }
     if old.listen != new.listen {
         keys.push("agent.listen");
     }

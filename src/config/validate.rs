@@ -17,8 +17,9 @@ use super::duration::{format_duration, parse_duration};
 use super::span::LineIndex;
 use super::suggest::closest;
 use super::{
-    AgentConfig, Config, ConfigError, ConfigErrors, FamilyPreference, ListenAuth, ListenConfig,
-    ProbeConfig, ProbeKind, Target,
+    AgentConfig, Config, ConfigError, ConfigErrors, DEFAULT_RETENTION, DEFAULT_RETENTION_1H,
+    DEFAULT_RETENTION_5M, FamilyPreference, ListenAuth, ListenConfig, ProbeConfig, ProbeKind,
+    Target,
 };
 
 mod incident_sink;
@@ -40,7 +41,6 @@ pub(super) const DEFAULT_TRACE_TIMEOUT: Duration = Duration::from_secs(1);
 pub(super) const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const DEFAULT_COUNT: u32 = 20;
 pub(super) const MAX_COUNT: i128 = 10_000;
-pub(super) const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
 pub(super) const DEFAULT_DATA_DIR: &str = "vantage-data";
 pub(super) const DEFAULT_TARGET_SITE: &str = "unknown";
 pub(super) const DEFAULT_STATUS_UPDATES: Duration = Duration::from_secs(30 * 60);
@@ -189,11 +189,13 @@ const OUTPUT_V1: [Key; 5] = [
         r#"password_file = "/etc/vantage/influx-password""#,
     ),
 ];
-const AGENT: [Key; 10] = [
+const AGENT: [Key; 12] = [
     key("name", Type::Str, r#"name = "scl3-probe-01""#),
     key("site", Type::Str, r#"site = "scl3""#),
     key("data_dir", Type::Str, r#"data_dir = "/var/lib/vantage""#),
     key("retention", Type::Duration, r#"retention = "14d""#),
+    key("retention_5m", Type::Duration, r#"retention_5m = "90d""#),
+    key("retention_1h", Type::Duration, r#"retention_1h = "400d""#),
     key("listen", Type::Str, r#"listen = "127.0.0.1:9798""#),
     key(
         "listen_token_env",
@@ -1026,7 +1028,15 @@ impl Checker<'_> {
         };
         let section = "[agent]";
         let span = value.span();
-        let [name_key, site_key, data_dir_key, retention_key, ..] = &AGENT;
+        let [
+            name_key,
+            site_key,
+            data_dir_key,
+            retention_key,
+            retention_5m_key,
+            retention_1h_key,
+            ..,
+        ] = &AGENT;
         self.unknown_keys(table, section, &AGENT.each_ref(), &[]);
 
         let name = match self.string(table, name_key) {
@@ -1067,6 +1077,33 @@ impl Checker<'_> {
             Got::Invalid => None,
             Got::Valid(retention, _) => Some(retention),
         };
+        // Each rollup level summarises the finer one: keeping it for less would be pointless.
+        let mut finer = (retention_key, retention.unwrap_or(DEFAULT_RETENTION));
+        let mut level = |validator: &mut Self, key: &'static Key, default: Duration| {
+            let kept = match validator.positive_duration(table, key) {
+                Got::Absent => Some(default),
+                Got::Invalid => None,
+                Got::Valid(kept, span) if kept < finer.1 => {
+                    validator.error(
+                        span,
+                        format!(
+                            "`{}` ({}) is shorter than `{}` ({}): a coarser level must be kept at least as long as the finer one",
+                            key.name,
+                            format_duration(kept),
+                            finer.0.name,
+                            format_duration(finer.1)
+                        ),
+                        format!("e.g. `{}`, or leave it out", key.example),
+                    );
+                    None
+                }
+                Got::Valid(kept, _) => Some(kept),
+            };
+            finer = (key, kept.unwrap_or(finer.1));
+            kept
+        };
+        let retention_5m = level(self, retention_5m_key, DEFAULT_RETENTION_5M);
+        let retention_1h = level(self, retention_1h_key, DEFAULT_RETENTION_1H);
         let listen = self.listen(table);
         let config_dir = path.parent().unwrap_or_else(|| Path::new(""));
         Some(AgentConfig {
@@ -1074,6 +1111,8 @@ impl Checker<'_> {
             site: site?,
             data_dir: config_dir.join(data_dir?),
             retention: retention?,
+            retention_5m: retention_5m?,
+            retention_1h: retention_1h?,
             listen: listen?,
         })
     }

@@ -183,6 +183,8 @@ fn check_as_series(check: &CheckSeries) -> (String, Series) {
             rtt_median_ms: run.figures.headline_ms().filter(|_| run.success),
             rtt_p75_ms: None,
             rtt_p90_ms: None,
+            rounds: 1,
+            step_ns: 0,
         })
         .collect();
     let label = format!(

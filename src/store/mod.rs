@@ -1,12 +1,20 @@
 //! The embedded store (default): every observation in SQLite under the data directory, kept for the
 //! configured retention. One writer thread owns the connection; probes never wait on disk I/O
 //! beyond a bounded channel.
+//!
+//! Ping rounds, the bulk, are compact typed rows with 5-minute and hourly rollups ([`series`]);
+//! service checks and traces stay in `observations` with their fields as JSON. A store of the
+//! old format (ping rounds in `observations` too) is converted when opened ([`migrate`]).
 
+pub mod codec;
+pub mod migrate;
+pub mod series;
 pub mod writer;
+
+pub use series::{DEFAULT_RETENTION, Retention};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use probes::{Measurement, Outcome};
@@ -22,6 +30,8 @@ pub const DB_FILE: &str = "vantage.db";
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Ping series ids by their tags.
+    series: HashMap<series::SeriesKey, i64>,
 }
 
 /// One row of `vantage report`: the latest ping round of one target.
@@ -100,9 +110,11 @@ pub fn trace_fields(report: &probes::TraceReport) -> anyhow::Result<String> {
     Ok(serde_json::to_string(&fields)?)
 }
 
-/// One ping round as history: what an incident's evidence tables and chart are drawn from.
+/// One ping round, or one rollup bucket of rounds, as history: what an incident's evidence tables
+/// and chart are drawn from.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PingPoint {
+    /// The round's start, or the bucket's.
     pub timestamp_ns: i64,
     pub address: Option<String>,
     pub failure_kind: Option<String>,
@@ -114,6 +126,16 @@ pub struct PingPoint {
     pub rtt_median_ms: Option<f64>,
     pub rtt_p75_ms: Option<f64>,
     pub rtt_p90_ms: Option<f64>,
+    /// Rounds summarised: 1 for a raw round.
+    #[serde(default = "one")]
+    pub rounds: u32,
+    /// The bucket's width: 0 for a raw round, else 5 minutes or 1 hour.
+    #[serde(default)]
+    pub step_ns: i64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One `http`, `dns` or `tcp` run as history: what an incident's evidence lists for a service
@@ -132,8 +154,20 @@ pub struct CheckPoint {
 }
 
 impl Store {
-    /// Open (creating if needed) the store in `data_dir`.
+    /// Open (creating if needed) the store in `data_dir`, converting a store of the old format
+    /// ([`migrate`]).
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        Store::open_migrating(data_dir, migrate::CHUNK, None)
+    }
+
+    /// As [`Store::open`], converting at most `max_chunks` chunks of `chunk` old rounds: what a
+    /// conversion interrupted half-way leaves (for its test).
+    #[doc(hidden)]
+    pub fn open_migrating(
+        data_dir: &Path,
+        chunk: usize,
+        max_chunks: Option<usize>,
+    ) -> anyhow::Result<Store> {
         crate::config::data_dir::create(data_dir)?;
         // Canonical, so logs and errors name the directory plainly (no `config/../`).
         let path = data_dir
@@ -168,8 +202,15 @@ impl Store {
              CREATE INDEX IF NOT EXISTS observations_by_target
                  ON observations (measurement, probe, target, ts_ns);",
         )
+        .and_then(|()| conn.execute_batch(series::SCHEMA))
         .with_context(|| format!("cannot initialise store {}", path.display()))?;
-        Ok(Store { conn, path })
+        let mut store = Store {
+            conn,
+            path,
+            series: HashMap::new(),
+        };
+        migrate::ping_rounds(&mut store, chunk, max_chunks)?;
+        Ok(store)
     }
 
     pub fn path(&self) -> &Path {
@@ -180,6 +221,7 @@ impl Store {
     pub fn insert(&mut self, records: &[Record]) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         {
+            let mut rounds = Vec::new();
             let mut insert = tx.prepare_cached(
                 "INSERT INTO observations (ts_ns, measurement, agent, site, probe, target, target_site,
                      address, success, failure_kind, failure, duration_ms, fields)
@@ -194,7 +236,24 @@ impl Store {
                     }
                 };
                 let fields = match &o.measurement {
-                    Measurement::Ping(stats) => serde_json::to_string(stats)?,
+                    Measurement::Ping(stats) => {
+                        rounds.push(series::Round {
+                            series: series::SeriesKey {
+                                probe: r.probe.clone(),
+                                target: r.target.clone(),
+                                agent: r.agent.clone(),
+                                site: r.site.clone(),
+                                target_site: r.target_site.clone(),
+                                address: r.address.clone(),
+                            },
+                            ts_ns: o.timestamp_ns(),
+                            duration_ms: o.duration.as_millis().try_into().unwrap_or(i64::MAX),
+                            failure_kind: kind,
+                            failure: message,
+                            rtts_ms: &stats.rtts_ms,
+                        });
+                        continue;
+                    }
                     Measurement::Tcp(stats) => serde_json::to_string(stats)?,
                     Measurement::Http(stats) => serde_json::to_string(stats)?,
                     Measurement::Dns(stats) => serde_json::to_string(stats)?,
@@ -216,70 +275,19 @@ impl Store {
                     fields,
                 ])?;
             }
+            series::insert_rounds(&tx, &mut self.series, &rounds)?;
         }
         tx.commit()?;
         Ok(())
     }
 
-    /// Delete observations older than `retention` before `now`; returns how many were removed.
-    pub fn prune(&mut self, retention: Duration, now: SystemTime) -> anyhow::Result<usize> {
-        let cutoff = now.checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH);
-        let cutoff_ns = probes::unix_ns(cutoff);
-        Ok(self
-            .conn
-            .execute("DELETE FROM observations WHERE ts_ns < ?1", [cutoff_ns])?)
-    }
-
+    /// Observations stored: ping rounds, service checks and traces.
     pub fn count(&self) -> anyhow::Result<u64> {
-        Ok(self
-            .conn
-            .query_row("SELECT COUNT(*) FROM observations", [], |row| row.get(0))?)
-    }
-
-    /// The ping rounds of one (probe, target) from `from_ns` to `to_ns` (inclusive), oldest
-    /// first: the evidence an incident draft shows.
-    pub fn ping_history(
-        &self,
-        probe: &str,
-        target: &str,
-        from_ns: i64,
-        to_ns: i64,
-    ) -> anyhow::Result<Vec<PingPoint>> {
-        let mut query = self.conn.prepare_cached(
-            "SELECT ts_ns, address, failure_kind, failure, fields FROM observations
-             WHERE measurement = 'ping' AND probe = ?1 AND target = ?2 AND ts_ns BETWEEN ?3 AND ?4
-             ORDER BY ts_ns",
-        )?;
-        let rows = query.query_map(rusqlite::params![probe, target, from_ns, to_ns], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, Option<String>>(1)?,
-                row.get::<_, Option<String>>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, String>(4)?,
-            ))
-        })?;
-        let mut points = Vec::new();
-        for row in rows {
-            let (timestamp_ns, address, failure_kind, failure, fields) = row?;
-            let fields: serde_json::Value = serde_json::from_str(&fields)
-                .with_context(|| format!("corrupt fields for {probe}/{target}"))?;
-            let number = |name: &str| fields.get(name).and_then(serde_json::Value::as_f64);
-            points.push(PingPoint {
-                timestamp_ns,
-                address,
-                failure_kind,
-                failure,
-                sent: number("sent").unwrap_or(0.0) as u32,
-                loss_pct: number("loss_pct").unwrap_or(100.0),
-                rtt_p10_ms: number("rtt_p10_ms"),
-                rtt_p25_ms: number("rtt_p25_ms"),
-                rtt_median_ms: number("rtt_median_ms"),
-                rtt_p75_ms: number("rtt_p75_ms"),
-                rtt_p90_ms: number("rtt_p90_ms"),
-            });
-        }
-        Ok(points)
+        Ok(self.conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM observations) + (SELECT COUNT(*) FROM ping_rounds)",
+            [],
+            |row| row.get(0),
+        )?)
     }
 
     /// The `http`, `dns` and `tcp` runs of one (probe, target) from `from_ns` to `to_ns`
@@ -432,60 +440,13 @@ impl Store {
         }
         Ok(latest)
     }
-
-    /// The most recent ping round per (probe, target), ordered by probe then target.
-    pub fn latest_pings(&self) -> anyhow::Result<Vec<LatestPing>> {
-        let mut query = self.conn.prepare(
-            "SELECT o.probe, o.target, o.target_site, o.address, o.ts_ns, o.failure, o.fields
-             FROM observations o
-             JOIN (SELECT MAX(id) AS id FROM observations WHERE measurement = 'ping'
-                   GROUP BY probe, target) latest ON latest.id = o.id
-             ORDER BY o.probe, o.target",
-        )?;
-        let rows = query.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, i64>(4)?,
-                row.get::<_, Option<String>>(5)?,
-                row.get::<_, String>(6)?,
-            ))
-        })?;
-        let mut latest = Vec::new();
-        for row in rows {
-            let (probe, target, target_site, address, timestamp_ns, failure, fields) = row?;
-            let fields: serde_json::Value = serde_json::from_str(&fields).with_context(|| {
-                format!(
-                    "corrupt fields for {probe}/{target} in {}",
-                    self.path.display()
-                )
-            })?;
-            let number = |name: &str| fields.get(name).and_then(serde_json::Value::as_f64);
-            latest.push(LatestPing {
-                probe,
-                target,
-                target_site,
-                address,
-                timestamp_ns,
-                failure,
-                sent: number("sent").unwrap_or(0.0) as u32,
-                loss_pct: number("loss_pct").unwrap_or(100.0),
-                rtt_median_ms: number("rtt_median_ms"),
-                rtt_p10_ms: number("rtt_p10_ms"),
-                rtt_p90_ms: number("rtt_p90_ms"),
-                rtt_max_ms: number("rtt_max_ms"),
-            });
-        }
-        Ok(latest)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use probes::{FailureKind, Observation, PingStats};
+    use std::time::{Duration, SystemTime};
 
     fn record(target: &str, at: SystemTime, rtts: Vec<Option<f64>>) -> Record {
         let stats = PingStats::from_rtts(rtts);
@@ -673,7 +634,13 @@ mod tests {
                 .expect("insert");
             assert_eq!(
                 store
-                    .prune(Duration::from_secs(14 * 86_400), now)
+                    .prune(
+                        &Retention {
+                            raw: Duration::from_secs(14 * 86_400),
+                            ..DEFAULT_RETENTION
+                        },
+                        now
+                    )
                     .expect("prune"),
                 1
             );

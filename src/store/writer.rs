@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::Store;
+use super::{Retention, Store};
 use crate::record::Record;
 
 /// Records per transaction.
@@ -81,7 +81,7 @@ pub const RESERVE_FILE: &str = "vantage.db-reserve";
 pub fn spawn(
     store: Store,
     rx: mpsc::Receiver<Record>,
-    retention: Duration,
+    retention: Retention,
 ) -> JoinHandle<anyhow::Result<u64>> {
     spawn_with_tap(store, rx, retention, Box::new(drop))
 }
@@ -95,7 +95,7 @@ pub type Tap = Box<dyn FnMut(Record) + Send>;
 pub fn spawn_with_tap(
     store: Store,
     rx: mpsc::Receiver<Record>,
-    retention: Duration,
+    retention: Retention,
     tap: Tap,
 ) -> JoinHandle<anyhow::Result<u64>> {
     std::thread::Builder::new()
@@ -107,13 +107,13 @@ pub fn spawn_with_tap(
 fn write_loop(
     mut store: Store,
     mut rx: mpsc::Receiver<Record>,
-    retention: Duration,
+    retention: Retention,
     mut tap: Tap,
 ) -> anyhow::Result<u64> {
     let mut pending: VecDeque<Record> = VecDeque::new();
     let (mut stored, mut dropped) = (0u64, 0u64);
     let mut last_prune = Instant::now();
-    prune(&mut store, retention);
+    prune(&mut store, &retention);
     let mut open = true;
     let mut failures_in_a_row = 0;
     let mut reserve = Reserve::hold(store.path());
@@ -179,14 +179,14 @@ fn write_loop(
             }
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
-            prune(&mut store, retention);
+            prune(&mut store, &retention);
             last_prune = Instant::now();
         }
     }
     Ok(stored)
 }
 
-fn prune(store: &mut Store, retention: Duration) {
+fn prune(store: &mut Store, retention: &Retention) {
     match store.prune(retention, SystemTime::now()) {
         Ok(0) => {}
         Ok(removed) => tracing::info!(removed, ?retention, "retention: removed old observations"),
