@@ -37,6 +37,7 @@ pub mod rules;
 pub mod scheduler;
 pub mod sinks;
 pub mod store;
+pub mod web;
 
 pub use agent::Agent;
 pub use config::Config;

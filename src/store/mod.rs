@@ -3,6 +3,7 @@
 //! beyond a bounded channel.
 
 mod series;
+mod traces;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
 pub use crate::record::Record;
+pub use traces::TracePoint;
 
 /// The SQLite file inside the data directory.
 pub const DB_FILE: &str = "vantage.db";
@@ -132,6 +134,40 @@ pub struct CheckPoint {
     pub fields: serde_json::Value,
 }
 
+/// Open an SQLite file read-only without creating anything beside it (see
+/// [`Store::open_read_only`] for what happens with WAL): the store's and the spool's readers.
+pub fn open_sqlite_read_only(path: &Path) -> anyhow::Result<Connection> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let beside = |suffix: &str| path.with_file_name(format!("{name}{suffix}"));
+    let (wal, shm) = (beside("-wal"), beside("-shm"));
+    anyhow::ensure!(
+        !wal.exists() || shm.exists(),
+        "{} has a write-ahead log ({name}-wal) but no {name}-shm, and reading it would create \
+         one: copy it with `sqlite3 {} \".backup COPY\"`, or copy the -shm file too",
+        path.display(),
+        path.display()
+    );
+    // Without a -wal, even a `mode=ro` connection creates the -wal and -shm of a WAL database:
+    // `immutable=1` reads the file as it is (nobody is writing it: a writer keeps a -wal).
+    let uri = format!(
+        "file:{}?mode=ro{}",
+        path.to_string_lossy()
+            .replace('%', "%25")
+            .replace('?', "%3f")
+            .replace('#', "%23"),
+        if wal.exists() { "" } else { "&immutable=1" }
+    );
+    let conn = Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 impl Store {
     /// Open (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
@@ -200,32 +236,7 @@ impl Store {
             "{} holds no store ({DB_FILE} is missing): is it the agent's data directory?",
             data_dir.display()
         );
-        let wal = data_dir.join(format!("{DB_FILE}-wal"));
-        let shm = data_dir.join(format!("{DB_FILE}-shm"));
-        anyhow::ensure!(
-            !wal.exists() || shm.exists(),
-            "{} has a write-ahead log ({DB_FILE}-wal) but no {DB_FILE}-shm, and reading it would              create one: copy a store with `sqlite3 {} \".backup COPY.db\"`, or copy the -shm file too",
-            data_dir.display(),
-            path.display()
-        );
-        // Without a -wal, even a `mode=ro` connection creates the -wal and -shm of a WAL database:
-        // `immutable=1` reads the file as it is (nobody is writing it: a writer keeps a -wal).
-        let uri = format!(
-            "file:{}?mode=ro{}",
-            path.to_string_lossy()
-                .replace('%', "%25")
-                .replace('?', "%3f")
-                .replace('#', "%23"),
-            if wal.exists() { "" } else { "&immutable=1" }
-        );
-        let conn = Connection::open_with_flags(
-            &uri,
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_URI
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("cannot open store {}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        let conn = open_sqlite_read_only(&path)?;
         let is_store: bool = conn
             .query_row(
                 "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'observations'",
@@ -767,8 +778,11 @@ mod tests {
         let empty = tempfile::tempdir().expect("tempdir");
         let error = Store::open_read_only(empty.path()).expect_err("no store");
         assert!(format!("{error:#}").contains("holds no store"), "{error:#}");
-        std::fs::write(empty.path().join(DB_FILE), "not a database at all, just text")
-            .expect("write");
+        std::fs::write(
+            empty.path().join(DB_FILE),
+            "not a database at all, just text",
+        )
+        .expect("write");
         let error = Store::open_read_only(empty.path()).expect_err("not sqlite");
         assert!(
             format!("{error:#}").contains("is not a vantage store"),
