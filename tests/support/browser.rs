@@ -6,10 +6,14 @@ use std::process::Command;
 
 use super::require_binary;
 
+/// Chromium `args`, killed (by PID) after 60 s: a page that never finishes loading fails the test
+/// instead of hanging it.
 fn chromium(args: &[&str]) -> std::process::Output {
     let binary = require_binary("chromium", "chromium");
     let profile = tempfile::tempdir().expect("chromium profile");
-    let output = Command::new(binary)
+    let out = tempfile::tempdir().expect("chromium output");
+    let (stdout, stderr) = (out.path().join("stdout"), out.path().join("stderr"));
+    let mut child = Command::new(binary)
         .args([
             "--headless",
             "--no-sandbox",
@@ -19,12 +23,34 @@ fn chromium(args: &[&str]) -> std::process::Output {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-dev-shm-usage",
-            "--timeout=15000",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(args)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
         .expect("run chromium");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for chromium") {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "chromium {args:?} did not finish within 60 s: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let output = std::process::Output {
+        status,
+        stdout: std::fs::read(&stdout).unwrap_or_default(),
+        stderr: std::fs::read(&stderr).unwrap_or_default(),
+    };
     assert!(
         output.status.success(),
         "chromium {args:?} failed: {}",
