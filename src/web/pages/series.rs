@@ -50,7 +50,12 @@ fn merge(group: Vec<PingPoint>) -> PingPoint {
     };
     let last = group.last().cloned();
     PingPoint {
-        timestamp_ns: group.iter().map(|p| p.timestamp_ns).sum::<i64>() / group.len() as i64,
+        // In i128: a few nanosecond timestamps of today already overflow an i64 sum.
+        timestamp_ns: (group
+            .iter()
+            .map(|p| i128::from(p.timestamp_ns))
+            .sum::<i128>()
+            / group.len() as i128) as i64,
         address: last.as_ref().and_then(|p| p.address.clone()),
         failure_kind: last.as_ref().and_then(|p| p.failure_kind.clone()),
         failure: last.and_then(|p| p.failure),
@@ -145,6 +150,10 @@ mod tests {
         assert_eq!(thinned[0].rtt_median_ms, Some(10.0));
         assert_eq!(thinned[0].loss_pct, 0.0);
         assert_eq!(thinned[9].loss_pct, 10.0);
+        // Real timestamps (2026): their sum does not fit an i64.
+        let now = 1_795_000_000_000_000_000;
+        let points: Vec<PingPoint> = (0..100).map(|i| point(now + i, Some(1.0), 0.0)).collect();
+        assert_eq!(thin(points, now, now + 100, 10)[0].timestamp_ns, now + 4);
         // Fewer points than buckets: unchanged.
         assert_eq!(thin(vec![point(5, None, 100.0)], 0, 100, 10).len(), 1);
     }
