@@ -46,7 +46,7 @@ pub struct Config {
     pub incident_sinks: Vec<IncidentSinkConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     /// Agent name; default: the host name.
     pub name: String,
@@ -59,7 +59,7 @@ pub struct AgentConfig {
     pub retention: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub name: String,
     /// A host name or an IP address literal.
@@ -79,7 +79,7 @@ pub enum FamilyPreference {
     V6,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeConfig {
     pub name: String,
     /// Time between runs against the same target.

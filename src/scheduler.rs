@@ -4,7 +4,12 @@
 //! once through its stop token (an ICMP round stops sending, a trace stops waiting for trippy) and,
 //! cut short, is not stored: every stored round has its full count of echoes, and no check is
 //! recorded as failed because the agent was stopping.
+//!
+//! Jobs can be added and stopped while it runs ([`Command`], the agent's reload): a stopped job's
+//! loop ends like at a stop (its own cancellation token, a child of the agent's), the others never
+//! notice.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -48,35 +53,84 @@ pub struct Counters {
     pub cut_short: AtomicU64,
 }
 
-/// Start every job; returns when `stop` fires and every loop has handed over its last observation.
+/// A job's identity: (probe name, target name).
+pub type JobKey = (String, String);
+
+impl Job {
+    pub fn key(&self) -> JobKey {
+        (self.probe_name.clone(), self.target.name.clone())
+    }
+}
+
+/// A change to the running jobs (reload). A changed job is a `Stop` of its key then a `Start`.
+#[derive(Debug)]
+pub enum Command {
+    /// Start these jobs, their first runs spread over one interval.
+    Start(Vec<Job>),
+    /// Stop these jobs' loops (a run in flight is cut short and not stored, as at a stop).
+    Stop(Vec<JobKey>),
+}
+
+/// Start every job, then apply `commands` as they come; returns when `stop` fires and every loop
+/// has handed over its last observation.
 pub async fn run(
     jobs: Vec<Job>,
     identity: Identity,
     out: mpsc::Sender<Record>,
     counters: Arc<Counters>,
     stop: CancellationToken,
+    mut commands: mpsc::Receiver<Command>,
 ) {
-    let total = jobs.len().max(1) as u32;
     let identity = Arc::new(identity);
     let mut loops = JoinSet::new();
-    for (index, job) in jobs.into_iter().enumerate() {
-        // Spread first runs evenly over one interval so 10,000 targets never start in one burst.
-        let offset = job.interval / total * index as u32;
-        loops.spawn(job_loop(
-            job,
-            offset,
-            Arc::clone(&identity),
-            out.clone(),
-            Arc::clone(&counters),
-            stop.clone(),
-        ));
-    }
-    drop(out);
-    while let Some(result) = loops.join_next().await {
-        if let Err(error) = result {
-            tracing::error!(%error, "a probe loop ended abnormally");
+    let mut running: HashMap<JobKey, CancellationToken> = HashMap::new();
+    let start = |jobs: Vec<Job>,
+                 loops: &mut JoinSet<()>,
+                 running: &mut HashMap<JobKey, CancellationToken>| {
+        let total = jobs.len().max(1) as u32;
+        for (index, job) in jobs.into_iter().enumerate() {
+            // Spread first runs evenly over one interval so 10,000 targets never start in one burst.
+            let offset = job.interval / total * index as u32;
+            let token = stop.child_token();
+            if let Some(previous) = running.insert(job.key(), token.clone()) {
+                previous.cancel();
+            }
+            loops.spawn(job_loop(
+                job,
+                offset,
+                Arc::clone(&identity),
+                out.clone(),
+                Arc::clone(&counters),
+                token,
+            ));
+        }
+    };
+    start(jobs, &mut loops, &mut running);
+    let mut commands_open = true;
+    loop {
+        tokio::select! {
+            command = commands.recv(), if commands_open && !stop.is_cancelled() => match command {
+                Some(Command::Start(jobs)) => start(jobs, &mut loops, &mut running),
+                Some(Command::Stop(keys)) => {
+                    for key in keys {
+                        if let Some(token) = running.remove(&key) {
+                            token.cancel();
+                        }
+                    }
+                }
+                None => commands_open = false,
+            },
+            Some(result) = loops.join_next() => {
+                if let Err(error) = result {
+                    tracing::error!(%error, "a probe loop ended abnormally");
+                }
+            }
+            // Stopping, and every loop has handed over its last observation.
+            () = stop.cancelled(), if loops.is_empty() => break,
+            else => break,
         }
     }
+    drop(out);
     let cut_short = counters.cut_short.load(Ordering::Relaxed);
     if cut_short > 0 {
         tracing::info!(

@@ -1,10 +1,15 @@
 //! Smokeping-style ICMP echo rounds.
 //!
-//! One [`IcmpClient`] holds one socket per address family, shared by every round; a receive task per
-//! socket hands each reply to the round waiting for it, keyed by (target address, sequence).
+//! One [`IcmpClient`] holds one socket per address family (raw, or unprivileged datagram), shared
+//! by every round. Each socket has one loop ([`drive`], on a thread of its own) that runs every round on it
+//! from a deadline heap ([`engine`]): due echoes are built into a preallocated batch and sent with
+//! one `sendmmsg`, replies read with `recvmmsg` and timed by the kernel's receive stamps
+//! (`SO_TIMESTAMPNS`). Per round there is one slot in an array and one message each way (its start,
+//! its result); nothing per echo is allocated, locked or spawned. The socket buffers grow with the
+//! offered echo rate; when `net.core.rmem_max`/`wmem_max` caps them, one warning names the sysctl.
 //!
 //! A round holds one sequence number per echo for its whole length, so at most
-//! [`MAX_OUTSTANDING_PER_ADDRESS`] echoes to one address can be told apart at a time: a round that
+//! [`MAX_OUTSTANDING_PER_ADDRESS`] echoes to one address can await replies at a time: a round that
 //! would need more fails at once with a clear message (`vantage check` refuses configs that could
 //! get there). Replies must carry the tag of the echo they answer ([`packet`]); those that do not
 //! are dropped and counted ([`IcmpClient::rejected_replies`]).
@@ -15,31 +20,31 @@
 //! and building use `pnet_packet`, sockets `socket2`, and the "is this reply ours?" rules are pure
 //! functions in [`packet`] with byte-level tests.
 
+mod engine;
 mod packet;
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use std::io::IoSliceMut;
-use std::os::fd::{AsRawFd, RawFd};
-
 use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, getsockopt,
+    recvmmsg, sendmmsg, setsockopt, sockopt,
 };
 use nix::sys::time::TimeSpec;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use packet::{EchoKey, Family, Inbound, Rejected, SocketKind, classify, echo_request};
+use engine::{BATCH, Command, Engine, Request, RoundEnd, SendBatch};
+pub use packet::{
+    EchoKey, Family, Inbound, Rejected, SocketKind, classify, echo_request, write_echo_request,
+};
 
 use crate::observation::{FailureKind, Measurement, Observation, Outcome};
 use crate::stats::PingStats;
@@ -83,67 +88,30 @@ pub enum IcmpError {
     Io(#[from] io::Error),
 }
 
-/// Shared ICMP sockets (one per address family) and the table of rounds waiting for replies.
+/// Shared ICMP sockets (one per address family), each driven by one loop.
 ///
-/// Cheap to clone. Must be created inside a tokio runtime: it spawns one receive task per socket,
-/// stopped when the last clone is dropped.
+/// Cheap to clone. Each socket's loop runs on a thread of its own (a single-threaded tokio
+/// runtime), stopped when the last clone is dropped.
 #[derive(Clone, Debug)]
 pub struct IcmpClient {
     v4: Arc<Endpoint>,
     v6: Arc<Endpoint>,
 }
 
-/// One family's socket, or why there is none (e.g. IPv6 disabled on the host).
+/// One family's socket loop, or why there is none (e.g. IPv6 disabled on the host). The loop ends
+/// when this is dropped (its command channel closes).
 #[derive(Debug)]
 struct Endpoint {
-    socket: Result<Arc<Shared>, String>,
-    receiver: Option<JoinHandle<()>>,
+    socket: Result<Handle, String>,
 }
 
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        if let Some(task) = &self.receiver {
-            task.abort();
-        }
-    }
-}
-
+/// What the rounds' side holds of a socket loop.
 #[derive(Debug)]
-struct Shared {
-    socket: UdpSocket,
+struct Handle {
     kind: SocketKind,
-    family: Family,
-    ident: u16,
-    /// Tags every echo; random per socket, so per process.
-    key: EchoKey,
-    /// Send stamps in echoes are nanoseconds since this instant.
-    epoch: Instant,
-    waiting: Mutex<Waiting>,
+    commands: mpsc::UnboundedSender<Command>,
     /// Echo replies with our identifier whose tag did not verify ([`Rejected::BadTag`]).
-    rejected: AtomicU64,
-}
-
-/// The rounds waiting for replies: who holds each (address, sequence), and how many each address has.
-#[derive(Debug, Default)]
-struct Waiting {
-    waiters: HashMap<(IpAddr, u16), Waiter>,
-    held: HashMap<IpAddr, usize>,
-}
-
-#[derive(Debug)]
-struct Waiter {
-    index: usize,
-    tx: mpsc::UnboundedSender<Arrival>,
-}
-
-/// A datagram matched to one echo of a round.
-#[derive(Debug, Clone, Copy)]
-struct Arrival {
-    index: usize,
-    at: Instant,
-    /// The send stamp an echo reply carried; None for an unreachable (quotes carry no stamp).
-    stamp: Option<u64>,
-    unreachable: Option<(IpAddr, u8)>,
+    rejected: Arc<AtomicU64>,
 }
 
 impl IcmpClient {
@@ -185,7 +153,7 @@ impl IcmpClient {
         [&self.v4, &self.v6]
             .iter()
             .filter_map(|endpoint| endpoint.socket.as_ref().ok())
-            .map(|shared| shared.rejected.load(Ordering::Relaxed))
+            .map(|handle| handle.rejected.load(Ordering::Relaxed))
             .sum()
     }
 
@@ -196,31 +164,43 @@ impl IcmpClient {
         }
     }
 
-    /// Run one round against `addr`. Never fails: send errors, unreachables and silence are all part
-    /// of the returned [`Observation`]. When `stop` fires, no further echoes are sent, but replies to
-    /// the ones already sent are still awaited, so what was measured is kept.
+    /// Run one round against `addr`, starting now. Never fails: send errors, unreachables and
+    /// silence are all part of the returned [`Observation`]. When `stop` fires, no further echoes
+    /// are sent, but replies to the ones already sent are still awaited, so what was measured is
+    /// kept.
     pub async fn round(
         &self,
         addr: IpAddr,
         plan: RoundPlan,
         stop: &CancellationToken,
     ) -> Observation {
-        let started_at = SystemTime::now();
-        let started = Instant::now();
+        self.round_at(addr, plan, Instant::now(), stop).await
+    }
+
+    /// [`IcmpClient::round`], with its first echo at `start` (e.g. to spread many targets' rounds
+    /// over one interval without a timer each).
+    pub async fn round_at(
+        &self,
+        addr: IpAddr,
+        plan: RoundPlan,
+        start: Instant,
+        stop: &CancellationToken,
+    ) -> Observation {
+        let now = Instant::now();
+        let started_at = SystemTime::now() + start.saturating_duration_since(now);
         let family = match addr {
             IpAddr::V4(_) => Family::V4,
             IpAddr::V6(_) => Family::V6,
         };
-        let endpoint = self.endpoint(family);
-        let (rtts, failure) = match &endpoint.socket {
-            Ok(shared) => run_round(shared, addr, plan, stop).await,
-            Err(why) => (
-                vec![None; plan.count as usize],
-                Some(Outcome::failure(FailureKind::Send, why.clone())),
-            ),
+        let end = match &self.endpoint(family).socket {
+            Ok(handle) => run_round(handle, addr, plan, start, stop).await,
+            Err(why) => RoundEnd {
+                rtts: vec![None; plan.count as usize],
+                failure: Some(Outcome::failure(FailureKind::Send, why.clone())),
+            },
         };
-        let stats = PingStats::from_rtts(rtts);
-        let outcome = match failure {
+        let stats = PingStats::from_rtts(end.rtts);
+        let outcome = match end.failure {
             _ if stats.received > 0 => Outcome::Success,
             Some(failure) => failure,
             None if stats.sent == 0 => {
@@ -240,11 +220,46 @@ impl IcmpClient {
         };
         Observation {
             started_at,
-            duration: started.elapsed(),
+            duration: start.max(now).elapsed(),
             outcome,
             measurement: Measurement::Ping(stats),
         }
     }
+}
+
+/// Hand the round to its socket's loop and wait for its end, telling the loop when `stop` fires.
+async fn run_round(
+    handle: &Handle,
+    addr: IpAddr,
+    plan: RoundPlan,
+    start: Instant,
+    stop: &CancellationToken,
+) -> RoundEnd {
+    let gone = || RoundEnd {
+        rtts: Vec::new(),
+        failure: Some(Outcome::failure(
+            FailureKind::Send,
+            "the ICMP socket loop has stopped",
+        )),
+    };
+    let (reply, mut done) = oneshot::channel();
+    let request = Request {
+        addr,
+        plan,
+        start,
+        stop: stop.clone(),
+        reply,
+    };
+    if handle.commands.send(Command::Start(request)).is_err() {
+        return gone();
+    }
+    tokio::select! {
+        end = &mut done => return end.unwrap_or_else(|_| gone()),
+        () = stop.cancelled() => {
+            let _ = handle.commands.send(Command::Stopped);
+        }
+    }
+    done.await.unwrap_or_else(|_| gone())
 }
 
 enum OpenError {
@@ -252,7 +267,14 @@ enum OpenError {
     Io(io::Error),
 }
 
-fn open(family: Family, preferred: SocketKind) -> Result<Shared, OpenError> {
+/// An opened socket, before its loop starts.
+struct Opened {
+    socket: std::net::UdpSocket,
+    kind: SocketKind,
+    ident: u16,
+}
+
+fn open(family: Family, preferred: SocketKind) -> Result<Opened, OpenError> {
     let other = match preferred {
         SocketKind::Raw => SocketKind::Datagram,
         SocketKind::Datagram => SocketKind::Raw,
@@ -281,19 +303,14 @@ fn open(family: Family, preferred: SocketKind) -> Result<Shared, OpenError> {
         SocketKind::Datagram => socket.local_addr().map(|a| a.port()).unwrap_or(0),
         SocketKind::Raw => rand::random(),
     };
-    Ok(Shared {
+    Ok(Opened {
         socket,
         kind,
-        family,
         ident,
-        key: EchoKey::random(),
-        epoch: Instant::now(),
-        waiting: Mutex::new(Waiting::default()),
-        rejected: AtomicU64::new(0),
     })
 }
 
-fn open_kind(family: Family, kind: SocketKind) -> io::Result<UdpSocket> {
+fn open_kind(family: Family, kind: SocketKind) -> io::Result<std::net::UdpSocket> {
     let (domain, protocol, any) = match family {
         Family::V4 => (
             Domain::IPV4,
@@ -314,217 +331,414 @@ fn open_kind(family: Family, kind: SocketKind) -> io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     // Kernel receive timestamps: RTTs that do not include our own scheduling delay (as fping).
     setsockopt(&socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
-    // Bursts of replies from thousands of targets must not overflow the default ~200 KiB buffer.
-    let _ = socket.set_recv_buffer_size(8 << 20);
-    let _ = socket.set_send_buffer_size(4 << 20);
     if kind == SocketKind::Datagram {
         socket.bind(&SocketAddr::new(any, 0).into())?;
     }
     // A socket2 socket of any type can be driven through tokio's datagram API.
-    UdpSocket::from_std(std::net::UdpSocket::from(socket))
+    Ok(std::net::UdpSocket::from(socket))
 }
 
 impl Endpoint {
-    fn start(family: Family, opened: Result<Shared, OpenError>) -> Self {
+    fn start(family: Family, opened: Result<Opened, OpenError>) -> Self {
         match opened {
-            Ok(shared) => {
-                let shared = Arc::new(shared);
-                let receiver = tokio::spawn(receive(Arc::clone(&shared)));
-                Endpoint {
-                    socket: Ok(shared),
-                    receiver: Some(receiver),
+            Ok(Opened {
+                socket,
+                kind,
+                ident,
+            }) => {
+                let rejected = Arc::new(AtomicU64::new(0));
+                let engine = Engine::new(
+                    family,
+                    kind,
+                    ident,
+                    EchoKey::random(),
+                    Arc::clone(&rejected),
+                );
+                let (commands, receiver) = mpsc::unbounded_channel();
+                // A thread of its own: the loop's batches hold raw pointers (nix's `MultiHeaders`,
+                // not `Send`), and it never competes with the caller's runtime for a worker.
+                let driver = std::thread::Builder::new()
+                    .name(format!("icmp-{family:?}").to_lowercase())
+                    .spawn(move || {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build();
+                        match runtime {
+                            Ok(runtime) => runtime.block_on(async move {
+                                match UdpSocket::from_std(socket) {
+                                    Ok(socket) => drive(engine, socket, family, receiver).await,
+                                    Err(error) => {
+                                        tracing::error!(%error, ?family, "ICMP socket loop")
+                                    }
+                                }
+                            }),
+                            Err(error) => tracing::error!(%error, ?family, "ICMP socket loop"),
+                        }
+                    });
+                match driver {
+                    Ok(_) => Endpoint {
+                        socket: Ok(Handle {
+                            kind,
+                            commands,
+                            rejected,
+                        }),
+                    },
+                    Err(e) => Endpoint {
+                        socket: Err(format!("no ICMP socket loop for {family:?}: {e}")),
+                    },
                 }
             }
             Err(OpenError::Permission { raw, dgram }) => Endpoint {
                 socket: Err(format!(
                     "no ICMP socket for {family:?}: raw: {raw}; datagram: {dgram}"
                 )),
-                receiver: None,
             },
             Err(OpenError::Io(e)) => Endpoint {
                 socket: Err(format!("no ICMP socket for {family:?}: {e}")),
-                receiver: None,
             },
         }
     }
 }
 
-/// Receive loop: classify every datagram and hand ours to the round waiting for it.
-async fn receive(shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 65_536];
-    let mut control = nix::cmsg_space!(TimeSpec);
-    let fd = shared.socket.as_raw_fd();
-    loop {
-        let read = shared
-            .socket
-            .async_io(Interest::READABLE, || {
-                read_datagram(fd, &mut buf, &mut control)
-            })
-            .await;
-        let (len, from, queued_for) = match read {
-            Ok(received) => received,
-            Err(error) => {
-                tracing::warn!(%error, family = ?shared.family, "ICMP receive failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        // The kernel stamped the packet on arrival; back-date our clock by how long it sat in the
-        // queue, so a slow wake-up of this task does not show up as network latency.
-        let now = Instant::now();
-        let at = queued_for.and_then(|q| now.checked_sub(q)).unwrap_or(now);
-        let inbound = classify(
-            &buf[..len],
-            from,
-            shared.family,
-            shared.kind,
-            shared.ident,
-            &shared.key,
+/// Receive buffer wanted per echo/s offered: 250 ms of replies at 2 KiB of kernel memory each (an
+/// skb's truesize; on loopback a raw socket also queues every echo request), so a stall of the
+/// loop that long (a loaded machine) loses nothing. Memory is only used while replies queue.
+const RECV_BYTES_PER_ECHO_PER_S: f64 = 0.25 * 2048.0;
+/// Send buffer: 10 ms of echoes (sends leave in batches, one per timer tick).
+const SEND_BYTES_PER_ECHO_PER_S: f64 = 0.01 * 2048.0;
+/// What the client asked for before it sized buffers by rate: bursts of replies from thousands of
+/// targets must not overflow the default ~200 KiB.
+const MIN_BUFFER: usize = 8 << 20;
+const MAX_BUFFER: usize = 256 << 20;
+
+/// The socket buffers' sizes, grown with the offered rate.
+#[derive(Debug, Default)]
+struct Buffers {
+    /// The offered rate the buffers were last sized for.
+    sized_for: f64,
+    warned_recv: bool,
+    warned_send: bool,
+}
+
+impl Buffers {
+    /// Grow the buffers when the rate offered grew by a quarter since the last sizing.
+    fn fit(&mut self, socket: &UdpSocket, family: Family, offered_per_s: f64) {
+        if self.sized_for > 0.0 && offered_per_s <= self.sized_for * 1.25 {
+            return;
+        }
+        self.sized_for = offered_per_s.max(1.0);
+        let want = |per: f64| ((offered_per_s * per) as usize).clamp(MIN_BUFFER, MAX_BUFFER);
+        let (recv, send) = (
+            want(RECV_BYTES_PER_ECHO_PER_S),
+            want(SEND_BYTES_PER_ECHO_PER_S),
         );
-        let (key, stamp, unreachable) = match inbound {
-            Ok(Inbound::EchoReply { from, seq, stamp }) => ((from, seq), Some(stamp), None),
-            Ok(Inbound::Unreachable {
-                target,
-                seq,
-                reporter,
-                code,
-            }) => ((target, seq), None, Some((reporter, code))),
-            Err(Rejected::BadTag) => {
-                shared.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%from, "rejected an echo reply whose tag does not verify");
-                continue;
-            }
-            Err(reason) => {
-                tracing::trace!(?reason, %from, "ignored ICMP datagram");
-                continue;
-            }
-        };
-        let waiting = shared
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match waiting.waiters.get(&key) {
-            // A closed channel means the round already ended: the reply is late, drop it.
-            Some(waiter) => drop(waiter.tx.send(Arrival {
-                index: waiter.index,
-                at,
-                stamp,
-                unreachable,
-            })),
-            None => {
-                tracing::trace!(from = %key.0, seq = key.1, "reply nobody waits for (late or foreign)")
-            }
+        let granted = grow(socket, Direction::Recv, recv);
+        if granted < recv && !self.warned_recv {
+            self.warned_recv = true;
+            tracing::warn!(
+                "ICMP {family:?} receive buffer capped at {granted} bytes by net.core.rmem_max; \
+                 {offered_per_s:.0} echoes/s need {recv}: replies may be dropped in bursts. \
+                 Fix: sysctl -w net.core.rmem_max={recv}"
+            );
+        }
+        let granted = grow(socket, Direction::Send, send);
+        if granted < send && !self.warned_send {
+            self.warned_send = true;
+            tracing::warn!(
+                "ICMP {family:?} send buffer capped at {granted} bytes by net.core.wmem_max; \
+                 {offered_per_s:.0} echoes/s need {send}: echoes may leave late. \
+                 Fix: sysctl -w net.core.wmem_max={send}"
+            );
         }
     }
 }
 
-/// One datagram, its source, and how long ago the kernel received it (from `SO_TIMESTAMPNS`).
-#[allow(clippy::ptr_arg)] // nix's `recvmsg` takes the control buffer as a `Vec`
-fn read_datagram(
-    fd: RawFd,
-    buf: &mut [u8],
-    control: &mut Vec<u8>,
-) -> io::Result<(usize, IpAddr, Option<Duration>)> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let message = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(control), MsgFlags::MSG_DONTWAIT)?;
-    let from = message
-        .address
-        .as_ref()
-        .and_then(|a| match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
-            (Some(v4), _) => Some(IpAddr::V4(v4.ip())),
-            (_, Some(v6)) => Some(IpAddr::V6(v6.ip())),
-            _ => None,
-        })
-        .ok_or_else(|| io::Error::other("ICMP datagram without a source address"))?;
-    let stamped = message.cmsgs().ok().and_then(|mut messages| {
-        messages.find_map(|m| match m {
-            ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
-            _ => None,
-        })
-    });
-    let queued_for = stamped.and_then(|ts| {
-        let arrived = SystemTime::UNIX_EPOCH
-            + Duration::new(
-                u64::try_from(ts.tv_sec()).ok()?,
-                u32::try_from(ts.tv_nsec()).ok()?,
-            );
-        // A wall-clock step makes the difference meaningless; then use our own clock alone.
-        SystemTime::now()
-            .duration_since(arrived)
-            .ok()
-            .filter(|q| *q < Duration::from_secs(10))
-    });
-    Ok((message.bytes, from, queued_for))
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Recv,
+    Send,
 }
 
-/// The sequence numbers a round holds in the shared table; released when dropped, however the round
-/// ends, so a reply arriving afterwards finds nobody and is discarded as late.
-struct Registration<'a> {
-    shared: &'a Shared,
-    addr: IpAddr,
-    seqs: Vec<u16>,
+/// Ask for at least `want` bytes of buffer (never shrink it); returns what the kernel granted.
+/// With CAP_NET_ADMIN the `*BUFFORCE` options pass the sysctl cap.
+fn grow(socket: &UdpSocket, direction: Direction, want: usize) -> usize {
+    let current = || match direction {
+        Direction::Recv => getsockopt(socket, sockopt::RcvBuf).unwrap_or(0),
+        Direction::Send => getsockopt(socket, sockopt::SndBuf).unwrap_or(0),
+    };
+    if current() >= want {
+        return current();
+    }
+    // The kernel doubles what it is asked for (bookkeeping overhead) and reports the double.
+    let _ = match direction {
+        Direction::Recv => setsockopt(socket, sockopt::RcvBuf, &(want / 2)),
+        Direction::Send => setsockopt(socket, sockopt::SndBuf, &(want / 2)),
+    };
+    if current() < want {
+        let _ = match direction {
+            Direction::Recv => setsockopt(socket, sockopt::RcvBufForce, &(want / 2)),
+            Direction::Send => setsockopt(socket, sockopt::SndBufForce, &(want / 2)),
+        };
+    }
+    current()
 }
 
-impl<'a> Registration<'a> {
-    /// Take `count` sequence numbers for echoes to `addr`, or say why they cannot all be had.
-    fn new(
-        shared: &'a Shared,
-        addr: IpAddr,
-        count: usize,
-        tx: mpsc::UnboundedSender<Arrival>,
-    ) -> Result<Self, String> {
-        let mut waiting = shared
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Waiting { waiters, held } = &mut *waiting;
-        let already = held.get(&addr).copied().unwrap_or(0);
-        if already + count > MAX_OUTSTANDING_PER_ADDRESS {
-            return Err(format!(
-                "cannot send {count} echoes to {addr}: {already} echoes to it already await \
-                 replies, and at most {MAX_OUTSTANDING_PER_ADDRESS} can be told apart (16-bit \
-                 sequence numbers); lower `count`, or probe {addr} from fewer probes or targets"
-            ));
+/// Datagram bytes read per slot of a receive batch: an echo reply is 64–84 bytes, an unreachable
+/// quoting our echo under 600; anything longer is cut and then rejected by [`classify`].
+const RECV_SLOT: usize = 2048;
+/// At most this many receive batches per drain (a flood must not stop the sends for long).
+const RECV_BATCHES_MAX: usize = 1024;
+
+/// The loop of one socket: commands from rounds, due echoes out, replies in, until every client
+/// clone is gone.
+async fn drive(
+    mut engine: Engine,
+    socket: UdpSocket,
+    family: Family,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let fd = socket.as_raw_fd();
+    let mut buffers = Buffers::default();
+    buffers.fit(&socket, family, 0.0);
+    let mut outgoing = SendBatch::new();
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut recv_headers =
+        MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec)));
+    let mut recv_slots = Box::new([[0u8; RECV_SLOT]; BATCH]);
+    let idle = Duration::from_secs(3600);
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+    // Set when the send buffer is full: wait for the socket to be writable before sending again.
+    let mut blocked = false;
+    loop {
+        if engine
+            .next_deadline()
+            .is_some_and(|at| at <= Instant::now())
+        {
+            // Replies already queued count before any round is ended at its deadline: a loop
+            // woken late must not call them lost.
+            let now = Instant::now();
+            receive_queued(
+                &socket,
+                &mut recv_headers,
+                &mut recv_slots,
+                &mut engine,
+                family,
+                now,
+                Ask::Kernel,
+            )
+            .await;
+            if !blocked {
+                blocked = send_due(&mut engine, &socket, fd, &mut outgoing, &mut send_headers);
+            }
         }
-        let mut seq: u16 = rand::random();
-        let mut seqs = Vec::with_capacity(count);
-        for index in 0..count {
-            // Skip sequence numbers another round to the same address still holds. Enough are
-            // free (checked above), so this takes at most one lap of the sequence space.
-            loop {
-                seq = seq.wrapping_add(1);
-                if let Entry::Vacant(slot) = waiters.entry((addr, seq)) {
-                    slot.insert(Waiter {
-                        index,
-                        tx: tx.clone(),
-                    });
-                    seqs.push(seq);
-                    break;
+        let wake = engine
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + idle);
+        sleep.as_mut().reset(wake.into());
+        tokio::select! {
+            biased;
+            ready = socket.readable() => {
+                if let Err(error) = ready {
+                    tracing::warn!(%error, ?family, "ICMP socket failed");
+                    return;
+                }
+                // Readable: read what is there now (a stream of replies must not hold up sends).
+                let now = Instant::now();
+                let (headers, slots) = (&mut recv_headers, &mut recv_slots);
+                receive_queued(&socket, headers, slots, &mut engine, family, now, Ask::Tokio)
+                    .await;
+            }
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                engine.command(command);
+                while let Ok(command) = commands.try_recv() {
+                    engine.command(command);
+                }
+                engine.apply_stops(Instant::now());
+                buffers.fit(&socket, family, engine.offered_per_s());
+            }
+            writable = socket.writable(), if blocked => {
+                blocked = false;
+                if let Err(error) = writable {
+                    tracing::warn!(%error, ?family, "ICMP socket failed");
+                    return;
+                }
+            }
+            () = &mut sleep => {}
+        }
+    }
+}
+
+/// Whether to trust tokio's readiness flag before reading (it clears the flag on EAGAIN, needed
+/// before waiting for readability), or to ask the kernel in any case: a loop that is behind finds
+/// its deadlines already passed and never parks, so the flag is not refreshed and may be stale.
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    Tokio,
+    Kernel,
+}
+
+/// Read what the socket holds, a batch per `recvmmsg`, until it is empty or holds only datagrams
+/// that arrived after `until`: everything that arrived before a round's deadline is counted before
+/// the round is ended, however far behind the loop is. (A flood of foreign datagrams ends the
+/// drain after [`RECV_BATCHES_MAX`] batches.)
+async fn receive_queued(
+    socket: &UdpSocket,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    slots: &mut [[u8; RECV_SLOT]; BATCH],
+    engine: &mut Engine,
+    family: Family,
+    until: Instant,
+    ask: Ask,
+) {
+    let fd = socket.as_raw_fd();
+    for _ in 0..RECV_BATCHES_MAX {
+        let read = match ask {
+            Ask::Tokio => socket.try_io(Interest::READABLE, || {
+                receive_batch(fd, headers, slots, engine)
+            }),
+            Ask::Kernel => receive_batch(fd, headers, slots, engine),
+        };
+        match read {
+            Ok((n, last)) if n == BATCH && last.is_none_or(|at| at < until) => continue,
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => {
+                tracing::warn!(%error, ?family, "ICMP receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        break;
+    }
+}
+
+/// Send every echo due now, a batch per `sendmmsg`. Returns true when the send buffer is full (the
+/// echoes left stay due).
+fn send_due(
+    engine: &mut Engine,
+    socket: &UdpSocket,
+    fd: RawFd,
+    batch: &mut SendBatch,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+) -> bool {
+    loop {
+        engine.due(Instant::now(), batch);
+        if batch.len == 0 {
+            return false;
+        }
+        let mut k = 0;
+        while k < batch.len {
+            // The RTT starts here, after the tags were computed.
+            let at = Instant::now();
+            let sent = socket.try_io(Interest::WRITABLE, || {
+                send_batch(fd, headers, batch, k).map_err(io::Error::from)
+            });
+            match sent {
+                Ok(n) => {
+                    for i in k..k + n {
+                        engine.sent(batch, i, at, None);
+                    }
+                    k += n.max(1).min(batch.len - k);
+                    if n == 0 {
+                        // Nothing taken and no error: treat as full, as EAGAIN.
+                        for i in k - 1..batch.len {
+                            engine.unsent(batch, i);
+                        }
+                        return true;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    for i in k..batch.len {
+                        engine.unsent(batch, i);
+                    }
+                    return true;
+                }
+                Err(error) => {
+                    // The first echo of the rest was refused (e.g. no route): it counts as sent
+                    // and lost; the others are tried again.
+                    let errno = error
+                        .raw_os_error()
+                        .map(nix::Error::from_raw)
+                        .unwrap_or(nix::Error::EIO);
+                    engine.sent(batch, k, at, Some(errno));
+                    k += 1;
                 }
             }
         }
-        *held.entry(addr).or_default() += count;
-        Ok(Registration { shared, addr, seqs })
     }
 }
 
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        let mut waiting = self
-            .shared
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for seq in &self.seqs {
-            waiting.waiters.remove(&(self.addr, *seq));
-        }
-        if let Entry::Occupied(mut held) = waiting.held.entry(self.addr) {
-            *held.get_mut() = held.get().saturating_sub(self.seqs.len());
-            if *held.get() == 0 {
-                held.remove();
+fn send_batch(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    batch: &SendBatch,
+    from: usize,
+) -> nix::Result<usize> {
+    let slices = batch.packets.each_ref().map(|p| [IoSlice::new(p)]);
+    let sent = sendmmsg(
+        fd,
+        headers,
+        &slices[from..batch.len],
+        &batch.addrs[from..batch.len],
+        [] as [ControlMessage; 0],
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    Ok(sent.count())
+}
+
+/// Read up to [`BATCH`] datagrams with one `recvmmsg` and hand each to the engine, timed by its
+/// kernel receive stamp. Returns how many were read, and when the last one arrived.
+fn receive_batch(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    slots: &mut [[u8; RECV_SLOT]; BATCH],
+    engine: &mut Engine,
+) -> io::Result<(usize, Option<Instant>)> {
+    let mut slices = slots.each_mut().map(|s| [IoSliceMut::new(s)]);
+    let messages = recvmmsg(fd, headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?;
+    // One clock pair per batch: a datagram's arrival is now, minus how long it was queued.
+    let now = Instant::now();
+    let wall_now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut read = 0;
+    let mut last = None;
+    for message in messages {
+        read += 1;
+        let from = message.address.as_ref().and_then(|a| {
+            match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+                (Some(v4), _) => Some(IpAddr::V4(v4.ip())),
+                (_, Some(v6)) => Some(IpAddr::V6(v6.ip())),
+                _ => None,
             }
-        }
+        });
+        let Some(from) = from else {
+            tracing::trace!("ICMP datagram without a source address");
+            continue;
+        };
+        let stamp = message.cmsgs().ok().and_then(|mut cmsgs| {
+            cmsgs.find_map(|m| match m {
+                ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
+                _ => None,
+            })
+        });
+        let at = stamp
+            .and_then(|ts| {
+                let stamp = Duration::new(
+                    u64::try_from(ts.tv_sec()).ok()?,
+                    u32::try_from(ts.tv_nsec()).ok()?,
+                );
+                engine::queued_for(stamp, wall_now)
+            })
+            .and_then(|queued| now.checked_sub(queued))
+            .unwrap_or(now);
+        last = Some(at);
+        let datagram = message.iovs().next().unwrap_or(&[]);
+        let received = engine.receive(datagram, from, at);
+        tracing::trace!(%from, ?received, "ICMP datagram");
     }
+    Ok((read, last))
 }
 
 /// Which echoes of a round were answered, and in time. Pure bookkeeping, tested on its own.
@@ -583,7 +797,7 @@ impl RoundState {
         }
     }
 
-    fn all_answered(&self, sent: usize) -> bool {
+    pub(crate) fn all_answered(&self, sent: usize) -> bool {
         self.rtts[..sent].iter().all(Option::is_some)
     }
 
@@ -592,86 +806,6 @@ impl RoundState {
         self.rtts.truncate(sent);
         self.rtts
     }
-}
-
-async fn run_round(
-    shared: &Shared,
-    addr: IpAddr,
-    plan: RoundPlan,
-    stop: &CancellationToken,
-) -> (Vec<Option<f64>>, Option<Outcome>) {
-    let count = plan.count as usize;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let registration = match Registration::new(shared, addr, count, tx) {
-        Ok(registration) => registration,
-        Err(message) => {
-            return (
-                Vec::new(),
-                Some(Outcome::failure(FailureKind::Send, message)),
-            );
-        }
-    };
-    let mut state = RoundState::new(count, plan.timeout);
-    let target = SocketAddr::new(addr, 0);
-    let start = tokio::time::Instant::now();
-    let mut sent = 0usize;
-    let mut last_send = start;
-    let mut failure = None;
-    let mut stopping = false;
-
-    loop {
-        let sending = sent < count && !stopping;
-        if !sending && state.all_answered(sent) {
-            break;
-        }
-        let wake_at = if sending {
-            start + plan.spacing * sent as u32
-        } else {
-            last_send + plan.timeout
-        };
-        tokio::select! {
-            biased;
-            Some(arrival) = rx.recv() => {
-                match (arrival.unreachable, arrival.stamp) {
-                    (Some((reporter, code)), _) => failure = Some(Outcome::failure(
-                        FailureKind::Unreachable,
-                        format!("{reporter} reports {addr} unreachable (ICMP code {code})"),
-                    )),
-                    (None, Some(stamp)) => {
-                        let verdict = state.accept(arrival.index, arrival.at, stamp);
-                        if verdict != Verdict::Counted {
-                            tracing::debug!(%addr, ?verdict, "reply not counted");
-                        }
-                    }
-                    (None, None) => {}
-                }
-            }
-            () = stop.cancelled(), if sending => stopping = true,
-            () = tokio::time::sleep_until(wake_at) => {
-                if !sending {
-                    break;
-                }
-                let now = tokio::time::Instant::now();
-                let stamp = u64::try_from(now.into_std().duration_since(shared.epoch).as_nanos())
-                    .unwrap_or(u64::MAX);
-                let request = echo_request(addr, shared.ident, registration.seqs[sent], stamp, &shared.key);
-                // The RTT starts now, not before the tag was computed.
-                state.sent(sent, Instant::now(), stamp);
-                if let Err(error) = shared.socket.send_to(&request, target).await {
-                    // The echo counts as sent and lost: a local "no route" is part of the outage.
-                    let kind = match error.raw_os_error() {
-                        Some(101 | 113) => FailureKind::Unreachable, // ENETUNREACH, EHOSTUNREACH
-                        _ => FailureKind::Send,
-                    };
-                    failure = Some(Outcome::failure(kind, format!("sending to {addr}: {error}")));
-                }
-                last_send = now;
-                sent += 1;
-            }
-        }
-    }
-    drop(registration);
-    (state.into_rtts(sent), failure)
 }
 
 #[cfg(test)]
@@ -739,6 +873,26 @@ mod tests {
         );
         let rtts = round.into_rtts(1);
         assert!((rtts[0].unwrap_or_default() - 2.0).abs() < 1e-6);
+    }
+
+    /// The buffers follow the offered rate up, never down, and what is kept is what the kernel
+    /// reports (as root, past `net.core.rmem_max` with `SO_RCVBUFFORCE`).
+    #[tokio::test]
+    async fn socket_buffers_grow_with_the_offered_rate() {
+        let opened = open(Family::V4, SocketKind::Raw)
+            .unwrap_or_else(|_| panic!("a raw ICMP socket: run as root or with CAP_NET_RAW"));
+        let socket = UdpSocket::from_std(opened.socket).expect("register the socket");
+        let recv = || getsockopt(&socket, sockopt::RcvBuf).expect("SO_RCVBUF");
+        let mut buffers = Buffers::default();
+        buffers.fit(&socket, Family::V4, 0.0);
+        assert!(recv() >= MIN_BUFFER, "{} < {MIN_BUFFER}", recv());
+        let rate = 100_000.0;
+        buffers.fit(&socket, Family::V4, rate);
+        let wanted = (rate * RECV_BYTES_PER_ECHO_PER_S) as usize;
+        assert!(recv() >= wanted, "{} < {wanted} at {rate}/s", recv());
+        let grown = recv();
+        buffers.fit(&socket, Family::V4, 10.0);
+        assert_eq!(recv(), grown, "a lower rate does not shrink the buffer");
     }
 
     #[test]

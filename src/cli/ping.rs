@@ -70,24 +70,55 @@ async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
             ctrl_c.cancel();
         }
     });
-    // Stagger target starts across one interval so thousands of targets never go out in one burst.
-    let n = args.targets.len() as u32;
-    let mut rounds = tokio::task::JoinSet::new();
+    // Names first (IP literals need no lookup), so the rounds' tasks stay small: at 10,000
+    // targets a task holding a resolver future each would be most of the process's memory.
+    let mut resolved: Vec<Option<Result<IpAddr, String>>> = args
+        .targets
+        .iter()
+        .map(|target| target.parse::<IpAddr>().ok().map(Ok))
+        .collect();
+    let mut lookups = tokio::task::JoinSet::new();
     for (index, target) in args.targets.iter().enumerate() {
-        let (client, stop, target) = (client.clone(), stop.clone(), target.clone());
-        let offset = plan.spacing / n * index as u32;
-        rounds.spawn(async move {
-            tokio::time::sleep(offset).await;
-            let result = match resolve_one(&target, IpPreference::Any).await {
-                Ok(address) => Ok((address, client.round(address, plan, &stop).await)),
-                Err(message) => Err(message),
-            };
-            (index, target, result)
-        });
+        if resolved[index].is_none() {
+            let target = target.clone();
+            lookups.spawn(async move { (index, resolve_one(&target, IpPreference::Any).await) });
+        }
     }
+    while let Some(done) = lookups.join_next().await {
+        let (index, address) = done?;
+        resolved[index] = Some(address);
+    }
+    // Stagger target starts across one interval so thousands of targets never go out in one burst;
+    // the ICMP client's loop times every start (no timer per target here).
+    let n = args.targets.len() as u32;
+    let start = std::time::Instant::now();
+    let mut rounds = tokio::task::JoinSet::new();
     let mut results: Vec<(usize, String, RoundResult)> = Vec::new();
+    for (index, (target, address)) in args.targets.iter().zip(resolved).enumerate() {
+        match address {
+            Some(Ok(address)) => {
+                let (client, stop) = (client.clone(), stop.clone());
+                let at = start + plan.spacing / n * index as u32;
+                rounds.spawn(async move {
+                    let observation = client.round_at(address, plan, at, &stop).await;
+                    (index, address, observation)
+                });
+            }
+            Some(Err(message)) => results.push((index, target.clone(), Err(message))),
+            None => results.push((
+                index,
+                target.clone(),
+                Err(format!("{target}: not resolved")),
+            )),
+        }
+    }
     while let Some(done) = rounds.join_next().await {
-        results.push(done?);
+        let (index, address, observation) = done?;
+        results.push((
+            index,
+            args.targets[index].clone(),
+            Ok((address, observation)),
+        ));
     }
     results.sort_by_key(|(index, ..)| *index);
 

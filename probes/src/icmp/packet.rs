@@ -20,7 +20,8 @@ use pnet_packet::ipv4::Ipv4Packet;
 
 /// Bytes after the 8-byte ICMP header: like ping(8) and fping, 56, so a request is 64 bytes.
 pub const PAYLOAD_LEN: usize = 56;
-/// The payload starts with the send stamp (big-endian u64, the sender's choice of clock) ...
+/// The payload starts with the send stamp (big-endian u64, opaque: the sender's choice; the client
+/// puts the round's slot and generation there) ...
 pub const STAMP_LEN: usize = 8;
 /// ... followed by this many bytes of tag.
 pub const TAG_LEN: usize = 16;
@@ -115,11 +116,25 @@ pub fn echo_request(
     stamp: u64,
     key: &EchoKey,
 ) -> Vec<u8> {
+    let mut buf = [0u8; 8 + PAYLOAD_LEN];
+    write_echo_request(&mut buf, destination, ident, seq, stamp, key);
+    buf.to_vec()
+}
+
+/// [`echo_request`] into a caller's buffer (the send loop's preallocated batch: no allocation).
+pub fn write_echo_request(
+    buf: &mut [u8; 8 + PAYLOAD_LEN],
+    destination: IpAddr,
+    ident: u16,
+    seq: u16,
+    stamp: u64,
+    key: &EchoKey,
+) {
     let family = match destination {
         IpAddr::V4(_) => Family::V4,
         IpAddr::V6(_) => Family::V6,
     };
-    let mut buf = vec![0u8; 8 + PAYLOAD_LEN];
+    buf.fill(0);
     buf[0] = match family {
         Family::V4 => IcmpTypes::EchoRequest.0,
         Family::V6 => Icmpv6Types::EchoRequest.0,
@@ -130,12 +145,11 @@ pub fn echo_request(
     let tag = key.tag(destination, ident, seq, stamp);
     buf[8 + STAMP_LEN..8 + STAMP_LEN + TAG_LEN].copy_from_slice(&tag);
     if family == Family::V4 {
-        let checksum = IcmpPacket::new(&buf)
+        let checksum = IcmpPacket::new(&buf[..])
             .map(|p| icmp::checksum(&p))
             .unwrap_or(0);
         buf[2..4].copy_from_slice(&checksum.to_be_bytes());
     }
-    buf
 }
 
 /// Decide whether `datagram`, received from `from` on a socket of `kind`, is ours.
@@ -166,6 +180,16 @@ pub fn classify(
             let packet = IcmpPacket::new(icmp_bytes).ok_or(Rejected::Truncated)?;
             if icmp_bytes.len() < 8 {
                 return Err(Rejected::Truncated);
+            }
+            // Only the types we handle are checksummed: a raw socket also sees every echo request
+            // (on loopback, each of our own), which costs nothing this way.
+            let ours = [
+                IcmpTypes::EchoReply,
+                IcmpTypes::DestinationUnreachable,
+                IcmpTypes::TimeExceeded,
+            ];
+            if !ours.contains(&packet.get_icmp_type()) {
+                return Err(Rejected::NotForUs);
             }
             // Raw sockets get packets the kernel has not checksummed for us.
             if kind == SocketKind::Raw && icmp::checksum(&packet) != packet.get_checksum() {

@@ -1,0 +1,724 @@
+//! The per-socket state machine behind [`super::IcmpClient`]: every round on one socket, in compact
+//! arrays, driven by one loop ([`super::drive`]) from a deadline heap. No locks, no task, timer or
+//! channel per round or echo; echoes are built into a preallocated batch and go out with one
+//! `sendmmsg`.
+//!
+//! A round lives in a slot of [`Engine::slots`]. Every echo of a round carries the same stamp:
+//! the slot's index and generation, under the echo's HMAC tag ([`super::packet`]). A verified reply
+//! therefore names its round directly (an array index, no table lookup), and a reply for a round
+//! that already ended names an old generation and is dropped as late. The sequence number gives the
+//! echo within the round (`seq - base_seq`).
+//!
+//! Pure bookkeeping: time is passed in, sockets are the caller's; tested on its own below.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::SockaddrStorage;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::packet::{
+    EchoKey, Family, Inbound, PAYLOAD_LEN, Rejected, SocketKind, classify, write_echo_request,
+};
+use super::{MAX_OUTSTANDING_PER_ADDRESS, RoundPlan, RoundState, Verdict};
+use crate::observation::{FailureKind, Outcome};
+
+/// Echoes built per `sendmmsg`, and datagrams read per `recvmmsg`.
+pub(super) const BATCH: usize = 64;
+/// Bytes of one echo request.
+pub(super) const REQUEST_LEN: usize = 8 + PAYLOAD_LEN;
+
+/// A round asked of the engine.
+#[derive(Debug)]
+pub(super) struct Request {
+    pub addr: IpAddr,
+    pub plan: RoundPlan,
+    /// When the first echo goes out.
+    pub start: Instant,
+    pub stop: CancellationToken,
+    pub reply: oneshot::Sender<RoundEnd>,
+}
+
+/// What the loop is told by the rounds' callers.
+#[derive(Debug)]
+pub(super) enum Command {
+    Start(Request),
+    /// Some round's stop token fired: look at every round's token.
+    Stopped,
+}
+
+/// How a round ended: the RTT of every echo sent, in send order, and its failure if any.
+#[derive(Debug)]
+pub(super) struct RoundEnd {
+    pub rtts: Vec<Option<f64>>,
+    pub failure: Option<Outcome>,
+}
+
+#[derive(Debug)]
+struct Round {
+    addr: IpAddr,
+    to: SockaddrStorage,
+    plan: RoundPlan,
+    start: Instant,
+    base_seq: u16,
+    stamp: u64,
+    state: RoundState,
+    sent: usize,
+    last_send: Instant,
+    /// The one deadline of this round the heap holds that is current (others are stale).
+    deadline: Instant,
+    stopping: bool,
+    failure: Option<Outcome>,
+    stop: CancellationToken,
+    reply: oneshot::Sender<RoundEnd>,
+}
+
+impl Round {
+    fn sending(&self) -> bool {
+        self.sent < self.plan.count as usize && !self.stopping
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    round: Option<Round>,
+}
+
+/// Echoes ready for one `sendmmsg`: packets, destinations, and whose each one is.
+#[derive(Debug)]
+pub(super) struct SendBatch {
+    pub packets: Box<[[u8; REQUEST_LEN]; BATCH]>,
+    pub addrs: Box<[Option<SockaddrStorage>; BATCH]>,
+    owners: [(u32, u32, Instant); BATCH],
+    pub len: usize,
+}
+
+impl SendBatch {
+    pub fn new() -> Self {
+        let now = Instant::now();
+        SendBatch {
+            packets: Box::new([[0; REQUEST_LEN]; BATCH]),
+            addrs: Box::new([None; BATCH]),
+            owners: [(0, 0, now); BATCH],
+            len: 0,
+        }
+    }
+}
+
+/// Every round of one socket.
+#[derive(Debug)]
+pub(super) struct Engine {
+    family: Family,
+    kind: SocketKind,
+    ident: u16,
+    key: EchoKey,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// (when, slot, generation): a round's next send or its end. Entries whose round moved on
+    /// are skipped when they come up.
+    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Echoes each address's rounds hold (at most [`MAX_OUTSTANDING_PER_ADDRESS`]).
+    held: HashMap<IpAddr, usize>,
+    /// Echoes per second the running rounds offer, to size the socket buffers.
+    offered_per_s: f64,
+    rejected: Arc<AtomicU64>,
+    stop_pending: bool,
+}
+
+impl Engine {
+    pub fn new(
+        family: Family,
+        kind: SocketKind,
+        ident: u16,
+        key: EchoKey,
+        rejected: Arc<AtomicU64>,
+    ) -> Self {
+        Engine {
+            family,
+            kind,
+            ident,
+            key,
+            slots: Vec::new(),
+            free: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            held: HashMap::new(),
+            offered_per_s: 0.0,
+            rejected,
+            stop_pending: false,
+        }
+    }
+
+    pub fn offered_per_s(&self) -> f64 {
+        self.offered_per_s
+    }
+
+    /// Take one command. Stops are only noted: [`Engine::apply_stops`] looks at every round once
+    /// for however many arrived together (a SIGINT stops every round at once).
+    pub fn command(&mut self, command: Command) {
+        match command {
+            Command::Start(request) => self.start(request),
+            Command::Stopped => self.stop_pending = true,
+        }
+    }
+
+    pub fn apply_stops(&mut self, now: Instant) {
+        if std::mem::take(&mut self.stop_pending) {
+            self.stopped(now);
+        }
+    }
+
+    fn start(&mut self, request: Request) {
+        let Request {
+            addr,
+            plan,
+            start,
+            stop,
+            reply,
+        } = request;
+        let count = plan.count as usize;
+        let already = self.held.get(&addr).copied().unwrap_or(0);
+        if already + count > MAX_OUTSTANDING_PER_ADDRESS {
+            let message = format!(
+                "cannot send {count} echoes to {addr}: {already} echoes to it already await \
+                 replies, and at most {MAX_OUTSTANDING_PER_ADDRESS} can be told apart (16-bit \
+                 sequence numbers); lower `count`, or probe {addr} from fewer probes or targets"
+            );
+            let _ = reply.send(RoundEnd {
+                rtts: Vec::new(),
+                failure: Some(Outcome::failure(FailureKind::Send, message)),
+            });
+            return;
+        }
+        if stop.is_cancelled() || count == 0 {
+            let _ = reply.send(RoundEnd {
+                rtts: Vec::new(),
+                failure: None,
+            });
+            return;
+        }
+        *self.held.entry(addr).or_default() += count;
+        self.offered_per_s += 1.0 / plan.spacing.as_secs_f64().max(1e-3);
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.round = Some(Round {
+            addr,
+            to: SockaddrStorage::from(SocketAddr::new(addr, 0)),
+            plan,
+            start,
+            base_seq: rand::random(),
+            stamp: (u64::from(slot.generation) << 32) | u64::from(index),
+            state: RoundState::new(count, plan.timeout),
+            sent: 0,
+            last_send: start,
+            deadline: start,
+            stopping: false,
+            failure: None,
+            stop,
+            reply,
+        });
+        self.deadlines
+            .push(Reverse((start, index, slot.generation)));
+    }
+
+    /// Rounds whose stop token fired send no more echoes; those already sent are still awaited.
+    fn stopped(&mut self, now: Instant) {
+        for index in 0..self.slots.len() {
+            let Some(round) = &mut self.slots[index].round else {
+                continue;
+            };
+            if round.stopping || !round.stop.is_cancelled() {
+                continue;
+            }
+            round.stopping = true;
+            if round.sent == 0 || round.state.all_answered(round.sent) {
+                self.finish(index as u32);
+            } else {
+                let end = round.last_send + round.plan.timeout;
+                self.reschedule(index as u32, end.max(now));
+            }
+        }
+    }
+
+    fn reschedule(&mut self, index: u32, at: Instant) {
+        let slot = &mut self.slots[index as usize];
+        if let Some(round) = &mut slot.round {
+            round.deadline = at;
+            self.deadlines.push(Reverse((at, index, slot.generation)));
+        }
+    }
+
+    /// When the loop must next wake for a send or a round's end.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, index, generation))) = self.deadlines.peek().copied() {
+            if self.current(at, index, generation) {
+                return Some(at);
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
+    fn current(&self, at: Instant, index: u32, generation: u32) -> bool {
+        let slot = &self.slots[index as usize];
+        slot.generation == generation && slot.round.as_ref().is_some_and(|r| r.deadline == at)
+    }
+
+    /// End the rounds whose time is up and build the echoes due by `now` into `batch` (until it is
+    /// full). The caller sends them and reports with [`Engine::sent`] or [`Engine::unsent`].
+    pub fn due(&mut self, now: Instant, batch: &mut SendBatch) {
+        batch.len = 0;
+        while batch.len < BATCH {
+            let Some(Reverse((at, index, generation))) = self.deadlines.peek().copied() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            if !self.current(at, index, generation) {
+                continue;
+            }
+            let Some(round) = &mut self.slots[index as usize].round else {
+                continue;
+            };
+            if round.sending() && (round.stop.is_cancelled() || round.reply.is_closed()) {
+                // Its caller stopped or went away: nothing more to send.
+                round.stopping = true;
+            }
+            if !round.sending() {
+                let end = round.last_send + round.plan.timeout;
+                if round.sent == 0 || round.state.all_answered(round.sent) || now >= end {
+                    self.finish(index);
+                } else {
+                    self.reschedule(index, end);
+                }
+                continue;
+            }
+            let seq = round.base_seq.wrapping_add(round.sent as u16);
+            let k = batch.len;
+            write_echo_request(
+                &mut batch.packets[k],
+                round.addr,
+                self.ident,
+                seq,
+                round.stamp,
+                &self.key,
+            );
+            batch.addrs[k] = Some(round.to);
+            batch.owners[k] = (index, generation, at);
+            batch.len += 1;
+        }
+    }
+
+    /// Echo `k` of `batch` left at `at` (`error`: the kernel refused it; it counts as sent and
+    /// lost, like an echo the network dropped, and names the round's failure).
+    pub fn sent(&mut self, batch: &SendBatch, k: usize, at: Instant, error: Option<nix::Error>) {
+        let (index, generation, _) = batch.owners[k];
+        let slot = &mut self.slots[index as usize];
+        if slot.generation != generation {
+            return;
+        }
+        let Some(round) = &mut slot.round else { return };
+        round.state.sent(round.sent, at, round.stamp);
+        round.sent += 1;
+        round.last_send = at;
+        if let Some(error) = error {
+            let kind = match error {
+                nix::Error::ENETUNREACH | nix::Error::EHOSTUNREACH => FailureKind::Unreachable,
+                _ => FailureKind::Send,
+            };
+            let message = format!("sending to {}: {}", round.addr, error.desc());
+            round.failure = Some(Outcome::failure(kind, message));
+        }
+        let next = if round.sending() {
+            round.start + round.plan.spacing * round.sent as u32
+        } else {
+            at + round.plan.timeout
+        };
+        self.reschedule(index, next);
+    }
+
+    /// Echo `k` of `batch` could not go out yet (the send buffer is full): it stays due, untouched.
+    pub fn unsent(&mut self, batch: &SendBatch, k: usize) {
+        let (index, generation, at) = batch.owners[k];
+        if self.slots[index as usize].generation == generation {
+            self.deadlines.push(Reverse((at, index, generation)));
+        }
+    }
+
+    /// A datagram received at `at` from `from`: counted if it is a reply to a running round's echo.
+    /// Returns what became of it, for tests and trace logs.
+    pub fn receive(&mut self, datagram: &[u8], from: IpAddr, at: Instant) -> Received {
+        match classify(
+            datagram,
+            from,
+            self.family,
+            self.kind,
+            self.ident,
+            &self.key,
+        ) {
+            Ok(Inbound::EchoReply { from, seq, stamp }) => self.reply(from, seq, stamp, at),
+            Ok(Inbound::Unreachable {
+                target,
+                seq,
+                reporter,
+                code,
+            }) => {
+                // Routers quote only 8 bytes (no stamp): find the round by address. A scan, but
+                // unreachables are rate-limited by every router (1,000/s by default on Linux).
+                let mut matched = false;
+                for slot in &mut self.slots {
+                    let Some(round) = &mut slot.round else {
+                        continue;
+                    };
+                    if round.addr == target
+                        && usize::from(seq.wrapping_sub(round.base_seq)) < round.sent
+                    {
+                        round.failure = Some(Outcome::failure(
+                            FailureKind::Unreachable,
+                            format!("{reporter} reports {target} unreachable (ICMP code {code})"),
+                        ));
+                        matched = true;
+                    }
+                }
+                if matched {
+                    Received::Unreachable
+                } else {
+                    Received::NoRound
+                }
+            }
+            Err(Rejected::BadTag) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "rejected an echo reply whose tag does not verify");
+                Received::Rejected(Rejected::BadTag)
+            }
+            Err(reason) => Received::Rejected(reason),
+        }
+    }
+
+    fn reply(&mut self, from: IpAddr, seq: u16, stamp: u64, at: Instant) -> Received {
+        let index = stamp as u32;
+        let generation = (stamp >> 32) as u32;
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return Received::NoRound;
+        };
+        if slot.generation != generation {
+            return Received::NoRound;
+        }
+        let Some(round) = &mut slot.round else {
+            return Received::NoRound;
+        };
+        if round.addr != from {
+            // The tag covers the address, so this cannot verify; checked all the same.
+            return Received::NoRound;
+        }
+        let echo = usize::from(seq.wrapping_sub(round.base_seq));
+        let verdict = round.state.accept(echo, at, stamp);
+        if verdict != Verdict::Counted {
+            tracing::debug!(%from, ?verdict, "reply not counted");
+        } else if !round.sending() && round.state.all_answered(round.sent) {
+            self.finish(index);
+        }
+        Received::Reply(verdict)
+    }
+
+    fn finish(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        let Some(round) = slot.round.take() else {
+            return;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(index);
+        let count = round.plan.count as usize;
+        if let Some(held) = self.held.get_mut(&round.addr) {
+            *held = held.saturating_sub(count);
+            if *held == 0 {
+                self.held.remove(&round.addr);
+            }
+        }
+        self.offered_per_s =
+            (self.offered_per_s - 1.0 / round.plan.spacing.as_secs_f64().max(1e-3)).max(0.0);
+        let _ = round.reply.send(RoundEnd {
+            rtts: round.state.into_rtts(round.sent),
+            failure: round.failure,
+        });
+    }
+
+    /// Rounds running now.
+    #[cfg(test)]
+    fn running(&self) -> usize {
+        self.slots.iter().filter(|s| s.round.is_some()).count()
+    }
+}
+
+/// What [`Engine::receive`] made of a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Received {
+    Reply(Verdict),
+    Unreachable,
+    /// Ours, but for no running round (late: its round ended).
+    NoRound,
+    Rejected(Rejected),
+}
+
+/// How long a datagram sat in the socket queue, from its kernel receive stamp and the wall clock
+/// read with `now`; None when the clocks disagree (a wall-clock step) or there is no stamp.
+pub(super) fn queued_for(stamp: Duration, wall_now: Duration) -> Option<Duration> {
+    wall_now
+        .checked_sub(stamp)
+        .filter(|q| *q < Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::icmp::packet::EchoKey;
+    use pnet_packet::icmp::{self as icmp_packet, IcmpPacket, IcmpTypes};
+
+    const TARGET: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 2, 2));
+    const IDENT: u16 = 0x4242;
+
+    fn engine() -> Engine {
+        Engine::new(
+            Family::V4,
+            SocketKind::Raw,
+            IDENT,
+            EchoKey::from_secret(&[3; 32]),
+            Arc::new(AtomicU64::new(0)),
+        )
+    }
+
+    fn plan(count: u32) -> RoundPlan {
+        RoundPlan {
+            count,
+            spacing: Duration::from_millis(10),
+            timeout: Duration::from_millis(100),
+        }
+    }
+
+    fn start(
+        engine: &mut Engine,
+        addr: IpAddr,
+        plan: RoundPlan,
+        at: Instant,
+    ) -> oneshot::Receiver<RoundEnd> {
+        let (reply, done) = oneshot::channel();
+        engine.command(Command::Start(Request {
+            addr,
+            plan,
+            start: at,
+            stop: CancellationToken::new(),
+            reply,
+        }));
+        done
+    }
+
+    /// The datagram a raw IPv4 socket delivers when the target answers echo `k` of `batch`.
+    fn reply_to(batch: &SendBatch, k: usize, from: IpAddr) -> Vec<u8> {
+        let mut icmp = batch.packets[k].to_vec();
+        icmp[0] = IcmpTypes::EchoReply.0;
+        icmp[2..4].copy_from_slice(&[0, 0]);
+        let checksum = icmp_packet::checksum(&IcmpPacket::new(&icmp).expect("header"));
+        icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+        let IpAddr::V4(source) = from else {
+            panic!("IPv4 only")
+        };
+        let mut ip = vec![0x45, 0, 0, 84, 0, 0, 0, 0, 64, 1, 0, 0];
+        ip.extend_from_slice(&source.octets());
+        ip.extend_from_slice(&[198, 18, 0, 2]);
+        ip.extend_from_slice(&icmp);
+        ip
+    }
+
+    /// Send everything due at `now`, all accepted by the kernel.
+    fn send_all(engine: &mut Engine, batch: &mut SendBatch, now: Instant) -> usize {
+        engine.due(now, batch);
+        for k in 0..batch.len {
+            engine.sent(batch, k, now, None);
+        }
+        batch.len
+    }
+
+    #[test]
+    fn a_reply_for_a_round_that_already_ended_is_not_counted_in_the_next() {
+        let mut engine = engine();
+        let mut batch = SendBatch::new();
+        let t0 = Instant::now();
+        let mut first = start(&mut engine, TARGET, plan(1), t0);
+        assert_eq!(send_all(&mut engine, &mut batch, t0), 1);
+        let late = reply_to(&batch, 0, TARGET);
+        // The round times out; a new round to the same target takes the same slot.
+        engine.due(t0 + Duration::from_millis(100), &mut batch);
+        assert_eq!(batch.len, 0);
+        let ended = first
+            .try_recv()
+            .expect("the first round ended at its timeout");
+        assert_eq!(ended.rtts, vec![None]);
+        let t1 = t0 + Duration::from_millis(100);
+        let mut second = start(&mut engine, TARGET, plan(1), t1);
+        assert_eq!(send_all(&mut engine, &mut batch, t1), 1);
+        // The first round's reply arrives now: its slot's generation moved on.
+        assert_eq!(
+            engine.receive(&late, TARGET, t1 + Duration::from_millis(1)),
+            Received::NoRound
+        );
+        let on_time = reply_to(&batch, 0, TARGET);
+        assert_eq!(
+            engine.receive(&on_time, TARGET, t1 + Duration::from_millis(2)),
+            Received::Reply(Verdict::Counted)
+        );
+        let ended = second.try_recv().expect("all answered: the round ended");
+        assert_eq!(ended.rtts.len(), 1);
+        assert!((ended.rtts[0].unwrap_or_default() - 2.0).abs() < 1e-6);
+        assert_eq!(engine.running(), 0);
+    }
+
+    #[test]
+    fn a_full_send_buffer_delays_echoes_without_losing_or_double_counting_them() {
+        let mut engine = engine();
+        let mut batch = SendBatch::new();
+        let t0 = Instant::now();
+        let mut rounds: Vec<_> = (0..3)
+            .map(|i| {
+                let addr = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 0, i + 1));
+                (addr, start(&mut engine, addr, plan(2), t0))
+            })
+            .collect();
+        engine.due(t0, &mut batch);
+        assert_eq!(batch.len, 3);
+        // The kernel took the first echo, then said EAGAIN.
+        engine.sent(&batch, 0, t0, None);
+        engine.unsent(&batch, 1);
+        engine.unsent(&batch, 2);
+        // Writable again 3 ms later: the two echoes left go out then, first echo of each round.
+        let t1 = t0 + Duration::from_millis(3);
+        assert_eq!(engine.next_deadline(), Some(t0));
+        engine.due(t1, &mut batch);
+        assert_eq!(batch.len, 2);
+        let seqs: Vec<u16> = (0..2)
+            .map(|k| u16::from_be_bytes([batch.packets[k][6], batch.packets[k][7]]))
+            .collect();
+        for k in 0..2 {
+            engine.sent(&batch, k, t1, None);
+        }
+        let replies: Vec<_> = (0..2)
+            .map(|k| reply_to(&batch, k, rounds[k + 1].0))
+            .collect();
+        for (k, reply) in replies.iter().enumerate() {
+            assert_eq!(
+                engine.receive(reply, rounds[k + 1].0, t1 + Duration::from_millis(1)),
+                Received::Reply(Verdict::Counted)
+            );
+        }
+        assert_ne!(seqs[0], seqs[1].wrapping_add(1), "distinct rounds");
+        // Everything else runs its course: second echoes, then the timeouts.
+        let mut now = t1;
+        while let Some(next) = engine.next_deadline() {
+            now = next.max(now);
+            send_all(&mut engine, &mut batch, now);
+        }
+        let ended: Vec<RoundEnd> = rounds
+            .iter_mut()
+            .map(|(_, done)| done.try_recv().expect("ended"))
+            .collect();
+        for end in &ended {
+            assert_eq!(end.rtts.len(), 2, "both echoes sent, once each: {end:?}");
+        }
+        // The echo the kernel took at once was never answered; the two delayed ones were, and
+        // their RTTs start when they really left (t1), not when they were first due (t0).
+        assert_eq!(ended[0].rtts, vec![None, None]);
+        for end in &ended[1..] {
+            assert!(
+                (end.rtts[0].unwrap_or_default() - 1.0).abs() < 1e-6,
+                "{end:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stop_ends_sending_but_awaits_the_echoes_already_sent() {
+        let mut engine = engine();
+        let mut batch = SendBatch::new();
+        let t0 = Instant::now();
+        let stop = CancellationToken::new();
+        let (reply, mut done) = oneshot::channel();
+        engine.command(Command::Start(Request {
+            addr: TARGET,
+            plan: plan(5),
+            start: t0,
+            stop: stop.clone(),
+            reply,
+        }));
+        assert_eq!(send_all(&mut engine, &mut batch, t0), 1);
+        let answer = reply_to(&batch, 0, TARGET);
+        stop.cancel();
+        engine.command(Command::Stopped);
+        engine.apply_stops(t0 + Duration::from_millis(1));
+        assert_eq!(
+            send_all(&mut engine, &mut batch, t0 + Duration::from_millis(10)),
+            0
+        );
+        assert!(done.try_recv().is_err(), "the echo sent is still awaited");
+        assert_eq!(
+            engine.receive(&answer, TARGET, t0 + Duration::from_millis(12)),
+            Received::Reply(Verdict::Counted)
+        );
+        let ended = done.try_recv().expect("answered: the round ended");
+        assert_eq!(ended.rtts.len(), 1);
+        assert_eq!(engine.running(), 0);
+    }
+
+    #[test]
+    fn garbage_and_foreign_datagrams_between_replies_change_nothing() {
+        let mut engine = engine();
+        let mut batch = SendBatch::new();
+        let t0 = Instant::now();
+        let mut done = start(&mut engine, TARGET, plan(1), t0);
+        send_all(&mut engine, &mut batch, t0);
+        let reply = reply_to(&batch, 0, TARGET);
+        let at = t0 + Duration::from_millis(1);
+        assert!(matches!(
+            engine.receive(&[], TARGET, at),
+            Received::Rejected(_)
+        ));
+        assert!(matches!(
+            engine.receive(&[0x45; 19], TARGET, at),
+            Received::Rejected(_)
+        ));
+        // An IPv6 datagram on the IPv4 socket, and our reply claimed by another source.
+        let v6: IpAddr = "fd00::2".parse().expect("addr");
+        assert!(matches!(
+            engine.receive(&reply[20..], v6, at),
+            Received::Rejected(_)
+        ));
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 2, 3));
+        assert_eq!(
+            engine.receive(&reply_to(&batch, 0, other), other, at),
+            Received::Rejected(Rejected::BadTag)
+        );
+        assert_eq!(engine.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            engine.receive(&reply, TARGET, at),
+            Received::Reply(Verdict::Counted)
+        );
+        assert_eq!(
+            engine.receive(&reply, TARGET, at),
+            Received::NoRound,
+            "the round ended with its last reply; a duplicate finds nothing"
+        );
+        let ended = done.try_recv().expect("ended");
+        assert!((ended.rtts[0].unwrap_or_default() - 1.0).abs() < 1e-6);
+    }
+}
