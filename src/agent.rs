@@ -182,7 +182,9 @@ impl Agent {
         }));
         // Bound before anything runs: a port in use fails the start, naming the key.
         let web = match &config.agent.listen {
-            Some(listen) => Some(crate::web::start(listen, status.clone()).await?),
+            Some(listen) => {
+                Some(crate::web::start(listen, status.clone(), Arc::clone(&config)).await?)
+            }
             None => None,
         };
         let mut rules_tap = rules_tap(rules, Arc::clone(&flow), RULES_WAIT);

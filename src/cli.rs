@@ -9,6 +9,7 @@ mod http;
 mod incidents;
 mod ping;
 mod report;
+mod serve;
 mod table;
 mod tcp;
 mod trace;
@@ -121,6 +122,8 @@ Exit status: 0 connected, 1 did not, 2 could not run."
     Tcp(tcp::Args),
     /// The incident drafts this agent wrote: `list`, `show ID`.
     Incidents(incidents::Args),
+    /// Serve the web page of a data directory, read-only (loopback by default).
+    Serve(serve::Args),
     /// Write the man pages or shell completions (for packaging; see scripts/build-deb).
     #[command(hide = true)]
     Generate(generate::Args),
@@ -143,6 +146,7 @@ pub fn main() -> ExitCode {
         Command::Dns(args) => dns::run(&args),
         Command::Tcp(args) => tcp::run(&args),
         Command::Incidents(args) => incidents::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Generate(args) => generate::run(&args),
     };
     match result {

@@ -247,6 +247,25 @@ async fn with_credentials_configured_every_request_needs_them() {
     std::fs::write(&token, "rotated").expect("rotate");
     assert_eq!(status(Some("Bearer s3cret-token")).await, 401);
     assert_eq!(status(Some("Bearer rotated")).await, 200);
+    // The web page is served by the same listener, behind the same credentials.
+    let page = format!("http://{}/", agent.listen_address().expect("listening"));
+    let overview = |auth: Option<&'static str>| {
+        let mut request = client.get(&page);
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        async move {
+            let answer = request.send().await.expect("GET /");
+            (answer.status().as_u16(), answer.text().await.expect("body"))
+        }
+    };
+    assert_eq!(overview(None).await.0, 401);
+    let (code, html) = overview(Some("Bearer rotated")).await;
+    assert_eq!(code, 200, "{html}");
+    assert!(
+        html.contains("<title>Overview — vantage</title>"),
+        "the overview page: {html}"
+    );
     agent.stop().await.expect("stop");
 
     // Basic auth, as Prometheus's `basic_auth` sends it.

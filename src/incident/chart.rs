@@ -2,7 +2,8 @@
 //! and p25–p75 "smoke" bands, the median line coloured by loss, rounds with 100% loss as red
 //! bars, and the moment of detection (and resolution) marked. A service check gets a panel of its
 //! headline time (http total, dns latency, tcp connect) with failed runs as red bars. Written by a
-//! small SVG writer of our own: a few elements, escaped text, no dependency.
+//! small SVG writer of our own: a few elements, escaped text, no dependency. The web page draws
+//! its per-target charts with the same panel ([`smoke_chart`]).
 
 use std::fmt::Write as _;
 
@@ -110,8 +111,15 @@ impl Svg {
 
     pub fn finish(self, width: f64, height: f64, title: &str) -> String {
         format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
-             <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\">\n\
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{}",
+            self.finish_inline(width, height, title)
+        )
+    }
+
+    /// The `<svg>` element alone, for inlining into an HTML page.
+    pub fn finish_inline(self, width: f64, height: f64, title: &str) -> String {
+        format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\">\n\
              <title>{}</title>\n<rect class=\"background\" x=\"0\" y=\"0\" width=\"{width:.0}\" height=\"{height:.0}\" fill=\"#ffffff\"/>\n{}</svg>\n",
             escape(title),
             self.body
@@ -156,9 +164,29 @@ pub fn render(incident: &Incident) -> String {
     }
     for (i, (label, s)) in series.iter().enumerate() {
         let top = TITLE_HEIGHT + i as f64 * (PANEL_HEIGHT + PANEL_GAP) + 10.0;
-        panel(&mut svg, label, s, top, from, to, incident);
+        let mut marks = vec![("detected", incident.detected_at, "detected")];
+        marks.extend(incident.resolved_at.map(|at| ("resolved", at, "resolved")));
+        panel(&mut svg, label, s, top, from, to, &marks);
     }
     svg.finish(WIDTH, height, &incident.title)
+}
+
+/// One target's smokeping chart from `from_ns` to `to_ns` (the web page's target charts): the
+/// legend and one panel, as an inline `<svg>` element.
+pub fn smoke_chart(title: &str, series: &Series, from_ns: i64, to_ns: i64) -> String {
+    let mut svg = Svg::default();
+    svg.text("title", WIDTH / 2.0, 14.0, "middle", title);
+    legend(&mut svg, 30.0);
+    panel(
+        &mut svg,
+        &format!("{} ({})", series.target, series.probe),
+        series,
+        TITLE_HEIGHT + 10.0,
+        Some(from_ns),
+        Some(to_ns),
+        &[],
+    );
+    svg.finish_inline(WIDTH, TITLE_HEIGHT + PANEL_HEIGHT + PANEL_GAP, title)
 }
 
 /// A service check drawn as a ping series: its headline time of each successful run as the median
@@ -230,7 +258,7 @@ fn panel(
     top: f64,
     from: Option<i64>,
     to: Option<i64>,
-    incident: &Incident,
+    marks: &[(&str, Timestamp, &str)],
 ) {
     let left = MARGIN_LEFT;
     let right = WIDTH - MARGIN_RIGHT;
@@ -281,7 +309,7 @@ fn panel(
             px,
             bottom + 14.0,
             anchor,
-            &Timestamp::from_unix_ns(ns).time(),
+            &time_label(Timestamp::from_unix_ns(ns), t1 - t0),
         );
     }
 
@@ -368,10 +396,18 @@ fn panel(
             }
         }
     };
-    mark(svg, "detected", incident.detected_at, "detected", 0.0);
-    if let Some(resolved) = incident.resolved_at {
-        // A line lower, so that a short incident's two labels do not overlap.
-        mark(svg, "resolved", resolved, "resolved", 1.0);
+    // Each label a line lower, so that a short incident's two labels do not overlap.
+    for (line, (class, at, label)) in marks.iter().enumerate() {
+        mark(svg, class, *at, label, line as f64);
+    }
+}
+
+/// A time axis label: the time of day, with the date once the axis spans more than two days.
+fn time_label(at: Timestamp, span_ns: i64) -> String {
+    if span_ns > 2 * 86_400 * 1_000_000_000 {
+        format!("{} {}", &at.date()[5..], &at.time()[..5])
+    } else {
+        at.time()
     }
 }
 

@@ -14,10 +14,10 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// The spool's file inside the data directory.
 pub const SPOOL_FILE: &str = "spool.db";
@@ -130,9 +130,9 @@ impl Spool {
         if !path.exists() {
             return Ok(None);
         }
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        // Creates no -wal or -shm beside a copied spool (the web page may run as root).
+        let conn = crate::store::open_sqlite_read_only(&path)
             .with_context(|| format!("cannot open spool {}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
         Ok(Some(Spool { conn, path }))
     }
 

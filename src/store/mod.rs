@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod migrate;
 pub mod series;
+mod traces;
 pub mod writer;
 
 pub use series::{DEFAULT_RETENTION, Retention};
@@ -18,10 +19,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use probes::{Measurement, Outcome};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
 pub use crate::record::Record;
+pub use traces::TracePoint;
 
 /// The SQLite file inside the data directory.
 pub const DB_FILE: &str = "vantage.db";
@@ -153,6 +155,40 @@ pub struct CheckPoint {
     pub fields: serde_json::Value,
 }
 
+/// Open an SQLite file read-only without creating anything beside it (see
+/// [`Store::open_read_only`] for what happens with WAL): the store's and the spool's readers.
+pub fn open_sqlite_read_only(path: &Path) -> anyhow::Result<Connection> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let beside = |suffix: &str| path.with_file_name(format!("{name}{suffix}"));
+    let (wal, shm) = (beside("-wal"), beside("-shm"));
+    anyhow::ensure!(
+        !wal.exists() || shm.exists(),
+        "{} has a write-ahead log ({name}-wal) but no {name}-shm, and reading it would create \
+         one: copy it with `sqlite3 {} \".backup COPY\"`, or copy the -shm file too",
+        path.display(),
+        path.display()
+    );
+    // Without a -wal, even a `mode=ro` connection creates the -wal and -shm of a WAL database:
+    // `immutable=1` reads the file as it is (nobody is writing it: a writer keeps a -wal).
+    let uri = format!(
+        "file:{}?mode=ro{}",
+        path.to_string_lossy()
+            .replace('%', "%25")
+            .replace('?', "%3f")
+            .replace('#', "%23"),
+        if wal.exists() { "" } else { "&immutable=1" }
+    );
+    let conn = Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 impl Store {
     /// Open (creating if needed) the store in `data_dir`, converting a store of the old format
     /// ([`migrate`]).
@@ -211,6 +247,70 @@ impl Store {
         };
         migrate::ping_rounds(&mut store, chunk, max_chunks)?;
         Ok(store)
+    }
+
+    /// Open an existing store in `data_dir` read-only (the web page, `vantage serve`): SQLite
+    /// `mode=ro`, so that nothing is created or changed in a directory that may belong to someone
+    /// else (serve runs as root on a copy, or beside a running agent).
+    ///
+    /// WAL: a store whose agent stopped cleanly (or a copy made with `sqlite3 .backup`) has no
+    /// `vantage.db-wal`, and is read as an immutable file (no lock, no -wal or -shm created). Beside a running agent the `-wal` and `-shm` files
+    /// exist, and a read-only connection reads both (it sees every committed round). A copy with a
+    /// `-wal` but no `-shm` is refused with an error that says how to copy it: reading it would
+    /// make SQLite create the `-shm`.
+    pub fn open_read_only(data_dir: &Path) -> anyhow::Result<Store> {
+        let metadata = std::fs::metadata(data_dir).with_context(|| {
+            format!(
+                "cannot read the data directory {}: point --data-dir at the agent's data directory",
+                data_dir.display()
+            )
+        })?;
+        anyhow::ensure!(
+            metadata.is_dir(),
+            "{} is not a directory: point --data-dir at the agent's data directory",
+            data_dir.display()
+        );
+        let path = data_dir.join(DB_FILE);
+        anyhow::ensure!(
+            path.is_file(),
+            "{} holds no store ({DB_FILE} is missing): is it the agent's data directory?",
+            data_dir.display()
+        );
+        let conn = open_sqlite_read_only(&path)?;
+        let is_store: bool = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'observations'",
+                [],
+                |row| row.get(0),
+            )
+            .with_context(|| {
+                format!(
+                    "{} is not a vantage store (not an SQLite database)",
+                    path.display()
+                )
+            })?;
+        anyhow::ensure!(
+            is_store,
+            "{} is not a vantage store (no observations table)",
+            path.display()
+        );
+        // A store of the old format (JSON ping rounds) is converted when it is opened to write;
+        // read-only, its rounds would look missing.
+        let compact: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'ping_rounds'",
+            [],
+            |row| row.get(0),
+        )?;
+        anyhow::ensure!(
+            compact,
+            "{} is a store of the old format: convert it first by opening it once to write (`vantage report --data-dir DIR` on a copy, or start the agent)",
+            path.display()
+        );
+        Ok(Store {
+            conn,
+            path,
+            series: HashMap::new(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -610,6 +710,60 @@ mod tests {
         assert!(!checks[0].success);
         assert_eq!(checks[0].fields["address"], "127.0.0.1:9");
         assert_eq!(store.latest_pings().expect("pings").len(), 1);
+    }
+
+    #[test]
+    fn read_only_open_creates_no_file_and_refuses_what_is_not_a_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t0 = SystemTime::now();
+        {
+            let mut store = Store::open(dir.path()).expect("open");
+            store
+                .insert(&[record("a", t0, vec![Some(2.0)])])
+                .expect("insert");
+        }
+        let files = |dir: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .expect("list")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = files(dir.path());
+        assert_eq!(before, [DB_FILE]);
+        let store = Store::open_read_only(dir.path()).expect("read-only");
+        assert_eq!(store.latest_pings().expect("query")[0].target, "a");
+        drop(store);
+        assert_eq!(files(dir.path()), before, "a read-only open created files");
+
+        // Beside a running agent (its connection holds the -wal and -shm open) it reads both.
+        let mut live = Store::open(dir.path()).expect("open");
+        live.insert(&[record("b", t0, vec![Some(3.0)])])
+            .expect("insert");
+        let store = Store::open_read_only(dir.path()).expect("read-only beside a writer");
+        assert_eq!(store.latest_pings().expect("query").len(), 2);
+        drop(store);
+        drop(live);
+
+        let missing = Store::open_read_only(&dir.path().join("nope")).expect_err("missing");
+        assert!(
+            format!("{missing:#}").contains("cannot read the data directory"),
+            "{missing:#}"
+        );
+        let empty = tempfile::tempdir().expect("tempdir");
+        let error = Store::open_read_only(empty.path()).expect_err("no store");
+        assert!(format!("{error:#}").contains("holds no store"), "{error:#}");
+        std::fs::write(
+            empty.path().join(DB_FILE),
+            "not a database at all, just text",
+        )
+        .expect("write");
+        let error = Store::open_read_only(empty.path()).expect_err("not sqlite");
+        assert!(
+            format!("{error:#}").contains("is not a vantage store"),
+            "{error:#}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The agent's HTTP listener (`[agent] listen`, off by default): `/healthz` and `/readyz`
-//! ([`health`]) and `/metrics` in the Prometheus text format ([`metrics`]). [`router`] composes
+//! ([`health`]), `/metrics` in the Prometheus text format ([`metrics`]) and the web page
+//! ([`pages`], also served alone by `vantage serve`). [`router`] composes
 //! the endpoints, so other pages can be merged into the same router; [`serve`] runs any router
 //! with the listener's bounds. Nothing here changes anything: GET and HEAD only (others: 405).
 //!
@@ -13,6 +14,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod pages;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,20 +56,26 @@ pub struct AppState {
     pub auth: Option<ListenAuth>,
 }
 
-/// The listener's endpoints, behind the body and auth checks.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The listener's endpoints and, with `pages`, the web page ([`pages`]), all behind the body
+/// and auth checks.
+pub fn router(state: AppState, pages: Option<pages::PageSource>) -> Router {
+    let endpoints = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
-        .with_state(state)
+        .with_state(state.clone());
+    let app = match pages {
+        Some(source) => endpoints.merge(pages::router(source)),
+        None => endpoints,
+    };
+    app.layer(axum::middleware::from_fn_with_state(state, guard))
 }
 
 /// Bind `[agent] listen` and serve [`router`] until the returned token is cancelled.
 pub async fn start(
     listen: &ListenConfig,
     status: Status,
+    config: Arc<crate::config::Config>,
 ) -> anyhow::Result<(SocketAddr, CancellationToken, JoinHandle<()>)> {
     let listener = TcpListener::bind(listen.address).await.with_context(|| {
         format!(
@@ -79,12 +87,17 @@ pub async fn start(
     if !address.ip().is_loopback() && listen.auth.is_none() {
         tracing::warn!(%address, "the health and metrics listener is reachable from other hosts without credentials: set `listen_token_file` (or `listen_username` with `listen_password_file`) in [agent], or listen on 127.0.0.1");
     }
-    tracing::info!(%address, auth = listen.auth.is_some(), "serving /healthz, /readyz and /metrics");
+    // The web page reads the agent's own store, read-only, beside the writer.
+    let pages = pages::PageSource::new(status.data_dir(), Some(config))?;
+    tracing::info!(%address, auth = listen.auth.is_some(), "serving the web page, /healthz, /readyz and /metrics");
     let shutdown = CancellationToken::new();
-    let app = router(AppState {
-        status,
-        auth: listen.auth.clone(),
-    });
+    let app = router(
+        AppState {
+            status,
+            auth: listen.auth.clone(),
+        },
+        Some(pages),
+    );
     let task = tokio::spawn(serve(listener, app, shutdown.clone()));
     Ok((address, shutdown, task))
 }

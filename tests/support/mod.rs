@@ -8,11 +8,14 @@
 //! installs them.
 #![allow(dead_code)] // each test binary uses a different part
 
+mod browser;
 mod process;
 mod services;
 mod stores;
 
 // Each test binary uses a different part.
+#[allow(unused_imports)]
+pub use browser::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]

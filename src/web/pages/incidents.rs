@@ -1,0 +1,333 @@
+//! The incidents: the list (open first), each draft rendered from its folder
+//! (`incidents/<id>/incident.md`, Markdown → HTML with any raw HTML in it shown as text, the
+//! chart drawn inline from `incident.json`), and the folder's files as downloads.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, PreEscaped, html};
+use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
+
+use super::layout::{self, Nav, segment};
+use super::{PageError, PageResult, PageSource};
+use crate::incident::render::human_duration;
+use crate::incident::{DIRECTORY, Incident, chart};
+
+/// The largest draft document or file read (a draft is some tens of KiB; evidence.json of a
+/// group incident a few MiB).
+const FILE_LIMIT: u64 = 32 * 1024 * 1024;
+
+/// One folder of the directory sink.
+#[derive(Debug)]
+pub struct Draft {
+    pub id: String,
+    /// `incident.json`, or why it could not be read.
+    pub incident: Result<Incident, String>,
+}
+
+/// A name the pages accept for a draft folder or file: letters, digits, `.`, `_`, `-`, not
+/// starting with a dot. Everything else (`..`, `/`, `%2F`, control characters) is refused.
+pub fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn root(source: &PageSource) -> PathBuf {
+    source.data_dir.join(DIRECTORY)
+}
+
+/// A draft's folder, if `id` names one (a real directory, not a symlink).
+fn folder(source: &PageSource, id: &str) -> Option<PathBuf> {
+    let path = root(source).join(id);
+    let metadata = std::fs::symlink_metadata(&path).ok()?;
+    (safe_name(id) && metadata.is_dir()).then_some(path)
+}
+
+/// Every draft, open ones first, then newest first; drafts whose `incident.json` cannot be read
+/// are listed last with the reason.
+pub fn load_all(source: &PageSource) -> PageResult<Vec<Draft>> {
+    let root = root(source);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(
+                anyhow::anyhow!("cannot list the drafts in {}: {e}", root.display()).into(),
+            );
+        }
+    };
+    let mut drafts = Vec::new();
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if folder(source, &id).is_none() {
+            continue;
+        }
+        drafts.push(Draft {
+            incident: read_incident(&entry.path()),
+            id,
+        });
+    }
+    drafts.sort_by(|a, b| match (&a.incident, &b.incident) {
+        (Ok(a), Ok(b)) => (!a.is_open(), std::cmp::Reverse(a.detected_at), &a.id).cmp(&(
+            !b.is_open(),
+            std::cmp::Reverse(b.detected_at),
+            &b.id,
+        )),
+        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+        (Err(_), Err(_)) => a.id.cmp(&b.id),
+    });
+    Ok(drafts)
+}
+
+fn read_incident(folder: &Path) -> Result<Incident, String> {
+    let path = folder.join("incident.json");
+    let text = probes::files::read_small_string(&path, FILE_LIMIT).map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub fn list(source: &PageSource) -> PageResult<Markup> {
+    let drafts = load_all(source)?;
+    let body = html! {
+        @if drafts.is_empty() {
+            p.muted { "No incident drafts in " (root(source).display()) "." }
+        } @else {
+            table.incidents {
+                thead { tr {
+                    th { "ID" } th { "Status" } th { "Severity" } th { "Detected" } th { "Duration" } th { "Title" }
+                } }
+                tbody {
+                    @for draft in &drafts {
+                        @match &draft.incident {
+                            Ok(i) => tr class={ "status-" (i.status.as_str()) } {
+                                td { a href={ "/incidents/" (segment(&draft.id)) } { (draft.id) } }
+                                td.status { (i.status.as_str()) }
+                                td { (i.severity) }
+                                td { (i.detected_at.display()) }
+                                td { (i.duration_s.map_or("open".into(), |s| human_duration(Duration::from_secs(s)))) }
+                                td.title { (i.title) }
+                            },
+                            Err(error) => tr {
+                                td { a href={ "/incidents/" (segment(&draft.id)) } { (draft.id) } }
+                                td.error colspan="5" { "cannot read incident.json: " (error) }
+                            },
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(layout::page("Incidents", Nav::Incidents, body))
+}
+
+pub fn draft(source: &PageSource, id: &str) -> PageResult<Markup> {
+    let Some(folder) = folder(source, id) else {
+        return Err(PageError::NotFound(format!("no incident draft {id:?}")));
+    };
+    let incident = read_incident(&folder);
+    let markdown = match probes::files::read_small_string(&folder.join("incident.md"), FILE_LIMIT) {
+        Ok(text) => Ok(text),
+        Err(error) => match &incident {
+            Ok(incident) => Ok(crate::incident::render::markdown(incident)),
+            Err(_) => Err(error.to_string()),
+        },
+    };
+    // The chart is drawn again from the data (never copied from chart.svg on disk).
+    let chart_svg = incident
+        .as_ref()
+        .ok()
+        .map(|i| inline_svg(&chart::render(i)));
+    let files = files(&folder);
+    let title = match &incident {
+        Ok(i) => i.title.clone(),
+        Err(_) => id.to_string(),
+    };
+    let body = html! {
+        @if let Err(error) = &incident {
+            p.error { "cannot read incident.json: " (error) }
+        }
+        @match &markdown {
+            Ok(text) => article.draft { (PreEscaped(markdown_html(text, id, chart_svg.as_deref()))) },
+            Err(error) => p.error { "cannot read incident.md: " (error) },
+        }
+        section #files {
+            h2 { "Files" }
+            ul {
+                @for (name, size) in &files {
+                    li {
+                        a href={ "/incidents/" (segment(id)) "/files/" (segment(name)) } download { (name) }
+                        " (" (probes::files::human_size(*size)) ")"
+                    }
+                }
+            }
+        }
+    };
+    Ok(layout::page(&title, Nav::Incidents, body))
+}
+
+/// The `<svg>` element of a chart document (without its XML declaration).
+fn inline_svg(document: &str) -> String {
+    document
+        .find("<svg")
+        .map_or_else(String::new, |start| document[start..].to_string())
+}
+
+/// A draft's Markdown as HTML. Raw HTML in it becomes text (pulldown-cmark would pass it
+/// through); the chart image becomes the inline chart; relative links point at the draft's files;
+/// only http(s) and mailto links are kept besides.
+pub fn markdown_html(markdown: &str, id: &str, chart_svg: Option<&str>) -> String {
+    let mut in_chart = false;
+    let link = |dest: CowStr<'_>| -> CowStr<'static> {
+        let dest = dest.into_string();
+        if ["http://", "https://", "mailto:"]
+            .iter()
+            .any(|scheme| dest.starts_with(scheme))
+        {
+            dest.into()
+        } else if safe_name(&dest) {
+            format!("/incidents/{}/files/{}", segment(id), segment(&dest)).into()
+        } else {
+            "#".into()
+        }
+    };
+    let events = Parser::new_ext(markdown, Options::ENABLE_TABLES | Options::ENABLE_TASKLISTS)
+        .filter_map(|event| match event {
+            Event::Html(text) | Event::InlineHtml(text) => Some(Event::Text(text)),
+            Event::Start(Tag::Image { dest_url, .. }) if dest_url.as_ref() == "chart.svg" => {
+                in_chart = true;
+                Some(Event::Html(
+                    chart_svg.unwrap_or_default().to_string().into(),
+                ))
+            }
+            Event::End(TagEnd::Image) if in_chart => {
+                in_chart = false;
+                None
+            }
+            _ if in_chart => None,
+            // Other images become links: the files are downloads, not pictures.
+            Event::Start(Tag::Image {
+                link_type,
+                dest_url,
+                title,
+                id,
+            })
+            | Event::Start(Tag::Link {
+                link_type,
+                dest_url,
+                title,
+                id,
+            }) => Some(Event::Start(Tag::Link {
+                link_type,
+                dest_url: link(dest_url),
+                title,
+                id,
+            })),
+            Event::End(TagEnd::Image) => Some(Event::End(TagEnd::Link)),
+            other => Some(other.into_static()),
+        });
+    let mut html = String::new();
+    pulldown_cmark::html::push_html(&mut html, events);
+    html
+}
+
+/// The regular files of a draft folder with safe names, and their sizes.
+fn files(folder: &Path) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(folder)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let metadata = std::fs::symlink_metadata(entry.path()).ok()?;
+                    (safe_name(&name) && metadata.is_file()).then_some((name, metadata.len()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// One file of a draft, as a download.
+pub fn file(source: &PageSource, id: &str, name: &str) -> PageResult<Response> {
+    let refused = || PageError::NotFound(format!("no file {name:?} in incident draft {id:?}"));
+    if !safe_name(name) {
+        return Err(refused());
+    }
+    let folder = folder(source, id).ok_or_else(refused)?;
+    let path = folder.join(name);
+    // Not a symlink (it could point anywhere), and read_small refuses FIFOs and devices.
+    let metadata = std::fs::symlink_metadata(&path).map_err(|_| refused())?;
+    if !metadata.is_file() {
+        return Err(refused());
+    }
+    let bytes = probes::files::read_small(&path, FILE_LIMIT).map_err(|e| anyhow::anyhow!(e))?;
+    let content_type = match name.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("json") => "application/json",
+        Some("md" | "jsonl" | "txt") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_html_in_a_draft_is_text_and_links_stay_inside_the_draft() {
+        let html = markdown_html(
+            "# <script>alert(1)</script>\n\n<img src=x onerror=alert(2)>\n\n\
+             ![latency](chart.svg)\n\n[evidence](evidence.json) [up](../../etc/passwd) \
+             [js](javascript:alert(3)) [site](https://example.net/)\n",
+            "20261121-001",
+            Some("<svg class=\"chart\"></svg>"),
+        );
+        assert!(!html.contains("<script"), "{html}");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(2)&gt;"),
+            "{html}"
+        );
+        assert!(html.contains("<svg class=\"chart\"></svg>"), "{html}");
+        assert!(
+            html.contains("href=\"/incidents/20261121-001/files/evidence.json\""),
+            "{html}"
+        );
+        assert!(!html.contains("passwd\""), "{html}");
+        assert!(!html.contains("javascript:"), "{html}");
+        assert!(html.contains("href=\"https://example.net/\""), "{html}");
+    }
+
+    #[test]
+    fn only_plain_names_are_safe() {
+        for good in ["incident.md", "evidence.json", "20261121-001", "chart.svg"] {
+            assert!(safe_name(good), "{good}");
+        }
+        for bad in [
+            "", "..", ".hidden", "../x", "a/b", "a\\b", "a%2Fb", "a\nb", "a b",
+        ] {
+            assert!(!safe_name(bad), "{bad:?}");
+        }
+    }
+}
