@@ -422,6 +422,11 @@ async fn a_store_that_is_down_or_slow_is_a_reason_within_the_budget() {
         .expect("store");
         let error = store.query(&request).await.expect_err("down").to_string();
         assert!(error.contains(&url) && error.contains("onnect"), "{error}");
+        // The endpoint is named once; the query (the URL's query string) is not repeated.
+        assert!(
+            !error.contains("SELECT") && !error.contains("query="),
+            "{error}"
+        );
     }
 
     // Slow: accepts, never answers → the budget, not the store, ends the wait.

@@ -208,7 +208,8 @@ impl FleetStore {
                 "{} at {}: {}",
                 self.dialect_name(),
                 self.endpoint,
-                describe_reqwest_error(&e)
+                // The URL holds the whole query; the endpoint is named already.
+                describe_reqwest_error(&e.without_url())
             ))
         })?;
         let status = response.status();

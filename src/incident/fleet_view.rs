@@ -2,8 +2,9 @@
 //! incident's affected targets, asked of the shared store on a thread of its own, so the rules
 //! thread never waits on the store.
 //!
-//! When an incident opens its lookup starts together with the path traces; the draft waits for it
-//! at most the store's time budget (`[fleet] timeout`, the query gives up by then). While the
+//! When an incident opens its lookup starts once the path traces at breach are done (by then the
+//! other sites' rounds of the breach are in the store); the draft waits for it at most the store's
+//! time budget (`[fleet] timeout`, the query gives up by then). While the
 //! incident is open the view is asked again every [`REFRESH`], and each update and status update
 //! carries the latest one. A view that was unavailable and then arrives is a timeline entry (and
 //! an `updated` event), so the draft gets it once the store is back.
@@ -21,9 +22,11 @@ use crate::fleet::query::unix_ms;
 use crate::fleet::verdict::{Verdict, verdict};
 use crate::fleet::{FleetRequest, FleetStore, FleetView};
 
-/// The window of a fleet view: the last two minutes before it is asked (mostly the breach, which
-/// opens after its rule's window filled and `for` passed).
-pub const WINDOW: Duration = Duration::from_secs(120);
+/// A fleet view covers the breach: from [`LEAD`] before it began (its rule's `for` before
+/// detection) up to when it is asked, at most [`MAX_WINDOW`] back. Figures of the healthy time
+/// before a fault would water down the loss every site saw during it.
+pub const LEAD: Duration = Duration::from_secs(15);
+pub const MAX_WINDOW: Duration = Duration::from_secs(600);
 /// How often an open incident's fleet view is asked again.
 pub const REFRESH: Duration = Duration::from_secs(30);
 
@@ -78,8 +81,9 @@ impl FleetLookup {
         }))
     }
 
-    /// Ask for `key`'s targets now, unless a lookup for it is still running.
-    pub fn start(&mut self, key: &str, targets: Vec<String>, now: SystemTime) {
+    /// Ask for `key`'s targets over `from..now` (see [`LEAD`]), unless a lookup for it is still
+    /// running.
+    pub fn start(&mut self, key: &str, targets: Vec<String>, from: SystemTime, now: SystemTime) {
         if self.running.contains_key(key) {
             return;
         }
@@ -90,7 +94,7 @@ impl FleetLookup {
         let spawned = std::thread::Builder::new()
             .name("fleet-view".into())
             .spawn(move || {
-                let _ = tx.send(ask(&store, &site, targets, now));
+                let _ = tx.send(ask(&store, &site, targets, from, now));
             });
         match spawned {
             Ok(_) => {
@@ -149,10 +153,17 @@ impl FleetLookup {
 }
 
 /// One fleet view and its verdict, within the store's budget.
-fn ask(store: &FleetStore, site: &str, targets: Vec<String>, now: SystemTime) -> FleetEvidence {
+fn ask(
+    store: &FleetStore,
+    site: &str,
+    targets: Vec<String>,
+    from: SystemTime,
+    now: SystemTime,
+) -> FleetEvidence {
+    let earliest = now.checked_sub(MAX_WINDOW).unwrap_or(now);
     let request = FleetRequest {
         targets: targets.clone(),
-        from: now.checked_sub(WINDOW).unwrap_or(now),
+        from: from.max(earliest).min(now),
         until: now,
     };
     match store.query_blocking(&request) {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::db::IncidentDb;
 use super::event::EventKind;
 use super::evidence::{self, Evidence};
-use super::fleet_view::{FleetEvidence, FleetLookup};
+use super::fleet_view::{self, FleetEvidence, FleetLookup};
 use super::render;
 use super::{Incident, RuleSummary, Status, StatusUpdate, TimelineEntry, Timestamp};
 use crate::config::{Condition, Config, LatencyThreshold, RuleConfig, RuleScope, format_duration};
@@ -88,6 +88,8 @@ struct Queued {
     /// An opening's diagnostics, until they are done.
     pending: Option<Box<dyn PendingDiagnosis>>,
     diagnosis: Option<Diagnosis>,
+    /// An opening's fleet view was asked for (once its diagnostics were done).
+    fleet_asked: bool,
     /// Why it could not be recorded, the first time.
     error: Option<String>,
 }
@@ -101,8 +103,9 @@ struct Open {
     /// How long it had been open before this run (resumed after a restart; zero otherwise). The
     /// engine's monotonic `open_for` starts again at a restart; this carries the time before it.
     carried: Duration,
-    /// The targets affected, for its fleet view.
+    /// The targets affected, and where its fleet view's window starts.
     targets: Vec<String>,
+    fleet_from: SystemTime,
 }
 
 /// Keeps incidents in step with the rules engine.
@@ -204,6 +207,7 @@ impl Manager {
                             .duration_since(incident.detected_at.0)
                             .unwrap_or(Duration::ZERO),
                         targets: affected_targets(&incident),
+                        fleet_from: incident.detected_at.0 - fleet_view::LEAD,
                     },
                 );
                 incident.timeline.push(TimelineEntry {
@@ -247,11 +251,6 @@ impl Manager {
                 .iter()
                 .map(|m| (m.probe.clone(), m.target.clone()))
                 .collect();
-            if let Some(fleet) = &mut self.fleet {
-                let mut targets: Vec<String> = members.iter().map(|(_, t)| t.clone()).collect();
-                targets.dedup();
-                fleet.start(&transition.key, targets, wall);
-            }
             self.diagnostics.start(&transition.key, &members)
         });
         self.queue.push_back(Queued {
@@ -259,6 +258,7 @@ impl Manager {
             at: wall,
             pending,
             diagnosis: None,
+            fleet_asked: false,
             error: None,
         });
         while self.queue.len() > MAX_QUEUED {
@@ -293,7 +293,24 @@ impl Manager {
                     }
                 }
             }
-            // An opening also waits for its fleet view, which gives up within the store's budget.
+            // Then its fleet view, asked now that the traces took their time — the other sites'
+            // rounds of the breach have reached the store by then — and given up within the
+            // store's budget.
+            if let Some(fleet) = &mut self.fleet {
+                if item.transition.kind == TransitionKind::Opened && !item.fleet_asked && !force {
+                    item.fleet_asked = true;
+                    let mut targets: Vec<String> = item
+                        .transition
+                        .impact
+                        .affected
+                        .iter()
+                        .map(|m| m.target.clone())
+                        .collect();
+                    targets.dedup();
+                    let from = fleet_from(&self.rules, &item.transition, item.at);
+                    fleet.start(&item.transition.key, targets, from, wall);
+                }
+            }
             let fleet_running = item.transition.kind == TransitionKind::Opened
                 && self
                     .fleet
@@ -502,7 +519,7 @@ impl Manager {
                     event: "fleet".into(),
                     text: format!(
                         "Fleet view unavailable: {reason}; asked again every {}s.",
-                        super::fleet_view::REFRESH.as_secs()
+                        fleet_view::REFRESH.as_secs()
                     ),
                 });
             }
@@ -520,6 +537,7 @@ impl Manager {
                 next_update: transition.at + self.status_updates,
                 carried: Duration::ZERO,
                 targets: affected_targets(&incident),
+                fleet_from: fleet_from(&self.rules, transition, wall),
             },
         );
         Ok(())
@@ -643,7 +661,7 @@ impl Manager {
             if let Some(evidence) = fleet.poll(key) {
                 arrived.push((key.clone(), evidence));
             } else if fleet.due(key, wall) {
-                fleet.start(key, open.targets.clone(), wall);
+                fleet.start(key, open.targets.clone(), open.fleet_from, wall);
             }
         }
         for (key, evidence) in arrived {
@@ -783,4 +801,14 @@ fn affected_targets(incident: &Incident) -> Vec<String> {
         }
     }
     targets
+}
+
+/// Where an incident's fleet view starts: [`fleet_view::LEAD`] before its breach began.
+fn fleet_from(rules: &[RuleConfig], transition: &Transition, wall: SystemTime) -> SystemTime {
+    let open_for = rules
+        .iter()
+        .find(|r| r.name == transition.rule)
+        .map_or(Duration::ZERO, |r| r.open_for);
+    wall.checked_sub(open_for + fleet_view::LEAD)
+        .unwrap_or(wall)
 }
