@@ -1,9 +1,9 @@
 //! One scheduler for every probe kind (after cloudprober's `sched.go`): a loop per (probe, target),
 //! starts staggered evenly across the interval, a little jitter per tick, missed ticks skipped —
-//! never a burst to catch up — and a deadline on every run. On stop, runs in flight finish what they
-//! measured and hand it over before the loops exit — except an ICMP round, which stops sending at
-//! once (a round can last its whole interval) and, cut short, is not stored: every stored round
-//! has its full count of echoes.
+//! never a burst to catch up — and a deadline on every run. On stop, every run in flight returns at
+//! once through its stop token (an ICMP round stops sending, a trace stops waiting for trippy) and,
+//! cut short, is not stored: every stored round has its full count of echoes, and no check is
+//! recorded as failed because the agent was stopping.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +43,8 @@ pub struct Counters {
     pub deadline_exceeded: AtomicU64,
     /// Worst lateness of a run's start against its schedule since last read, in microseconds.
     pub max_lag_us: AtomicU64,
-    /// ICMP rounds cut short by the stop, and so not stored.
+    /// Runs cut short by the stop (ICMP rounds short of their count, checks and traces
+    /// interrupted), and so not stored.
     pub cut_short: AtomicU64,
 }
 
@@ -80,7 +81,7 @@ pub async fn run(
     if cut_short > 0 {
         tracing::info!(
             rounds = cut_short,
-            "stopping: ICMP rounds in flight were cut short and are not stored"
+            "stopping: runs in flight were cut short and are not stored"
         );
     }
 }

@@ -2,11 +2,15 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::agent::Agent;
 use crate::config::Config;
+
+/// How long the exit waits for blocking threads still running after the agent stopped.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = match Config::load(path) {
@@ -21,7 +25,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    super::runtime()?.block_on(async {
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let agent = Agent::start(config).await?;
@@ -32,5 +37,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         agent.stop().await?;
         anyhow::Ok(())
     })?;
+    // A trace interrupted by the stop keeps its blocking thread until trippy's round ends; its
+    // report is dropped anyway, so the agent exits now instead of waiting for it.
+    runtime.shutdown_timeout(EXIT_GRACE);
     Ok(ExitCode::SUCCESS)
 }
