@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use lab::fleet::{FleetLab, SHARED_TRANSIT, Site};
 use support::{Agent, Influxd, VictoriaMetrics};
+use vantage::fleet::verdict::Localization;
 use vantage::incident::{Incident, IncidentDb};
 
 const PASSWORD: &str = "fleet-lab-s3cret";
@@ -271,19 +272,36 @@ async fn uplink_cut(kind: &str) {
         .as_ref()
         .and_then(|f| f.verdict.as_ref())
         .unwrap_or_else(|| panic!("{seen}"));
-    assert!(
-        verdict.sentence.starts_with(
-            "Only scl3 sees it; iad1 and sjc1 reach aws-gw with 0% loss → scl3's side"
-        ),
+    // A loaded machine loses an echo now and then: under 5% is healthy.
+    assert_eq!(
+        verdict.localization,
+        Localization::ThisSite {
+            site: "scl3".into()
+        },
         "{kind}: {seen}"
     );
-    // The other sites' figures are in the table: each reached aws-gw without loss.
+    assert!(
+        verdict
+            .sentence
+            .starts_with("Only scl3 sees it; iad1 and sjc1 reach aws-gw with ")
+            && verdict
+                .sentence
+                .ends_with("→ scl3's side (uplink or edge)."),
+        "{kind}: {seen}"
+    );
+    for site in ["sjc1", "iad1"] {
+        assert!(
+            seen.contains(&format!("- {site}: healthy — aws-gw ")),
+            "{kind}: {seen}"
+        );
+    }
+    // The other sites' figures are in the table.
     for site in ["sjc1", "iad1"] {
         let line = seen
             .lines()
             .find(|l| l.starts_with(&format!("| {site} |")))
             .unwrap_or_else(|| panic!("{seen}"));
-        assert!(line.contains("| 0% of "), "{kind}: {line}");
+        assert!(line.contains("% of "), "{kind}: {line}");
     }
     assert!(seen.contains("| scl3 (this site) |"), "{seen}");
     // The healthy sites open nothing for aws-gw.
@@ -314,13 +332,22 @@ async fn target_down(kind: &str) {
             seen.contains("**Seen from 3 of 3 sites**"),
             "{kind} {site:?}: {seen}"
         );
+        let verdict = incident
+            .fleet
+            .as_ref()
+            .and_then(|f| f.verdict.as_ref())
+            .unwrap_or_else(|| panic!("{seen}"));
+        // The loss figures cover the breach from 15 s before it began: below 100%.
         assert_eq!(
-            incident
-                .fleet
-                .as_ref()
-                .and_then(|f| f.verdict.as_ref())
-                .map(|v| v.sentence.as_str()),
-            Some("3 of 3 sites see it (100% loss) → at aws-api or its provider."),
+            verdict.localization,
+            Localization::Target,
+            "{kind} {site:?}: {seen}"
+        );
+        assert!(
+            verdict.sentence.starts_with("3 of 3 sites see it (")
+                && verdict
+                    .sentence
+                    .ends_with("loss) → at aws-api or its provider."),
             "{kind} {site:?}: {seen}"
         );
     }
