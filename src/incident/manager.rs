@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::db::IncidentDb;
 use super::event::EventKind;
 use super::evidence::{self, Evidence};
+use super::fleet_view::{self, FleetEvidence, FleetLookup};
 use super::render;
 use super::{Incident, RuleSummary, Status, StatusUpdate, TimelineEntry, Timestamp};
 use crate::config::{Condition, Config, LatencyThreshold, RuleConfig, RuleScope, format_duration};
@@ -89,6 +90,8 @@ struct Queued {
     /// An opening's diagnostics, until they are done.
     pending: Option<Box<dyn PendingDiagnosis>>,
     diagnosis: Option<Diagnosis>,
+    /// An opening's fleet view was asked for (once its diagnostics were done).
+    fleet_asked: bool,
     /// Why it could not be recorded, the first time.
     error: Option<String>,
 }
@@ -102,6 +105,9 @@ struct Open {
     /// How long it had been open before this run (resumed after a restart; zero otherwise). The
     /// engine's monotonic `open_for` starts again at a restart; this carries the time before it.
     carried: Duration,
+    /// The targets affected, and where its fleet view's window starts.
+    targets: Vec<String>,
+    fleet_from: SystemTime,
 }
 
 /// Keeps incidents in step with the rules engine.
@@ -114,6 +120,8 @@ pub struct Manager {
     history: Duration,
     rules: Vec<RuleConfig>,
     diagnostics: Box<dyn Diagnostics>,
+    /// "Seen from other sites", when `[fleet]` is configured.
+    fleet: Option<FleetLookup>,
     open: HashMap<String, Open>,
     /// Oldest first; see [`Queued`].
     queue: VecDeque<Queued>,
@@ -146,9 +154,17 @@ impl Manager {
             history: config.incidents.history,
             rules: config.rules.clone(),
             diagnostics,
+            fleet: None,
             open: HashMap::new(),
             queue: VecDeque::new(),
         }
+    }
+
+    /// Ask the fleet's shared store what the other sites see, for every draft (see
+    /// `fleet_view.rs`).
+    pub fn with_fleet(mut self, fleet: Option<FleetLookup>) -> Manager {
+        self.fleet = fleet;
+        self
     }
 
     pub fn db(&self) -> &IncidentDb {
@@ -192,6 +208,8 @@ impl Manager {
                         carried: wall
                             .duration_since(incident.detected_at.0)
                             .unwrap_or(Duration::ZERO),
+                        targets: affected_targets(&incident),
+                        fleet_from: incident.detected_at.0 - fleet_view::LEAD,
                     },
                 );
                 incident.timeline.push(TimelineEntry {
@@ -306,6 +324,7 @@ impl Manager {
             at: wall,
             pending,
             diagnosis: None,
+            fleet_asked: false,
             error: None,
         });
         while self.queue.len() > MAX_QUEUED {
@@ -339,6 +358,34 @@ impl Manager {
                         continue;
                     }
                 }
+            }
+            // Then its fleet view, asked now that the traces took their time — the other sites'
+            // rounds of the breach have reached the store by then — and given up within the
+            // store's budget.
+            if let Some(fleet) = &mut self.fleet {
+                if item.transition.kind == TransitionKind::Opened && !item.fleet_asked && !force {
+                    item.fleet_asked = true;
+                    let mut targets: Vec<String> = item
+                        .transition
+                        .impact
+                        .affected
+                        .iter()
+                        .map(|m| m.target.clone())
+                        .collect();
+                    targets.dedup();
+                    let from = fleet_from(&self.rules, &item.transition, item.at);
+                    fleet.start(&item.transition.key, targets, from, wall);
+                }
+            }
+            let fleet_running = item.transition.kind == TransitionKind::Opened
+                && self
+                    .fleet
+                    .as_mut()
+                    .is_some_and(|f| f.waiting(&item.transition.key));
+            if fleet_running && !force {
+                blocked.insert(item.transition.key.clone());
+                index += 1;
+                continue;
             }
             let item = self.queue.remove(index).expect("index is in the queue");
             if let Err(error) = self.record(&item, wall) {
@@ -424,6 +471,9 @@ impl Manager {
                         text: render::resolution_text(&incident, open_for),
                     });
                     self.open.remove(&transition.key);
+                    if let Some(fleet) = &mut self.fleet {
+                        fleet.forget(&transition.key);
+                    }
                     EventKind::Resolved
                 } else {
                     incident.title = render::title(&incident);
@@ -487,6 +537,7 @@ impl Manager {
             trace: diagnosis.trace,
             evidence: Evidence::default(),
             status_update_every_s: self.status_updates.as_secs(),
+            fleet: None,
         };
         incident.title = render::title(&incident);
         if let Some(rule) = rule {
@@ -517,6 +568,29 @@ impl Manager {
                 text: note,
             });
         }
+        if let Some(fleet) = &mut self.fleet {
+            // Stopping before it answered: the draft says so rather than waiting.
+            let evidence = fleet
+                .poll(&transition.key)
+                .unwrap_or_else(|| FleetEvidence {
+                    at: Timestamp(now),
+                    targets: affected_targets(&incident),
+                    view: None,
+                    verdict: None,
+                    unavailable: Some("the agent stopped before the store answered".into()),
+                });
+            if let Some(reason) = &evidence.unavailable {
+                incident.timeline.push(TimelineEntry {
+                    at,
+                    event: "fleet".into(),
+                    text: format!(
+                        "Fleet view unavailable: {reason}; asked again every {}s.",
+                        fleet_view::REFRESH.as_secs()
+                    ),
+                });
+            }
+            incident.fleet = Some(evidence);
+        }
         incident.timeline.extend(late);
         self.refresh_evidence(&mut incident, now);
         self.db
@@ -528,6 +602,8 @@ impl Manager {
                 id,
                 next_update: transition.at + self.status_updates,
                 carried: Duration::ZERO,
+                targets: affected_targets(&incident),
+                fleet_from: fleet_from(&self.rules, transition, wall),
             },
         );
         Ok(())
@@ -537,6 +613,7 @@ impl Manager {
     /// Also records the transitions that were waiting (see [`Manager::apply`]).
     pub fn tick(&mut self, now: Mono, wall: SystemTime) -> anyhow::Result<()> {
         self.record_queued(wall, false);
+        self.refresh_fleet(wall)?;
         let due: Vec<String> = self
             .open
             .iter()
@@ -633,6 +710,69 @@ impl Manager {
         Ok(())
     }
 
+    /// Take the fleet views that arrived for open incidents, and ask again where one is due. A view
+    /// arriving after the draft said "unavailable" is a timeline entry and an `updated` event; a
+    /// fresh view replaces the previous one quietly (the next event carries it); an unavailable
+    /// one does not replace a view the draft already has.
+    fn refresh_fleet(&mut self, wall: SystemTime) -> anyhow::Result<()> {
+        let Some(fleet) = &mut self.fleet else {
+            return Ok(());
+        };
+        let mut arrived = Vec::new();
+        for (key, open) in &self.open {
+            // An opening still waiting in the queue takes its own view.
+            if self.queue.iter().any(|q| q.transition.key == *key) {
+                continue;
+            }
+            if let Some(evidence) = fleet.poll(key) {
+                arrived.push((key.clone(), evidence));
+            } else if fleet.due(key, wall) {
+                fleet.start(key, open.targets.clone(), open.fleet_from, wall);
+            }
+        }
+        for (key, evidence) in arrived {
+            let Some(mut incident) = self.db.open_by_key(&key)? else {
+                continue;
+            };
+            let had_view = incident
+                .fleet
+                .as_ref()
+                .is_some_and(FleetEvidence::is_available);
+            match (had_view, evidence.is_available()) {
+                (_, true) => {
+                    let first = !had_view;
+                    if first {
+                        let verdict = evidence
+                            .verdict
+                            .as_ref()
+                            .map(|v| format!("{}: {}", v.seen_from, v.sentence))
+                            .unwrap_or_default();
+                        incident.timeline.push(TimelineEntry {
+                            at: Timestamp(wall),
+                            event: "fleet".into(),
+                            text: format!(
+                                "Fleet view arrived (the store answers again): {verdict}"
+                            ),
+                        });
+                        incident.updated_at = Timestamp(wall);
+                    }
+                    incident.fleet = Some(evidence);
+                    let event = first.then_some(EventKind::Updated);
+                    self.db.save(&incident, None, event)?;
+                    if first {
+                        tracing::info!(id = %incident.id, key, "incident updated: fleet view arrived");
+                    }
+                }
+                (false, false) => {
+                    incident.fleet = Some(evidence);
+                    self.db.save(&incident, None, None)?;
+                }
+                (true, false) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Re-read the evidence window (history before detection up to now) for every target the
     /// incident has affected so far.
     fn refresh_evidence(&self, incident: &mut Incident, wall: SystemTime) {
@@ -716,4 +856,25 @@ pub fn describe_rule(rule: &RuleConfig) -> String {
         }
     };
     format!("{condition}{scope}, for {}", format_duration(rule.open_for))
+}
+
+/// The incident's affected targets, by name, once each.
+fn affected_targets(incident: &Incident) -> Vec<String> {
+    let mut targets: Vec<String> = Vec::new();
+    for target in incident.impact.affected_targets() {
+        if !targets.iter().any(|t| t == target) {
+            targets.push(target.to_string());
+        }
+    }
+    targets
+}
+
+/// Where an incident's fleet view starts: [`fleet_view::LEAD`] before its breach began.
+fn fleet_from(rules: &[RuleConfig], transition: &Transition, wall: SystemTime) -> SystemTime {
+    let open_for = rules
+        .iter()
+        .find(|r| r.name == transition.rule)
+        .map_or(Duration::ZERO, |r| r.open_for);
+    wall.checked_sub(open_for + fleet_view::LEAD)
+        .unwrap_or(wall)
 }
