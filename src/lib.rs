@@ -30,6 +30,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod incident;
 pub mod probe;
 pub mod record;

@@ -21,10 +21,13 @@ use super::{
     Target,
 };
 
+mod evaluator;
 mod incident_sink;
 mod kinds;
 mod output;
 mod rule;
+
+pub(super) use evaluator::parse_evaluator;
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
