@@ -181,7 +181,7 @@ pub struct IncidentSinkConfig {
 }
 
 /// Labels every Alertmanager alert carries; `[[incident_sink]] labels` may not set them.
-pub const ALERTMANAGER_BUILT_IN_LABELS: [&str; 8] = [
+pub const ALERTMANAGER_BUILT_IN_LABELS: [&str; 9] = [
     "alertname",
     "rule",
     "severity",
@@ -190,6 +190,7 @@ pub const ALERTMANAGER_BUILT_IN_LABELS: [&str; 8] = [
     "agent",
     "site",
     "incident_id",
+    "fleet_key",
 ];
 #[derive(Debug, Clone, PartialEq)]
 pub enum IncidentSinkKind {

@@ -83,6 +83,22 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// The key one outage is known by across the agents and the fleet evaluator, without the
+    /// agent: `target/aws-gw` (a target, or the fleet's `target=` group), `site/scl3` (an
+    /// agent-scope incident of that site, or the fleet's `site=` group), `group/label=value`.
+    /// Alertmanager groups by it, so that a fleet outage pages once.
+    pub fn fleet_key(&self, site: &str) -> String {
+        match self {
+            Scope::Target { target } => format!("target/{target}"),
+            Scope::Group { label, value } if label == "target" => format!("target/{value}"),
+            Scope::Group { label, value } if label == "site" => format!("site/{value}"),
+            Scope::Group { label, value } => format!("group/{label}={value}"),
+            Scope::Agent => format!("site/{site}"),
+        }
+    }
+}
+
 /// The stable identity of an alert: `rule/scope/value`, e.g. `packet-loss/group/group=cloud`.
 pub fn dedup_key(rule: &str, scope: &Scope) -> String {
     format!("{rule}/{}/{}", scope.kind(), scope.value())

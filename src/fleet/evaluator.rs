@@ -27,7 +27,10 @@
 //! opens one "site scl3 unreachable" incident, not one per target.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
 
 use probes::{FailureKind, Measurement, Observation, Outcome, PingStats};
 
@@ -35,10 +38,14 @@ use crate::config::evaluator::{EvaluatorConfig, FLEET_ECHOES, FleetScope};
 use crate::config::{
     AgentConfig, Config, FamilyPreference, ProbeConfig, ProbeKind, RuleConfig, RuleScope, Target,
 };
+use crate::incident::outputs::OutputsSink;
+use crate::incident::pipeline::{self, DELIVERY_POLL, TICK};
+use crate::incident::{IncidentDb, IncidentSink, Manager, NoDiagnostics};
 use crate::record::Record;
 use crate::rules::{Engine, Mono, Scope, Transition};
+use crate::sinks::{SinkOptions, Sinks};
 
-/// The label of a (site, target) pair that names the target.
+/// The label of a (site, target) pair that names the target ([`Scope::fleet_key`] knows both).
 pub const TARGET_LABEL: &str = "target";
 /// The label of a mesh pair that names the site its target stands for.
 pub const SITE_LABEL: &str = "site";
@@ -56,18 +63,6 @@ pub struct Reading {
 /// The engine target of what `site` measures to `target`.
 pub fn pair_name(site: &str, target: &str) -> String {
     format!("{site}→{target}")
-}
-
-/// The key a fleet outage is known by across agents and the fleet: `target/aws-gw` or
-/// `site/scl3` (Alertmanager groups by it; the agent's label is not part of it).
-pub fn fleet_key(scope: &Scope) -> String {
-    match scope {
-        Scope::Target { target } => format!("target/{target}"),
-        Scope::Group { label, value } if label == TARGET_LABEL => format!("target/{value}"),
-        Scope::Group { label, value } if label == SITE_LABEL => format!("site/{value}"),
-        Scope::Group { label, value } => format!("group/{label}={value}"),
-        Scope::Agent => "agent".into(),
-    }
 }
 
 #[derive(Debug)]
@@ -220,6 +215,89 @@ impl Evaluator {
             },
         }
     }
+}
+
+/// How long the outputs get to deliver what is spooled when the evaluator stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Run the evaluator until `stop`: every `interval`, `read` the window ending now from the store,
+/// evaluate, and record and deliver the incidents (drafts in `data_dir/incidents`, every
+/// `[[incident_sink]]`, and `incident` points in every `[[output]]`, where the agents' fleet
+/// views find them). A read that fails feeds nothing and lets no time pass in the rules: an
+/// unreadable store neither opens nor resolves anything.
+pub fn run(
+    config: &EvaluatorConfig,
+    read: &mut dyn FnMut(SystemTime, SystemTime) -> anyhow::Result<Vec<Reading>>,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    crate::config::data_dir::prepare(&config.data_dir)?;
+    let data_dir = &config.data_dir;
+    let mut evaluator = Evaluator::new(config);
+    let engine_config = evaluator.engine_config().clone();
+    let outputs = Sinks::start(
+        data_dir,
+        config.outputs.clone(),
+        SinkOptions::new(config.name.clone(), config.name.clone()),
+    )?;
+    let extra: Vec<Box<dyn IncidentSink>> =
+        vec![Box::new(OutputsSink::new(outputs.durable_writer()?))];
+    // Every sink is registered before the first event can be queued (as the agent's pipeline).
+    let db = IncidentDb::open(data_dir).context("cannot open the evaluator's incident state")?;
+    for name in std::iter::once(crate::incident::directory::NAME)
+        .chain(config.incident_sinks.iter().map(|s| s.name.as_str()))
+        .chain(extra.iter().map(|s| s.name()))
+    {
+        db.register_sink(name)?;
+    }
+    let mut manager = Manager::new(db, None, &engine_config, Box::new(NoDiagnostics));
+    let origin = Instant::now();
+    let resumed = manager.resume(evaluator.engine_mut(), origin.elapsed(), SystemTime::now())?;
+    let deliverers = pipeline::deliverers(&engine_config, data_dir, extra)?;
+    tracing::info!(
+        rules = config.rules.len(),
+        sites = config.sites.len(),
+        resumed,
+        "fleet evaluator started"
+    );
+    let stop_delivery = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for deliverer in deliverers {
+            let stop_delivery = &stop_delivery;
+            scope.spawn(move || {
+                deliverer.run(DELIVERY_POLL, || stop_delivery.load(Ordering::Relaxed))
+            });
+        }
+        let mut next_read = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next_read {
+                next_read += config.interval;
+                let until = SystemTime::now();
+                match read(until - config.window, until) {
+                    Ok(readings) => {
+                        let transitions = evaluator.read(origin.elapsed(), until, &readings);
+                        for transition in &transitions {
+                            if let Err(error) = manager.apply(transition, SystemTime::now()) {
+                                tracing::error!(key = %transition.key, error = %format!("{error:#}"), "cannot record a fleet incident transition");
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(
+                        error = %format!("{error:#}"),
+                        "cannot read the fleet store: no fleet rule advances until it answers"
+                    ),
+                }
+            }
+            if let Err(error) = manager.tick(origin.elapsed(), SystemTime::now()) {
+                tracing::error!(error = %format!("{error:#}"), "cannot draft status updates");
+            }
+            let wait = next_read.saturating_duration_since(Instant::now());
+            std::thread::sleep(wait.min(TICK).min(Duration::from_millis(200)));
+        }
+        manager.stop(SystemTime::now());
+        stop_delivery.store(true, Ordering::Relaxed);
+    });
+    outputs.shutdown(SHUTDOWN_GRACE);
+    Ok(())
 }
 
 /// The fleet rules as an agent config (see the module docs).

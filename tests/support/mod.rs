@@ -1,6 +1,7 @@
 //! What the integration tests share, one module for all of them: the agent as a child process,
 //! `vantage` commands, the peers of the service checks (`services`: an HTTP server, dnsmasq) and
-//! the stores of the sink tests (`stores`: VictoriaMetrics, InfluxDB, a scripted endpoint).
+//! the stores of the sink tests (`stores`: VictoriaMetrics, InfluxDB, a scripted endpoint), and a
+//! real Alertmanager (`alertmanager`).
 //! Everything started here is stopped when its handle is dropped (by PID, also when the test
 //! panics).
 //!
@@ -8,11 +9,14 @@
 //! installs them.
 #![allow(dead_code)] // each test binary uses a different part
 
+mod alertmanager;
 mod process;
 mod services;
 mod stores;
 
 // Each test binary uses a different part.
+#[allow(unused_imports)]
+pub use alertmanager::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]

@@ -123,7 +123,7 @@ fn a_site_that_is_down_is_one_incident_not_one_per_target() {
         ["iad1→scl3-agent", "sjc1→scl3-agent"]
     );
     assert_eq!(evaluator.down_sites(), ["scl3"]);
-    assert_eq!(fleet_key(&site.scope), "site/scl3");
+    assert_eq!(site.scope.fleet_key("fleet"), "site/scl3");
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn a_target_down_everywhere_is_one_incident_for_that_target() {
         "seen from 3 of 3 sites"
     );
     assert_eq!(incident.impact.total_targets, 3);
-    assert_eq!(fleet_key(&incident.scope), "target/aws-gw");
+    assert_eq!(incident.scope.fleet_key("fleet"), "target/aws-gw");
     assert!(evaluator.down_sites().is_empty());
     // Back: it resolves through the rule's own clear_for.
     let transitions = run(&mut evaluator, 110, 4, &reads(|_, _| false));
