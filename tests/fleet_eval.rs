@@ -260,3 +260,52 @@ fn one_fleet_outage_is_one_alertmanager_group() {
     agents.sort_unstable();
     assert_eq!(agents, ["fleet", "iad1-probe", "scl3-probe", "sjc1-probe"]);
 }
+
+const FIXTURES: &str = "tests/fixtures/fleet";
+
+/// Each `NAME.toml` in tests/fixtures/fleet is rejected with exactly `NAME.expected` (what
+/// `vantage fleet --check` prints), as the agent's config fixtures are.
+#[test]
+fn every_fleet_fixture_prints_exactly_its_expected_errors() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(FIXTURES).expect("the fixtures folder exists") {
+        let path = entry.expect("a folder entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let expected = std::fs::read_to_string(path.with_extension("expected"))
+            .unwrap_or_else(|e| panic!("{}: no NAME.expected beside it: {e}", path.display()));
+        let actual = match EvaluatorConfig::load(&path) {
+            Ok(config) => format!("(parsed without errors: {config:?})"),
+            Err(errors) => errors.to_string(),
+        };
+        assert_eq!(
+            actual,
+            expected.trim_end_matches('\n'),
+            "{}",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no fixtures in {FIXTURES}");
+}
+
+/// The example in config/ parses to the rules it describes.
+#[test]
+fn the_example_fleet_config_parses() {
+    use vantage::config::evaluator::FleetScope;
+    let config = EvaluatorConfig::load(Path::new("config/fleet.example.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.sites.len(), 3);
+    assert_eq!(config.interval, Duration::from_secs(10));
+    let scopes: Vec<&FleetScope> = config.rules.iter().map(|r| &r.scope).collect();
+    assert_eq!(
+        scopes,
+        [
+            &FleetScope::Site { min_sites: 2 },
+            &FleetScope::Target { sites_pct: 50.0 },
+            &FleetScope::Target { sites_pct: 66.0 }
+        ]
+    );
+    assert_eq!(config.incident_sinks.len(), 1);
+}
