@@ -4,6 +4,7 @@
 
 mod agent;
 mod dns;
+mod fleet;
 mod generate;
 mod http;
 mod incidents;
@@ -121,6 +122,9 @@ Exit status: 0 connected, 1 did not, 2 could not run."
     Tcp(tcp::Args),
     /// The incident drafts this agent wrote: `list`, `show ID`.
     Incidents(incidents::Args),
+    /// Run the fleet evaluator: fleet rules over the store every agent writes to, one incident
+    /// per outage (see config/fleet.example.toml), until SIGINT/SIGTERM.
+    Fleet(fleet::Args),
     /// Write the man pages or shell completions (for packaging; see scripts/build-deb).
     #[command(hide = true)]
     Generate(generate::Args),
@@ -143,6 +147,7 @@ pub fn main() -> ExitCode {
         Command::Dns(args) => dns::run(&args),
         Command::Tcp(args) => tcp::run(&args),
         Command::Incidents(args) => incidents::run(&args),
+        Command::Fleet(args) => fleet::run(&args),
         Command::Generate(args) => generate::run(&args),
     };
     match result {

@@ -46,6 +46,30 @@ pub struct Config {
     pub outputs: Vec<OutputConfig>,
     /// Where incident drafts are announced besides the directory (`[[incident_sink]]`).
     pub incident_sinks: Vec<IncidentSinkConfig>,
+    /// The shared store the fleet writes to, asked "what do the other sites see?" (`[fleet]`).
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]`: how this agent reads the fleet's shared store (the store one of its `[[output]]`s
+/// writes to; that output's credentials are reused, read from their source on every query).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// The `[[output]]` whose store every agent of the fleet writes to.
+    pub output: String,
+    pub dialect: FleetDialect,
+    /// Where queries go; default: the output's `url` (`/query` or `/api/v1/query` is appended).
+    pub query_url: String,
+    /// The whole fleet view must arrive within this; default 3 s.
+    pub timeout: Duration,
+}
+
+/// The query language of the fleet store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetDialect {
+    /// InfluxQL over the v1 `/query` API: InfluxDB 1.x (2.x through DBRP, 3.x).
+    Influxql,
+    /// PromQL (with MetricsQL's rollups) over VictoriaMetrics' `/api/v1/query`.
+    Promql,
 }
 
 #[derive(Debug, Clone)]

@@ -17,6 +17,7 @@
 //! - [`store`]: the embedded SQLite store (default), with retention
 //! - [`sinks`]: delivery to InfluxDB-compatible outputs through a durable spool
 //! - [`rules`]: the rules engine, a pure state machine from observations to incident transitions
+//! - [`fleet`]: the fleet's view over the shared store (what every site measured) and its verdict
 //! - [`incident`]: incidents — state, durable outbox, drafts (Markdown, JSON, SVG), sinks
 //!
 //! ## Data flow (see [`agent`] for what each fan-out does when its consumer is behind)

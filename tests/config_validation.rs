@@ -723,3 +723,39 @@ token_env = "VANTAGE_WEBHOOK_TOKEN"
         ]
     );
 }
+
+#[test]
+fn fleet_defaults_to_the_outputs_url_and_dialect_and_a_3s_budget() {
+    let base = r#"
+[agent]
+site = "scl3"
+
+[[target]]
+name = "aws-gw"
+host = "198.19.0.1"
+
+[[output]]
+name = "central"
+kind = "influxdb_v1"
+url = "http://influx.example:8086"
+db = "vantage"
+"#;
+    assert_eq!(accept(base).fleet, None, "no [fleet]: no fleet view");
+    let config = accept(&format!("{base}\n[fleet]\noutput = \"central\"\n"));
+    assert_eq!(
+        config.fleet,
+        Some(vantage::config::FleetConfig {
+            output: "central".into(),
+            dialect: vantage::config::FleetDialect::Influxql,
+            query_url: "http://influx.example:8086".into(),
+            timeout: Duration::from_secs(3),
+        })
+    );
+    let config = accept(&format!(
+        "{base}\n[fleet]\noutput = \"central\"\ndialect = \"promql\"\nquery_url = \"http://vm.example:8428\"\ntimeout = \"1500ms\"\n"
+    ));
+    let fleet = config.fleet.expect("fleet");
+    assert_eq!(fleet.dialect, vantage::config::FleetDialect::Promql);
+    assert_eq!(fleet.query_url, "http://vm.example:8428");
+    assert_eq!(fleet.timeout, Duration::from_millis(1500));
+}

@@ -1,14 +1,14 @@
 //! `EvaluatorConfig`: the validated config of `vantage fleet`, the evaluator of fleet-scope rules over
 //! the shared store. Parsed by the same checker as the agent's config (`validate/evaluator.rs`):
-//! every mistake at once, with file:line:column and a hint; `[incidents]`, `[[output]]` and
-//! `[[incident_sink]]` are the agent's sections, checked by the same code.
+//! every mistake at once, with file:line:column and a hint; `[incidents]`, `[[output]]`, `[fleet]`
+//! and `[[incident_sink]]` are the agent's sections, checked by the same code.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    Condition, ConfigError, ConfigErrors, IncidentSinkConfig, IncidentsConfig, OutputConfig,
-    Severity,
+    Condition, ConfigError, ConfigErrors, FleetConfig, IncidentSinkConfig, IncidentsConfig,
+    OutputConfig, Severity,
 };
 
 /// Echoes in the synthetic window of a fleet loss rule: one read of the store is one window,
@@ -30,8 +30,10 @@ pub struct EvaluatorConfig {
     pub sites: Vec<SiteConfig>,
     pub rules: Vec<FleetRuleConfig>,
     pub incidents: IncidentsConfig,
-    /// The shared store: read through the first, incident points written to every one.
+    /// Incident points are written to every one; the store is read through `store.output`.
     pub outputs: Vec<OutputConfig>,
+    /// `[fleet]`, as in the agents' config: which output's store is read, in which dialect.
+    pub store: FleetConfig,
     pub incident_sinks: Vec<IncidentSinkConfig>,
 }
 

@@ -22,6 +22,7 @@ use super::{
 };
 
 mod evaluator;
+mod fleet;
 mod incident_sink;
 mod kinds;
 mod output;
@@ -124,7 +125,7 @@ const fn key(name: &'static str, ty: Type, example: &'static str) -> Key {
     Key { name, ty, example }
 }
 
-const ROOT: [Key; 7] = [
+const ROOT: [Key; 8] = [
     key("agent", Type::Table, "[agent]"),
     key("target", Type::Tables, "[[target]]"),
     key("probe", Type::Tables, "[[probe]]"),
@@ -132,6 +133,17 @@ const ROOT: [Key; 7] = [
     key("incidents", Type::Table, "[incidents]"),
     key("output", Type::Tables, "[[output]]"),
     key("incident_sink", Type::Tables, "[[incident_sink]]"),
+    key("fleet", Type::Table, "[fleet]"),
+];
+const FLEET: [Key; 4] = [
+    key("output", Type::Str, r#"output = "central""#),
+    key("dialect", Type::Str, r#"dialect = "influxql""#),
+    key(
+        "query_url",
+        Type::Str,
+        r#"query_url = "http://influx.example:8086""#,
+    ),
+    key("timeout", Type::Duration, r#"timeout = "3s""#),
 ];
 const INCIDENT_SINK: [Key; 6] = [
     key("name", Type::Str, r#"name = "alertmanager""#),
@@ -490,6 +502,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let rules = checker.rules(root, &targets, &defined, &probes, &probe_names);
     let outputs = checker.outputs(root);
     let incident_sinks = checker.incident_sinks(root);
+    let fleet = checker.fleet(root, &outputs);
     match (agent, incidents, checker.errors.is_empty()) {
         (Some(agent), Some(incidents), true) => Ok(Config {
             source: path.to_path_buf(),
@@ -500,6 +513,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
             incidents,
             outputs,
             incident_sinks,
+            fleet,
         }),
         _ => Err(checker.finish()),
     }
@@ -964,6 +978,7 @@ impl Checker<'_> {
                 ("[[output]]", &OUTPUT_V1[..]),
                 ("[[incident_sink]]", &INCIDENT_SINK[..]),
                 ("[[incident_sink]]", &INCIDENT_SINK_AM[..]),
+                ("[fleet]", &FLEET[..]),
             ]
             .into_iter()
             .filter(|(_, keys)| keys.iter().any(|k| k.name == name_str))
@@ -973,7 +988,7 @@ impl Checker<'_> {
             let hint = if let Some(suggestion) = closest(name_str, ROOT.iter().map(|k| k.name)) {
                 format!("did you mean `{suggestion}`?")
             } else if homes.is_empty() {
-                "the top level holds only the [agent], [[target]], [[probe]], [[rule]], [incidents], [[output]] and [[incident_sink]] sections"
+                "the top level holds only the [agent], [[target]], [[probe]], [[rule]], [incidents], [[output]], [[incident_sink]] and [fleet] sections"
                     .to_string()
             } else {
                 format!(

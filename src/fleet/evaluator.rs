@@ -400,6 +400,7 @@ pub fn engine_config(config: &EvaluatorConfig) -> Config {
         incidents: config.incidents.clone(),
         outputs: config.outputs.clone(),
         incident_sinks: config.incident_sinks.clone(),
+        fleet: None,
     }
 }
 

@@ -1,7 +1,17 @@
-//! The fleet: every agent writes to one shared store; cross-site questions are queries against it.
+//! The fleet: every agent writes to one shared time-series store, and cross-site questions ("does
+//! sjc1 see it too?") are queries against that store — no protocol between agents.
 //!
 //! ## Layout
+//! - `query`: [`FleetStore`], what every site measured to some targets over a window, asked of
+//!   the shared store in InfluxQL (InfluxDB 1.x `/query`) or PromQL (VictoriaMetrics
+//!   `/api/v1/query`) within a strict time budget → a [`FleetView`]
+//! - `verdict`: [`verdict::verdict`], a pure function from a view to one sentence that localizes the
+//!   fault (this site's side, the target, or a shared segment), with its reasoning
 //! - `evaluator`: [`evaluator::Evaluator`], fleet-scope rules (`vantage fleet`) on the agents'
 //!   own rules engine and incident pipeline
 
 pub mod evaluator;
+pub mod query;
+pub mod verdict;
+
+pub use query::{FleetError, FleetRequest, FleetStore, FleetView, PeerHop, PeerTrace, SiteFigures};

@@ -176,29 +176,46 @@ impl Writer {
     /// `request` with its credentials, read fresh from the secrets' sources, and a redactor for
     /// every form of the secrets it carries; Err names the source.
     fn authorize(&self, request: RequestBuilder) -> Result<(RequestBuilder, Redactor), String> {
-        Ok(match &self.auth {
-            Auth::None => (request, Redactor::default()),
-            Auth::Token(source) => {
-                let token = read_secret(source)?;
-                let value = format!("Token {}", token.expose());
-                let mut header = HeaderValue::from_str(&value).map_err(|_| {
-                    "the token contains characters an HTTP header cannot carry".to_string()
-                })?;
-                header.set_sensitive(true);
-                let redactor = Redactor::default().with(token.expose()).with(value);
-                (request.header(AUTHORIZATION, header), redactor)
-            }
-            Auth::Basic { username, password } => {
-                let password = password.as_ref().map(read_secret).transpose()?;
-                let password = password.as_ref().map_or("", Secret::expose);
-                // reqwest encodes and marks the header sensitive; a sink may echo either form.
-                let encoded = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{username}:{password}"));
-                let redactor = Redactor::default().with(password).with(encoded);
-                (request.basic_auth(username, Some(password)), redactor)
-            }
-        })
+        authorize_with(&self.auth, request)
     }
+}
+
+/// `request` with the credentials `config`'s writes carry (read fresh from their sources), and a
+/// redactor for them: the fleet's queries go to the same store as the same user.
+pub(crate) fn authorize_as(
+    config: &OutputConfig,
+    request: RequestBuilder,
+) -> Result<(RequestBuilder, Redactor), String> {
+    let (_, auth) = endpoint(config).map_err(|e| e.to_string())?;
+    authorize_with(&auth, request)
+}
+
+fn authorize_with(
+    auth: &Auth,
+    request: RequestBuilder,
+) -> Result<(RequestBuilder, Redactor), String> {
+    Ok(match auth {
+        Auth::None => (request, Redactor::default()),
+        Auth::Token(source) => {
+            let token = read_secret(source)?;
+            let value = format!("Token {}", token.expose());
+            let mut header = HeaderValue::from_str(&value).map_err(|_| {
+                "the token contains characters an HTTP header cannot carry".to_string()
+            })?;
+            header.set_sensitive(true);
+            let redactor = Redactor::default().with(token.expose()).with(value);
+            (request.header(AUTHORIZATION, header), redactor)
+        }
+        Auth::Basic { username, password } => {
+            let password = password.as_ref().map(read_secret).transpose()?;
+            let password = password.as_ref().map_or("", Secret::expose);
+            // reqwest encodes and marks the header sensitive; a sink may echo either form.
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            let redactor = Redactor::default().with(password).with(encoded);
+            (request.basic_auth(username, Some(password)), redactor)
+        }
+    })
 }
 
 fn read_secret(source: &SecretSource) -> Result<Secret, String> {
@@ -310,18 +327,32 @@ pub(crate) fn describe_reqwest_error(error: &reqwest::Error) -> String {
 
 /// The start of an error answer's body: at most [`MAX_ERROR_BODY`] bytes are read, then the
 /// connection is dropped.
-pub(crate) async fn error_body(mut response: reqwest::Response) -> String {
+pub(crate) async fn error_body(response: reqwest::Response) -> String {
+    let (body, _) = read_at_most(response, MAX_ERROR_BODY).await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// At most `limit` bytes of `response`'s body, and whether there was more (then the connection
+/// is dropped unread) or the body broke off: a broken or hostile server may send one without end.
+pub(crate) async fn read_at_most(mut response: reqwest::Response, limit: usize) -> (Vec<u8>, bool) {
     let mut body = Vec::new();
-    while body.len() < MAX_ERROR_BODY {
+    while body.len() < limit {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                let room = MAX_ERROR_BODY - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                let room = limit - body.len();
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    return (body, true);
+                }
+                body.extend_from_slice(&chunk);
             }
-            Ok(None) | Err(_) => break,
+            Ok(None) => return (body, false),
+            Err(_) => return (body, true),
         }
     }
-    String::from_utf8_lossy(&body).into_owned()
+    // Exactly `limit` read: more only if another chunk comes.
+    let more = !matches!(response.chunk().await, Ok(None));
+    (body, more)
 }
 
 pub(crate) fn truncate(text: &str) -> String {

@@ -162,6 +162,11 @@ pub fn encode(record: &Record) -> Vec<Point> {
                 ];
                 if let Some(address) = hop.addresses.first() {
                     fields.push(("address", FieldValue::String(address.to_string())));
+                    // Stores that drop string fields (VictoriaMetrics) keep this one: the fleet
+                    // view reads other sites' hops from it.
+                    if let IpAddr::V4(v4) = address {
+                        fields.push(("address_v4", FieldValue::Integer(i64::from(u32::from(*v4)))));
+                    }
                 }
                 for (name, value) in [
                     ("rtt_last_ms", hop.rtt_last_ms),
@@ -467,6 +472,10 @@ mod tests {
         }
         assert!(
             matches!(field(1, "address"), Some(Parsed::String(a)) if a.as_str() == "198.18.0.1")
+        );
+        assert!(
+            field(1, "address_v4") == Some(Parsed::I64(3_323_068_417)),
+            "198.18.0.1 as an integer"
         );
         assert_eq!(field(2, "address"), None, "a silent hop has no address");
         assert_eq!(field(2, "rtt_avg_ms"), None);

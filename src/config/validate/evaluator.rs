@@ -25,8 +25,9 @@ const DEFAULT_SITES_PCT: f64 = 50.0;
 const FLEET_SCOPES: [&str; 2] = ["target", "site"];
 const FLEET_KINDS: [&str; 2] = ["loss", "latency"];
 
-const ROOT: [Key; 6] = [
+const ROOT: [Key; 7] = [
     key("evaluator", Type::Table, "[evaluator]"),
+    key("fleet", Type::Table, "[fleet]"),
     key("site", Type::Tables, "[[site]]"),
     key("rule", Type::Tables, "[[rule]]"),
     key("incidents", Type::Table, "[incidents]"),
@@ -89,25 +90,30 @@ pub(in crate::config) fn parse_evaluator(
     let incidents = checker.incidents(root);
     let outputs = checker.outputs(root);
     let incident_sinks = checker.incident_sinks(root);
-    if outputs.is_empty() {
+    // The agent's `[fleet]` section: which output's store to read, in which dialect.
+    let store = checker.fleet(root, &outputs);
+    if store.is_none() && root.get("fleet").is_none() {
         checker.file_error(
-            "a fleet config needs the shared store as an `[[output]]`",
-            "add the `[[output]]` the agents write to: the evaluator reads it and writes its incidents to it",
+            "a fleet config needs the shared store: an `[[output]]` and `[fleet]`",
+            "add the `[[output]]` the agents write to and `[fleet]` with `output = \"NAME\"` (as in the agents' config): the evaluator reads that store and writes its incidents to it",
         );
     }
-    match (fleet, incidents, checker.errors.is_empty()) {
-        (Some((name, data_dir, interval, window)), Some(incidents), true) => Ok(EvaluatorConfig {
-            source: path.to_path_buf(),
-            name,
-            data_dir,
-            interval,
-            window,
-            sites,
-            rules,
-            incidents,
-            outputs,
-            incident_sinks,
-        }),
+    match (fleet, store, incidents, checker.errors.is_empty()) {
+        (Some((name, data_dir, interval, window)), Some(store), Some(incidents), true) => {
+            Ok(EvaluatorConfig {
+                source: path.to_path_buf(),
+                name,
+                data_dir,
+                interval,
+                window,
+                sites,
+                rules,
+                incidents,
+                outputs,
+                store,
+                incident_sinks,
+            })
+        }
         _ => Err(checker.finish()),
     }
 }
@@ -191,7 +197,7 @@ impl Checker<'_> {
             return sites;
         };
         let mut names = Names::default();
-        for (table, span) in self.tables(value, &ROOT[1]) {
+        for (table, span) in self.tables(value, &ROOT[2]) {
             self.unknown_keys(table, "[[site]]", &SITE.each_ref(), &[]);
             let name = self.unique_name(
                 table,
@@ -242,7 +248,7 @@ impl Checker<'_> {
             return rules;
         };
         let mut names = Names::default();
-        for (table, span) in self.tables(value, &ROOT[2]) {
+        for (table, span) in self.tables(value, &ROOT[3]) {
             let kind = self.choice(table, kind_key, "fleet rule kind", &FLEET_KINDS, false);
             let kind = match self.required(
                 kind,

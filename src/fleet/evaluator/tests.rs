@@ -55,6 +55,9 @@ name = "store"
 kind = "influxdb_v1"
 url = "http://127.0.0.1:8086"
 db = "vantage"
+
+[fleet]
+output = "store"
 "#,
         Path::new("fleet.toml"),
     )

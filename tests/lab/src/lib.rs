@@ -45,6 +45,7 @@
 //! Needs the Debian packages `iproute2`, `nftables`, `iptables` (plus `fping` for its own tests).
 
 mod delay;
+pub mod fleet;
 mod netns;
 
 use std::net::{IpAddr, Ipv4Addr};
