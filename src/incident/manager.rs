@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::db::IncidentDb;
 use super::event::EventKind;
 use super::evidence::{self, Evidence};
+use super::fleet_view::{FleetEvidence, FleetLookup};
 use super::render;
 use super::{Incident, RuleSummary, Status, StatusUpdate, TimelineEntry, Timestamp};
 use crate::config::{Condition, Config, LatencyThreshold, RuleConfig, RuleScope, format_duration};
@@ -100,6 +101,8 @@ struct Open {
     /// How long it had been open before this run (resumed after a restart; zero otherwise). The
     /// engine's monotonic `open_for` starts again at a restart; this carries the time before it.
     carried: Duration,
+    /// The targets affected, for its fleet view.
+    targets: Vec<String>,
 }
 
 /// Keeps incidents in step with the rules engine.
@@ -112,6 +115,8 @@ pub struct Manager {
     history: Duration,
     rules: Vec<RuleConfig>,
     diagnostics: Box<dyn Diagnostics>,
+    /// "Seen from other sites", when `[fleet]` is configured.
+    fleet: Option<FleetLookup>,
     open: HashMap<String, Open>,
     /// Oldest first; see [`Queued`].
     queue: VecDeque<Queued>,
@@ -144,9 +149,17 @@ impl Manager {
             history: config.incidents.history,
             rules: config.rules.clone(),
             diagnostics,
+            fleet: None,
             open: HashMap::new(),
             queue: VecDeque::new(),
         }
+    }
+
+    /// Ask the fleet's shared store what the other sites see, for every draft (see
+    /// `fleet_view.rs`).
+    pub fn with_fleet(mut self, fleet: Option<FleetLookup>) -> Manager {
+        self.fleet = fleet;
+        self
     }
 
     pub fn db(&self) -> &IncidentDb {
@@ -190,6 +203,7 @@ impl Manager {
                         carried: wall
                             .duration_since(incident.detected_at.0)
                             .unwrap_or(Duration::ZERO),
+                        targets: affected_targets(&incident),
                     },
                 );
                 incident.timeline.push(TimelineEntry {
@@ -233,6 +247,11 @@ impl Manager {
                 .iter()
                 .map(|m| (m.probe.clone(), m.target.clone()))
                 .collect();
+            if let Some(fleet) = &mut self.fleet {
+                let mut targets: Vec<String> = members.iter().map(|(_, t)| t.clone()).collect();
+                targets.dedup();
+                fleet.start(&transition.key, targets, wall);
+            }
             self.diagnostics.start(&transition.key, &members)
         });
         self.queue.push_back(Queued {
@@ -273,6 +292,17 @@ impl Manager {
                         continue;
                     }
                 }
+            }
+            // An opening also waits for its fleet view, which gives up within the store's budget.
+            let fleet_running = item.transition.kind == TransitionKind::Opened
+                && self
+                    .fleet
+                    .as_ref()
+                    .is_some_and(|f| f.is_running(&item.transition.key));
+            if fleet_running && !force {
+                blocked.insert(item.transition.key.clone());
+                index += 1;
+                continue;
             }
             let item = self.queue.remove(index).expect("index is in the queue");
             if let Err(error) = self.record(&item, wall) {
@@ -358,6 +388,9 @@ impl Manager {
                         text: render::resolution_text(&incident, open_for),
                     });
                     self.open.remove(&transition.key);
+                    if let Some(fleet) = &mut self.fleet {
+                        fleet.forget(&transition.key);
+                    }
                     EventKind::Resolved
                 } else {
                     incident.title = render::title(&incident);
@@ -421,6 +454,7 @@ impl Manager {
             trace: diagnosis.trace,
             evidence: Evidence::default(),
             status_update_every_s: self.status_updates.as_secs(),
+            fleet: None,
         };
         incident.title = render::title(&incident);
         if let Some(rule) = rule {
@@ -451,6 +485,29 @@ impl Manager {
                 text: note,
             });
         }
+        if let Some(fleet) = &mut self.fleet {
+            // Stopping before it answered: the draft says so rather than waiting.
+            let evidence = fleet
+                .poll(&transition.key)
+                .unwrap_or_else(|| FleetEvidence {
+                    at: Timestamp(now),
+                    targets: affected_targets(&incident),
+                    view: None,
+                    verdict: None,
+                    unavailable: Some("the agent stopped before the store answered".into()),
+                });
+            if let Some(reason) = &evidence.unavailable {
+                incident.timeline.push(TimelineEntry {
+                    at,
+                    event: "fleet".into(),
+                    text: format!(
+                        "Fleet view unavailable: {reason}; asked again every {}s.",
+                        super::fleet_view::REFRESH.as_secs()
+                    ),
+                });
+            }
+            incident.fleet = Some(evidence);
+        }
         incident.timeline.extend(late);
         self.refresh_evidence(&mut incident, now);
         self.db
@@ -462,6 +519,7 @@ impl Manager {
                 id,
                 next_update: transition.at + self.status_updates,
                 carried: Duration::ZERO,
+                targets: affected_targets(&incident),
             },
         );
         Ok(())
@@ -471,6 +529,7 @@ impl Manager {
     /// Also records the transitions that were waiting (see [`Manager::apply`]).
     pub fn tick(&mut self, now: Mono, wall: SystemTime) -> anyhow::Result<()> {
         self.record_queued(wall, false);
+        self.refresh_fleet(wall)?;
         let due: Vec<String> = self
             .open
             .iter()
@@ -567,6 +626,69 @@ impl Manager {
         Ok(())
     }
 
+    /// Take the fleet views that arrived for open incidents, and ask again where one is due. A view
+    /// arriving after the draft said "unavailable" is a timeline entry and an `updated` event; a
+    /// fresh view replaces the previous one quietly (the next event carries it); an unavailable
+    /// one does not replace a view the draft already has.
+    fn refresh_fleet(&mut self, wall: SystemTime) -> anyhow::Result<()> {
+        let Some(fleet) = &mut self.fleet else {
+            return Ok(());
+        };
+        let mut arrived = Vec::new();
+        for (key, open) in &self.open {
+            // An opening still waiting in the queue takes its own view.
+            if self.queue.iter().any(|q| q.transition.key == *key) {
+                continue;
+            }
+            if let Some(evidence) = fleet.poll(key) {
+                arrived.push((key.clone(), evidence));
+            } else if fleet.due(key, wall) {
+                fleet.start(key, open.targets.clone(), wall);
+            }
+        }
+        for (key, evidence) in arrived {
+            let Some(mut incident) = self.db.open_by_key(&key)? else {
+                continue;
+            };
+            let had_view = incident
+                .fleet
+                .as_ref()
+                .is_some_and(FleetEvidence::is_available);
+            match (had_view, evidence.is_available()) {
+                (_, true) => {
+                    let first = !had_view;
+                    if first {
+                        let verdict = evidence
+                            .verdict
+                            .as_ref()
+                            .map(|v| format!("{}: {}", v.seen_from, v.sentence))
+                            .unwrap_or_default();
+                        incident.timeline.push(TimelineEntry {
+                            at: Timestamp(wall),
+                            event: "fleet".into(),
+                            text: format!(
+                                "Fleet view arrived (the store answers again): {verdict}"
+                            ),
+                        });
+                        incident.updated_at = Timestamp(wall);
+                    }
+                    incident.fleet = Some(evidence);
+                    let event = first.then_some(EventKind::Updated);
+                    self.db.save(&incident, None, event)?;
+                    if first {
+                        tracing::info!(id = %incident.id, key, "incident updated: fleet view arrived");
+                    }
+                }
+                (false, false) => {
+                    incident.fleet = Some(evidence);
+                    self.db.save(&incident, None, None)?;
+                }
+                (true, false) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Re-read the evidence window (history before detection up to now) for every target the
     /// incident has affected so far.
     fn refresh_evidence(&self, incident: &mut Incident, wall: SystemTime) {
@@ -650,4 +772,15 @@ pub fn describe_rule(rule: &RuleConfig) -> String {
         }
     };
     format!("{condition}{scope}, for {}", format_duration(rule.open_for))
+}
+
+/// The incident's affected targets, by name, once each.
+fn affected_targets(incident: &Incident) -> Vec<String> {
+    let mut targets: Vec<String> = Vec::new();
+    for target in incident.impact.affected_targets() {
+        if !targets.iter().any(|t| t == target) {
+            targets.push(target.to_string());
+        }
+    }
+    targets
 }

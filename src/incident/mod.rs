@@ -8,6 +8,8 @@
 //! - `db`: the SQLite tables (incidents, the durable outbox, deliveries per sink)
 //! - `manager`: [`Manager`], transitions → incident state + outbox events, status-update drafts
 //! - `diagnostics`: [`TraceDiagnostics`], the path traces (and their verdict) taken at breach
+//! - `fleet_view`: [`FleetLookup`], "seen from other sites": the fleet view of the affected
+//!   targets from the shared store, off the rules thread, and its verdict
 //! - `evidence`: the history, failures and healthy contrast gathered from the embedded store
 //! - `render`: pure functions: the Markdown status document, the title
 //! - `chart`: a smokeping-style SVG chart, written by a small SVG writer of our own
@@ -25,6 +27,7 @@ pub mod diagnostics;
 pub mod directory;
 pub mod event;
 pub mod evidence;
+pub mod fleet_view;
 mod http;
 pub mod manager;
 pub mod outbox;
@@ -42,6 +45,7 @@ pub use diagnostics::TraceDiagnostics;
 pub use directory::DirectorySink;
 pub use event::{EventKind, OutboxEvent};
 pub use evidence::Evidence;
+pub use fleet_view::{FleetEvidence, FleetLookup};
 pub use manager::{
     Diagnosis, Diagnostics, Manager, NoDiagnostics, PendingDiagnosis, TraceEvidence,
 };
@@ -172,6 +176,9 @@ pub struct Incident {
     pub evidence: Evidence,
     /// How often status updates are drafted (for the engage checklist).
     pub status_update_every_s: u64,
+    /// What the other sites of the fleet see (`[fleet]`); None without a fleet store.
+    #[serde(default)]
+    pub fleet: Option<FleetEvidence>,
 }
 
 impl Incident {

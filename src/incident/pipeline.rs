@@ -16,7 +16,9 @@ use anyhow::Context;
 use super::alertmanager::AlertmanagerSink;
 use super::outbox::Deliverer;
 use super::webhook::WebhookSink;
-use super::{DIRECTORY, DirectorySink, IncidentDb, IncidentSink, Manager, TraceDiagnostics};
+use super::{
+    DIRECTORY, DirectorySink, FleetLookup, IncidentDb, IncidentSink, Manager, TraceDiagnostics,
+};
 use crate::config::{Config, IncidentSinkKind};
 use crate::record::Record;
 use crate::rules::Engine;
@@ -160,7 +162,8 @@ fn prepare(
     }
     let store = Store::open(data_dir)?;
     let diagnostics = Box::new(TraceDiagnostics::new(config));
-    let mut manager = Manager::new(db, Some(store), config, diagnostics);
+    let mut manager =
+        Manager::new(db, Some(store), config, diagnostics).with_fleet(FleetLookup::new(config)?);
     let resumed = manager.resume(&mut engine, origin.elapsed(), SystemTime::now())?;
     tracing::info!(rules = config.rules.len(), resumed, "rules engine started");
     Ok((engine, manager))

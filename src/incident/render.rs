@@ -232,6 +232,7 @@ pub fn markdown(incident: &Incident) -> String {
     impact(&mut md, incident);
     symptoms(&mut md, incident);
     scope_and_localization(&mut md, incident);
+    seen_from_other_sites(&mut md, incident);
     evidence_section(&mut md, incident);
     timeline(&mut md, incident);
     engage(&mut md, incident);
@@ -348,6 +349,115 @@ fn scope_and_localization(md: &mut String, incident: &Incident) {
             );
         }
     }
+}
+
+/// A peer whose last report is older than this is marked silent.
+const SILENT_AFTER_MS: i64 = 60_000;
+
+/// ## Seen from other sites: the fleet verdict, its reasoning, and a table per affected target
+/// (one row per site), or why the fleet view is unavailable. Nothing without `[fleet]`.
+fn seen_from_other_sites(md: &mut String, incident: &Incident) {
+    let Some(fleet) = &incident.fleet else {
+        return;
+    };
+    let _ = writeln!(md, "\n## Seen from other sites\n");
+    let (Some(view), Some(verdict)) = (&fleet.view, &fleet.verdict) else {
+        let _ = writeln!(
+            md,
+            "Fleet view unavailable: {} (asked {}; the timeline gets it when the store answers).",
+            fleet.unavailable.as_deref().unwrap_or("no answer"),
+            fleet.at.display()
+        );
+        return;
+    };
+    let now_ms = view.until_ms;
+    let _ = writeln!(
+        md,
+        "**{}** — {}\n",
+        capitalize_first(&verdict.seen_from),
+        verdict.sentence
+    );
+    let _ = writeln!(
+        md,
+        "Reasoning (from the shared store, {} to {}):\n",
+        window_time(view.from_ms),
+        window_time(view.until_ms)
+    );
+    for line in &verdict.reasoning {
+        let _ = writeln!(md, "- {}", cell(line));
+    }
+    for target in &fleet.targets {
+        let _ = writeln!(md, "\n`{target}`:\n");
+        let _ = writeln!(
+            md,
+            "| site | agent | loss | median | failures | last report | latest trace |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        let rows: Vec<_> = view.rows.iter().filter(|r| r.target == *target).collect();
+        for row in &rows {
+            let loss = row
+                .loss_pct()
+                .map_or("-".to_string(), |l| format!("{}% of {}", pct(l), row.sent));
+            let failures = if row.runs() > 0 {
+                format!("{} of {}", row.failures(), row.runs())
+            } else {
+                "-".into()
+            };
+            let last = match row.last_report_ms {
+                Some(last) if now_ms - last > SILENT_AFTER_MS => format!(
+                    "⚠ {} last reported {}",
+                    row.site,
+                    crate::fleet::verdict::ago(now_ms, last)
+                ),
+                Some(last) => crate::fleet::verdict::ago(now_ms, last),
+                None => "never".into(),
+            };
+            let trace = row.trace.as_ref().map_or("-".to_string(), |t| {
+                t.hops
+                    .iter()
+                    .map(|h| h.address.clone().unwrap_or_else(|| "???".into()))
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            });
+            let mine = if row.site == incident.site {
+                " (this site)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                md,
+                "| {}{mine} | {} | {loss} | {} | {failures} | {last} | {} |",
+                cell(&row.site),
+                cell(&row.agent),
+                ms(row.median_ms),
+                cell(&trace)
+            );
+        }
+        // A site that reports, but not on this target, or has gone silent altogether.
+        for (site, last) in &view.site_last_report_ms {
+            if rows.iter().any(|r| r.site == *site) {
+                continue;
+            }
+            let marker = if now_ms - last > SILENT_AFTER_MS {
+                format!(
+                    "⚠ {site} last reported {}",
+                    crate::fleet::verdict::ago(now_ms, *last)
+                )
+            } else {
+                format!("reports, not on `{target}`")
+            };
+            let _ = writeln!(md, "| {} | - | - | - | - | {marker} | - |", cell(site));
+        }
+        if rows.is_empty() && view.site_last_report_ms.is_empty() {
+            let _ = writeln!(md, "| (no site reported on it) | | | | | | |");
+        }
+    }
+}
+
+/// `10:15:00` of a Unix-ms time.
+fn window_time(unix_ms: i64) -> String {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
+    super::Timestamp(at).display()
 }
 
 /// ## Evidence: the window, the chart, the tables.

@@ -59,6 +59,7 @@ fn incident() -> Incident {
         trace: None,
         evidence: Evidence::default(),
         status_update_every_s: 1800,
+        fleet: None,
     }
 }
 

@@ -1272,6 +1272,8 @@ fn the_status_document_matches_the_golden_file() {
         .expect("get")
         .expect("incident");
     assert!(incident.resolved_at.is_some(), "the fixture resolves");
+    let mut incident = incident;
+    incident.fleet = Some(golden_fleet_view(&incident));
     let md = render::markdown(&incident);
 
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/incident/golden/incident.md");
@@ -1459,4 +1461,58 @@ fn stopping_records_an_opening_without_waiting_for_its_diagnostics() {
     manager.stop(wall(700));
     assert_eq!(manager.queued(), 0);
     assert_eq!(event_kinds(dir.path()), ["opened"]);
+}
+
+/// What the fleet's store said for the golden incident: two more sites, one healthy with a trace,
+/// one silent for 4 minutes.
+fn golden_fleet_view(incident: &Incident) -> crate::incident::FleetEvidence {
+    use crate::fleet::query::{PeerHop, PeerTrace, SiteFigures, unix_ms};
+    use crate::fleet::{FleetView, verdict::verdict};
+    let until = unix_ms(incident.detected_at.0);
+    let target = incident.impact.affected_targets()[0].to_string();
+    let row = |site: &str, sent: u64, received: u64, last: i64| SiteFigures {
+        site: site.into(),
+        agent: format!("agent-{site}"),
+        target: target.clone(),
+        sent,
+        received,
+        rounds: sent / 10,
+        failed_rounds: 0,
+        median_ms: (received > 0).then_some(12.5),
+        check_runs: 0,
+        check_failures: 0,
+        last_report_ms: Some(until - last),
+        trace: None,
+    };
+    let mut healthy = row("sjc1", 120, 120, 2_000);
+    healthy.trace = Some(PeerTrace {
+        at_ms: until - 30_000,
+        hops: ["198.18.11.1", "198.18.20.1", "198.19.0.1"]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| PeerHop {
+                ttl: i as u32 + 1,
+                address: Some((*a).into()),
+                loss_pct: Some(0.0),
+            })
+            .collect(),
+    });
+    let view = FleetView {
+        from_ms: until - 120_000,
+        until_ms: until,
+        rows: vec![
+            row(&incident.site, 120, 60, 1_000),
+            healthy,
+            row("iad1", 0, 0, 240_000),
+        ],
+        site_last_report_ms: [("iad1".to_string(), until - 240_000)].into(),
+    };
+    let targets = vec![target];
+    crate::incident::FleetEvidence {
+        at: incident.detected_at,
+        verdict: Some(verdict(&view, &incident.site, &targets, until)),
+        targets,
+        view: Some(view),
+        unavailable: None,
+    }
 }
