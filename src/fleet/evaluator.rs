@@ -11,14 +11,16 @@
 //! ordinary agent [`Config`] and feeds those figures to an ordinary [`Engine`] as synthetic ping
 //! rounds, so hysteresis, `for`/`clear_for`/`min_hold`, dedup keys, drafts, the outbox and every
 //! incident sink are the agents' own:
-//! - every (site, target) pair is one engine target, named `site→target`, labelled `target` (the
-//!   target) and `site` (the site the target stands for, for mesh targets); every site is one
-//!   engine probe;
+//! - every site is one engine probe and every target one engine target (labelled `target`, and
+//!   for a mesh target `site`, the site it stands for), so a member is one (site, target) pair;
 //! - a read's loss becomes a round of [`FLEET_ECHOES`] echoes, that many percent of them lost,
 //!   the rest at the read's median: a loss rule's window is exactly one read;
 //! - `scope = "target"` is a group rule by the `target` label (at least `sites_pct`% of the
 //!   sites); `scope = "site"` a group rule by the `site` label over the other sites' mesh
-//!   targets (at least `min_sites` of them).
+//!   targets (at least `min_sites` of them);
+//! - the drafts are the agents' drafts, with the agents' "seen from other sites" section (every
+//!   site's figures for the target and the verdict, [`crate::incident::fleet_view`]): the engine
+//!   config carries the evaluator's `[fleet]`.
 //!
 //! ## Witnesses
 //! A (site, target) pair that has no figure in a read (the site is silent), and every pair of a
@@ -38,6 +40,7 @@ use crate::config::evaluator::{EvaluatorConfig, FLEET_ECHOES, FleetScope};
 use crate::config::{
     AgentConfig, Config, FamilyPreference, ProbeConfig, ProbeKind, RuleConfig, RuleScope, Target,
 };
+use crate::incident::fleet_view::FleetLookup;
 use crate::incident::outputs::OutputsSink;
 use crate::incident::pipeline::{self, DELIVERY_POLL, TICK};
 use crate::incident::{IncidentDb, IncidentSink, Manager, NoDiagnostics};
@@ -58,11 +61,6 @@ pub struct Reading {
     /// Loss over the window (None: no ping round in it).
     pub loss_pct: Option<f64>,
     pub median_ms: Option<f64>,
-}
-
-/// The engine target of what `site` measures to `target`.
-pub fn pair_name(site: &str, target: &str) -> String {
-    format!("{site}→{target}")
 }
 
 #[derive(Debug)]
@@ -157,13 +155,12 @@ impl Evaluator {
                 down = self.down_sites();
                 decided = true;
             }
-            let pair = pair_name(&site, &target);
             match find(&site, &target) {
                 Some(reading) if !down.contains(&site) => {
                     let record = self.record(&site, &target, wall, reading);
                     transitions.extend(self.engine.observe(now, &record));
                 }
-                _ => self.engine.forget(&site, &pair),
+                _ => self.engine.forget(&site, &target),
             }
         }
         if !decided {
@@ -172,7 +169,7 @@ impl Evaluator {
         // A site found down by this read: forget what it said about the other sites too.
         for (site, target, _) in &self.pairs {
             if down.contains(site) {
-                self.engine.forget(site, &pair_name(site, target));
+                self.engine.forget(site, target);
             }
         }
         transitions.extend(self.engine.tick(now));
@@ -201,7 +198,7 @@ impl Evaluator {
             agent: self.config.name.clone(),
             site: site.to_string(),
             probe: site.to_string(),
-            target: pair_name(site, target),
+            target: target.to_string(),
             target_site: self
                 .config
                 .site_of(target)
@@ -249,7 +246,9 @@ pub fn run(
     {
         db.register_sink(name)?;
     }
-    let mut manager = Manager::new(db, None, &engine_config, Box::new(NoDiagnostics));
+    let fleet_view = FleetLookup::new(&engine_config)?;
+    let mut manager =
+        Manager::new(db, None, &engine_config, Box::new(NoDiagnostics)).with_fleet(fleet_view);
     let origin = Instant::now();
     let resumed = manager.resume(evaluator.engine_mut(), origin.elapsed(), SystemTime::now())?;
     let deliverers = pipeline::deliverers(&engine_config, data_dir, extra)?;
@@ -306,7 +305,7 @@ pub fn engine_config(config: &EvaluatorConfig) -> Config {
     let mut targets: BTreeMap<String, Target> = BTreeMap::new();
     let mut probe_targets: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut add = |site: &str, target: &str, stands_for: Option<&str>| {
-        let name = pair_name(site, target);
+        let name = target.to_string();
         let mut labels = BTreeMap::from([(TARGET_LABEL.to_string(), target.to_string())]);
         if let Some(other) = stands_for {
             labels.insert(SITE_LABEL.to_string(), other.to_string());
@@ -400,7 +399,9 @@ pub fn engine_config(config: &EvaluatorConfig) -> Config {
         incidents: config.incidents.clone(),
         outputs: config.outputs.clone(),
         incident_sinks: config.incident_sinks.clone(),
-        fleet: None,
+        // The fleet's drafts get the agents' "seen from other sites": every site's figures for
+        // the incident's target and the verdict, from the same store.
+        fleet: Some(config.store.clone()),
     }
 }
 
