@@ -51,6 +51,8 @@ pub struct FleetLookup {
     store: Arc<FleetStore>,
     site: String,
     running: HashMap<String, Receiver<FleetEvidence>>,
+    /// Answers not taken yet.
+    done: HashMap<String, FleetEvidence>,
     started: HashMap<String, SystemTime>,
 }
 
@@ -71,6 +73,7 @@ impl FleetLookup {
             store: Arc::new(FleetStore::new(fleet, output)?),
             site: config.agent.site.clone(),
             running: HashMap::new(),
+            done: HashMap::new(),
             started: HashMap::new(),
         }))
     }
@@ -80,6 +83,7 @@ impl FleetLookup {
         if self.running.contains_key(key) {
             return;
         }
+        self.done.remove(key);
         let (tx, rx) = channel();
         let store = Arc::clone(&self.store);
         let site = self.site.clone();
@@ -97,31 +101,39 @@ impl FleetLookup {
         }
     }
 
-    /// Whether a lookup for `key` is under way.
-    pub fn is_running(&self, key: &str) -> bool {
-        self.running.contains_key(key)
+    /// Whether `key`'s lookup is under way and has not answered yet (never waits).
+    pub fn waiting(&mut self, key: &str) -> bool {
+        let Some(rx) = self.running.get(key) else {
+            return false;
+        };
+        let evidence = match rx.try_recv() {
+            Ok(evidence) => evidence,
+            Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Disconnected) => FleetEvidence {
+                at: Timestamp(SystemTime::now()),
+                targets: Vec::new(),
+                view: None,
+                verdict: None,
+                unavailable: Some("the lookup thread ended without an answer".into()),
+            },
+        };
+        self.running.remove(key);
+        self.done.insert(key.to_string(), evidence);
+        false
     }
 
     /// `key`'s lookup, if it finished (never waits).
     pub fn poll(&mut self, key: &str) -> Option<FleetEvidence> {
-        let result = match self.running.get(key)?.try_recv() {
-            Ok(evidence) => Some(evidence),
-            Err(TryRecvError::Empty) => return None,
-            Err(TryRecvError::Disconnected) => None,
-        };
-        self.running.remove(key);
-        Some(result.unwrap_or_else(|| FleetEvidence {
-            at: Timestamp(SystemTime::now()),
-            targets: Vec::new(),
-            view: None,
-            verdict: None,
-            unavailable: Some("the lookup thread ended without an answer".into()),
-        }))
+        if self.waiting(key) {
+            return None;
+        }
+        self.done.remove(key)
     }
 
     /// Whether `key`'s view is due to be asked again.
     pub fn due(&self, key: &str, now: SystemTime) -> bool {
-        !self.is_running(key)
+        !self.running.contains_key(key)
+            && !self.done.contains_key(key)
             && self
                 .started
                 .get(key)
@@ -131,6 +143,7 @@ impl FleetLookup {
     /// The incident is closed: forget it (a lookup still running finishes on its own).
     pub fn forget(&mut self, key: &str) {
         self.running.remove(key);
+        self.done.remove(key);
         self.started.remove(key);
     }
 }

@@ -297,8 +297,8 @@ impl Manager {
             let fleet_running = item.transition.kind == TransitionKind::Opened
                 && self
                     .fleet
-                    .as_ref()
-                    .is_some_and(|f| f.is_running(&item.transition.key));
+                    .as_mut()
+                    .is_some_and(|f| f.waiting(&item.transition.key));
             if fleet_running && !force {
                 blocked.insert(item.transition.key.clone());
                 index += 1;

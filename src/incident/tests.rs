@@ -1465,7 +1465,7 @@ fn stopping_records_an_opening_without_waiting_for_its_diagnostics() {
 
 /// What the fleet's store said for the golden incident: two more sites, one healthy with a trace,
 /// one silent for 4 minutes.
-fn golden_fleet_view(incident: &Incident) -> crate::incident::FleetEvidence {
+fn golden_fleet_view(incident: &Incident) -> FleetEvidence {
     use crate::fleet::query::{PeerHop, PeerTrace, SiteFigures, unix_ms};
     use crate::fleet::{FleetView, verdict::verdict};
     let until = unix_ms(incident.detected_at.0);
@@ -1508,7 +1508,7 @@ fn golden_fleet_view(incident: &Incident) -> crate::incident::FleetEvidence {
         site_last_report_ms: [("iad1".to_string(), until - 240_000)].into(),
     };
     let targets = vec![target];
-    crate::incident::FleetEvidence {
+    FleetEvidence {
         at: incident.detected_at,
         verdict: Some(verdict(&view, &incident.site, &targets, until)),
         targets,
