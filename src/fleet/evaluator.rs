@@ -360,6 +360,9 @@ pub fn engine_config(config: &EvaluatorConfig) -> Config {
                 (members, scope)
             }
         };
+        let mut members = members;
+        members.sort();
+        members.dedup();
         rules.push(RuleConfig {
             name: rule.name.clone(),
             severity: rule.severity,
