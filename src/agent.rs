@@ -32,9 +32,23 @@
 //! - those threads that also speak HTTP (outputs, Alertmanager, webhooks) drive the async reqwest
 //!   client with a current-thread runtime of their own, on their own thread, for the same reason.
 //!
-//! ## Not yet
-//! Changing the configuration of a running agent (`reconfigure`) is issue 13 (reload); today a new
-//! configuration means [`Agent::stop`] and [`Agent::start`].
+//! ## Reload: [`Agent::reconfigure`]
+//! A new configuration is applied piece by piece, each only if it changed, and nothing measured,
+//! spooled or open is lost:
+//! 1. jobs to start are built first (sockets, probes): if that fails nothing has changed;
+//! 2. outputs: the dispatcher waits while the old set stops (what is queued is spooled) and the
+//!    new one starts on the same spool ([`crate::sinks::Sinks::replace`]): a changed output keeps
+//!    its pending points, a removed output's stay in the spool (logged), delivered if it returns;
+//! 3. incident sinks: delivery restarts with the new set; undelivered events stay in the outbox;
+//! 4. rules: the rules thread takes the new configuration between two records
+//!    ([`crate::rules::Engine::reconfigure`]): unchanged (rule, target) pairs keep their windows and
+//!    open incidents, and an incident whose rule or target was removed is resolved, its timeline
+//!    saying why;
+//! 5. the scheduler stops the removed and changed jobs (a run in flight is cut short and not
+//!    stored, as at a stop) and starts the added and changed ones.
+//!
+//! The `[agent]` section (name, site, data_dir, retention) needs a restart: a configuration that
+//! changes it is rejected, naming the key, and the agent keeps running as it was.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,9 +66,12 @@ use crate::incident::outputs::OutputsSink;
 use crate::incident::pipeline::{self, Pipeline};
 use crate::probe::{Probe, Resources};
 use crate::record::Record;
-use crate::scheduler::{self, Counters, Identity, Job};
-use crate::sinks::{OutputStats, SinkHandle, SinkOptions, Sinks};
+use crate::scheduler::{self, Command, Counters, Identity, Job, JobKey};
+use crate::sinks::{DurableWriter, OutputStats, SinkHandle, SinkOptions, Sinks};
 use crate::store::{Store, writer};
+
+mod reload;
+pub use reload::{Changes, ReloadReport};
 
 /// Records waiting for the store; probes wait (rather than lose data) only if it fills.
 pub const STORE_QUEUE: usize = 16_384;
@@ -85,18 +102,30 @@ struct Flow {
 /// and its threads once their inputs close, without draining.
 #[derive(Debug)]
 pub struct Agent {
+    /// The configuration running now (replaced by [`Agent::reconfigure`]).
+    config: Arc<Config>,
     stop: CancellationToken,
     counters: Arc<Counters>,
     flow: Arc<Flow>,
     jobs: usize,
     started: Instant,
     scheduler: JoinHandle<()>,
+    /// Jobs added and stopped at reload.
+    commands: mpsc::Sender<Command>,
     dispatcher: JoinHandle<()>,
     summaries: JoinHandle<()>,
     writer: std::thread::JoinHandle<anyhow::Result<u64>>,
-    incidents: Pipeline,
+    /// `None` only while [`Agent::reconfigure`] replaces its sinks.
+    incidents: Option<Pipeline>,
     outputs: Option<Sinks>,
+    /// The dispatcher's way to the outputs: held while reload replaces them, so none is missed.
+    offer_to: OutputsHandle,
+    /// The ICMP socket, shared by every ICMP job (opened when the first ICMP probe needs it).
+    icmp: Option<IcmpClient>,
 }
+
+/// The outputs' hand-off as the dispatcher sees it; `None` without outputs.
+type OutputsHandle = Arc<tokio::sync::Mutex<Option<SinkHandle>>>;
 
 /// What a running agent has done so far (totals since [`Agent::start`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +183,7 @@ impl Agent {
             outputs,
             incidents,
             rules,
+            icmp,
         } = setup;
 
         // scheduler ─▶ dispatch ─▶ (outputs, store); store ─▶ rules.
@@ -162,9 +192,11 @@ impl Agent {
         let store_path = store.path().to_path_buf();
         let tap = rules_tap(rules, Arc::clone(&flow), RULES_WAIT);
         let writer = writer::spawn_with_tap(store, from_dispatch, config.agent.retention, tap);
+        let offer_to: OutputsHandle =
+            Arc::new(tokio::sync::Mutex::new(outputs.as_ref().map(Sinks::handle)));
         let dispatcher = tokio::spawn(dispatch(
             from_scheduler,
-            outputs.as_ref().map(Sinks::handle),
+            Arc::clone(&offer_to),
             to_store,
             Arc::clone(&flow),
         ));
@@ -184,15 +216,21 @@ impl Agent {
             site: config.agent.site.clone(),
         };
         let job_count = jobs.len();
+        let (commands, from_agent) = mpsc::channel(16);
         let scheduler = tokio::spawn(scheduler::run(
             jobs,
             identity,
             to_dispatch,
             Arc::clone(&counters),
             stop.clone(),
+            from_agent,
         ));
         let summaries = tokio::spawn(log_summaries(Arc::clone(&counters), Arc::clone(&flow)));
         Ok(Agent {
+            config,
+            commands,
+            offer_to,
+            icmp,
             stop,
             counters,
             flow,
@@ -202,7 +240,7 @@ impl Agent {
             dispatcher,
             summaries,
             writer,
-            incidents,
+            incidents: Some(incidents),
             outputs,
         })
     }
@@ -229,6 +267,164 @@ impl Agent {
         }
     }
 
+    /// Apply `new` without a restart (see "Reload" in the module doc) and say what changed.
+    /// `new` must be valid ([`Config::load`]). Rejected, with nothing changed, if it changes what
+    /// needs a restart (the error names the key) or if its new jobs cannot be built; an output set
+    /// or incident sinks that then fail to start are an error, and the previous ones run again.
+    pub async fn reconfigure(&mut self, new: Config) -> anyhow::Result<ReloadReport> {
+        let keys = reload::needs_restart(&self.config.agent, &new.agent);
+        if !keys.is_empty() {
+            anyhow::bail!(
+                "{} changed: that needs a restart (`systemctl restart vantage`); still running on the previous configuration",
+                keys.join(", ")
+            );
+        }
+        let new = Arc::new(new);
+        let mut report = ReloadReport::between(&self.config, &new);
+        let to_start: std::collections::HashSet<String> = report
+            .jobs
+            .added
+            .iter()
+            .chain(&report.jobs.changed)
+            .cloned()
+            .collect();
+        let jobs = self.build_jobs(&new, to_start).await?;
+        if !report.outputs.is_empty() {
+            self.replace_outputs(&new).await?;
+        }
+        let outputs_came_or_went = self.config.outputs.is_empty() != new.outputs.is_empty();
+        if !report.incident_sinks.is_empty() || outputs_came_or_went {
+            self.replace_incident_sinks(&new).await?;
+        }
+        let stopped: Vec<JobKey> = report
+            .jobs
+            .removed
+            .iter()
+            .chain(&report.jobs.changed)
+            .filter_map(|key| key.split_once('/'))
+            .map(|(probe, target)| (probe.to_string(), target.to_string()))
+            .collect();
+        self.command(Command::Stop(stopped)).await?;
+        let pipeline = self.incidents.as_ref().context("incident pipeline")?;
+        report.incidents_resolved = pipeline
+            .reconfigure(Arc::clone(&new))
+            .await
+            .context("the rules engine has stopped")??;
+        self.command(Command::Start(jobs)).await?;
+        self.jobs = reload::job_keys(&new).len();
+        self.config = new;
+        Ok(report)
+    }
+
+    /// The jobs of `config` named (`probe/target`) in `wanted`, built off the runtime (sockets).
+    async fn build_jobs(
+        &mut self,
+        config: &Arc<Config>,
+        wanted: std::collections::HashSet<String>,
+    ) -> anyhow::Result<Vec<Job>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let config = Arc::clone(config);
+        let mut icmp = self.icmp.clone();
+        let (jobs, icmp) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&config.agent.data_dir)?;
+            let jobs = jobs(&config, &store, &mut icmp, |(probe, target)| {
+                wanted.contains(&format!("{probe}/{target}"))
+            })?;
+            anyhow::Ok((jobs, icmp))
+        })
+        .await
+        .context("reload task")?
+        .context("cannot start the new probes; still running on the previous configuration")?;
+        self.icmp = icmp;
+        Ok(jobs)
+    }
+
+    /// Replace the outputs while the dispatcher waits (it offers nothing to a stopped set); if the
+    /// new set fails to start, start the previous one again.
+    async fn replace_outputs(&mut self, new: &Arc<Config>) -> anyhow::Result<()> {
+        let mut offer_to = Arc::clone(&self.offer_to).lock_owned().await;
+        let old = Arc::clone(&self.config);
+        let (running, counters, icmp) = (
+            self.outputs.take(),
+            Arc::clone(&self.counters),
+            self.icmp.clone(),
+        );
+        let new = Arc::clone(new);
+        let (outputs, result) = tokio::task::spawn_blocking(move || {
+            let start = |config: &Config, running: Option<Sinks>| -> anyhow::Result<Option<Sinks>> {
+                let options = sink_options(config, &counters, icmp.clone());
+                match (running, config.outputs.is_empty()) {
+                    (Some(sinks), true) => {
+                        // Stopped through `replace`, which logs what stays in the spool.
+                        sinks.replace(Vec::new(), options)?.shutdown(Duration::ZERO);
+                        Ok(None)
+                    }
+                    (Some(sinks), false) => Ok(Some(sinks.replace(config.outputs.clone(), options)?)),
+                    (None, true) => Ok(None),
+                    (None, false) => Ok(Some(Sinks::start(&config.agent.data_dir, config.outputs.clone(), options)?)),
+                }
+            };
+            match start(&new, running) {
+                Ok(outputs) => (outputs, Ok(())),
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "reload: the new outputs cannot start; starting the previous ones again");
+                    let outputs = start(&old, None).unwrap_or_else(|again| {
+                        tracing::error!(error = %format!("{again:#}"), "the previous outputs cannot start either: results are stored but not sent until a restart");
+                        None
+                    });
+                    (outputs, Err(error))
+                }
+            }
+        })
+        .await
+        .context("reload task")?;
+        *offer_to = outputs.as_ref().map(Sinks::handle);
+        self.outputs = outputs;
+        result.context("the new outputs cannot start; running the previous ones")
+    }
+
+    /// Deliver incidents to `new`'s sinks (and to its outputs, if it has any); if they fail to
+    /// start, deliver to the previous ones again.
+    async fn replace_incident_sinks(&mut self, new: &Arc<Config>) -> anyhow::Result<()> {
+        let mut pipeline = self.incidents.take().context("incident pipeline")?;
+        let old = Arc::clone(&self.config);
+        let new = Arc::clone(new);
+        let writer = self
+            .outputs
+            .as_ref()
+            .map(Sinks::durable_writer)
+            .transpose()?;
+        let (pipeline, result) = tokio::task::spawn_blocking(move || {
+            let extra = |writer: Option<DurableWriter>| -> Vec<Box<dyn IncidentSink>> {
+                writer.map(|w| Box::new(OutputsSink::new(w)) as Box<dyn IncidentSink>).into_iter().collect()
+            };
+            let data_dir = &new.agent.data_dir;
+            let mut result = pipeline.replace_sinks(&new, data_dir, extra(writer));
+            if let Err(error) = &result {
+                tracing::error!(error = %format!("{error:#}"), "reload: the new incident sinks cannot start; starting the previous ones again");
+                // Without the outputs' writer: it went with the failed start.
+                if let Err(again) = pipeline.replace_sinks(&old, data_dir, Vec::new()) {
+                    tracing::error!(error = %format!("{again:#}"), "the previous incident sinks cannot start either: incidents wait in the outbox until a restart");
+                }
+                result = result.context("the new incident sinks cannot start; running the previous ones");
+            }
+            (pipeline, result)
+        })
+        .await
+        .context("reload task")?;
+        self.incidents = Some(pipeline);
+        result
+    }
+
+    async fn command(&self, command: Command) -> anyhow::Result<()> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| anyhow::anyhow!("the scheduler has stopped"))
+    }
+
     /// Stop probing, let the runs in flight finish and hand over what they measured, then drain
     /// in order: the store, the rules engine and incident delivery, the outputs (for at most
     /// [`SINK_SHUTDOWN_GRACE`]; what is left stays in their spool).
@@ -243,8 +439,9 @@ impl Agent {
         let stored = tokio::task::spawn_blocking(move || writer.join())
             .await?
             .map_err(|_| anyhow::anyhow!("store writer panicked"))??;
-        let incidents = self.incidents;
-        tokio::task::spawn_blocking(move || incidents.join()).await?;
+        if let Some(incidents) = self.incidents {
+            tokio::task::spawn_blocking(move || incidents.join()).await?;
+        }
         let outputs = match self.outputs {
             Some(sinks) => {
                 tokio::task::spawn_blocking(move || sinks.shutdown(SINK_SHUTDOWN_GRACE)).await?
@@ -276,8 +473,9 @@ struct Setup {
     jobs: Vec<Job>,
     outputs: Option<Sinks>,
     incidents: Pipeline,
-    /// The rules engine's input; `None` without rules (nothing to evaluate).
+    /// The rules engine's input (fed even without rules: a reload can add some).
     rules: Option<SyncSender<Record>>,
+    icmp: Option<IcmpClient>,
 }
 
 impl Setup {
@@ -285,27 +483,15 @@ impl Setup {
         // Private (0700), owned by us and outside system paths, before anything is written in it.
         crate::config::data_dir::prepare(&config.agent.data_dir)?;
         let store = Store::open(&config.agent.data_dir)?;
-        let (jobs, icmp) = jobs(config, &store)?;
+        let mut icmp = None;
+        let jobs = jobs(config, &store, &mut icmp, |_| true)?;
         let outputs = if config.outputs.is_empty() {
             None
         } else {
-            let mut options =
-                SinkOptions::new(config.agent.name.clone(), config.agent.site.clone());
-            let stats = Arc::clone(counters);
-            options.agent_stats = Some(Box::new(move || {
-                (
-                    stats.observations.load(Ordering::Relaxed),
-                    stats.max_lag_us.load(Ordering::Relaxed) as f64 / 1000.0,
-                )
-            }));
-            // Forged echo replies (issue 11, item 8), counted in the `agent` self-metrics.
-            if let Some(icmp) = icmp {
-                options.icmp_rejected_replies = Some(Box::new(move || icmp.rejected_replies()));
-            }
             Some(Sinks::start(
                 &config.agent.data_dir,
                 config.outputs.clone(),
-                options,
+                sink_options(config, counters, icmp.clone()),
             )?)
         };
         // Incidents go to the directory, each `[[incident_sink]]` and, as `incident` points, to
@@ -321,25 +507,50 @@ impl Setup {
             jobs,
             outputs,
             incidents,
-            rules: (!config.rules.is_empty()).then_some(rules),
+            rules: Some(rules),
+            icmp,
         })
     }
 }
 
-/// One job per (probe, target), with the ICMP socket shared and each trace seeded with the path
-/// stored last (so the first trace after a restart can flag a change).
-fn jobs(config: &Config, store: &Store) -> anyhow::Result<(Vec<Job>, Option<IcmpClient>)> {
+/// The outputs' options: who measures, and the agent's own figures for the self-metrics.
+fn sink_options(
+    config: &Config,
+    counters: &Arc<Counters>,
+    icmp: Option<IcmpClient>,
+) -> SinkOptions {
+    let mut options = SinkOptions::new(config.agent.name.clone(), config.agent.site.clone());
+    let stats = Arc::clone(counters);
+    options.agent_stats = Some(Box::new(move || {
+        (
+            stats.observations.load(Ordering::Relaxed),
+            stats.max_lag_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        )
+    }));
+    // Forged echo replies (issue 11, item 8), counted in the `agent` self-metrics.
+    if let Some(icmp) = icmp {
+        options.icmp_rejected_replies = Some(Box::new(move || icmp.rejected_replies()));
+    }
+    options
+}
+
+/// One job per (probe, target) that is `wanted`, with the ICMP socket shared (opened into `icmp`
+/// if a probe needs it and it is not open yet) and each trace seeded with the path stored last (so
+/// the first trace after a restart or reload can flag a change).
+fn jobs(
+    config: &Config,
+    store: &Store,
+    icmp: &mut Option<IcmpClient>,
+    wanted: impl Fn(&JobKey) -> bool,
+) -> anyhow::Result<Vec<Job>> {
     let needs_icmp = config
         .probes
         .iter()
         .any(|p| matches!(p.kind, ProbeKind::Icmp { .. }));
-    let resources = Resources {
-        icmp: if needs_icmp {
-            Some(IcmpClient::new()?)
-        } else {
-            None
-        },
-    };
+    if needs_icmp && icmp.is_none() {
+        *icmp = Some(IcmpClient::new()?);
+    }
+    let resources = Resources { icmp: icmp.clone() };
     let traces: Vec<&str> = config
         .probes
         .iter()
@@ -365,6 +576,9 @@ fn jobs(config: &Config, store: &Store) -> anyhow::Result<(Vec<Job>, Option<Icmp
     let mut jobs = Vec::new();
     for probe_config in &config.probes {
         for name in &probe_config.targets {
+            if !wanted(&(probe_config.name.clone(), name.clone())) {
+                continue;
+            }
             let target = targets.get(name.as_str()).copied().with_context(|| {
                 format!(
                     "probe {:?} names unknown target {name:?}",
@@ -383,7 +597,7 @@ fn jobs(config: &Config, store: &Store) -> anyhow::Result<(Vec<Job>, Option<Icmp
             });
         }
     }
-    Ok((jobs, resources.icmp))
+    Ok(jobs)
 }
 
 /// The fan-out of every measured record: offered to the outputs (never waits; drops are counted
@@ -391,12 +605,12 @@ fn jobs(config: &Config, store: &Store) -> anyhow::Result<(Vec<Job>, Option<Icmp
 /// store writer is gone.
 async fn dispatch(
     mut from_scheduler: mpsc::Receiver<Record>,
-    outputs: Option<SinkHandle>,
+    outputs: OutputsHandle,
     store: mpsc::Sender<Record>,
     flow: Arc<Flow>,
 ) {
     while let Some(record) = from_scheduler.recv().await {
-        if let Some(outputs) = &outputs {
+        if let Some(outputs) = &*outputs.lock().await {
             outputs.offer(&record);
         }
         if store.send(record).await.is_err() {
@@ -576,7 +790,7 @@ mod tests {
         let flow = Arc::new(Flow::default());
         let tee = tokio::spawn(dispatch(
             rx,
-            Some(sinks.handle()),
+            Arc::new(tokio::sync::Mutex::new(Some(sinks.handle()))),
             store_tx,
             Arc::clone(&flow),
         ));

@@ -72,7 +72,7 @@ pub enum FleetDialect {
     Promql,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     /// Agent name; default: the host name.
     pub name: String,
@@ -85,7 +85,7 @@ pub struct AgentConfig {
     pub retention: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub name: String,
     /// A host name or an IP address literal.
@@ -105,7 +105,7 @@ pub enum FamilyPreference {
     V6,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeConfig {
     pub name: String,
     /// Time between runs against the same target.

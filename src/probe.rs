@@ -15,8 +15,8 @@ use probes::net::resolve_one;
 pub use probes::net::has_cap_net_raw;
 use probes::{
     CancellationToken, DnsCheck, DnsSettings, DnsStats, FailureKind, HttpCheck, HttpSettings,
-    HttpStats, IcmpClient, IpPreference, Measurement, Observation, Outcome, PingStats, RoundPlan,
-    TcpSettings, TcpStats, TraceReport, TraceSettings,
+    IcmpClient, IpPreference, Measurement, Observation, Outcome, PingStats, RoundPlan, TcpSettings,
+    TcpStats, TraceReport, TraceSettings,
 };
 
 use crate::config::{FamilyPreference, ProbeConfig, ProbeKind, Target};
@@ -173,34 +173,21 @@ impl Probe {
         }
     }
 
-    /// Whether `observation` is a round this probe stopped short of its count (the agent was
-    /// stopping): its loss and spread describe fewer echoes than every other round's.
-    pub fn cut_short(&self, observation: &Observation) -> bool {
-        match (self, &observation.measurement) {
-            (Probe::Icmp { plan, .. }, Measurement::Ping(stats)) => stats.sent < plan.count,
-            _ => false,
-        }
-    }
-
-    /// Measure `target` once. Never fails: problems are recorded in the observation. Returns the
-    /// address measured, when known.
+    /// Measure `target` once: every kind through its probes-crate entry point, each honouring
+    /// `stop` ([`probes::unless_stopped`]). Never fails: problems are recorded in the observation.
+    /// Returns the address measured, when known.
     pub async fn run(
         &self,
         target: &Target,
         stop: &CancellationToken,
     ) -> (Option<IpAddr>, Observation) {
         match self {
-            Probe::Icmp { client, plan } => {
-                match resolve_one(&target.host, ip_preference(target.family)).await {
-                    Ok(address) => (Some(address), client.round(address, *plan, stop).await),
-                    Err(message) => (
-                        None,
-                        self.failed_before_start(FailureKind::Resolve, message),
-                    ),
-                }
-            }
+            Probe::Icmp { client, plan } => match self.resolve(target, stop).await {
+                Ok(address) => (Some(address), client.round(address, *plan, stop).await),
+                Err(failed) => (None, failed),
+            },
             Probe::Tcp { settings } => {
-                let observation = probes::tcp::run(settings).await;
+                let observation = probes::tcp::run(settings, stop).await;
                 let address = match &observation.measurement {
                     Measurement::Tcp(stats) => stats.address.map(|a| a.ip()),
                     _ => None,
@@ -208,23 +195,18 @@ impl Probe {
                 (address, observation)
             }
             // reqwest resolves (and times) the name itself; only a literal is known up front.
-            Probe::Http { check } => (target.host.parse().ok(), check.run().await),
+            Probe::Http { check } => (target.host.parse().ok(), check.run(stop).await),
             Probe::Dns { settings } => {
-                let server = match resolve_one(&target.host, ip_preference(target.family)).await {
+                let server = match self.resolve(target, stop).await {
                     Ok(address) => address,
-                    Err(message) => {
-                        return (
-                            None,
-                            self.failed_before_start(FailureKind::Resolve, message),
-                        );
-                    }
+                    Err(failed) => return (None, failed),
                 };
                 let settings = DnsSettings {
                     server: SocketAddr::new(server, settings.server.port()),
                     ..settings.clone()
                 };
                 let observation = match DnsCheck::new(settings) {
-                    Ok(check) => check.run().await,
+                    Ok(check) => check.run(stop).await,
                     // Checked when the probe was built; cannot happen for another server.
                     Err(error) => self.failed_before_start(FailureKind::Send, error.to_string()),
                 };
@@ -234,7 +216,7 @@ impl Probe {
                 settings,
                 last_path,
             } => {
-                let mut observation = probes::trace::run(settings).await;
+                let mut observation = probes::trace::run(settings, stop).await;
                 let mut address = None;
                 if let Measurement::Trace(report) = &mut observation.measurement
                     && !report.hops.is_empty()
@@ -251,27 +233,53 @@ impl Probe {
         }
     }
 
+    /// The target's address, for the kinds that need one before they start; a name that does
+    /// not resolve (or a stop while resolving) is the run's observation.
+    async fn resolve(
+        &self,
+        target: &Target,
+        stop: &CancellationToken,
+    ) -> Result<IpAddr, Observation> {
+        let started_at = SystemTime::now();
+        tokio::select! {
+            resolved = resolve_one(&target.host, ip_preference(target.family)) => resolved
+                .map_err(|message| self.failed_before_start(FailureKind::Resolve, message)),
+            () = stop.cancelled() => Err(Observation::stopped(started_at, self.empty_measurement())),
+        }
+    }
+
+    /// Whether the run was interrupted by the stop rather than measured whole: an ICMP round
+    /// cut short of its count, or a run of another kind that reported
+    /// [`Observation::was_stopped`]. Neither is stored: its figures describe the shutdown, not
+    /// the target.
+    pub fn cut_short(&self, observation: &Observation) -> bool {
+        match (self, &observation.measurement) {
+            (Probe::Icmp { plan, .. }, Measurement::Ping(stats)) if stats.sent < plan.count => true,
+            _ => observation.was_stopped(),
+        }
+    }
+
     /// The observation for a run that could not even start (name did not resolve, deadline hit).
     pub fn failed_before_start(&self, kind: FailureKind, message: String) -> Observation {
-        let measurement = match self {
+        Observation {
+            started_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            outcome: Outcome::failure(kind, message),
+            measurement: self.empty_measurement(),
+        }
+    }
+
+    /// This kind's measurement with nothing measured.
+    fn empty_measurement(&self) -> Measurement {
+        match self {
             Probe::Icmp { .. } => Measurement::Ping(PingStats::default()),
             Probe::Tcp { .. } => Measurement::Tcp(TcpStats::default()),
-            Probe::Http { check } => Measurement::Http(HttpStats {
-                method: check.settings().method.clone(),
-                final_url: check.settings().url.clone(),
-                ..HttpStats::default()
-            }),
+            Probe::Http { check } => check.empty_measurement(),
             Probe::Dns { settings } => Measurement::Dns(DnsStats {
                 record_type: settings.record_type.as_str().to_string(),
                 ..DnsStats::default()
             }),
             Probe::Trace { .. } => Measurement::Trace(TraceReport::default()),
-        };
-        Observation {
-            started_at: SystemTime::now(),
-            duration: Duration::ZERO,
-            outcome: Outcome::failure(kind, message),
-            measurement,
         }
     }
 }

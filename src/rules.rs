@@ -543,6 +543,81 @@ impl Engine {
         })
     }
 
+    /// Whether an alert has this dedup key (its rule and target are in the configuration).
+    pub fn has_alert(&self, key: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.alerts.iter().any(|a| a.key == key))
+    }
+
+    /// Take a new configuration (reload) without forgetting what was seen: a rule whose settings
+    /// are unchanged (its lists of probes and targets aside) keeps each (probe, target) member's window and state, and every alert its
+    /// phase, so a firing alert is neither opened again nor lost. A changed rule (same name)
+    /// starts its windows afresh under its new condition, but its firing alerts stay firing (the
+    /// open incident continues and resolves through the new clear condition). Alerts that no
+    /// longer exist (rule or target removed) are gone: see [`Engine::has_alert`].
+    pub fn reconfigure(&mut self, config: &Config) {
+        let mut next = Engine::new(config);
+        let mut previous: HashMap<String, CompiledRule> = self
+            .rules
+            .drain(..)
+            .map(|rule| (rule.config.name.clone(), rule))
+            .collect();
+        for rule in &mut next.rules {
+            let Some(old) = previous.remove(&rule.config.name) else {
+                continue;
+            };
+            // Which targets and probes a rule reads is per member (kept by key below); a target
+            // added to the config changes every rule's resolved list, not the rule.
+            let settings = |rule: &RuleConfig| RuleConfig {
+                probes: Vec::new(),
+                targets: Vec::new(),
+                ..rule.clone()
+            };
+            let unchanged = settings(&old.config) == settings(&rule.config);
+            if unchanged {
+                let mut members: HashMap<(String, String), Member> = old
+                    .members
+                    .into_iter()
+                    .map(|m| ((m.probe.clone(), m.target.clone()), m))
+                    .collect();
+                for member in &mut rule.members {
+                    let key = (member.probe.clone(), member.target.clone());
+                    // A probe sending another echo count per round makes the old window wrong.
+                    if let Some(old) = members.remove(&key)
+                        && old.echoes_per_round == member.echoes_per_round
+                    {
+                        member.window = old.window;
+                        member.state = old.state;
+                        member.value = old.value;
+                        member.baseline = old.baseline;
+                        member.failure = old.failure;
+                    }
+                }
+                for alert in &mut rule.alerts {
+                    let states: Vec<State> = alert
+                        .members
+                        .iter()
+                        .map(|&m| rule.members[m].state)
+                        .collect();
+                    (alert.bad, alert.unknown) = (0, 0);
+                    for state in states {
+                        count(alert, state, 1);
+                    }
+                }
+            }
+            for alert in &mut rule.alerts {
+                if let Some(old) = old.alerts.iter().find(|a| a.key == alert.key) {
+                    // A pending alert of a changed rule waits again, under its new condition.
+                    if unchanged || matches!(old.phase, Phase::Firing { .. }) {
+                        alert.phase = old.phase.clone();
+                    }
+                }
+            }
+        }
+        *self = next;
+    }
+
     fn evaluate_agent_alerts(&mut self, now: Mono, full: bool, transitions: &mut Vec<Transition>) {
         for rule_index in 0..self.rules.len() {
             if matches!(self.rules[rule_index].config.scope, RuleScope::Agent { .. }) {

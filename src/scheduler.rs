@@ -1,10 +1,15 @@
 //! One scheduler for every probe kind (after cloudprober's `sched.go`): a loop per (probe, target),
 //! starts staggered evenly across the interval, a little jitter per tick, missed ticks skipped —
-//! never a burst to catch up — and a deadline on every run. On stop, runs in flight finish what they
-//! measured and hand it over before the loops exit — except an ICMP round, which stops sending at
-//! once (a round can last its whole interval) and, cut short, is not stored: every stored round
-//! has its full count of echoes.
+//! never a burst to catch up — and a deadline on every run. On stop, every run in flight returns at
+//! once through its stop token (an ICMP round stops sending, a trace stops waiting for trippy) and,
+//! cut short, is not stored: every stored round has its full count of echoes, and no check is
+//! recorded as failed because the agent was stopping.
+//!
+//! Jobs can be added and stopped while it runs ([`Command`], the agent's reload): a stopped job's
+//! loop ends like at a stop (its own cancellation token, a child of the agent's), the others never
+//! notice.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -43,44 +48,94 @@ pub struct Counters {
     pub deadline_exceeded: AtomicU64,
     /// Worst lateness of a run's start against its schedule since last read, in microseconds.
     pub max_lag_us: AtomicU64,
-    /// ICMP rounds cut short by the stop, and so not stored.
+    /// Runs cut short by the stop (ICMP rounds short of their count, checks and traces
+    /// interrupted), and so not stored.
     pub cut_short: AtomicU64,
 }
 
-/// Start every job; returns when `stop` fires and every loop has handed over its last observation.
+/// A job's identity: (probe name, target name).
+pub type JobKey = (String, String);
+
+impl Job {
+    pub fn key(&self) -> JobKey {
+        (self.probe_name.clone(), self.target.name.clone())
+    }
+}
+
+/// A change to the running jobs (reload). A changed job is a `Stop` of its key then a `Start`.
+#[derive(Debug)]
+pub enum Command {
+    /// Start these jobs, their first runs spread over one interval.
+    Start(Vec<Job>),
+    /// Stop these jobs' loops (a run in flight is cut short and not stored, as at a stop).
+    Stop(Vec<JobKey>),
+}
+
+/// Start every job, then apply `commands` as they come; returns when `stop` fires and every loop
+/// has handed over its last observation.
 pub async fn run(
     jobs: Vec<Job>,
     identity: Identity,
     out: mpsc::Sender<Record>,
     counters: Arc<Counters>,
     stop: CancellationToken,
+    mut commands: mpsc::Receiver<Command>,
 ) {
-    let total = jobs.len().max(1) as u32;
     let identity = Arc::new(identity);
     let mut loops = JoinSet::new();
-    for (index, job) in jobs.into_iter().enumerate() {
-        // Spread first runs evenly over one interval so 10,000 targets never start in one burst.
-        let offset = job.interval / total * index as u32;
-        loops.spawn(job_loop(
-            job,
-            offset,
-            Arc::clone(&identity),
-            out.clone(),
-            Arc::clone(&counters),
-            stop.clone(),
-        ));
-    }
-    drop(out);
-    while let Some(result) = loops.join_next().await {
-        if let Err(error) = result {
-            tracing::error!(%error, "a probe loop ended abnormally");
+    let mut running: HashMap<JobKey, CancellationToken> = HashMap::new();
+    let start = |jobs: Vec<Job>,
+                 loops: &mut JoinSet<()>,
+                 running: &mut HashMap<JobKey, CancellationToken>| {
+        let total = jobs.len().max(1) as u32;
+        for (index, job) in jobs.into_iter().enumerate() {
+            // Spread first runs evenly over one interval so 10,000 targets never start in one burst.
+            let offset = job.interval / total * index as u32;
+            let token = stop.child_token();
+            if let Some(previous) = running.insert(job.key(), token.clone()) {
+                previous.cancel();
+            }
+            loops.spawn(job_loop(
+                job,
+                offset,
+                Arc::clone(&identity),
+                out.clone(),
+                Arc::clone(&counters),
+                token,
+            ));
+        }
+    };
+    start(jobs, &mut loops, &mut running);
+    let mut commands_open = true;
+    loop {
+        tokio::select! {
+            command = commands.recv(), if commands_open && !stop.is_cancelled() => match command {
+                Some(Command::Start(jobs)) => start(jobs, &mut loops, &mut running),
+                Some(Command::Stop(keys)) => {
+                    for key in keys {
+                        if let Some(token) = running.remove(&key) {
+                            token.cancel();
+                        }
+                    }
+                }
+                None => commands_open = false,
+            },
+            Some(result) = loops.join_next() => {
+                if let Err(error) = result {
+                    tracing::error!(%error, "a probe loop ended abnormally");
+                }
+            }
+            // Stopping, and every loop has handed over its last observation.
+            () = stop.cancelled(), if loops.is_empty() => break,
+            else => break,
         }
     }
+    drop(out);
     let cut_short = counters.cut_short.load(Ordering::Relaxed);
     if cut_short > 0 {
         tracing::info!(
             rounds = cut_short,
-            "stopping: ICMP rounds in flight were cut short and are not stored"
+            "stopping: runs in flight were cut short and are not stored"
         );
     }
 }

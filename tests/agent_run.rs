@@ -150,13 +150,61 @@ fn sigterm_mid_round_stores_only_whole_rounds_and_exits_at_once() {
         "shutdown took {took:?}: {log}"
     );
     assert!(
-        log.contains("stopping: ICMP rounds in flight were cut short and are not stored rounds=1"),
+        log.contains("stopping: runs in flight were cut short and are not stored rounds=1"),
         "{log}"
     );
     let rows = rounds(dir.path());
     assert_eq!(rows.len(), 1, "the first round only: {rows:?}");
     let (_, _, sent, received, _) = rows[0];
     assert_eq!((sent, received), (10, 10), "{rows:?}");
+}
+
+/// Issue 10 (one entry point with a stop token for every kind): a 20-round trace (20 s) and an
+/// HTTP check of a server that never answers (30 s timeout) are in flight at SIGTERM. Each agent
+/// exits at once — it used to wait out the run, and the runtime then waited for trippy's thread
+/// — and stores nothing: an interrupted run says nothing about its target.
+#[test]
+fn sigterm_interrupts_traces_and_checks_in_flight() {
+    // Accepted by the kernel's backlog, never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("address").port();
+    let probes = [
+        "[[probe]]\nname = \"path\"\nkind = \"trace\"\ninterval = \"60s\"\ncount = 20\ntimeout = \"1s\"\n".to_string(),
+        format!(
+            "[[probe]]\nname = \"web\"\nkind = \"http\"\nscheme = \"http\"\nport = {port}\n\
+             interval = \"60s\"\ntimeout = \"30s\"\n"
+        ),
+    ];
+    // One agent per kind: a single job starts at once (two would be staggered 30 s apart).
+    let agents: Vec<_> = probes
+        .iter()
+        .map(|probe| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = write_config(dir.path(), probe, &[("lo".into(), "127.0.0.1".into())]);
+            let agent = Agent::start(&[], &config, dir.path().join("agent.log"));
+            (dir, agent)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    for (dir, agent) in agents {
+        let stop_at = Instant::now();
+        let log = agent.stop();
+        let took = stop_at.elapsed();
+        assert!(
+            took < Duration::from_secs(4),
+            "shutdown took {took:?}: {log}"
+        );
+        assert!(
+            log.contains("stopping: runs in flight were cut short and are not stored rounds=1"),
+            "{log}"
+        );
+        let db = Connection::open(dir.path().join("data/vantage.db")).expect("open store");
+        let stored: i64 = db
+            .query_row("SELECT COUNT(*) FROM observations", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(stored, 0, "an interrupted run was stored: {log}");
+    }
+    drop(silent);
 }
 
 /// Issue 11: with an output that is down, SIGTERM took 10.6 s (the whole delivery grace spent

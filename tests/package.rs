@@ -267,6 +267,7 @@ fn deb_installs_runs_with_cap_net_raw_only_upgrades_and_purges_clean() {
         one("ExecStart"),
         format!("/usr/bin/vantage run --config {CONFFILE}")
     );
+    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
     let (user, group) = (one("User"), one("Group"));
     assert_eq!((user.as_str(), group.as_str()), ("vantage", "vantage"));
 

@@ -44,6 +44,7 @@ use serde::Serialize;
 
 use crate::net::{classify_io_error, ms};
 use crate::observation::{FailureKind, Measurement, Observation, Outcome};
+use tokio_util::sync::CancellationToken;
 
 /// The record types a check can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -236,7 +237,21 @@ impl DnsCheck {
     }
 
     /// Run the check once. Never fails: every problem is part of the [`Observation`].
-    pub async fn run(&self) -> Observation {
+    /// Returns promptly once `stop` fires ([`crate::unless_stopped`]).
+    pub async fn run(&self, stop: &CancellationToken) -> Observation {
+        crate::unless_stopped(stop, || self.empty_measurement(), self.query_once()).await
+    }
+
+    /// What a run that measured nothing reports: the server and record type it was going to ask.
+    pub fn empty_measurement(&self) -> Measurement {
+        Measurement::Dns(DnsStats {
+            server: self.settings.server.to_string(),
+            record_type: self.settings.record_type.as_str().to_owned(),
+            ..DnsStats::default()
+        })
+    }
+
+    async fn query_once(&self) -> Observation {
         let started_at = SystemTime::now();
         let started = Instant::now();
         let mut stats = DnsStats {
@@ -613,7 +628,10 @@ mod tests {
         let server = junk_server(100).await;
         let mut settings = DnsSettings::new(server, "junk.vantage.test", DnsRecordType::A);
         settings.timeout = Duration::from_secs(5);
-        let observation = DnsCheck::new(settings).expect("settings").run().await;
+        let observation = DnsCheck::new(settings)
+            .expect("settings")
+            .run(&CancellationToken::new())
+            .await;
         assert!(observation.is_success(), "{observation:?}");
         let text = String::from_utf8(log.0.lock().expect("log lock").clone()).expect("utf-8");
         let lines: Vec<&str> = text.lines().collect();

@@ -67,6 +67,7 @@ use serde::Serialize;
 
 use crate::net::{IpPreference, classify_io_error, error_chain as chain, ms};
 use crate::observation::{FailureKind, Measurement, Observation, Outcome};
+use tokio_util::sync::CancellationToken;
 
 /// Everything one HTTP check does and expects. Build an [`HttpCheck`] from it once; run that often.
 #[derive(Debug, Clone, PartialEq)]
@@ -300,15 +301,29 @@ impl HttpCheck {
     }
 
     /// Run the check once. Never fails: every problem is part of the [`Observation`].
-    pub async fn run(&self) -> Observation {
-        self.run_detailed().await.0
+    /// Returns promptly once `stop` fires ([`crate::unless_stopped`]).
+    pub async fn run(&self, stop: &CancellationToken) -> Observation {
+        crate::unless_stopped(stop, || self.empty_measurement(), async {
+            self.run_detailed().await.0
+        })
+        .await
     }
 
-    /// As [`HttpCheck::run`], and every expectation's result (empty when no complete response
-    /// arrived: nothing could be checked). The observation's outcome is the first that failed.
+    /// As [`HttpCheck::run`] without a stop token (`vantage http`), and every expectation's
+    /// result (empty when no complete response arrived: nothing could be checked). The
+    /// observation's outcome is the first that failed.
     pub async fn run_detailed(&self) -> (Observation, Vec<AssertionResult>) {
         let (observation, assertions, _) = self.run_seeing_body().await;
         (observation, assertions)
+    }
+
+    /// What a run that measured nothing reports: the request it was going to make.
+    pub fn empty_measurement(&self) -> Measurement {
+        Measurement::Http(HttpStats {
+            method: self.method.to_string(),
+            final_url: self.url.to_string(),
+            ..HttpStats::default()
+        })
     }
 
     /// As [`HttpCheck::run_detailed`], and what was kept of the body.

@@ -1,7 +1,10 @@
 //! # probes — how vantage measures
 //!
 //! Each probe kind takes a target and returns an [`Observation`]; network failures are observations
-//! (with a [`FailureKind`]), never `Err`. This crate knows nothing of config files, stores or rules:
+//! (with a [`FailureKind`]), never `Err`. Every kind has the same entry-point shape: an async
+//! `run` (ICMP: [`IcmpClient::round`]) that takes a [`CancellationToken`] and returns promptly
+//! once it fires: an ICMP round stops sending and returns what it measured, the other kinds
+//! report [`Observation::stopped`] ([`unless_stopped`]). This crate knows nothing of config files, stores or rules:
 //! those live in the `vantage` crate.
 //!
 //! ## Layout
@@ -52,7 +55,9 @@ pub use http::{
 };
 pub use icmp::{IcmpClient, IcmpError, RoundPlan};
 pub use net::IpPreference;
-pub use observation::{FailureKind, Measurement, Observation, Outcome, unix_ns};
+pub use observation::{
+    FailureKind, Measurement, Observation, Outcome, STOPPED, unix_ns, unless_stopped,
+};
 pub use stats::PingStats;
 pub use tcp::{TcpSettings, TcpStats};
 pub use tokio_util::sync::CancellationToken;

@@ -1,9 +1,11 @@
 //! What every probe returns: an [`Observation`]. Network failures are observations, not `Err`s —
 //! a timeout, a refused connection or 100% loss is exactly the data an outage probe exists to record.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::dns::DnsStats;
 use crate::http::HttpStats;
@@ -28,9 +30,46 @@ impl Observation {
         matches!(self.outcome, Outcome::Success)
     }
 
+    /// The report of a run its stop token interrupted: not a measurement (see [`STOPPED`]).
+    pub fn stopped(started_at: SystemTime, measurement: Measurement) -> Observation {
+        Observation {
+            started_at,
+            duration: started_at.elapsed().unwrap_or_default(),
+            outcome: Outcome::failure(FailureKind::Deadline, STOPPED),
+            measurement,
+        }
+    }
+
+    /// Whether the run was interrupted by its stop token ([`Observation::stopped`]).
+    pub fn was_stopped(&self) -> bool {
+        matches!(&self.outcome, Outcome::Failure { kind: FailureKind::Deadline, message } if message == STOPPED)
+    }
+
     /// Nanoseconds since the Unix epoch of [`Observation::started_at`] (0 for clocks before 1970).
     pub fn timestamp_ns(&self) -> i64 {
         unix_ns(self.started_at)
+    }
+}
+
+/// The message of a run interrupted by its stop token. It says nothing about the target (the
+/// agent was shutting down or the probe was removed), so the agent does not store it.
+pub const STOPPED: &str = "stopped before the run finished: the probe was shut down";
+
+/// Every probe kind's entry point is `run(.., stop: &CancellationToken) -> Observation` and
+/// returns promptly once `stop` fires; this is how the ones that cannot stop mid-way themselves
+/// do it. `measure` is dropped (a TCP connect or HTTP exchange is cancelled with it) and the run
+/// reports [`Observation::stopped`] with `empty`, the kind's empty measurement.
+pub async fn unless_stopped(
+    stop: &CancellationToken,
+    empty: impl FnOnce() -> Measurement,
+    measure: impl Future<Output = Observation>,
+) -> Observation {
+    let started_at = SystemTime::now();
+    tokio::select! {
+        // A run that finished as the stop came is a whole measurement: keep it.
+        biased;
+        observation = measure => observation,
+        () = stop.cancelled() => Observation::stopped(started_at, empty()),
     }
 }
 
@@ -168,5 +207,44 @@ mod tests {
             let json = serde_json::to_value(kind).expect("serialize");
             assert_eq!(json.as_str(), Some(kind.as_str()), "{kind:?}");
         }
+    }
+
+    fn ping() -> Measurement {
+        Measurement::Ping(PingStats::default())
+    }
+
+    #[tokio::test]
+    async fn a_run_that_never_ends_is_reported_stopped_when_its_token_fires() {
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let observation = unless_stopped(&stop, ping, std::future::pending()).await;
+        assert!(observation.was_stopped());
+        assert!(!observation.is_success());
+    }
+
+    #[tokio::test]
+    async fn a_run_that_finished_as_the_stop_came_is_kept() {
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let finished = Observation {
+            started_at: SystemTime::now(),
+            duration: Duration::from_millis(3),
+            outcome: Outcome::Success,
+            measurement: ping(),
+        };
+        let observation = unless_stopped(&stop, ping, async { finished }).await;
+        assert!(observation.is_success());
+        assert!(!observation.was_stopped());
+    }
+
+    #[test]
+    fn only_the_stop_message_marks_a_stopped_run() {
+        let deadline = Observation {
+            started_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            outcome: Outcome::failure(FailureKind::Deadline, "run exceeded its deadline"),
+            measurement: ping(),
+        };
+        assert!(!deadline.was_stopped());
     }
 }

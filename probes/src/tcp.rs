@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::net::{IpPreference, classify_io_error, ms, resolve};
 use crate::observation::{FailureKind, Measurement, Observation, Outcome};
+use tokio_util::sync::CancellationToken;
 
 /// What to connect to, and how long to wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +51,17 @@ pub struct TcpStats {
 }
 
 /// Run one TCP connect check. Never fails: every problem is part of the [`Observation`].
-pub async fn run(settings: &TcpSettings) -> Observation {
+/// Returns promptly once `stop` fires ([`crate::unless_stopped`]).
+pub async fn run(settings: &TcpSettings, stop: &CancellationToken) -> Observation {
+    crate::unless_stopped(
+        stop,
+        || Measurement::Tcp(TcpStats::default()),
+        connect_once(settings),
+    )
+    .await
+}
+
+async fn connect_once(settings: &TcpSettings) -> Observation {
     let started_at = SystemTime::now();
     let started = Instant::now();
     let mut stats = TcpStats {

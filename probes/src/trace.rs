@@ -45,6 +45,7 @@ pub use latency::{
 
 use crate::net::{IpPreference, resolve};
 use crate::observation::{FailureKind, Measurement, Observation, Outcome};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TraceProtocol {
@@ -250,7 +251,21 @@ fn path_hash(hops: &[Hop]) -> String {
 pub const NEEDS_CAP_NET_RAW: &str = "path traces need raw sockets (CAP_NET_RAW), which this process lacks; the tracer (trippy) cannot trace over Linux ping sockets, so net.ipv4.ping_group_range does not help: run as root, or grant the capability with `sudo setcap cap_net_raw+ep \"$(command -v vantage)\"` (systemd: AmbientCapabilities=CAP_NET_RAW)";
 
 /// Run one trace on a blocking thread. Never fails: errors are part of the [`Observation`].
-pub async fn run(settings: &TraceSettings) -> Observation {
+///
+/// Returns promptly once `stop` fires ([`crate::unless_stopped`]). trippy's tracer cannot be
+/// interrupted, so its thread runs on to the end of the trace (at most
+/// [`TraceSettings::max_duration`]) and its report is dropped; the agent does not wait for it
+/// when it exits.
+pub async fn run(settings: &TraceSettings, stop: &CancellationToken) -> Observation {
+    crate::unless_stopped(
+        stop,
+        || Measurement::Trace(TraceReport::default()),
+        trace_once(settings),
+    )
+    .await
+}
+
+async fn trace_once(settings: &TraceSettings) -> Observation {
     let started_at = SystemTime::now();
     let started = Instant::now();
     if !settings.privileged {
@@ -844,7 +859,10 @@ mod tests {
                 ..TraceSettings::new(target)
             };
             let ip: IpAddr = target.parse().expect("address");
-            for observation in [run(&settings).await, run_blocking(&settings, ip)] {
+            for observation in [
+                run(&settings, &CancellationToken::new()).await,
+                run_blocking(&settings, ip),
+            ] {
                 match &observation.outcome {
                     Outcome::Failure { kind, message } => {
                         assert_eq!(*kind, FailureKind::Send, "{message}");

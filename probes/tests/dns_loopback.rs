@@ -113,7 +113,10 @@ fn failure_kind(obs: &Observation) -> Option<FailureKind> {
 }
 
 async fn run(settings: DnsSettings) -> Observation {
-    DnsCheck::new(settings).expect("valid settings").run().await
+    DnsCheck::new(settings)
+        .expect("valid settings")
+        .run(&probes::CancellationToken::new())
+        .await
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use probes::{
-    FailureKind, HeaderMatch, HttpCheck, HttpSettings, HttpStats, IpPreference, Measurement,
-    Observation, Outcome,
+    CancellationToken, FailureKind, HeaderMatch, HttpCheck, HttpSettings, HttpStats, IpPreference,
+    Measurement, Observation, Outcome,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -315,8 +315,44 @@ fn failure(obs: &Observation) -> Option<(FailureKind, &str)> {
 async fn run(settings: HttpSettings) -> Observation {
     HttpCheck::new(settings)
         .expect("valid settings")
-        .run()
+        .run(&CancellationToken::new())
         .await
+}
+
+/// A check against a server that never answers returns as soon as its stop token fires, not at
+/// its timeout: the agent's stop does not wait for it.
+#[tokio::test]
+async fn a_stopped_check_returns_at_once_and_says_so() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/slow", listener.local_addr().expect("address"));
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket); // accepted, never answered
+        }
+    });
+    let mut settings = HttpSettings::new(url);
+    settings.timeout = Duration::from_secs(30);
+    let check = HttpCheck::new(settings).expect("valid settings");
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stopper.cancel();
+    });
+    let started = Instant::now();
+    let observation = check.run(&stop).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stop was not honoured: the run took {:?}",
+        started.elapsed()
+    );
+    assert!(observation.was_stopped(), "{:?}", observation.outcome);
+    match &observation.measurement {
+        Measurement::Http(stats) => assert!(stats.final_url.ends_with("/slow"), "{stats:?}"),
+        other => panic!("not an HTTP measurement: {other:?}"),
+    }
+    silent.abort();
 }
 
 #[tokio::test]

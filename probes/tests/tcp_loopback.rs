@@ -36,7 +36,11 @@ async fn an_open_port_connects() {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let obs = tcp::run(&settings(addr, Duration::from_secs(2))).await;
+        let obs = tcp::run(
+            &settings(addr, Duration::from_secs(2)),
+            &probes::CancellationToken::new(),
+        )
+        .await;
         assert!(obs.is_success(), "{obs:?}");
         let s = stats(&obs);
         assert_eq!(s.address, Some(addr));
@@ -58,7 +62,7 @@ async fn a_name_is_resolved_and_timed() {
         ip: IpPreference::V4Only,
         ..TcpSettings::new("localhost", port)
     };
-    let obs = tcp::run(&check).await;
+    let obs = tcp::run(&check, &probes::CancellationToken::new()).await;
     assert!(obs.is_success(), "{obs:?}");
     assert_eq!(
         stats(&obs).address,
@@ -73,7 +77,11 @@ async fn a_closed_port_is_refused() {
         .expect("bind")
         .local_addr()
         .expect("addr");
-    let obs = tcp::run(&settings(addr, Duration::from_secs(2))).await;
+    let obs = tcp::run(
+        &settings(addr, Duration::from_secs(2)),
+        &probes::CancellationToken::new(),
+    )
+    .await;
     assert_eq!(failure_kind(&obs), Some(FailureKind::Refused), "{obs:?}");
     assert_eq!(stats(&obs).connect_ms, None);
     assert!(obs.duration < Duration::from_secs(1));
@@ -117,7 +125,11 @@ async fn a_listener_that_never_accepts_times_out_at_the_deadline() {
     );
 
     let started = Instant::now();
-    let obs = tcp::run(&settings(addr, Duration::from_millis(700))).await;
+    let obs = tcp::run(
+        &settings(addr, Duration::from_millis(700)),
+        &probes::CancellationToken::new(),
+    )
+    .await;
     let elapsed = started.elapsed();
     assert_eq!(failure_kind(&obs), Some(FailureKind::Timeout), "{obs:?}");
     assert!(
@@ -135,6 +147,6 @@ async fn an_address_outside_the_family_preference_is_a_resolve_failure() {
         ip: IpPreference::V6Only,
         ..TcpSettings::new("127.0.0.1", 80)
     };
-    let obs = tcp::run(&check).await;
+    let obs = tcp::run(&check, &probes::CancellationToken::new()).await;
     assert_eq!(failure_kind(&obs), Some(FailureKind::Resolve), "{obs:?}");
 }

@@ -5,7 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use probes::{DnsCheck, DnsExpect, DnsRecordType, DnsSettings, DnsTransport, Measurement, Outcome};
+use probes::{
+    CancellationToken, DnsCheck, DnsExpect, DnsRecordType, DnsSettings, DnsTransport, Measurement,
+    Outcome,
+};
 use serde::Serialize;
 
 use super::table;
@@ -82,7 +85,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         ..DnsSettings::new(server, args.name.clone(), record_type)
     };
     let check = DnsCheck::new(settings)?;
-    let observation = super::runtime()?.block_on(check.run());
+    let observation = super::runtime()?.block_on(check.run(&CancellationToken::new()));
     let Measurement::Dns(stats) = &observation.measurement else {
         anyhow::bail!(
             "the DNS check returned a {} measurement",

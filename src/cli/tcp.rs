@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use probes::{IpPreference, Measurement, Outcome, TcpSettings};
+use probes::{CancellationToken, IpPreference, Measurement, Outcome, TcpSettings};
 use serde::Serialize;
 
 use super::table;
@@ -51,7 +51,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         },
         ..TcpSettings::new(host, port)
     };
-    let observation = super::runtime()?.block_on(probes::tcp::run(&settings));
+    let observation =
+        super::runtime()?.block_on(probes::tcp::run(&settings, &CancellationToken::new()));
     let Measurement::Tcp(stats) = &observation.measurement else {
         anyhow::bail!(
             "the TCP check returned a {} measurement",

@@ -5,7 +5,10 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use probes::{FailureKind, IpPreference, Measurement, Outcome, TraceProtocol, TraceSettings};
+use probes::{
+    CancellationToken, FailureKind, IpPreference, Measurement, Outcome, TraceProtocol,
+    TraceSettings,
+};
 
 use crate::config::TRACE_GRACE;
 use probes::net::has_cap_net_raw;
@@ -82,7 +85,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         ..TraceSettings::new(args.target.clone())
     };
     let started = SystemTime::now();
-    let observation = super::runtime()?.block_on(probes::trace::run(&settings));
+    let observation =
+        super::runtime()?.block_on(probes::trace::run(&settings, &CancellationToken::new()));
     let Measurement::Trace(report) = &observation.measurement else {
         anyhow::bail!(
             "the tracer returned a {} measurement",

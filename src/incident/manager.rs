@@ -1,6 +1,8 @@
 //! The [`Manager`]: rule transitions in, incident state and outbox events out. It also drafts a
 //! status update every `[incidents] status_updates` while an incident is open, and resumes the
-//! incidents that were open when the agent stopped.
+//! incidents that were open when the agent stopped, and takes a new configuration at reload
+//! ([`Manager::reconfigure`]): what the engine still watches stays open, the rest is resolved with
+//! a timeline line saying why.
 //!
 //! Nothing the engine says is lost or reordered: an opening is recorded once its diagnostics
 //! (the path traces at breach, run off this thread) are done, with the time it was detected; a
@@ -232,6 +234,70 @@ impl Manager {
             }
         }
         Ok(resumed)
+    }
+
+    /// Reload: hand `config` to the engine ([`Engine::reconfigure`]) and take its incident
+    /// settings and rules (and `diagnostics`, built for its targets). An open incident whose alert
+    /// no longer exists — its rule or its target was removed, or the changed rule no longer covers
+    /// its scope — is resolved, its timeline saying which; a transition of such a key still waiting
+    /// to be recorded is dropped (logged). Returns the resolved incidents' ids.
+    pub fn reconfigure(
+        &mut self,
+        engine: &mut Engine,
+        config: &Config,
+        diagnostics: Box<dyn Diagnostics>,
+        wall: SystemTime,
+    ) -> anyhow::Result<Vec<String>> {
+        engine.reconfigure(config);
+        self.status_updates = config.incidents.status_updates;
+        self.history = config.incidents.history;
+        self.rules = config.rules.clone();
+        self.diagnostics = diagnostics;
+        self.queue.retain(|queued| {
+            let kept = engine.has_alert(&queued.transition.key);
+            if !kept {
+                tracing::warn!(key = %queued.transition.key, kind = queued.transition.kind.as_str(), "reload: dropping an unrecorded transition; its rule or target left the configuration");
+            }
+            kept
+        });
+        let mut resolved = Vec::new();
+        for mut incident in self.db.open_incidents()? {
+            if engine.has_alert(&incident.key) {
+                continue;
+            }
+            let rule = &incident.rule.name;
+            let why = match &incident.scope {
+                _ if config.rules.iter().all(|r| r.name != *rule) => {
+                    format!("rule `{rule}` removed from the configuration at reload")
+                }
+                crate::rules::Scope::Target { target } if config.target(target).is_none() => {
+                    format!("target `{target}` removed from the configuration at reload")
+                }
+                scope => format!(
+                    "rule `{rule}` changed at reload and no longer watches {} {}",
+                    scope.kind(),
+                    scope.value()
+                ),
+            };
+            let at = Timestamp(wall);
+            incident.status = Status::Resolved;
+            incident.updated_at = at;
+            incident.resolved_at = Some(at);
+            incident.duration_s = wall
+                .duration_since(incident.detected_at.0)
+                .ok()
+                .map(|d| d.as_secs());
+            incident.timeline.push(TimelineEntry {
+                at,
+                event: "resolved".into(),
+                text: format!("Resolved: {why}."),
+            });
+            self.db.save(&incident, None, Some(EventKind::Resolved))?;
+            self.open.remove(&incident.key);
+            tracing::info!(id = %incident.id, key = %incident.key, reason = %why, "incident resolved at reload");
+            resolved.push(incident.id);
+        }
+        Ok(resolved)
     }
 
     /// Take one transition from the engine, made at `wall`: an opening starts its diagnostics

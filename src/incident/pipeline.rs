@@ -3,11 +3,15 @@
 //! bounded channel from the store writer, ticking once a second for durations and status
 //! updates); each sink is delivered to by a thread of its own, so a slow or dead sink delays
 //! neither evaluation nor the other sinks.
+//!
+//! Reload: [`Pipeline::reconfigure`] hands the rules thread a new configuration between two
+//! records ([`Manager::reconfigure`]); [`Pipeline::replace_sinks`] restarts delivery with a new
+//! set of sinks (a removed sink's undelivered events stay in the outbox, delivered if it returns).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,8 +38,22 @@ pub const DELIVERY_POLL: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct Pipeline {
     rules: JoinHandle<()>,
-    delivery: JoinHandle<()>,
+    /// None only after a failed [`Pipeline::replace_sinks`] (events wait in the outbox).
+    delivery: Option<JoinHandle<()>>,
     stop_delivery: Arc<AtomicBool>,
+    control: Sender<Reload>,
+}
+
+/// A new configuration for the rules thread, and where to say what it resolved.
+struct Reload {
+    config: Arc<Config>,
+    reply: tokio::sync::oneshot::Sender<anyhow::Result<Vec<String>>>,
+}
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload").finish_non_exhaustive()
+    }
 }
 
 /// Start evaluating and delivering. Incident state is created and opened, and the rules engine
@@ -50,18 +68,45 @@ pub fn start(
 ) -> anyhow::Result<(SyncSender<Record>, Pipeline)> {
     // The sinks are built on the delivery thread (HTTP sinks own a runtime); their names are
     // registered first, before any event can be queued.
-    let mut names = vec![super::directory::NAME.to_string()];
-    names.extend(config.incident_sinks.iter().map(|s| s.name.clone()));
-    names.extend(extra.iter().map(|s| s.name().to_string()));
+    let names = sink_names(config, &extra);
     let origin = Instant::now();
     // Creates incidents.db and its tables once, before any thread opens it: threads creating a
     // new file at once failed with "database is locked".
     let (engine, manager) = prepare(config, data_dir, origin, &names)
         .context("cannot open incident state: the agent does not run without its incidents")?;
     let (tx, rx) = sync_channel(RULES_QUEUE);
+    let (control, reloads) = std::sync::mpsc::channel();
     let rules = std::thread::Builder::new()
         .name("rules".into())
-        .spawn(move || evaluate_loop(engine, manager, rx, origin))?;
+        .spawn(move || evaluate_loop(engine, manager, rx, reloads, origin))?;
+    match spawn_delivery(config, data_dir, extra) {
+        Ok((delivery, stop_delivery)) => Ok((
+            tx,
+            Pipeline {
+                rules,
+                delivery: Some(delivery),
+                stop_delivery,
+                control,
+            },
+        )),
+        Err(error) => {
+            drop(tx);
+            if rules.join().is_err() {
+                tracing::error!("rules thread panicked");
+            }
+            Err(error
+                .context("cannot start the incident sinks: the agent does not run without them"))
+        }
+    }
+}
+
+/// Start the delivery thread (a thread per sink under it); returns once every sink is ready,
+/// with the flag that stops it.
+fn spawn_delivery(
+    config: &Config,
+    data_dir: &Path,
+    extra: Vec<Box<dyn IncidentSink>>,
+) -> anyhow::Result<(JoinHandle<()>, Arc<AtomicBool>)> {
     let stop_delivery = Arc::new(AtomicBool::new(false));
     let stop = Arc::clone(&stop_delivery);
     let delivery_dir = data_dir.to_path_buf();
@@ -90,23 +135,26 @@ pub fn start(
                 }
             });
         })?;
-    let pipeline = Pipeline {
-        rules,
-        delivery,
-        stop_delivery,
-    };
     match ready.recv() {
-        Ok(Ok(())) => Ok((tx, pipeline)),
+        Ok(Ok(())) => Ok((delivery, stop_delivery)),
         failed => {
-            drop(tx);
-            pipeline.join();
+            if delivery.join().is_err() {
+                tracing::error!("incident outbox thread panicked");
+            }
             Err(match failed {
                 Ok(Err(error)) => error,
                 _ => anyhow::anyhow!("the incident outbox thread ended while starting"),
-            }
-            .context("cannot start the incident sinks: the agent does not run without them"))
+            })
         }
     }
+}
+
+/// The names of the sinks `config` and `extra` deliver to, the directory first.
+fn sink_names(config: &Config, extra: &[Box<dyn IncidentSink>]) -> Vec<String> {
+    let mut names = vec![super::directory::NAME.to_string()];
+    names.extend(config.incident_sinks.iter().map(|s| s.name.clone()));
+    names.extend(extra.iter().map(|s| s.name().to_string()));
+    names
 }
 
 /// A deliverer per sink (the directory, each `[[incident_sink]]`, then `extra`), each with its
@@ -170,22 +218,74 @@ fn prepare(
 }
 
 impl Pipeline {
+    /// Hand the rules thread a new configuration (it takes it between two records, within a
+    /// [`TICK`]); the answer is the ids of the incidents it resolved.
+    pub fn reconfigure(
+        &self,
+        config: Arc<Config>,
+    ) -> tokio::sync::oneshot::Receiver<anyhow::Result<Vec<String>>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        // A rules thread that is gone drops `reply`: the caller hears of it.
+        let _ = self.control.send(Reload { config, reply });
+        answer
+    }
+
+    /// Deliver to `config`'s incident sinks and `extra` from now on: the running deliverers make
+    /// their last pass and stop, the new sinks are registered (they get every event from now on),
+    /// and delivery starts again. Blocks (a last pass waits for slow sinks up to their timeout).
+    pub fn replace_sinks(
+        &mut self,
+        config: &Config,
+        data_dir: &Path,
+        extra: Vec<Box<dyn IncidentSink>>,
+    ) -> anyhow::Result<()> {
+        let db = IncidentDb::open_existing(data_dir)?;
+        for name in sink_names(config, &extra) {
+            db.register_sink(&name)?;
+        }
+        self.stop_delivery.store(true, Ordering::Relaxed);
+        if let Some(delivery) = self.delivery.take()
+            && delivery.join().is_err()
+        {
+            tracing::error!("incident outbox thread panicked");
+        }
+        let (delivery, stop_delivery) = spawn_delivery(config, data_dir, extra)?;
+        self.delivery = Some(delivery);
+        self.stop_delivery = stop_delivery;
+        Ok(())
+    }
+
     /// Wait for the rules thread to drain its queue (its sender must be gone), then let the
     /// deliverer make one last pass.
     pub fn join(self) {
+        drop(self.control);
         if self.rules.join().is_err() {
             tracing::error!("rules thread panicked");
         }
         self.stop_delivery.store(true, Ordering::Relaxed);
-        if self.delivery.join().is_err() {
+        if let Some(delivery) = self.delivery
+            && delivery.join().is_err()
+        {
             tracing::error!("incident outbox thread panicked");
         }
     }
 }
 
-fn evaluate_loop(mut engine: Engine, mut manager: Manager, rx: Receiver<Record>, origin: Instant) {
+fn evaluate_loop(
+    mut engine: Engine,
+    mut manager: Manager,
+    rx: Receiver<Record>,
+    reloads: Receiver<Reload>,
+    origin: Instant,
+) {
     let mut last_tick = Instant::now();
     loop {
+        while let Ok(Reload { config, reply }) = reloads.try_recv() {
+            let diagnostics = Box::new(TraceDiagnostics::new(&config));
+            let resolved =
+                manager.reconfigure(&mut engine, &config, diagnostics, SystemTime::now());
+            let _ = reply.send(resolved);
+        }
         let transitions = match rx.recv_timeout(TICK) {
             Ok(record) => {
                 if let Err(error) = manager.path_changed(&record, SystemTime::now()) {

@@ -536,3 +536,50 @@ fn the_first_echoes_after_a_start_are_not_a_whole_window() {
         ["0s opened loss/target/b 100.0 1/1"]
     );
 }
+
+/// Reload: a rule whose config is unchanged keeps each member's window and its firing alert (no
+/// second opening); a changed rule keeps the firing alert but starts its windows afresh; a removed
+/// target's alert is gone.
+#[test]
+fn reconfigure_keeps_windows_and_firing_alerts_of_unchanged_pairs() {
+    let before = make_config(&[("a", "g"), ("b", "g")], LOSS);
+    let mut engine = Engine::new(&before);
+    let rows: Rows = &[(0, 60, 10, "a", "xxxxx"), (0, 60, 10, "b", ".....")];
+    assert_eq!(
+        run_engine(&mut engine, rows, 0, 59, steady_wall),
+        ["20s opened loss/target/a 100.0 1/1"]
+    );
+
+    // Target c added, b removed, the rule unchanged.
+    let added = make_config(&[("a", "g"), ("c", "g")], LOSS);
+    engine.reconfigure(&added);
+    assert_eq!(engine.firing(), ["loss/target/a"]);
+    assert!(!engine.has_alert("loss/target/b") && engine.has_alert("loss/target/c"));
+    let impact = engine.impact("loss/target/a").expect("a's alert");
+    assert_eq!(
+        (impact.affected_targets(), impact.value),
+        (vec!["a"], Some(100.0)),
+        "a's window survived the reload"
+    );
+    // Still losing: neither opened again nor updated.
+    let rows: Rows = &[(60, 120, 10, "a", "xxxxx"), (60, 120, 10, "c", ".....")];
+    assert_eq!(
+        run_engine(&mut engine, rows, 60, 119, steady_wall),
+        Vec::<String>::new()
+    );
+
+    // The rule changed (a lower threshold): still firing, windows afresh.
+    let changed = make_config(
+        &[("a", "g"), ("c", "g")],
+        &LOSS.replace("above_pct = 20", "above_pct = 30"),
+    );
+    engine.reconfigure(&changed);
+    assert_eq!(engine.firing(), ["loss/target/a"]);
+    let impact = engine.impact("loss/target/a").expect("a's alert");
+    assert!(impact.affected_targets().is_empty(), "{impact:?}");
+    // a recovers: resolved under the new rule's clear condition, once.
+    let rows: Rows = &[(120, 200, 10, "a", "....."), (120, 200, 10, "c", ".....")];
+    let lines = run_engine(&mut engine, rows, 120, 199, steady_wall);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("resolved loss/target/a"), "{lines:?}");
+}

@@ -18,6 +18,10 @@
 //!           ─▶ one delivery thread per output: oldest batch ─▶ HTTP ─▶ 2xx: delete │ retry │ split │ bisect
 //! ```
 //! Each output has its own thread, spool rows and counters, so a dead output never slows a live one.
+//!
+//! Reload ([`Sinks::replace`]): the running outputs stop (what is queued is spooled first), the new
+//! set starts on the same spool. Spool rows belong to an output's name, so a changed output keeps
+//! its pending points; a removed output's stay in the spool (logged), delivered if it comes back.
 //! Delivery is at-least-once: a point leaves the spool only after a 2xx. If the agent dies between
 //! the 2xx and the delete, the point is sent again after the restart; InfluxDB keeps one point per
 //! series and timestamp (a resend overwrites it with the same values), and VictoriaMetrics does the
@@ -246,9 +250,12 @@ impl SinkHandle {
 #[derive(Debug)]
 pub struct DurableWriter {
     spool: Spool,
-    shared: Arc<Shared>,
-    ids: Vec<i64>,
+    /// The running outputs: follows [`Sinks::replace`].
+    route: Route,
 }
+
+/// The outputs a [`DurableWriter`] writes to, swapped when a reload replaces them.
+type Route = Arc<RwLock<Arc<Shared>>>;
 
 impl DurableWriter {
     pub fn write(&mut self, points: &[line_protocol::Point]) -> anyhow::Result<()> {
@@ -256,10 +263,12 @@ impl DurableWriter {
             .iter()
             .filter_map(|p| Some((p.timestamp_ns, p.line()?.into_bytes())))
             .collect();
-        append_counted(&mut self.spool, &self.shared, &self.ids, &lines, 0).with_context(|| {
+        let shared = Arc::clone(&self.route.read().expect("route lock poisoned"));
+        let ids: Vec<i64> = shared.outputs.iter().map(|o| o.id).collect();
+        append_counted(&mut self.spool, &shared, &ids, &lines, 0).with_context(|| {
             format!("cannot write to the spool {}", self.spool.path().display())
         })?;
-        for output in &self.shared.outputs {
+        for output in &shared.outputs {
             output.wake.notify_one();
         }
         Ok(())
@@ -303,6 +312,7 @@ pub struct Sinks {
     senders: Vec<JoinHandle<()>>,
     stop: CancellationToken,
     spool_path: PathBuf,
+    route: Route,
 }
 
 impl Sinks {
@@ -313,9 +323,43 @@ impl Sinks {
         outputs: Vec<OutputConfig>,
         options: SinkOptions,
     ) -> anyhow::Result<Sinks> {
+        Sinks::start_on(data_dir, outputs, options, Route::default())
+    }
+
+    /// Reload: stop these outputs (queued records are spooled first; nothing more is delivered by
+    /// them) and start `outputs` on the same spool; durable writers follow. Spool rows are kept by
+    /// output name: a changed output delivers its pending points, a removed output's stay (logged).
+    /// `outputs` is checked before anything stops; if the new set still fails to start, the error
+    /// says why and no output runs (the spool keeps everything). Blocks.
+    pub fn replace(
+        self,
+        outputs: Vec<OutputConfig>,
+        options: SinkOptions,
+    ) -> anyhow::Result<Sinks> {
+        Sinks::check(&outputs)?;
+        for output in &outputs {
+            influx::Writer::new(output)
+                .with_context(|| format!("output {:?}: cannot start", output.name))?;
+        }
+        let data_dir = self
+            .spool_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let route = Arc::clone(&self.route);
+        for stopped in self.shutdown(Duration::ZERO) {
+            if stopped.spool_points > 0 && !outputs.iter().any(|o| o.name == stopped.name) {
+                tracing::warn!(output = %stopped.name, pending = stopped.spool_points, "output removed from the configuration: its pending points stay in the spool, delivered if it is added back");
+            }
+        }
+        Sinks::start_on(&data_dir, outputs, options, route)
+    }
+
+    /// Every output valid, each name once.
+    fn check(outputs: &[OutputConfig]) -> anyhow::Result<()> {
         let mut problems = Vec::new();
         let mut names = HashSet::new();
-        for output in &outputs {
+        for output in outputs {
             for (field, message) in output.validate() {
                 problems.push(format!("output {:?}: {field}: {message}", output.name));
             }
@@ -326,6 +370,16 @@ impl Sinks {
         if !problems.is_empty() {
             anyhow::bail!("{}", problems.join("\n"));
         }
+        Ok(())
+    }
+
+    fn start_on(
+        data_dir: &Path,
+        outputs: Vec<OutputConfig>,
+        options: SinkOptions,
+        route: Route,
+    ) -> anyhow::Result<Sinks> {
+        Sinks::check(&outputs)?;
         let mut spool = Spool::open(data_dir)?;
         let spool_path = spool.path().to_path_buf();
         let mut shared_outputs = Vec::new();
@@ -395,6 +449,7 @@ impl Sinks {
                 .spawn(move || SpoolWriter::new(spool, rx, shared, options).run())
                 .context("cannot start the spool writer thread")?
         };
+        *route.write().expect("route lock poisoned") = Arc::clone(&shared);
         Ok(Sinks {
             handle: SinkHandle {
                 tx,
@@ -405,6 +460,7 @@ impl Sinks {
             senders,
             stop,
             spool_path,
+            route,
         })
     }
 
@@ -417,8 +473,7 @@ impl Sinks {
         let data_dir = self.spool_path.parent().unwrap_or(Path::new("."));
         Ok(DurableWriter {
             spool: Spool::open(data_dir)?,
-            shared: Arc::clone(&self.shared),
-            ids: self.shared.outputs.iter().map(|o| o.id).collect(),
+            route: Arc::clone(&self.route),
         })
     }
 

@@ -75,6 +75,22 @@ impl Agent {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// SIGHUP: reload the configuration file.
+    pub fn hangup(&self) {
+        let child = self.child.as_ref().expect("running agent");
+        let sent = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(sent.success(), "kill -HUP {}", child.id());
+    }
+
+    /// Whether the agent process is still running.
+    pub fn running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("agent started");
+        matches!(child.try_wait(), Ok(None))
+    }
 }
 
 impl Drop for Agent {
