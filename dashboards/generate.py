@@ -223,6 +223,37 @@ def fleet():
     )
 
 
+def who_sees_it():
+    match = '"target" =~ /^$target$/ AND "site" =~ /^$site$/ AND $timeFilter'
+    by_site = 'GROUP BY time($__interval), "site" fill(null)'
+    per_target = dict(repeat="target", repeatDirection="v", maxPerRow=1)
+    return dashboard(
+        "vantage-who-sees-it", "vantage / Who sees it",
+        "Is it us or them? Per target, loss and median RTT from every source site over time, "
+        "and the incidents of the outage (the fleet's, keyed by fleet_key, and each agent's).",
+        [
+            timeseries("Loss to $target, per source site", [target("A", f'''SELECT
+                       mean("loss_pct") AS "loss_pct" FROM "ping" WHERE {match} {by_site}''',
+                       alias="$tag_site")], "percent",
+                       "Mean ping loss from each agent site: one line high = that site's side; "
+                       "every line high = the target or its provider.",
+                       **per_target),
+            timeseries("Median RTT to $target, per source site", [target("A", f'''SELECT
+                       median("rtt_median_ms") AS "rtt_median_ms" FROM "ping" WHERE {match}
+                       {by_site}''', alias="$tag_site")], "ms",
+                       "Median of the rounds' median RTT from each agent site.", **per_target),
+        ],
+        [
+            variable("target", "Target", 'SHOW TAG VALUES FROM "ping" WITH KEY = "target"'),
+            variable("site", "Source site", 'SHOW TAG VALUES FROM "ping" WITH KEY = "site"'),
+        ],
+        [annotation("Incidents of the outage", "red", '''SELECT "title", "summary", "agent",
+                    "event", "severity" FROM "incident"
+                    WHERE "fleet_key" =~ /^(target\/$target|site\/.+)$/ AND $timeFilter''',
+                    "title", "summary", "agent,event,severity")],
+    )
+
+
 def latency():
     match = '"agent" =~ /^$agent$/ AND "target" =~ /^$target$/ AND $timeFilter'
     smoke = target("A", f'''SELECT median("rtt_median_ms") AS "median", median("rtt_p10_ms") AS "p10",
@@ -433,7 +464,8 @@ def main():
     check = sys.argv[1:] == ["--check"]
     OUT.mkdir(exist_ok=True)
     stale = []
-    for name, build in [("fleet", fleet), ("latency", latency), ("path", path),
+    for name, build in [("fleet", fleet), ("who-sees-it", who_sees_it), ("latency", latency),
+                        ("path", path),
                         ("services", services), ("agent", agent_health)]:
         text = json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
         file = OUT / f"{name}.json"

@@ -4,6 +4,7 @@
 
 mod agent;
 mod dns;
+mod fleet;
 mod generate;
 mod http;
 mod incidents;
@@ -124,6 +125,9 @@ Exit status: 0 connected, 1 did not, 2 could not run."
     Incidents(incidents::Args),
     /// Serve the web page of a data directory, read-only (loopback by default).
     Serve(serve::Args),
+    /// Run the fleet evaluator: fleet rules over the store every agent writes to, one incident
+    /// per outage (see config/fleet.example.toml), until SIGINT/SIGTERM.
+    Fleet(fleet::Args),
     /// Write the man pages or shell completions (for packaging; see scripts/build-deb).
     #[command(hide = true)]
     Generate(generate::Args),
@@ -147,6 +151,7 @@ pub fn main() -> ExitCode {
         Command::Tcp(args) => tcp::run(&args),
         Command::Incidents(args) => incidents::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Fleet(args) => fleet::run(&args),
         Command::Generate(args) => generate::run(&args),
     };
     match result {

@@ -7,6 +7,7 @@
 //!
 //! ## Layout
 //! - this file: the types the rest of the agent codes against, and [`ConfigError`]'s rendering
+//! - `evaluator`: [`evaluator::EvaluatorConfig`], the config of `vantage fleet` (checked by the same walk)
 //! - `validate`: the walk over the spanned TOML tree that checks every key and builds a [`Config`]
 //! - `duration`: [`parse_duration`] / [`format_duration`] (`"500ms"`, `"1.5s"`, `"14d"`)
 //! - `span`: [`LineIndex`], byte offsets to 1-based line:column
@@ -14,6 +15,7 @@
 
 pub mod data_dir;
 mod duration;
+pub mod evaluator;
 pub mod output;
 mod span;
 mod suggest;
@@ -235,7 +237,7 @@ pub struct IncidentSinkConfig {
 }
 
 /// Labels every Alertmanager alert carries; `[[incident_sink]] labels` may not set them.
-pub const ALERTMANAGER_BUILT_IN_LABELS: [&str; 8] = [
+pub const ALERTMANAGER_BUILT_IN_LABELS: [&str; 9] = [
     "alertname",
     "rule",
     "severity",
@@ -244,6 +246,7 @@ pub const ALERTMANAGER_BUILT_IN_LABELS: [&str; 8] = [
     "agent",
     "site",
     "incident_id",
+    "fleet_key",
 ];
 #[derive(Debug, Clone, PartialEq)]
 pub enum IncidentSinkKind {

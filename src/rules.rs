@@ -83,6 +83,22 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// The key one outage is known by across the agents and the fleet evaluator, without the
+    /// agent: `target/aws-gw` (a target, or the fleet's `target=` group), `site/scl3` (an
+    /// agent-scope incident of that site, or the fleet's `site=` group), `group/label=value`.
+    /// Alertmanager groups by it, so that a fleet outage pages once.
+    pub fn fleet_key(&self, site: &str) -> String {
+        match self {
+            Scope::Target { target } => format!("target/{target}"),
+            Scope::Group { label, value } if label == "target" => format!("target/{value}"),
+            Scope::Group { label, value } if label == "site" => format!("site/{value}"),
+            Scope::Group { label, value } => format!("group/{label}={value}"),
+            Scope::Agent => format!("site/{site}"),
+        }
+    }
+}
+
 /// The stable identity of an alert: `rule/scope/value`, e.g. `packet-loss/group/group=cloud`.
 pub fn dedup_key(rule: &str, scope: &Scope) -> String {
     format!("{rule}/{}/{}", scope.kind(), scope.value())
@@ -457,6 +473,54 @@ impl Engine {
             }
         }
         false
+    }
+
+    /// Forget what a member has seen: its window empties and its state is `Unknown` again, as
+    /// if it had never reported. The fleet evaluator calls it for a source that cannot be a
+    /// witness (a site that is down, or silent for the whole read); alerts re-evaluate on the
+    /// next [`Engine::tick`].
+    pub fn forget(&mut self, probe: &str, target: &str) {
+        let Some(routes) = self.routes.get(probe).and_then(|t| t.get(target)) else {
+            return;
+        };
+        for &(rule_index, member_index) in routes {
+            let rule = &mut self.rules[rule_index];
+            let member = &mut rule.members[member_index];
+            let before = member.state;
+            member.state = State::Unknown;
+            member.value = None;
+            member.baseline = None;
+            member.failure = None;
+            match &mut member.window {
+                Window::Echoes { lost, lost_count } => {
+                    lost.clear();
+                    *lost_count = 0;
+                }
+                Window::Runs {
+                    failed,
+                    failed_count,
+                } => {
+                    failed.clear();
+                    *failed_count = 0;
+                }
+                Window::Latency { recent, .. } => recent.clear(),
+            }
+            if let Some(alert_index) = member.alert {
+                let alert = &mut rule.alerts[alert_index];
+                count(alert, before, -1);
+                count(alert, State::Unknown, 1);
+            }
+        }
+    }
+
+    /// The keys of the alerts that are pending or firing.
+    pub fn active(&self) -> Vec<&str> {
+        self.rules
+            .iter()
+            .flat_map(|r| &r.alerts)
+            .filter(|a| !matches!(a.phase, Phase::Idle))
+            .map(|a| a.key.as_str())
+            .collect()
     }
 
     /// The keys of the alerts that are firing.

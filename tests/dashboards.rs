@@ -82,7 +82,11 @@ fn datasource_refs<'a>(json: &'a Value, out: &mut Vec<&'a Value>) {
 #[test]
 fn dashboards_have_unique_uids_and_ids_and_use_the_provisioned_data_source() {
     let dashboards = grafana::dashboards();
-    assert_eq!(dashboards.len(), 5, "fleet, latency, path, services, agent");
+    assert_eq!(
+        dashboards.len(),
+        6,
+        "fleet, who-sees-it, latency, path, services, agent"
+    );
     let mut uids = BTreeSet::new();
     for (file, json) in &dashboards {
         let uid = json["uid"].as_str().expect("uid");

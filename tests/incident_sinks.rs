@@ -27,7 +27,7 @@ use serde_json::Value;
 use vantage::incident::{Incident, IncidentDb, Status};
 
 use support::Agent;
-use support::{ServerProcess, free_port, require_binary};
+use support::{Alertmanager, free_port, get};
 
 /// One POST as it arrived: lower-case header names, the JSON body.
 #[derive(Debug, Clone)]
@@ -127,101 +127,6 @@ fn serve(stream: TcpStream) -> Option<Post> {
     })
 }
 
-/// A real Alertmanager on a loopback port, its notifications going to `notify`; killed on drop.
-struct Alertmanager {
-    _process: ServerProcess,
-    url: String,
-}
-
-impl Alertmanager {
-    fn start(dir: &Path, notify: &str) -> Alertmanager {
-        let binary = require_binary("prometheus-alertmanager", "prometheus-alertmanager");
-        std::fs::create_dir_all(dir.join("storage")).expect("alertmanager dir");
-        let config = dir.join("alertmanager.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  resolve_timeout: 5s\n\
-                 route:\n  receiver: test\n  group_by: [incident_id]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-                 receivers:\n  - name: test\n    webhook_configs:\n      - url: {notify}\n        send_resolved: true\n"
-            ),
-        )
-        .expect("alertmanager.yml");
-        let port = free_port();
-        let process = ServerProcess::spawn(
-            binary,
-            vec![
-                format!("--config.file={}", config.display()),
-                format!("--storage.path={}", dir.join("storage").display()),
-                format!("--web.listen-address=127.0.0.1:{port}"),
-                "--cluster.listen-address=".into(),
-                "--log.level=warn".into(),
-            ],
-            dir.join("alertmanager.log"),
-        );
-        let am = Alertmanager {
-            _process: process,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        wait_until(
-            "Alertmanager to be ready",
-            Duration::from_secs(30),
-            None,
-            || get(&format!("{}/-/ready", am.url)).map(|_| ()),
-        );
-        am
-    }
-
-    /// The alert of incident `id` as `GET /api/v2/alerts` lists it (active ones only).
-    fn alert(&self, id: &str) -> Option<Value> {
-        let alerts: Value = serde_json::from_str(&get(&format!("{}/api/v2/alerts", self.url))?)
-            .expect("alerts JSON");
-        alerts
-            .as_array()
-            .expect("an array of alerts")
-            .iter()
-            .find(|a| a["labels"]["incident_id"] == id)
-            .cloned()
-    }
-}
-
-/// The body of a 200 answer to `GET url` (plain HTTP/1.1 on loopback).
-fn get(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_at(rest.find('/')?);
-    let mut stream = TcpStream::connect(host).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    // Go answers small bodies with Content-Length, larger ones chunked.
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut text = String::new();
-        let mut rest = body;
-        loop {
-            let (size, after) = rest.split_once("\r\n")?;
-            let size = usize::from_str_radix(size.trim(), 16).ok()?;
-            if size == 0 {
-                return Some(text);
-            }
-            text.push_str(after.get(..size)?);
-            rest = after.get(size + 2..)?;
-        }
-    }
-    Some(body.to_string())
-}
-
 fn wait_until<T>(
     what: &str,
     limit: Duration,
@@ -308,6 +213,7 @@ fn alertmanager_keeps_the_alert_while_open_and_resolves_it_with_the_incident() {
     let am = Alertmanager::start(
         &dir.path().join("am"),
         &format!("http://127.0.0.1:{}/", notifications.port),
+        &["incident_id"],
     );
     let service = free_port();
     let config = write_config(
@@ -345,6 +251,7 @@ labels = {{ team = "neteng" }}
             "agent": "sinks-e2e",
             "site": "lab",
             "incident_id": open.id,
+            "fleet_key": "target/svc",
             "team": "neteng",
         })
     );

@@ -22,11 +22,14 @@ use super::{
     Target,
 };
 
+mod evaluator;
 mod fleet;
 mod incident_sink;
 mod kinds;
 mod output;
 mod rule;
+
+pub(super) use evaluator::parse_evaluator;
 
 type Value<'i> = Spanned<DeValue<'i>>;
 

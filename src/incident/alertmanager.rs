@@ -45,6 +45,8 @@ pub fn alert(
         ("agent", incident.agent.clone()),
         ("site", incident.site.clone()),
         ("incident_id", incident.id.clone()),
+        // Without the agent: the agents' drafts and the fleet's incident of one outage share it.
+        ("fleet_key", incident.scope.fleet_key(&incident.site)),
     ]);
     let ends_at = incident
         .resolved_at

@@ -71,6 +71,8 @@ pub fn incident_point(event: &OutboxEvent) -> Point {
             ("severity", incident.severity.clone()),
             ("scope", incident.scope.kind().to_string()),
             ("event", event.event.as_str().to_string()),
+            // One outage's points from every agent and the fleet evaluator share it.
+            ("fleet_key", incident.scope.fleet_key(&incident.site)),
         ],
         fields,
         timestamp_ns: event.at.unix_ns(),

@@ -159,7 +159,7 @@ fn sink_names(config: &Config, extra: &[Box<dyn IncidentSink>]) -> Vec<String> {
 
 /// A deliverer per sink (the directory, each `[[incident_sink]]`, then `extra`), each with its
 /// own connection to the outbox.
-fn deliverers(
+pub fn deliverers(
     config: &Config,
     data_dir: &Path,
     extra: Vec<Box<dyn IncidentSink>>,

@@ -98,6 +98,7 @@ fn an_open_alert_ends_four_resends_ahead_and_carries_the_draft() {
                 "agent": "scl3-probe-01",
                 "site": "scl3",
                 "incident_id": "20261121-001",
+                "fleet_key": "target/sjc1-core",
                 "team": "neteng",
             },
             "annotations": {
@@ -122,7 +123,7 @@ fn a_resolved_alert_ends_when_the_incident_resolved() {
     );
     assert_eq!(alert["startsAt"], "2026-11-21T10:00:00Z");
     assert_eq!(alert["endsAt"], "2026-11-21T10:05:00Z");
-    assert_eq!(alert["labels"].as_object().map(|l| l.len()), Some(8));
+    assert_eq!(alert["labels"].as_object().map(|l| l.len()), Some(9));
 }
 
 fn event(kind: EventKind, key: &str, incident: Incident) -> OutboxEvent {

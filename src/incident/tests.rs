@@ -821,6 +821,10 @@ fn each_event_is_one_incident_point_that_influxdata_parses_back() {
         assert_eq!(tag(line, "scope").as_deref(), Some("group"));
         assert_eq!(tag(line, "severity").as_deref(), Some("major"));
         assert_eq!(tag(line, "site").as_deref(), Some("scl3"));
+        assert_eq!(
+            tag(line, "fleet_key").as_deref(),
+            Some("group/group=aws-us-east-1")
+        );
         assert_eq!(field(line, "id").as_deref(), Some("20261121-001"));
         assert_eq!(field(line, "state").as_deref(), Some(state));
         assert_eq!(

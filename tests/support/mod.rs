@@ -1,6 +1,7 @@
 //! What the integration tests share, one module for all of them: the agent as a child process,
 //! `vantage` commands, the peers of the service checks (`services`: an HTTP server, dnsmasq) and
-//! the stores of the sink tests (`stores`: VictoriaMetrics, InfluxDB, a scripted endpoint).
+//! the stores of the sink tests (`stores`: VictoriaMetrics, InfluxDB, a scripted endpoint), a
+//! real Alertmanager (`alertmanager`) and headless Chromium (`browser`).
 //! Everything started here is stopped when its handle is dropped (by PID, also when the test
 //! panics).
 //!
@@ -8,12 +9,15 @@
 //! installs them.
 #![allow(dead_code)] // each test binary uses a different part
 
+mod alertmanager;
 mod browser;
 mod process;
 mod services;
 mod stores;
 
 // Each test binary uses a different part.
+#[allow(unused_imports)]
+pub use alertmanager::*;
 #[allow(unused_imports)]
 pub use browser::*;
 #[allow(unused_imports)]

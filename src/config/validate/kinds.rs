@@ -80,7 +80,11 @@ impl Checker<'_> {
     }
 
     /// A non-empty array of strings, each with its span.
-    fn strings(&mut self, table: &DeTable<'_>, key: &Key) -> Got<Vec<(String, Range<usize>)>> {
+    pub(super) fn strings(
+        &mut self,
+        table: &DeTable<'_>,
+        key: &Key,
+    ) -> Got<Vec<(String, Range<usize>)>> {
         let Some(value) = table.get(key.name) else {
             return Got::Absent;
         };

@@ -238,7 +238,7 @@ impl Checker<'_> {
         kind
     }
 
-    fn severity(&mut self, table: &DeTable<'_>, severity_key: &Key) -> Option<Severity> {
+    pub(super) fn severity(&mut self, table: &DeTable<'_>, severity_key: &Key) -> Option<Severity> {
         match self.string(table, severity_key) {
             Got::Absent => Some(Severity::default()),
             Got::Invalid => None,
@@ -473,7 +473,7 @@ impl Checker<'_> {
         }
     }
 
-    fn loss(&mut self, table: &DeTable<'_>, span: &Range<usize>) -> Option<Condition> {
+    pub(super) fn loss(&mut self, table: &DeTable<'_>, span: &Range<usize>) -> Option<Condition> {
         let [above_key, clear_key, echoes_key] = &RULE_LOSS;
         let pct = |checker: &mut Self, key: &Key, got: Got<f64>| match got {
             Got::Valid(pct, span) if !(0.0..100.0).contains(&pct) => {
@@ -600,7 +600,11 @@ impl Checker<'_> {
         })
     }
 
-    fn latency(&mut self, table: &DeTable<'_>, span: &Range<usize>) -> Option<Condition> {
+    pub(super) fn latency(
+        &mut self,
+        table: &DeTable<'_>,
+        span: &Range<usize>,
+    ) -> Option<Condition> {
         let [
             field_key,
             above_ms_key,

@@ -1,0 +1,212 @@
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::rules::TransitionKind;
+
+const SITES: [&str; 3] = ["scl3", "sjc1", "iad1"];
+const CLOUD: [&str; 2] = ["aws-gw", "gcp-gw"];
+
+/// Three sites meshed by `<site>-agent`, two cloud targets; the target rule opens when one site
+/// in three (33%) sees a target fail, so only the site rule can keep a site outage to one incident.
+fn config() -> EvaluatorConfig {
+    EvaluatorConfig::parse(
+        r#"
+[evaluator]
+name = "fleet"
+interval = "10s"
+window = "30s"
+
+[[site]]
+name = "scl3"
+targets = ["scl3-agent"]
+[[site]]
+name = "sjc1"
+targets = ["sjc1-agent"]
+[[site]]
+name = "iad1"
+targets = ["iad1-agent"]
+
+[[rule]]
+name = "site-unreachable"
+scope = "site"
+min_sites = 2
+kind = "loss"
+above_pct = 90
+clear_below_pct = 10
+for = "10s"
+clear_for = "20s"
+min_hold = "0s"
+
+[[rule]]
+name = "cloud-unreachable"
+scope = "target"
+sites_pct = 30
+targets = ["aws-gw", "gcp-gw"]
+kind = "loss"
+above_pct = 50
+clear_below_pct = 5
+for = "20s"
+clear_for = "20s"
+min_hold = "0s"
+
+[[output]]
+name = "store"
+kind = "influxdb_v1"
+url = "http://127.0.0.1:8086"
+db = "vantage"
+
+[fleet]
+output = "store"
+"#,
+        Path::new("fleet.toml"),
+    )
+    .expect("valid fleet config")
+}
+
+/// Every site reaches every target and every other site, except what `lost` says (100% loss).
+fn reads(lost: impl Fn(&str, &str) -> bool) -> Vec<Reading> {
+    let mut readings = Vec::new();
+    for site in SITES {
+        let mesh = SITES
+            .iter()
+            .filter(|s| **s != site)
+            .map(|s| format!("{s}-agent"));
+        for target in mesh.chain(CLOUD.iter().map(|t| t.to_string())) {
+            let loss = if lost(site, &target) { 100.0 } else { 0.0 };
+            readings.push(Reading {
+                site: site.to_string(),
+                target,
+                loss_pct: Some(loss),
+                median_ms: (loss < 100.0).then_some(2.0),
+            });
+        }
+    }
+    readings
+}
+
+/// Run `rounds` reads, 10 s apart; every transition, in order.
+fn run(
+    evaluator: &mut Evaluator,
+    start: u64,
+    rounds: u64,
+    readings: &[Reading],
+) -> Vec<Transition> {
+    let mut transitions = Vec::new();
+    for round in 0..rounds {
+        let now = Duration::from_secs(start + 10 * round);
+        transitions.extend(evaluator.read(now, SystemTime::now(), readings));
+    }
+    transitions
+}
+
+fn opened(transitions: &[Transition]) -> Vec<String> {
+    transitions
+        .iter()
+        .filter(|t| t.kind == TransitionKind::Opened)
+        .map(|t| t.key.clone())
+        .collect()
+}
+
+#[test]
+fn a_site_that_is_down_is_one_incident_not_one_per_target() {
+    let mut evaluator = Evaluator::new(&config());
+    assert!(opened(&run(&mut evaluator, 0, 3, &reads(|_, _| false))).is_empty());
+    // scl3's uplink is cut: it reaches nothing, and nobody reaches it; it still reports.
+    let cut = reads(|site, target| site == "scl3" || target == "scl3-agent");
+    let transitions = run(&mut evaluator, 30, 8, &cut);
+    assert_eq!(
+        opened(&transitions),
+        ["site-unreachable/group/site=scl3"],
+        "{transitions:#?}"
+    );
+    let site = &transitions[0];
+    assert_eq!(site.impact.affected_targets(), ["scl3-agent"]);
+    let sites: Vec<&str> = site
+        .impact
+        .affected
+        .iter()
+        .map(|m| m.probe.as_str())
+        .collect();
+    assert_eq!(sites, ["iad1", "sjc1"], "the sites that cannot reach scl3");
+    assert_eq!(evaluator.down_sites(), ["scl3"]);
+    assert_eq!(site.scope.fleet_key("fleet"), "site/scl3");
+}
+
+#[test]
+fn a_target_down_everywhere_is_one_incident_for_that_target() {
+    let mut evaluator = Evaluator::new(&config());
+    run(&mut evaluator, 0, 3, &reads(|_, _| false));
+    let transitions = run(
+        &mut evaluator,
+        30,
+        8,
+        &reads(|_, target| target == "aws-gw"),
+    );
+    assert_eq!(
+        opened(&transitions),
+        ["cloud-unreachable/group/target=aws-gw"]
+    );
+    let incident = &transitions[0];
+    assert_eq!(incident.impact.affected.len(), 3, "seen from 3 of 3 sites");
+    assert_eq!(incident.impact.affected_targets(), ["aws-gw"]);
+    assert_eq!(incident.scope.fleet_key("fleet"), "target/aws-gw");
+    assert!(evaluator.down_sites().is_empty());
+    // Back: it resolves through the rule's own clear_for.
+    let transitions = run(&mut evaluator, 110, 4, &reads(|_, _| false));
+    assert_eq!(
+        transitions
+            .iter()
+            .map(|t| (t.kind, t.key.as_str()))
+            .collect::<Vec<_>>(),
+        [(
+            TransitionKind::Resolved,
+            "cloud-unreachable/group/target=aws-gw"
+        )]
+    );
+}
+
+/// A site that stops reporting is no witness: what it said last does not keep counting.
+#[test]
+fn a_silent_site_is_no_witness() {
+    let mut evaluator = Evaluator::new(&config());
+    run(&mut evaluator, 0, 3, &reads(|_, _| false));
+    // iad1 sees gcp-gw fail once, then falls silent before the rule's `for` has passed.
+    run(
+        &mut evaluator,
+        30,
+        1,
+        &reads(|site, t| site == "iad1" && t == "gcp-gw"),
+    );
+    let silent: Vec<Reading> = reads(|_, _| false)
+        .into_iter()
+        .filter(|r| r.site != "iad1")
+        .collect();
+    let transitions = run(&mut evaluator, 40, 6, &silent);
+    assert!(opened(&transitions).is_empty(), "{transitions:#?}");
+}
+
+#[test]
+fn the_engine_config_has_one_pair_per_site_and_target() {
+    let evaluator = Evaluator::new(&config());
+    let engine = evaluator.engine_config();
+    assert_eq!(
+        engine
+            .probes
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        SITES
+    );
+    let scl3 = engine.probe("scl3").expect("scl3");
+    assert_eq!(
+        scl3.targets,
+        ["sjc1-agent", "iad1-agent", "aws-gw", "gcp-gw"]
+    );
+    let site_rule = &engine.rules[0];
+    assert_eq!(
+        site_rule.targets,
+        ["iad1-agent", "scl3-agent", "sjc1-agent"],
+        "each site's mesh target"
+    );
+}
