@@ -61,6 +61,9 @@ pub struct FleetConfig {
     pub query_url: String,
     /// The whole fleet view must arrive within this; default 3 s.
     pub timeout: Duration,
+    /// Whether this process is one of the sites (an agent, true) or only reads them (the fleet
+    /// evaluator): an agent's own rule counts as its site seeing the fault.
+    pub is_a_site: bool,
 }
 
 /// The query language of the fleet store.

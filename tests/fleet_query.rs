@@ -252,6 +252,7 @@ fn fleet(dialect: FleetDialect, url: &str, output: &str, timeout: Duration) -> F
         dialect,
         query_url: url.into(),
         timeout,
+        is_a_site: true,
     }
 }
 
