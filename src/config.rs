@@ -459,6 +459,27 @@ impl LatencyField {
     }
 }
 
+/// Loading the fleet evaluator's config here, beside [`Config::load`]: `validate` knows the
+/// evaluator's types, so they may not know `validate` (one-way dependencies).
+impl evaluator::EvaluatorConfig {
+    pub fn load(path: &Path) -> Result<evaluator::EvaluatorConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            errors: vec![ConfigError {
+                path: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read fleet config file: {e}"),
+                hint: Some("check the path given to `vantage fleet --config`".into()),
+            }],
+        })?;
+        evaluator::EvaluatorConfig::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<evaluator::EvaluatorConfig, ConfigErrors> {
+        validate::parse_evaluator(text, path)
+    }
+}
+
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
