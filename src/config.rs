@@ -61,6 +61,9 @@ pub struct FleetConfig {
     pub query_url: String,
     /// The whole fleet view must arrive within this; default 3 s.
     pub timeout: Duration,
+    /// Whether this process is one of the sites (an agent, true) or only reads them (the fleet
+    /// evaluator): an agent's own rule counts as its site seeing the fault.
+    pub is_a_site: bool,
 }
 
 /// The query language of the fleet store.
@@ -453,6 +456,27 @@ impl LatencyField {
             LatencyField::Stddev => stats.rtt_stddev_ms,
             LatencyField::Jitter => stats.jitter_ms,
         }
+    }
+}
+
+/// Loading the fleet evaluator's config here, beside [`Config::load`]: `validate` knows the
+/// evaluator's types, so they may not know `validate` (one-way dependencies).
+impl evaluator::EvaluatorConfig {
+    pub fn load(path: &Path) -> Result<evaluator::EvaluatorConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            errors: vec![ConfigError {
+                path: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read fleet config file: {e}"),
+                hint: Some("check the path given to `vantage fleet --config`".into()),
+            }],
+        })?;
+        evaluator::EvaluatorConfig::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<evaluator::EvaluatorConfig, ConfigErrors> {
+        validate::parse_evaluator(text, path)
     }
 }
 

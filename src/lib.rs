@@ -18,6 +18,8 @@
 //! - [`sinks`]: delivery to InfluxDB-compatible outputs through a durable spool
 //! - [`rules`]: the rules engine, a pure state machine from observations to incident transitions
 //! - [`fleet`]: the fleet's view over the shared store (what every site measured) and its verdict
+//! - [`evaluator`]: `vantage fleet`, fleet-scope rules over that view on the agents' rules engine
+//!   and incident pipeline (like [`agent`], a composition above them)
 //! - [`incident`]: incidents — state, durable outbox, drafts (Markdown, JSON, SVG), sinks
 //!
 //! ## Data flow (see [`agent`] for what each fan-out does when its consumer is behind)
@@ -31,6 +33,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod evaluator;
 pub mod fleet;
 pub mod incident;
 pub mod probe;

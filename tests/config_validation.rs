@@ -789,6 +789,7 @@ db = "vantage"
             dialect: vantage::config::FleetDialect::Influxql,
             query_url: "http://influx.example:8086".into(),
             timeout: Duration::from_secs(3),
+            is_a_site: true,
         })
     );
     let config = accept(&format!(

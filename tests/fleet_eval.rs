@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use probes::{FailureKind, Measurement, Observation, Outcome, PingStats};
 use vantage::config::evaluator::EvaluatorConfig;
 use vantage::config::{Config, IncidentSinkConfig, IncidentSinkKind};
-use vantage::fleet::evaluator::{Evaluator, Reading};
+use vantage::evaluator::{Evaluator, Reading};
 use vantage::incident::alertmanager::AlertmanagerSink;
 use vantage::incident::{Incident, IncidentDb, IncidentSink, Manager, NoDiagnostics};
 use vantage::record::Record;

@@ -252,6 +252,7 @@ fn fleet(dialect: FleetDialect, url: &str, output: &str, timeout: Duration) -> F
         dialect,
         query_url: url.into(),
         timeout,
+        is_a_site: true,
     }
 }
 
@@ -395,7 +396,11 @@ async fn promql_gives_every_sites_figures_from_victoriametrics() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let view = loop {
         let view = store.query(&request).await.expect("fleet view");
-        let complete = view.rows.len() == 3 && view.rows.iter().all(|r| r.trace.is_some());
+        // Every series of the scenario: the rows, their traces and each site's self-metrics
+        // (CI once saw the view before sjc1's and scl3's `agent` series were searchable).
+        let complete = view.rows.len() == 3
+            && view.rows.iter().all(|r| r.trace.is_some())
+            && view.site_last_report_ms.len() == 3;
         if complete || Instant::now() > deadline {
             break view;
         }

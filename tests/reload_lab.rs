@@ -102,7 +102,7 @@ fn stored(data: &Path, before: SystemTime) -> BTreeMap<String, Vec<i64>> {
     let db = rusqlite::Connection::open(data.join("vantage.db")).expect("store");
     let mut query = db
         .prepare(
-            "SELECT target, ts_ns FROM observations WHERE probe = 'ping' AND ts_ns < ?1 ORDER BY ts_ns",
+            "SELECT target, ts_ns FROM ping WHERE probe = 'ping' AND ts_ns < ?1 ORDER BY ts_ns",
         )
         .expect("query");
     let mut stored: BTreeMap<String, Vec<i64>> = BTreeMap::new();
@@ -141,7 +141,9 @@ fn wait_for<T>(
 fn rows_of(data: &Path, target: &str) -> i64 {
     let db = rusqlite::Connection::open(data.join("vantage.db")).expect("store");
     db.query_row(
-        "SELECT COUNT(*) FROM observations WHERE target = ?1",
+        // Ping rounds are compact rows (the `ping` view); other runs are observations.
+        "SELECT (SELECT COUNT(*) FROM ping WHERE target = ?1)
+              + (SELECT COUNT(*) FROM observations WHERE target = ?1)",
         [target],
         |r| r.get(0),
     )

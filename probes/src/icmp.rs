@@ -636,8 +636,13 @@ fn send_due(
             });
             match sent {
                 Ok(n) => {
-                    for i in k..k + n {
-                        engine.sent(batch, i, at, None);
+                    // The kernel sends a batch's echoes one after the other, and on a short path
+                    // (loopback, a lab of namespaces) it even handles the first replies before
+                    // the call returns: each echo left at its share of the call, not at its start
+                    // (one start time for the batch made RTTs at 10k echoes/s 8× too long).
+                    let took = at.elapsed();
+                    for (j, i) in (k..k + n).enumerate() {
+                        engine.sent(batch, i, left_at(at, took, j, n), None);
                     }
                     k += n.max(1).min(batch.len - k);
                     if n == 0 {
@@ -667,6 +672,12 @@ fn send_due(
             }
         }
     }
+}
+
+/// When the `j`-th of `n` echoes that one `sendmmsg` call sent (from `at`, for `took`) left: its
+/// share of the call.
+fn left_at(at: Instant, took: Duration, j: usize, n: usize) -> Instant {
+    at + took.mul_f64(j as f64 / n.max(1) as f64)
 }
 
 fn send_batch(
@@ -811,6 +822,19 @@ impl RoundState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 64th echo of a batch leaves at the end of the call, not at its start: on a lab path
+    /// the kernel forwards each echo (and stamps its reply) inside the call, and timing every
+    /// echo from the call's start made the RTTs at 10,000 echoes/s 68 µs instead of fping's 9.
+    #[test]
+    fn an_echo_of_a_batch_leaves_at_its_share_of_the_call() {
+        let at = Instant::now();
+        let took = Duration::from_micros(640);
+        assert_eq!(left_at(at, took, 0, 64), at);
+        assert_eq!(left_at(at, took, 32, 64), at + Duration::from_micros(320));
+        assert_eq!(left_at(at, took, 63, 64), at + Duration::from_micros(630));
+        assert_eq!(left_at(at, took, 0, 0), at, "an empty call");
+    }
 
     #[test]
     fn duplicate_late_and_unsent_replies_are_not_counted() {

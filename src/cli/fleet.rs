@@ -1,4 +1,4 @@
-//! `vantage fleet`: the fleet evaluator ([`crate::fleet::evaluator`]) until SIGTERM or SIGINT,
+//! `vantage fleet`: the fleet evaluator ([`crate::evaluator`]) until SIGTERM or SIGINT,
 //! reading the shared store through the fleet query module ([`crate::fleet::query`]).
 
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::evaluator::EvaluatorConfig;
-use crate::fleet::evaluator::{self, Reading};
+use crate::evaluator::{self, Reading};
 use crate::fleet::query::{FleetRequest, FleetStore, FleetView};
 
 #[derive(Debug, clap::Args)]

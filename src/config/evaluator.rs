@@ -72,23 +72,6 @@ pub enum FleetScope {
 }
 
 impl EvaluatorConfig {
-    pub fn load(path: &Path) -> Result<EvaluatorConfig, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-            errors: vec![ConfigError {
-                path: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read fleet config file: {e}"),
-                hint: Some("check the path given to `vantage fleet --config`".into()),
-            }],
-        })?;
-        EvaluatorConfig::parse(&text, path)
-    }
-
-    pub fn parse(text: &str, path: &Path) -> Result<EvaluatorConfig, ConfigErrors> {
-        super::validate::parse_evaluator(text, path)
-    }
-
     /// The site whose mesh targets include `target`.
     pub fn site_of(&self, target: &str) -> Option<&SiteConfig> {
         self.sites

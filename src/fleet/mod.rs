@@ -7,10 +7,10 @@
 //!   `/api/v1/query`) within a strict time budget → a [`FleetView`]
 //! - `verdict`: [`verdict::verdict`], a pure function from a view to one sentence that localizes the
 //!   fault (this site's side, the target, or a shared segment), with its reasoning
-//! - `evaluator`: [`evaluator::Evaluator`], fleet-scope rules (`vantage fleet`) on the agents'
-//!   own rules engine and incident pipeline
+//!
+//! The fleet evaluator (`vantage fleet`), which composes this view with the rules engine and the
+//! incident pipeline, sits above both, in `crate::evaluator`.
 
-pub mod evaluator;
 pub mod query;
 pub mod verdict;
 

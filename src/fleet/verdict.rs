@@ -48,9 +48,9 @@ struct SiteState<'v> {
     reported: bool,
 }
 
-/// The verdict for `site`'s incident over `targets` (see the module docs). `now_ms`: for "last
-/// reported N min ago".
-pub fn verdict(view: &FleetView, site: &str, targets: &[String], now_ms: i64) -> Verdict {
+/// The verdict for `site`'s incident over `targets` (see the module docs); `site` is `None` for
+/// the fleet evaluator's incidents (it is no site). `now_ms`: for "last reported N min ago".
+pub fn verdict(view: &FleetView, site: Option<&str>, targets: &[String], now_ms: i64) -> Verdict {
     let mut sites: BTreeMap<&str, SiteState<'_>> = BTreeMap::new();
     for row in view.rows.iter().filter(|r| targets.contains(&r.target)) {
         let state = sites.entry(row.site.as_str()).or_insert(SiteState {
@@ -70,13 +70,15 @@ pub fn verdict(view: &FleetView, site: &str, targets: &[String], now_ms: i64) ->
         });
     }
     // This site sees it: its own rule says so, whatever reached the store.
-    let me = sites.entry(site).or_insert(SiteState {
-        rows: Vec::new(),
-        sees: true,
-        reported: true,
-    });
-    me.sees = true;
-    me.reported = true;
+    if let Some(site) = site {
+        let me = sites.entry(site).or_insert(SiteState {
+            rows: Vec::new(),
+            sees: true,
+            reported: true,
+        });
+        me.sees = true;
+        me.reported = true;
+    }
 
     let reasoning: Vec<String> = sites
         .iter()
@@ -115,7 +117,7 @@ pub fn verdict(view: &FleetView, site: &str, targets: &[String], now_ms: i64) ->
                 figures_range(&seeing, &sites)
             ),
         )
-    } else if seeing == [site] {
+    } else if let Some(site) = site.filter(|s| seeing == [*s]) {
         (
             Localization::ThisSite {
                 site: site.to_string(),
@@ -372,7 +374,7 @@ mod tests {
             row("sjc1", "aws-gw", 600, 600),
             row("iad1", "aws-gw", 600, 598),
         ]);
-        let verdict = verdict(&v, "scl3", &targets(&["aws-gw"]), NOW);
+        let verdict = verdict(&v, Some("scl3"), &targets(&["aws-gw"]), NOW);
         assert_eq!(
             verdict.localization,
             Localization::ThisSite {
@@ -394,6 +396,26 @@ mod tests {
         );
     }
 
+    /// The fleet evaluator is no site: its fleet draft once read "seen from 4 of 4 sites" with a
+    /// row "fleet: sees it (this site's own rule…)" beside the three sites that measure.
+    #[test]
+    fn the_fleet_evaluator_is_not_counted_as_a_site() {
+        let v = view(vec![
+            row("scl3", "aws-gw", 600, 0),
+            row("sjc1", "aws-gw", 600, 0),
+            row("iad1", "aws-gw", 600, 0),
+        ]);
+        let verdict = verdict(&v, None, &targets(&["aws-gw"]), NOW);
+        assert_eq!(verdict.localization, Localization::Target);
+        assert_eq!(verdict.seen_from, "seen from 3 of 3 sites");
+        assert_eq!(verdict.reasoning.len(), 3, "{:?}", verdict.reasoning);
+        assert!(
+            verdict.reasoning.iter().all(|r| !r.contains("own rule")),
+            "{:?}",
+            verdict.reasoning
+        );
+    }
+
     #[test]
     fn this_site_missing_from_the_store_still_sees_it() {
         // scl3's own points did not reach the store (its uplink carries them too).
@@ -401,7 +423,7 @@ mod tests {
             row("sjc1", "aws-gw", 600, 600),
             row("iad1", "aws-gw", 600, 600),
         ]);
-        let verdict = verdict(&v, "scl3", &targets(&["aws-gw"]), NOW);
+        let verdict = verdict(&v, Some("scl3"), &targets(&["aws-gw"]), NOW);
         assert_eq!(
             verdict.localization,
             Localization::ThisSite {
@@ -418,7 +440,7 @@ mod tests {
             row("sjc1", "aws-gw", 600, 0),
             row("iad1", "aws-gw", 600, 0),
         ]);
-        let verdict = verdict(&v, "sjc1", &targets(&["aws-gw"]), NOW);
+        let verdict = verdict(&v, Some("sjc1"), &targets(&["aws-gw"]), NOW);
         assert_eq!(verdict.localization, Localization::Target);
         assert_eq!(
             verdict.sentence,
@@ -430,7 +452,7 @@ mod tests {
     #[test]
     fn a_range_of_loss_is_shown_as_a_range() {
         let v = view(vec![row("scl3", "t", 100, 40), row("sjc1", "t", 100, 80)]);
-        let verdict = verdict(&v, "scl3", &targets(&["t"]), NOW);
+        let verdict = verdict(&v, Some("scl3"), &targets(&["t"]), NOW);
         assert_eq!(
             verdict.sentence,
             "2 of 2 sites see it (20–60% loss) → at t or its provider."
@@ -453,7 +475,7 @@ mod tests {
                 &["198.18.12.1", "198.18.22.1", "198.19.0.1"],
             ),
         ]);
-        let verdict = verdict(&v, "sjc1", &targets(&["aws-gw"]), NOW);
+        let verdict = verdict(&v, Some("sjc1"), &targets(&["aws-gw"]), NOW);
         assert_eq!(
             verdict.localization,
             Localization::SharedSegment {
@@ -483,7 +505,7 @@ mod tests {
                 &["10.0.6.1", "10.0.2.1", "10.9.9.9"],
             ),
         ]);
-        let verdict = verdict(&v, "a", &targets(&["t"]), NOW);
+        let verdict = verdict(&v, Some("a"), &targets(&["t"]), NOW);
         assert_eq!(
             verdict.localization,
             Localization::SharedSegment {
@@ -499,7 +521,7 @@ mod tests {
             row("sjc1", "t", 100, 50),
             row("iad1", "t", 100, 100),
         ]);
-        let verdict = verdict(&no_traces, "scl3", &targets(&["t"]), NOW);
+        let verdict = verdict(&no_traces, Some("scl3"), &targets(&["t"]), NOW);
         assert_eq!(verdict.localization, Localization::Inconclusive);
         assert!(
             verdict
@@ -512,14 +534,14 @@ mod tests {
             traced(row("sjc1", "t", 100, 50), &["10.0.0.1", "10.9.9.9"]),
             traced(row("iad1", "t", 100, 100), &["10.0.0.1", "10.9.9.9"]),
         ]);
-        let verdict = super::verdict(&same_path, "scl3", &targets(&["t"]), NOW);
+        let verdict = super::verdict(&same_path, Some("scl3"), &targets(&["t"]), NOW);
         assert_eq!(verdict.localization, Localization::Inconclusive);
     }
 
     #[test]
     fn alone_in_the_store_is_inconclusive() {
         let v = view(vec![row("scl3", "t", 100, 0)]);
-        let verdict = verdict(&v, "scl3", &targets(&["t"]), NOW);
+        let verdict = verdict(&v, Some("scl3"), &targets(&["t"]), NOW);
         assert_eq!(verdict.localization, Localization::Inconclusive);
         assert_eq!(
             verdict.sentence,
@@ -538,7 +560,7 @@ mod tests {
             row("sjc1", "aws-gw", 600, 600),
             silent,
         ]);
-        let verdict = verdict(&v, "scl3", &targets(&["aws-gw"]), NOW);
+        let verdict = verdict(&v, Some("scl3"), &targets(&["aws-gw"]), NOW);
         assert_eq!(
             verdict.localization,
             Localization::ThisSite {
@@ -570,10 +592,10 @@ mod tests {
             ..SiteFigures::default()
         };
         let v = view(vec![check("scl3", 10), check("sjc1", 10), check("iad1", 0)]);
-        let verdict = verdict(&v, "scl3", &targets(&["api"]), NOW);
+        let verdict = verdict(&v, Some("scl3"), &targets(&["api"]), NOW);
         assert_eq!(verdict.seen_from, "seen from 2 of 3 sites");
         let all = view(vec![check("scl3", 10), check("sjc1", 9)]);
-        let verdict = super::verdict(&all, "scl3", &targets(&["api"]), NOW);
+        let verdict = super::verdict(&all, Some("scl3"), &targets(&["api"]), NOW);
         assert_eq!(
             verdict.sentence,
             "2 of 2 sites see it (19 of 20 runs failed) → at api or its provider."
@@ -588,7 +610,7 @@ mod tests {
             row("sjc1", "a", 10, 10),
             row("sjc1", "b", 10, 10),
         ]);
-        let verdict = verdict(&v, "scl3", &targets(&["a", "b"]), NOW);
+        let verdict = verdict(&v, Some("scl3"), &targets(&["a", "b"]), NOW);
         assert_eq!(
             verdict.sentence,
             "Only scl3 sees it; sjc1 reaches all 2 targets with 0% loss → scl3's side (uplink or edge)."

@@ -316,16 +316,32 @@ fn panel(
     // Smoke: one band from the points that have the percentiles, broken where rounds had none.
     let runs = contiguous(series, |p| p.rtt_p10_ms.is_some() && p.rtt_p90_ms.is_some());
     for run in &runs {
+        // A rollup bucket covers its whole step, as SmokePing draws it: a band from its start
+        // to its end (one bucket alone is still a band, not a line of no width); a raw round
+        // is an instant.
+        let span_of = |p: &PingPoint| {
+            let end = if p.step_ns > 0 {
+                (p.timestamp_ns + p.step_ns).min(t1)
+            } else {
+                p.timestamp_ns
+            };
+            [x(p.timestamp_ns), x(end)]
+        };
         let band = |lo: fn(&PingPoint) -> Option<f64>, hi: fn(&PingPoint) -> Option<f64>| {
             let upper: Vec<(f64, f64)> = run
                 .iter()
-                .map(|p| (x(p.timestamp_ns), y(hi(p).unwrap_or(0.0))))
+                .flat_map(|p| {
+                    let (ys, [a, b]) = (y(hi(p).unwrap_or(0.0)), span_of(p));
+                    [(a, ys), (b, ys)]
+                })
                 .collect();
-            let lower = run
-                .iter()
-                .rev()
-                .map(|p| (x(p.timestamp_ns), y(lo(p).unwrap_or(0.0))));
-            upper.into_iter().chain(lower).collect::<Vec<_>>()
+            let lower = run.iter().rev().flat_map(|p| {
+                let (ys, [a, b]) = (y(lo(p).unwrap_or(0.0)), span_of(p));
+                [(b, ys), (a, ys)]
+            });
+            let mut band: Vec<(f64, f64)> = upper.into_iter().chain(lower).collect();
+            band.dedup();
+            band
         };
         svg.polygon(
             "smoke-p10-p90",

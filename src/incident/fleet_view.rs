@@ -52,7 +52,8 @@ impl FleetEvidence {
 #[derive(Debug)]
 pub struct FleetLookup {
     store: Arc<FleetStore>,
-    site: String,
+    /// This agent's site; `None` for the fleet evaluator, which is no site.
+    site: Option<String>,
     running: HashMap<String, Receiver<FleetEvidence>>,
     /// Answers not taken yet.
     done: HashMap<String, FleetEvidence>,
@@ -74,7 +75,7 @@ impl FleetLookup {
             })?;
         Ok(Some(FleetLookup {
             store: Arc::new(FleetStore::new(fleet, output)?),
-            site: config.agent.site.clone(),
+            site: fleet.is_a_site.then(|| config.agent.site.clone()),
             running: HashMap::new(),
             done: HashMap::new(),
             started: HashMap::new(),
@@ -94,7 +95,7 @@ impl FleetLookup {
         let spawned = std::thread::Builder::new()
             .name("fleet-view".into())
             .spawn(move || {
-                let _ = tx.send(ask(&store, &site, targets, from, now));
+                let _ = tx.send(ask(&store, site.as_deref(), targets, from, now));
             });
         match spawned {
             Ok(_) => {
@@ -155,7 +156,7 @@ impl FleetLookup {
 /// One fleet view and its verdict, within the store's budget.
 fn ask(
     store: &FleetStore,
-    site: &str,
+    site: Option<&str>,
     targets: Vec<String>,
     from: SystemTime,
     now: SystemTime,

@@ -1510,7 +1510,7 @@ fn golden_fleet_view(incident: &Incident) -> FleetEvidence {
     let targets = vec![target];
     FleetEvidence {
         at: incident.detected_at,
-        verdict: Some(verdict(&view, &incident.site, &targets, until)),
+        verdict: Some(verdict(&view, Some(&incident.site), &targets, until)),
         targets,
         view: Some(view),
         unavailable: None,

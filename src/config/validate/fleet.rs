@@ -113,6 +113,7 @@ impl Checker<'_> {
             dialect,
             query_url: query_url.unwrap_or_else(|| output.url.clone()),
             timeout,
+            is_a_site: true,
         })
     }
 }

@@ -408,7 +408,11 @@ pub fn engine_config(config: &EvaluatorConfig) -> Config {
         incident_sinks: config.incident_sinks.clone(),
         // The fleet's drafts get the agents' "seen from other sites": every site's figures for
         // the incident's target and the verdict, from the same store.
-        fleet: Some(config.store.clone()),
+        // Not as a site: the evaluator measures nothing itself.
+        fleet: Some(FleetConfig {
+            is_a_site: false,
+            ..config.store.clone()
+        }),
     }
 }
 
