@@ -409,7 +409,7 @@ pub fn engine_config(config: &EvaluatorConfig) -> Config {
         // The fleet's drafts get the agents' "seen from other sites": every site's figures for
         // the incident's target and the verdict, from the same store.
         // Not as a site: the evaluator measures nothing itself.
-        fleet: Some(FleetConfig {
+        fleet: Some(crate::config::FleetConfig {
             is_a_site: false,
             ..config.store.clone()
         }),

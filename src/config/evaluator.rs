@@ -3,13 +3,10 @@
 //! every mistake at once, with file:line:column and a hint; `[incidents]`, `[[output]]`, `[fleet]`
 //! and `[[incident_sink]]` are the agent's sections, checked by the same code.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{
-    Condition, ConfigError, ConfigErrors, FleetConfig, IncidentSinkConfig, IncidentsConfig,
-    OutputConfig, Severity,
-};
+use super::{Condition, FleetConfig, IncidentSinkConfig, IncidentsConfig, OutputConfig, Severity};
 
 /// Echoes in the synthetic window of a fleet loss rule: one read of the store is one window,
 /// its loss written as this many echoes (so `above_pct` has a resolution of 1%).
