@@ -443,3 +443,63 @@ fn contiguous(series: &Series, keep: impl Fn(&PingPoint) -> bool) -> Vec<Vec<&Pi
     }
     runs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(ts: i64, step_ns: i64) -> PingPoint {
+        PingPoint {
+            timestamp_ns: ts,
+            address: None,
+            failure_kind: None,
+            failure: None,
+            sent: 20,
+            loss_pct: 0.0,
+            rtt_p10_ms: Some(1.0),
+            rtt_p25_ms: Some(2.0),
+            rtt_median_ms: Some(3.0),
+            rtt_p75_ms: Some(4.0),
+            rtt_p90_ms: Some(5.0),
+            rounds: if step_ns > 0 { 15 } else { 1 },
+            step_ns,
+        }
+    }
+
+    fn smoke_vertices(svg: &str) -> usize {
+        let start = "class=\"smoke-p10-p90\" points=\"";
+        let at = svg.find(start).expect("a smoke band");
+        let rest = &svg[at + start.len()..];
+        rest[..rest.find('"').expect("end")].split(' ').count()
+    }
+
+    /// A 30-hour chart of a young store is one 5-minute bucket: it was drawn as a band of no
+    /// width (two vertices), invisible; a bucket covers its step.
+    #[test]
+    fn a_rollup_bucket_is_a_band_over_its_step_and_a_raw_round_an_instant() {
+        let hour = 3_600_000_000_000_i64;
+        let series = |points| Series {
+            probe: "ping".into(),
+            target: "far".into(),
+            points,
+        };
+        let bucket = smoke_chart(
+            "b",
+            &series(vec![point(hour, 300_000_000_000)]),
+            0,
+            30 * hour,
+        );
+        assert_eq!(smoke_vertices(&bucket), 4, "{bucket}");
+        let raw = smoke_chart(
+            "r",
+            &series(vec![point(hour, 0), point(2 * hour, 0)]),
+            0,
+            3 * hour,
+        );
+        assert_eq!(
+            smoke_vertices(&raw),
+            4,
+            "two rounds, two vertices each way: {raw}"
+        );
+    }
+}
