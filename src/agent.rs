@@ -178,7 +178,7 @@ impl Agent {
             stale_after: Mutex::new(stale_after(&jobs)),
             writer_alive: Arc::clone(&writer_alive),
             stopping: AtomicBool::new(false),
-            latest: Mutex::new(HashMap::with_capacity(jobs.len())),
+            latest: Mutex::new(HashMap::new()),
         }));
         // Bound before anything runs: a port in use fails the start, naming the key.
         let web = match &config.agent.listen {

@@ -78,8 +78,9 @@ pub(crate) struct StatusInner {
     pub(crate) stale_after: Mutex<Option<Duration>>,
     pub(crate) writer_alive: Arc<AtomicBool>,
     pub(crate) stopping: AtomicBool,
-    /// The latest record of each (probe, target), as the dispatcher saw it.
-    pub(crate) latest: Mutex<HashMap<(String, String), Record>>,
+    /// The latest record of each probe and target, as the dispatcher saw it. By probe, then by
+    /// target: the dispatcher finds a slot with borrowed names (no key allocated per record).
+    pub(crate) latest: Mutex<HashMap<String, HashMap<String, Record>>>,
 }
 
 impl Status {
@@ -196,7 +197,10 @@ impl Status {
             .max();
         *inner.stale_after.lock().unwrap_or_else(|e| e.into_inner()) = limit;
         let mut latest = inner.latest.lock().unwrap_or_else(|e| e.into_inner());
-        latest.retain(|key, _| jobs.contains(key));
+        for (probe, targets) in latest.iter_mut() {
+            targets.retain(|target, _| jobs.contains(&(probe.clone(), target.clone())));
+        }
+        latest.retain(|_, targets| !targets.is_empty());
     }
 
     /// The outputs running now (a reload replaced them).
@@ -207,20 +211,23 @@ impl Status {
     /// The latest record of each (probe, target), sorted by probe then target.
     pub fn latest(&self) -> Vec<Record> {
         let latest = self.0.latest.lock().unwrap_or_else(|e| e.into_inner());
-        let mut records: Vec<Record> = latest.values().cloned().collect();
+        let mut records: Vec<Record> = latest.values().flat_map(HashMap::values).cloned().collect();
         records.sort_by(|a, b| (&a.probe, &a.target).cmp(&(&b.probe, &b.target)));
         records
     }
 
     pub(crate) fn remember(&self, record: &Record) {
         let mut latest = self.0.latest.lock().unwrap_or_else(|e| e.into_inner());
-        match latest.get_mut(&(record.probe.clone(), record.target.clone())) {
+        if !latest.contains_key(record.probe.as_str()) {
+            latest.insert(record.probe.clone(), HashMap::new());
+        }
+        let Some(targets) = latest.get_mut(record.probe.as_str()) else {
+            return;
+        };
+        match targets.get_mut(record.target.as_str()) {
             Some(slot) => slot.clone_from(record),
             None => {
-                latest.insert(
-                    (record.probe.clone(), record.target.clone()),
-                    record.clone(),
-                );
+                targets.insert(record.target.clone(), record.clone());
             }
         }
     }
