@@ -41,7 +41,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use engine::{BATCH, Command, Engine, Request, RoundEnd, SendBatch};
+use engine::{BATCH, BatchRequest, Command, Engine, Request, RoundEnd, SendBatch};
 pub use packet::{
     EchoKey, Family, Inbound, Rejected, SocketKind, classify, echo_request, write_echo_request,
 };
@@ -194,36 +194,184 @@ impl IcmpClient {
         };
         let end = match &self.endpoint(family).socket {
             Ok(handle) => run_round(handle, addr, plan, start, stop).await,
-            Err(why) => RoundEnd {
-                rtts: vec![None; plan.count as usize],
-                failure: Some(Outcome::failure(FailureKind::Send, why.clone())),
-            },
+            Err(why) => no_socket(why, plan),
         };
-        let stats = PingStats::from_rtts(end.rtts);
-        let outcome = match end.failure {
-            _ if stats.received > 0 => Outcome::Success,
-            Some(failure) => failure,
-            None if stats.sent == 0 => {
-                Outcome::failure(FailureKind::Deadline, "stopped before the first echo")
-            }
-            None => Outcome::failure(
-                FailureKind::Timeout,
-                if stats.sent == 1 {
-                    format!("no reply to the echo within {:?}", plan.timeout)
-                } else {
-                    format!(
-                        "no reply to {} echoes within {:?} each",
-                        stats.sent, plan.timeout
-                    )
-                },
-            ),
-        };
-        Observation {
-            started_at,
-            duration: start.max(now).elapsed(),
-            outcome,
-            measurement: Measurement::Ping(stats),
+        observation(end, plan, started_at, start.max(now))
+    }
+
+    /// Rounds of one plan to many targets, the `i`-th starting at `targets[i].1`: handed to the
+    /// socket loops as one batch, so there is no task, channel or timer per target on either side
+    /// (at 10,000 targets those were most of `vantage ping`'s memory). Yields each round's
+    /// observation with its index as it ends; `stop` works as for [`IcmpClient::round`].
+    pub fn rounds(
+        &self,
+        targets: &[(IpAddr, Instant)],
+        plan: RoundPlan,
+        stop: &CancellationToken,
+    ) -> Rounds {
+        let (results, receiver) = mpsc::unbounded_channel();
+        let mut by_family = [Vec::new(), Vec::new()];
+        for (index, &(addr, start)) in targets.iter().enumerate() {
+            let index = u32::try_from(index).expect("fewer than 2^32 targets");
+            by_family[usize::from(addr.is_ipv6())].push((index, addr, start));
         }
+        for (family, batch) in [Family::V4, Family::V6].into_iter().zip(by_family) {
+            if batch.is_empty() {
+                continue;
+            }
+            let handle = match &self.endpoint(family).socket {
+                Ok(handle) => handle,
+                Err(why) => {
+                    for (index, ..) in batch {
+                        let _ = results.send((index, no_socket(why, plan)));
+                    }
+                    continue;
+                }
+            };
+            let request = BatchRequest {
+                targets: batch,
+                plan,
+                stop: stop.clone(),
+                results: results.clone(),
+            };
+            // If the loop has stopped, the batch is dropped with it: [`Rounds::next`] ends its
+            // rounds as failed once every sender is gone.
+            let _ = handle.commands.send(Command::StartBatch(request));
+        }
+        Rounds {
+            client: self.clone(),
+            receiver,
+            plan,
+            stop: stop.clone(),
+            stop_told: false,
+            starts: targets.iter().map(|&(_, start)| start).collect(),
+            ended: vec![false; targets.len()],
+            left: targets.len(),
+            wall: SystemTime::now(),
+            now: Instant::now(),
+        }
+    }
+}
+
+/// The rounds of [`IcmpClient::rounds`], as they end.
+#[derive(Debug)]
+pub struct Rounds {
+    client: IcmpClient,
+    receiver: mpsc::UnboundedReceiver<(u32, RoundEnd)>,
+    plan: RoundPlan,
+    stop: CancellationToken,
+    stop_told: bool,
+    starts: Vec<Instant>,
+    ended: Vec<bool>,
+    left: usize,
+    /// The clocks when the batch was asked for: a round's wall-clock start is `wall` plus its
+    /// start's distance from `now`.
+    wall: SystemTime,
+    now: Instant,
+}
+
+impl Rounds {
+    /// The next round to end (its index in the target list, and what it measured); None once
+    /// every round has been yielded.
+    pub async fn next(&mut self) -> Option<(usize, Observation)> {
+        if self.left == 0 {
+            return None;
+        }
+        loop {
+            let received = if self.stop_told {
+                self.receiver.recv().await
+            } else {
+                tokio::select! {
+                    received = self.receiver.recv() => received,
+                    () = self.stop.cancelled() => {
+                        self.stop_told = true;
+                        for endpoint in [&self.client.v4, &self.client.v6] {
+                            if let Ok(handle) = &endpoint.socket {
+                                let _ = handle.commands.send(Command::Stopped);
+                            }
+                        }
+                        continue;
+                    }
+                }
+            };
+            return Some(match received {
+                Some((index, end)) => self.ended(index as usize, end),
+                // A socket loop went away with rounds running: they end here, failed.
+                None => {
+                    let index = self.ended.iter().position(|ended| !ended)?;
+                    self.ended(index, loop_gone())
+                }
+            });
+        }
+    }
+
+    /// [`Rounds::next`] if a round has already ended, without waiting.
+    pub fn try_next(&mut self) -> Option<(usize, Observation)> {
+        let (index, end) = self.receiver.try_recv().ok()?;
+        Some(self.ended(index as usize, end))
+    }
+
+    fn ended(&mut self, index: usize, end: RoundEnd) -> (usize, Observation) {
+        self.ended[index] = true;
+        self.left -= 1;
+        let start = self.starts[index];
+        let started_at = self.wall + start.saturating_duration_since(self.now);
+        (
+            index,
+            observation(end, self.plan, started_at, start.max(self.now)),
+        )
+    }
+}
+
+/// A round on a family without a socket: every echo lost, and why.
+fn no_socket(why: &str, plan: RoundPlan) -> RoundEnd {
+    RoundEnd {
+        rtts: vec![None; plan.count as usize],
+        failure: Some(Outcome::failure(FailureKind::Send, why.to_string())),
+    }
+}
+
+fn loop_gone() -> RoundEnd {
+    RoundEnd {
+        rtts: Vec::new(),
+        failure: Some(Outcome::failure(
+            FailureKind::Send,
+            "the ICMP socket loop has stopped",
+        )),
+    }
+}
+
+/// A round's end as an observation: `began` is when it started (or was asked for, if later).
+fn observation(
+    end: RoundEnd,
+    plan: RoundPlan,
+    started_at: SystemTime,
+    began: Instant,
+) -> Observation {
+    let stats = PingStats::from_rtts(end.rtts);
+    let outcome = match end.failure {
+        _ if stats.received > 0 => Outcome::Success,
+        Some(failure) => failure,
+        None if stats.sent == 0 => {
+            Outcome::failure(FailureKind::Deadline, "stopped before the first echo")
+        }
+        None => Outcome::failure(
+            FailureKind::Timeout,
+            if stats.sent == 1 {
+                format!("no reply to the echo within {:?}", plan.timeout)
+            } else {
+                format!(
+                    "no reply to {} echoes within {:?} each",
+                    stats.sent, plan.timeout
+                )
+            },
+        ),
+    };
+    Observation {
+        started_at,
+        duration: began.elapsed(),
+        outcome,
+        measurement: Measurement::Ping(stats),
     }
 }
 
@@ -235,13 +383,6 @@ async fn run_round(
     start: Instant,
     stop: &CancellationToken,
 ) -> RoundEnd {
-    let gone = || RoundEnd {
-        rtts: Vec::new(),
-        failure: Some(Outcome::failure(
-            FailureKind::Send,
-            "the ICMP socket loop has stopped",
-        )),
-    };
     let (reply, mut done) = oneshot::channel();
     let request = Request {
         addr,
@@ -251,15 +392,15 @@ async fn run_round(
         reply,
     };
     if handle.commands.send(Command::Start(request)).is_err() {
-        return gone();
+        return loop_gone();
     }
     tokio::select! {
-        end = &mut done => return end.unwrap_or_else(|_| gone()),
+        end = &mut done => return end.unwrap_or_else(|_| loop_gone()),
         () = stop.cancelled() => {
             let _ = handle.commands.send(Command::Stopped);
         }
     }
-    done.await.unwrap_or_else(|_| gone())
+    done.await.unwrap_or_else(|_| loop_gone())
 }
 
 enum OpenError {
@@ -756,9 +897,15 @@ fn receive_batch(
 #[derive(Debug)]
 pub struct RoundState {
     timeout: Duration,
-    /// When each echo was sent, and the stamp it carried.
-    sent_at: Vec<Option<(Instant, u64)>>,
-    rtts: Vec<Option<f64>>,
+    /// One allocation per round: every round of `vantage ping` at 10,000 targets is alive at once.
+    echoes: Box<[Echo]>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Echo {
+    /// When it was sent, and the stamp it carried.
+    sent: Option<(Instant, u64)>,
+    rtt: Option<Duration>,
 }
 
 /// What [`RoundState::accept`] made of a matched reply.
@@ -780,42 +927,46 @@ impl RoundState {
     pub fn new(count: usize, timeout: Duration) -> Self {
         RoundState {
             timeout,
-            sent_at: vec![None; count],
-            rtts: vec![None; count],
+            echoes: vec![Echo::default(); count].into_boxed_slice(),
         }
     }
 
     pub fn sent(&mut self, index: usize, at: Instant, stamp: u64) {
-        self.sent_at[index] = Some((at, stamp));
+        self.echoes[index].sent = Some((at, stamp));
     }
 
     /// A verified reply to echo `index`, received `at`, carrying `stamp`.
     pub fn accept(&mut self, index: usize, at: Instant, stamp: u64) -> Verdict {
-        let Some(Some((sent, sent_stamp))) = self.sent_at.get(index) else {
+        let Some(echo) = self.echoes.get_mut(index) else {
             return Verdict::NotSent;
         };
-        if stamp != *sent_stamp {
+        let Some((sent, sent_stamp)) = echo.sent else {
+            return Verdict::NotSent;
+        };
+        if stamp != sent_stamp {
             return Verdict::Stale;
         }
-        let rtt = at.saturating_duration_since(*sent);
-        if self.rtts[index].is_some() {
+        let rtt = at.saturating_duration_since(sent);
+        if echo.rtt.is_some() {
             Verdict::Duplicate
         } else if rtt > self.timeout {
             Verdict::Late
         } else {
-            self.rtts[index] = Some(rtt.as_secs_f64() * 1000.0);
+            echo.rtt = Some(rtt);
             Verdict::Counted
         }
     }
 
     pub(crate) fn all_answered(&self, sent: usize) -> bool {
-        self.rtts[..sent].iter().all(Option::is_some)
+        self.echoes[..sent].iter().all(|echo| echo.rtt.is_some())
     }
 
-    /// RTTs of the echoes actually sent, in send order.
-    pub fn into_rtts(mut self, sent: usize) -> Vec<Option<f64>> {
-        self.rtts.truncate(sent);
-        self.rtts
+    /// RTTs of the echoes actually sent, in send order, in ms.
+    pub fn into_rtts(self, sent: usize) -> Vec<Option<f64>> {
+        self.echoes[..sent]
+            .iter()
+            .map(|echo| echo.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0))
+            .collect()
     }
 }
 

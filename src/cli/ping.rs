@@ -1,6 +1,8 @@
 //! `vantage ping`: the on-call one-shot. Many targets at once, like `fping -C`, with smokeping
 //! statistics per target.
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -70,8 +72,7 @@ async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
             ctrl_c.cancel();
         }
     });
-    // Names first (IP literals need no lookup), so the rounds' tasks stay small: at 10,000
-    // targets a task holding a resolver future each would be most of the process's memory.
+    // Names first (IP literals need no lookup), then every round at once as one batch.
     let mut resolved: Vec<Option<Result<IpAddr, String>>> = args
         .targets
         .iter()
@@ -88,90 +89,60 @@ async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
         let (index, address) = done?;
         resolved[index] = Some(address);
     }
-    // Stagger target starts across one interval so thousands of targets never go out in one burst;
-    // the ICMP client's loop times every start (no timer per target here).
+    // Stagger target starts across one interval so thousands of targets never go out in one burst.
+    // The whole list goes to the ICMP client as one batch: no task or channel per target.
     let n = args.targets.len() as u32;
     let start = std::time::Instant::now();
-    let mut rounds = tokio::task::JoinSet::new();
-    let mut results: Vec<(usize, String, RoundResult)> = Vec::new();
+    let mut batch = Vec::new();
+    // Target index of each batch entry; results of targets that did not resolve wait in `ended`.
+    let mut batch_target = Vec::new();
+    let mut ended: BTreeMap<usize, RoundResult> = BTreeMap::new();
     for (index, (target, address)) in args.targets.iter().zip(resolved).enumerate() {
         match address {
             Some(Ok(address)) => {
-                let (client, stop) = (client.clone(), stop.clone());
-                let at = start + plan.spacing / n * index as u32;
-                rounds.spawn(async move {
-                    let observation = client.round_at(address, plan, at, &stop).await;
-                    (index, address, observation)
-                });
+                batch.push((address, start + plan.spacing / n * index as u32));
+                batch_target.push(index);
             }
-            Some(Err(message)) => results.push((index, target.clone(), Err(message))),
-            None => results.push((
-                index,
-                target.clone(),
-                Err(format!("{target}: not resolved")),
-            )),
+            Some(Err(message)) => {
+                ended.insert(index, Err(message));
+            }
+            None => {
+                ended.insert(index, Err(format!("{target}: not resolved")));
+            }
         }
     }
-    while let Some(done) = rounds.join_next().await {
-        let (index, address, observation) = done?;
-        results.push((
-            index,
-            args.targets[index].clone(),
-            Ok((address, observation)),
-        ));
-    }
-    results.sort_by_key(|(index, ..)| *index);
+    let mut rounds = client.rounds(&batch, plan, &stop);
 
+    // Lines go out in target order as soon as every earlier target's round has ended (rounds end
+    // roughly in start order), so only the few that end early wait in memory.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut next_line = 0;
     let mut all_answered = true;
     let mut rows = Vec::new();
-    let unresolved_stats = probes::PingStats::from_rtts(Vec::new());
-    for (_, target, result) in &results {
-        let unresolved;
-        let (address, stats, failure) = match result {
-            Ok((address, observation)) => {
-                // An ICMP round always measures `ping`; anything else would be a bug upstream.
-                let stats = match &observation.measurement {
-                    Measurement::Ping(stats) => stats,
-                    _ => &unresolved_stats,
-                };
-                let failure = Some(&observation.outcome).filter(|o| **o != Outcome::Success);
-                (Some(*address), stats, failure)
-            }
-            Err(message) => {
-                unresolved = Outcome::failure(FailureKind::Resolve, message.clone());
-                (None, &unresolved_stats, Some(&unresolved))
+    loop {
+        while let Some(result) = ended.remove(&next_line) {
+            all_answered &= emit(&mut out, args, &args.targets[next_line], &result, &mut rows)?;
+            next_line += 1;
+        }
+        let (index, observation) = match rounds.try_next() {
+            Some(ended) => ended,
+            None => {
+                out.flush()?;
+                match rounds.next().await {
+                    Some(ended) => ended,
+                    None => break,
+                }
             }
         };
-        all_answered &= stats.received > 0;
-        if args.json {
-            let line = PingLine {
-                target,
-                address: address.map(|a| a.to_string()),
-                stats,
-                failure,
-            };
-            println!("{}", serde_json::to_string(&line)?);
-        } else {
-            rows.push(vec![
-                target.clone(),
-                address.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-                format!("{:.1}%", stats.loss_pct),
-                stats.sent.to_string(),
-                stats.received.to_string(),
-                table::ms(stats.rtt_min_ms),
-                table::ms(stats.rtt_median_ms),
-                table::ms(stats.rtt_p90_ms),
-                table::ms(stats.rtt_max_ms),
-                table::ms(stats.jitter_ms),
-                match failure {
-                    Some(Outcome::Failure { message, .. }) => message.clone(),
-                    _ => String::new(),
-                },
-            ]);
-        }
+        ended.insert(batch_target[index], Ok((batch[index].0, observation)));
+    }
+    // Every round has ended, so `ended` is empty; were a round ever missing, print the rest anyway.
+    while let Some((index, result)) = ended.pop_first() {
+        all_answered &= emit(&mut out, args, &args.targets[index], &result, &mut rows)?;
     }
     if !args.json {
-        print!(
+        write!(
+            out,
             "{}",
             table::render(
                 &[
@@ -181,11 +152,71 @@ async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
                 &rows,
                 &[2, 3, 4, 5, 6, 7, 8, 9],
             )
-        );
+        )?;
     }
+    out.flush()?;
     Ok(if all_answered {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Print one target's line (`--json`), or add its table row. Returns whether any echo was answered.
+fn emit(
+    out: &mut impl Write,
+    args: &Args,
+    target: &str,
+    result: &RoundResult,
+    rows: &mut Vec<Vec<String>>,
+) -> anyhow::Result<bool> {
+    let unresolved_stats;
+    let unresolved;
+    let (address, stats, failure) = match result {
+        Ok((address, observation)) => {
+            // An ICMP round always measures `ping`; anything else would be a bug upstream.
+            let stats = match &observation.measurement {
+                Measurement::Ping(stats) => stats,
+                _ => {
+                    unresolved_stats = probes::PingStats::from_rtts(Vec::new());
+                    &unresolved_stats
+                }
+            };
+            let failure = Some(&observation.outcome).filter(|o| **o != Outcome::Success);
+            (Some(*address), stats, failure)
+        }
+        Err(message) => {
+            unresolved_stats = probes::PingStats::from_rtts(Vec::new());
+            unresolved = Outcome::failure(FailureKind::Resolve, message.clone());
+            (None, &unresolved_stats, Some(&unresolved))
+        }
+    };
+    if args.json {
+        let line = PingLine {
+            target,
+            address: address.map(|a| a.to_string()),
+            stats,
+            failure,
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        writeln!(out)?;
+    } else {
+        rows.push(vec![
+            target.to_string(),
+            address.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            format!("{:.1}%", stats.loss_pct),
+            stats.sent.to_string(),
+            stats.received.to_string(),
+            table::ms(stats.rtt_min_ms),
+            table::ms(stats.rtt_median_ms),
+            table::ms(stats.rtt_p90_ms),
+            table::ms(stats.rtt_max_ms),
+            table::ms(stats.jitter_ms),
+            match failure {
+                Some(Outcome::Failure { message, .. }) => message.clone(),
+                _ => String::new(),
+            },
+        ]);
+    }
+    Ok(stats.received > 0)
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::SockaddrStorage;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::packet::{
@@ -44,25 +44,57 @@ pub(super) struct Request {
     pub reply: oneshot::Sender<RoundEnd>,
 }
 
+/// Many rounds with one plan, asked at once (`vantage ping`'s whole target list): no task,
+/// channel or stop token per round; each round's end goes out on `results` with its index.
+#[derive(Debug)]
+pub(super) struct BatchRequest {
+    /// (index in the caller's list, address, when its first echo goes out).
+    pub targets: Vec<(u32, IpAddr, Instant)>,
+    pub plan: RoundPlan,
+    pub stop: CancellationToken,
+    pub results: mpsc::UnboundedSender<(u32, RoundEnd)>,
+}
+
 /// What the loop is told by the rounds' callers.
 #[derive(Debug)]
 pub(super) enum Command {
     Start(Request),
+    StartBatch(BatchRequest),
     /// Some round's stop token fired: look at every round's token.
     Stopped,
 }
 
 /// How a round ended: the RTT of every echo sent, in send order, and its failure if any.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct RoundEnd {
     pub rtts: Vec<Option<f64>>,
     pub failure: Option<Outcome>,
 }
 
+/// Who waits for a round's end.
+#[derive(Debug)]
+enum Owner {
+    One {
+        stop: CancellationToken,
+        reply: oneshot::Sender<RoundEnd>,
+    },
+    /// Round `index` of batch `batch` (a key of [`Engine::batches`]).
+    Batch { batch: u32, index: u32 },
+}
+
+/// A batch's shared stop token and results channel, until its last round ends.
+#[derive(Debug)]
+struct BatchOwner {
+    stop: CancellationToken,
+    results: mpsc::UnboundedSender<(u32, RoundEnd)>,
+    running: usize,
+}
+
+/// A running round. Kept small (its destination is built per send): at 10,000 targets every
+/// round is alive at once, and this is most of `vantage ping`'s memory.
 #[derive(Debug)]
 struct Round {
     addr: IpAddr,
-    to: SockaddrStorage,
     plan: RoundPlan,
     start: Instant,
     base_seq: u16,
@@ -74,8 +106,7 @@ struct Round {
     deadline: Instant,
     stopping: bool,
     failure: Option<Outcome>,
-    stop: CancellationToken,
-    reply: oneshot::Sender<RoundEnd>,
+    owner: Owner,
 }
 
 impl Round {
@@ -125,6 +156,8 @@ pub(super) struct Engine {
     deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     /// Echoes each address's rounds hold (at most [`MAX_OUTSTANDING_PER_ADDRESS`]).
     held: HashMap<IpAddr, usize>,
+    batches: HashMap<u32, BatchOwner>,
+    next_batch: u32,
     /// Echoes per second the running rounds offer, to size the socket buffers.
     offered_per_s: f64,
     rejected: Arc<AtomicU64>,
@@ -148,6 +181,8 @@ impl Engine {
             free: Vec::new(),
             deadlines: BinaryHeap::new(),
             held: HashMap::new(),
+            batches: HashMap::new(),
+            next_batch: 0,
             offered_per_s: 0.0,
             rejected,
             stop_pending: false,
@@ -162,7 +197,23 @@ impl Engine {
     /// for however many arrived together (a SIGINT stops every round at once).
     pub fn command(&mut self, command: Command) {
         match command {
-            Command::Start(request) => self.start(request),
+            Command::Start(request) => {
+                let Request {
+                    addr,
+                    plan,
+                    start,
+                    stop,
+                    reply,
+                } = request;
+                if stop.is_cancelled() {
+                    let _ = reply.send(RoundEnd::default());
+                    return;
+                }
+                if let Err(end) = self.start(addr, plan, start, Owner::One { stop, reply }) {
+                    self.deliver(end.0, end.1);
+                }
+            }
+            Command::StartBatch(request) => self.start_batch(request),
             Command::Stopped => self.stop_pending = true,
         }
     }
@@ -173,14 +224,45 @@ impl Engine {
         }
     }
 
-    fn start(&mut self, request: Request) {
-        let Request {
-            addr,
+    fn start_batch(&mut self, request: BatchRequest) {
+        let BatchRequest {
+            targets,
             plan,
-            start,
             stop,
-            reply,
+            results,
         } = request;
+        if stop.is_cancelled() {
+            for (index, ..) in targets {
+                let _ = results.send((index, RoundEnd::default()));
+            }
+            return;
+        }
+        let batch = self.next_batch;
+        self.next_batch = self.next_batch.wrapping_add(1);
+        self.batches.insert(
+            batch,
+            BatchOwner {
+                stop,
+                results,
+                running: targets.len(),
+            },
+        );
+        for (index, addr, start) in targets {
+            if let Err((owner, end)) = self.start(addr, plan, start, Owner::Batch { batch, index })
+            {
+                self.deliver(owner, end);
+            }
+        }
+    }
+
+    /// Start a round, or hand back its owner with why it cannot run.
+    fn start(
+        &mut self,
+        addr: IpAddr,
+        plan: RoundPlan,
+        start: Instant,
+        owner: Owner,
+    ) -> Result<(), (Owner, RoundEnd)> {
         let count = plan.count as usize;
         let already = self.held.get(&addr).copied().unwrap_or(0);
         if already + count > MAX_OUTSTANDING_PER_ADDRESS {
@@ -189,18 +271,14 @@ impl Engine {
                  replies, and at most {MAX_OUTSTANDING_PER_ADDRESS} can be told apart (16-bit \
                  sequence numbers); lower `count`, or probe {addr} from fewer probes or targets"
             );
-            let _ = reply.send(RoundEnd {
+            let end = RoundEnd {
                 rtts: Vec::new(),
                 failure: Some(Outcome::failure(FailureKind::Send, message)),
-            });
-            return;
+            };
+            return Err((owner, end));
         }
-        if stop.is_cancelled() || count == 0 {
-            let _ = reply.send(RoundEnd {
-                rtts: Vec::new(),
-                failure: None,
-            });
-            return;
+        if count == 0 {
+            return Err((owner, RoundEnd::default()));
         }
         *self.held.entry(addr).or_default() += count;
         self.offered_per_s += 1.0 / plan.spacing.as_secs_f64().max(1e-3);
@@ -214,7 +292,6 @@ impl Engine {
         let slot = &mut self.slots[index as usize];
         slot.round = Some(Round {
             addr,
-            to: SockaddrStorage::from(SocketAddr::new(addr, 0)),
             plan,
             start,
             base_seq: rand::random(),
@@ -225,22 +302,59 @@ impl Engine {
             deadline: start,
             stopping: false,
             failure: None,
-            stop,
-            reply,
+            owner,
         });
         self.deadlines
             .push(Reverse((start, index, slot.generation)));
+        Ok(())
+    }
+
+    /// Whether a round's caller stopped it or went away.
+    fn abandoned(&self, owner: &Owner) -> bool {
+        match owner {
+            Owner::One { stop, reply } => stop.is_cancelled() || reply.is_closed(),
+            Owner::Batch { batch, .. } => self
+                .batches
+                .get(batch)
+                .is_none_or(|b| b.stop.is_cancelled() || b.results.is_closed()),
+        }
+    }
+
+    /// Hand a round's end to whoever waits for it.
+    fn deliver(&mut self, owner: Owner, end: RoundEnd) {
+        match owner {
+            Owner::One { reply, .. } => {
+                let _ = reply.send(end);
+            }
+            Owner::Batch { batch, index } => {
+                if let Some(waiting) = self.batches.get_mut(&batch) {
+                    let _ = waiting.results.send((index, end));
+                    waiting.running -= 1;
+                    if waiting.running == 0 {
+                        self.batches.remove(&batch);
+                    }
+                }
+            }
+        }
     }
 
     /// Rounds whose stop token fired send no more echoes; those already sent are still awaited.
     fn stopped(&mut self, now: Instant) {
         for index in 0..self.slots.len() {
+            let cancelled = |owner: &Owner| match owner {
+                Owner::One { stop, .. } => stop.is_cancelled(),
+                Owner::Batch { batch, .. } => self
+                    .batches
+                    .get(batch)
+                    .is_none_or(|b| b.stop.is_cancelled()),
+            };
+            match &self.slots[index].round {
+                Some(round) if !round.stopping && cancelled(&round.owner) => {}
+                _ => continue,
+            }
             let Some(round) = &mut self.slots[index].round else {
                 continue;
             };
-            if round.stopping || !round.stop.is_cancelled() {
-                continue;
-            }
             round.stopping = true;
             if round.sent == 0 || round.state.all_answered(round.sent) {
                 self.finish(index as u32);
@@ -290,10 +404,14 @@ impl Engine {
             if !self.current(at, index, generation) {
                 continue;
             }
+            let abandoned = match &self.slots[index as usize].round {
+                Some(round) => round.sending() && self.abandoned(&round.owner),
+                None => continue,
+            };
             let Some(round) = &mut self.slots[index as usize].round else {
                 continue;
             };
-            if round.sending() && (round.stop.is_cancelled() || round.reply.is_closed()) {
+            if abandoned {
                 // Its caller stopped or went away: nothing more to send.
                 round.stopping = true;
             }
@@ -316,7 +434,7 @@ impl Engine {
                 round.stamp,
                 &self.key,
             );
-            batch.addrs[k] = Some(round.to);
+            batch.addrs[k] = Some(SockaddrStorage::from(SocketAddr::new(round.addr, 0)));
             batch.owners[k] = (index, generation, at);
             batch.len += 1;
         }
@@ -450,10 +568,11 @@ impl Engine {
         }
         self.offered_per_s =
             (self.offered_per_s - 1.0 / round.plan.spacing.as_secs_f64().max(1e-3)).max(0.0);
-        let _ = round.reply.send(RoundEnd {
+        let end = RoundEnd {
             rtts: round.state.into_rtts(round.sent),
             failure: round.failure,
-        });
+        };
+        self.deliver(round.owner, end);
     }
 
     /// Rounds running now.
@@ -678,6 +797,72 @@ mod tests {
         let ended = done.try_recv().expect("answered: the round ended");
         assert_eq!(ended.rtts.len(), 1);
         assert_eq!(engine.running(), 0);
+    }
+
+    #[test]
+    fn a_batch_ends_each_round_under_its_index_and_stops_as_one() {
+        let mut engine = engine();
+        let mut batch = SendBatch::new();
+        let t0 = Instant::now();
+        let stop = CancellationToken::new();
+        let (results, mut ended) = mpsc::unbounded_channel();
+        let addrs: Vec<IpAddr> = (1..=3)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 0, i)))
+            .collect();
+        engine.command(Command::StartBatch(BatchRequest {
+            // Indices as the caller numbered its list (not 0..n), starts 1 ms apart.
+            targets: addrs
+                .iter()
+                .enumerate()
+                .map(|(i, &addr)| (10 + i as u32, addr, t0 + Duration::from_millis(i as u64)))
+                .collect(),
+            plan: plan(5),
+            stop: stop.clone(),
+            results,
+        }));
+        // A round of another caller, on the same socket, must not be stopped with the batch.
+        let mut alone = start(&mut engine, TARGET, plan(2), t0);
+        let t2 = t0 + Duration::from_millis(2);
+        assert_eq!(
+            send_all(&mut engine, &mut batch, t2),
+            4,
+            "first echo of each"
+        );
+        let answers: Vec<(IpAddr, Vec<u8>)> = (0..batch.len)
+            .map(|k| {
+                let to = match batch.addrs[k].and_then(|a| a.as_sockaddr_in().map(|v4| v4.ip())) {
+                    Some(ip) => IpAddr::V4(ip),
+                    None => panic!("an IPv4 destination"),
+                };
+                (to, reply_to(&batch, k, to))
+            })
+            .collect();
+        stop.cancel();
+        engine.command(Command::Stopped);
+        engine.apply_stops(t2);
+        // The batch's rounds await their first replies and send nothing more.
+        let mut now = t2;
+        for (from, answer) in &answers {
+            now += Duration::from_millis(1);
+            assert_eq!(
+                engine.receive(answer, *from, now),
+                Received::Reply(Verdict::Counted)
+            );
+        }
+        let mut got = Vec::new();
+        while let Ok((index, end)) = ended.try_recv() {
+            got.push((index, end.rtts.len(), end.rtts[0].is_some()));
+        }
+        got.sort();
+        assert_eq!(got, vec![(10, 1, true), (11, 1, true), (12, 1, true)]);
+        assert!(ended.is_closed(), "the batch is gone with its last round");
+        // The other caller's round goes on: its second echo is sent at 10 ms.
+        assert!(alone.try_recv().is_err());
+        assert_eq!(
+            send_all(&mut engine, &mut batch, t0 + Duration::from_millis(10)),
+            1
+        );
+        assert_eq!(engine.running(), 1);
     }
 
     #[test]
