@@ -651,11 +651,12 @@ async fn drive(
     tokio::pin!(sleep);
     // Set when the send buffer is full: wait for the socket to be writable before sending again.
     let mut blocked = false;
+    let mut last_pass = Instant::now();
     loop {
-        if engine
-            .next_deadline()
-            .is_some_and(|at| at <= Instant::now())
-        {
+        let coalesce = engine.coalesce();
+        let now = Instant::now();
+        if engine.next_deadline().is_some_and(|at| at <= now) && now >= last_pass + coalesce {
+            last_pass = now;
             // Replies already queued count before any round is ended at its deadline: a loop
             // woken late must not call them lost.
             let now = Instant::now();
@@ -673,13 +674,23 @@ async fn drive(
                 blocked = send_due(&mut engine, &socket, fd, &mut outgoing, &mut send_headers);
             }
         }
-        let wake = engine
-            .next_deadline()
-            .unwrap_or_else(|| Instant::now() + idle);
+        // Busy (a pass due within `coalesce`): echoes due until then go out together, and replies
+        // are read at that pass rather than woken for one by one; their kernel stamps keep their
+        // RTTs exact, and the receive buffer holds far more than one pass's worth.
+        let (wake, listen) = match engine.next_deadline() {
+            Some(at) => {
+                let wake = at.max(last_pass + coalesce);
+                (
+                    wake,
+                    wake.saturating_duration_since(Instant::now()) > coalesce,
+                )
+            }
+            None => (Instant::now() + idle, true),
+        };
         sleep.as_mut().reset(wake.into());
         tokio::select! {
             biased;
-            ready = socket.readable() => {
+            ready = socket.readable(), if listen => {
                 if let Err(error) = ready {
                     tracing::warn!(%error, ?family, "ICMP socket failed");
                     return;
