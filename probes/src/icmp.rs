@@ -5,7 +5,11 @@
 //! from a deadline heap ([`engine`]): due echoes are built into a preallocated batch and sent with
 //! one `sendmmsg`, replies read with `recvmmsg` and timed by the kernel's receive stamps
 //! (`SO_TIMESTAMPNS`). Per round there is one slot in an array and one message each way (its start,
-//! its result); nothing per echo is allocated, locked or spawned. The socket buffers grow with the
+//! its result); nothing per echo is allocated, locked or spawned. [`IcmpClient::rounds`] starts
+//! many rounds as one batch (`vantage ping`'s target list): one message for all of them, and no
+//! task, channel or stop token per round. While echoes are due more often than every 5 ms, the
+//! loop's passes are that far apart (`engine::COALESCE`): one wake-up and one `recvmmsg` for
+//! many echoes. The socket buffers grow with the
 //! offered echo rate; when `net.core.rmem_max`/`wmem_max` caps them, one warning names the sysctl.
 //!
 //! A round holds one sequence number per echo for its whole length, so at most
