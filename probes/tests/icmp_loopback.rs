@@ -174,3 +174,45 @@ fn more_echoes_to_one_address_than_sequence_numbers_fail_at_once() {
     let (kind, message) = failure(&after);
     assert_eq!(kind, probes::FailureKind::Deadline, "{message}");
 }
+
+/// A loop that falls behind its send schedule (100,000 echoes/s offered to 20,000 loopback
+/// addresses, more than a debug build sends) still reads replies between its sends: the first
+/// rounds end while the later ones are still waiting to send. It used to send until nothing was
+/// due, reading nothing, so replies piled up in the socket until its buffer overflowed.
+#[tokio::test]
+async fn a_loop_behind_its_sends_still_reads_replies_between_them() {
+    let client = IcmpClient::new().expect("ICMP socket (run as root or with CAP_NET_RAW)");
+    let n = 20_000u32;
+    let plan = RoundPlan {
+        count: 1,
+        spacing: Duration::from_millis(1),
+        timeout: Duration::from_secs(1),
+    };
+    // The first echo after the batch is set up (slow in a debug build), so the schedule starts
+    // on time and the loop falls behind while sending, not before.
+    let t0 = std::time::Instant::now() + Duration::from_millis(500);
+    let spread = Duration::from_millis(200);
+    let targets: Vec<(std::net::IpAddr, std::time::Instant)> = (0..n)
+        .map(|i| {
+            let addr = std::net::Ipv4Addr::new(127, 2, (i / 250) as u8, (i % 250 + 1) as u8);
+            (addr.into(), t0 + spread / n * i)
+        })
+        .collect();
+    let mut rounds = client.rounds(&targets, plan, &CancellationToken::new());
+    let mut first = None;
+    let mut last = t0;
+    let mut answered = 0;
+    while let Some((_, observation)) = rounds.next().await {
+        let now = std::time::Instant::now();
+        first.get_or_insert(now);
+        last = now;
+        answered += u32::from(observation.is_success());
+    }
+    let (first, last) = (first.expect("rounds ended") - t0, last - t0);
+    assert!(answered > 0, "no round answered");
+    assert!(
+        first * 2 < last,
+        "the first round ended after {first:?}, the last after {last:?}: no replies were read \
+         while echoes were being sent"
+    );
+}
