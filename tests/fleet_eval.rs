@@ -656,6 +656,60 @@ fn scenarios(kind: StoreKind) {
         },
     );
     assert_eq!(group["labels"]["fleet_key"], "target/aws-gw");
+    // Each site's draft links to the fleet's incident: scl3's gets it when its fleet view is
+    // asked again (it opened before the fleet's incident did), with a timeline line.
+    let scl3_data = dir.path().join(Site::Scl3.name());
+    let (scl3_draft, scl3_md) = wait_for(
+        "scl3's draft to link to the fleet's incident",
+        Duration::from_secs(45),
+        &log,
+        || {
+            let draft = IncidentDb::open(&scl3_data)
+                .ok()?
+                .open_by_key("cloud-loss/target/aws-gw")
+                .ok()??;
+            let md = std::fs::read_to_string(
+                scl3_data
+                    .join("incidents")
+                    .join(&draft.id)
+                    .join("incident.md"),
+            )
+            .ok()?;
+            md.contains("**Fleet incident:").then_some((draft, md))
+        },
+    );
+    let linked = &scl3_draft.fleet.as_ref().expect("fleet view").incidents;
+    assert_eq!(linked.len(), 1, "{linked:#?}");
+    assert_eq!(
+        (linked[0].fleet_key.as_str(), linked[0].rule.as_str()),
+        ("target/aws-gw", "cloud-unreachable")
+    );
+    let what = match kind {
+        // InfluxDB keeps the string fields: the fleet incident's title and ID.
+        StoreKind::Influx => format!(
+            "{} ({}, fleet key `target/aws-gw`)",
+            incident.title, incident.id
+        ),
+        StoreKind::Victoria => {
+            "rule `cloud-unreachable` on target/aws-gw (fleet key `target/aws-gw`)".to_string()
+        }
+    };
+    assert!(
+        scl3_md.contains(&format!("**Fleet incident: {what}, opened ")),
+        "{scl3_md}"
+    );
+    assert!(
+        scl3_md.contains("by the fleet evaluator `fleet` — ")
+            && scl3_md.contains(" of 3 sites see it**"),
+        "{scl3_md}"
+    );
+    assert!(
+        scl3_draft.timeline.iter().any(|e| e
+            .text
+            .starts_with("Linked to the fleet's incident of this outage: Fleet incident: ")),
+        "{:#?}",
+        scl3_draft.timeline
+    );
     std::thread::sleep(Duration::from_secs(4));
     let all = fleet_incidents(&fleet_data);
     assert_eq!(all.len(), 1, "exactly one fleet incident: {all:#?}");
@@ -707,6 +761,7 @@ fn scenarios(kind: StoreKind) {
             .join(&site.id)
             .join("incident.md");
         std::fs::copy(&target_draft, example.join("fleet-target-incident.md")).expect("copy");
+        std::fs::write(example.join("site-scl3-incident.md"), &scl3_md).expect("write");
         std::fs::copy(&site_draft, example.join("fleet-site-incident.md")).expect("copy");
     }
     lab.cut_uplink(Site::Scl3, false);

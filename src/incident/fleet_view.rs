@@ -8,6 +8,10 @@
 //! incident is open the view is asked again every [`REFRESH`], and each update and status update
 //! carries the latest one. A view that was unavailable and then arrives is a timeline entry (and
 //! an `updated` event), so the draft gets it once the store is back.
+//!
+//! An agent's lookup also asks for the fleet evaluator's open incidents of the same outage (its
+//! targets' fleet keys and its site's), within the same budget: the draft links to them, and an
+//! update that finds a new one says so in the timeline.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use super::Timestamp;
 use crate::config::Config;
 use crate::fleet::query::unix_ms;
 use crate::fleet::verdict::{Verdict, verdict};
-use crate::fleet::{FleetRequest, FleetStore, FleetView};
+use crate::fleet::{FleetIncident, FleetRequest, FleetStore, FleetView};
 
 /// A fleet view covers the breach: from [`LEAD`] before it began (its rule's `for` before
 /// detection) up to when it is asked, at most [`MAX_WINDOW`] back. Figures of the healthy time
@@ -40,6 +44,9 @@ pub struct FleetEvidence {
     pub verdict: Option<Verdict>,
     /// "the store did not answer within 3s (…)"; the draft says "fleet view unavailable: …".
     pub unavailable: Option<String>,
+    /// The fleet evaluator's open incidents of this outage (an agent's drafts only).
+    #[serde(default)]
+    pub incidents: Vec<FleetIncident>,
 }
 
 impl FleetEvidence {
@@ -120,6 +127,7 @@ impl FleetLookup {
                 view: None,
                 verdict: None,
                 unavailable: Some("the lookup thread ended without an answer".into()),
+                incidents: Vec::new(),
             },
         };
         self.running.remove(key);
@@ -167,8 +175,18 @@ fn ask(
         from: from.max(earliest).min(now),
         until: now,
     };
-    match store.query_blocking(&request) {
-        Ok(view) => {
+    // The fleet's incidents of this outage: one per target, or this site's (it is cut off).
+    // The evaluator asks none: it is the fleet.
+    let fleet_keys: Vec<String> = match site {
+        Some(site) => targets
+            .iter()
+            .map(|t| format!("target/{t}"))
+            .chain(std::iter::once(format!("site/{site}")))
+            .collect(),
+        None => Vec::new(),
+    };
+    match store.query_with_incidents_blocking(&request, &fleet_keys) {
+        Ok((view, incidents)) => {
             let verdict = verdict(&view, site, &targets, unix_ms(now));
             FleetEvidence {
                 at: Timestamp(now),
@@ -176,6 +194,7 @@ fn ask(
                 view: Some(view),
                 verdict: Some(verdict),
                 unavailable: None,
+                incidents,
             }
         }
         Err(error) => {
@@ -186,6 +205,7 @@ fn ask(
                 view: None,
                 verdict: None,
                 unavailable: Some(error.to_string()),
+                incidents: Vec::new(),
             }
         }
     }
