@@ -394,4 +394,44 @@ fn a_fleet_draft_speaks_as_the_fleet() {
         site.contains("to a site's mesh targets, from at least 2 of the 2 other sites"),
         "{site}"
     );
+    // Its verdict: every other site sees scl3's mesh target fail — scl3 is down, not "at the
+    // target or its provider".
+    let mut draft = drafts[1].clone();
+    let row = |site: &str| crate::fleet::SiteFigures {
+        site: site.into(),
+        agent: format!("{site}-probe"),
+        target: "scl3-agent".into(),
+        sent: 100,
+        rounds: 10,
+        failed_rounds: 10,
+        ..Default::default()
+    };
+    let view = crate::fleet::FleetView {
+        from_ms: 0,
+        until_ms: 60_000,
+        rows: vec![row("iad1"), row("sjc1")],
+        site_last_report_ms: Default::default(),
+    };
+    let targets = vec!["scl3-agent".to_string()];
+    draft.fleet = Some(crate::incident::FleetEvidence {
+        at: draft.detected_at,
+        verdict: Some(crate::fleet::verdict::verdict(
+            &view, None, &targets, 60_000,
+        )),
+        targets,
+        view: Some(view),
+        unavailable: None,
+        incidents: Vec::new(),
+    });
+    let site = crate::incident::render::markdown(&draft);
+    assert!(
+        site.contains(
+            "— iad1 and sjc1 cannot reach site scl3 → site scl3 itself is down or cut off"
+        ),
+        "{site}"
+    );
+    assert!(!site.contains("or its provider"), "{site}");
+    for phrase in AGENT_ONLY {
+        assert!(!site.contains(phrase), "{phrase:?}:\n{site}");
+    }
 }

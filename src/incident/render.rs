@@ -470,7 +470,7 @@ fn seen_from_other_sites(md: &mut String, incident: &Incident) {
         md,
         "**{}** — {}\n",
         capitalize_first(&verdict.seen_from),
-        verdict.sentence
+        verdict_sentence(incident, verdict)
     );
     let _ = writeln!(
         md,
@@ -549,6 +549,27 @@ fn seen_from_other_sites(md: &mut String, incident: &Incident) {
         if rows.is_empty() && view.site_last_report_ms.is_empty() {
             let _ = writeln!(md, "| (no site reported on it) | | | | | | |");
         }
+    }
+}
+
+/// The verdict's sentence; for the fleet's site incident, what "every site sees the mesh target
+/// fail" means: the site itself is down, not a target behind it.
+fn verdict_sentence(incident: &Incident, verdict: &crate::fleet::verdict::Verdict) -> String {
+    match (
+        &incident.fleet_sites,
+        &incident.scope,
+        &verdict.localization,
+    ) {
+        (
+            Some(sites),
+            Scope::Group { label, value },
+            crate::fleet::verdict::Localization::Target,
+        ) if label == crate::fleet::SITE_LABEL => format!(
+            "{} cannot reach site {value} → site {value} itself is down or cut off (its uplink, \
+             edge or agent host).",
+            sites.seeing.join(" and ")
+        ),
+        _ => verdict.sentence.clone(),
     }
 }
 
