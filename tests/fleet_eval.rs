@@ -10,7 +10,9 @@
 //!   a cloud target down everywhere is exactly one fleet incident, and Alertmanager shows one
 //!   group of four alerts (three agents' and the fleet's); scl3's uplink cut is exactly one
 //!   "site scl3 unreachable" incident, none per target, although one site in three would be
-//!   enough for the target rule. With `VANTAGE_FLEET_EXAMPLE_DIR` set, the fleet's drafts are
+//!   enough for the target rule. scl3's own draft for aws-gw links to the fleet's incident
+//!   ("Fleet incident: …", the title and ID on InfluxDB, the rule and fleet key on
+//!   VictoriaMetrics). With `VANTAGE_FLEET_EXAMPLE_DIR` set, the fleet's drafts and scl3's are
 //!   copied there (that is how `docs/examples/fleet/` was made).
 //!
 //! Needs root, `prometheus-alertmanager`, `influxdb` and `victoria-metrics` (scripts/test installs
