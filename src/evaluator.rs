@@ -22,6 +22,10 @@
 //!   site's figures for the target and the verdict, [`crate::incident::fleet_view`]): the engine
 //!   config carries the evaluator's `[fleet]`.
 //!
+//! A site that joins or leaves a firing incident (the engine counts targets, and a fleet incident
+//! has one) becomes an `Updated` transition ([`Engine::update`]): "site sjc1 now sees it", with
+//! the draft's sites, title and fleet view refreshed by the agents' update path.
+//!
 //! ## Witnesses
 //! A (site, target) pair that has no figure in a read (the site is silent), and every pair of a
 //! site whose site rule is pending or firing (the site is down: it sees everything fail), is

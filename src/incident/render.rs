@@ -1,6 +1,7 @@
 //! The status document: pure functions from an [`Incident`] to text. The Markdown follows the
 //! incident process the draft serves: what is affected and how badly (impact, symptoms, scope),
-//! the evidence, a timeline, who to engage, and status updates ready to send.
+//! the evidence, a timeline, who to engage, and status updates ready to send. The fleet
+//! evaluator's drafts (`Incident::fleet_sites`) speak by site, not of one agent and its targets.
 //!
 //! `golden/incident.md` is the whole document for a fixed incident (see the test
 //! `the_status_document_matches_the_golden_file`; `UPDATE_GOLDEN=1` rewrites it after a reviewed
