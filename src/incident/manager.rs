@@ -368,8 +368,14 @@ impl Manager {
             }
             // Then its fleet view, asked now that the traces took their time — the other sites'
             // rounds of the breach have reached the store by then — and given up within the
-            // store's budget. An update asks again too: it carries the view as of now.
-            let asks_fleet = item.transition.kind != TransitionKind::Resolved;
+            // store's budget. On the fleet evaluator an update asks again too: it carries every
+            // site's figures and the verdict as of now (an agent's view is refreshed every
+            // REFRESH, and each update carries the latest).
+            let asks_fleet = match item.transition.kind {
+                TransitionKind::Opened => true,
+                TransitionKind::Updated => self.fleet_evaluator,
+                TransitionKind::Resolved => false,
+            };
             if let Some(fleet) = &mut self.fleet {
                 if asks_fleet && !item.fleet_asked && !force {
                     item.fleet_asked = true;
@@ -505,10 +511,11 @@ impl Manager {
                             render::incident_impact(&incident)
                         ),
                     });
-                    // The view asked for this update (see `record_queued`): the per-site
-                    // table and the verdict as of now.
-                    if let Some(evidence) =
-                        self.fleet.as_mut().and_then(|f| f.poll(&transition.key))
+                    // The fleet's: the view asked for this update (see `record_queued`), the
+                    // per-site table and the verdict as of now.
+                    if self.fleet_evaluator
+                        && let Some(evidence) =
+                            self.fleet.as_mut().and_then(|f| f.poll(&transition.key))
                         && (evidence.is_available()
                             || !incident
                                 .fleet
