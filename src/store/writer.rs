@@ -261,13 +261,15 @@ mod tests {
         let (tx, rx) = mpsc::channel(100);
         let batches = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&batches);
-        let tap: Tap = Box::new(move |batch| seen.lock().unwrap().push(batch.count()));
+        let tap: Tap = Box::new(move |batch| seen.lock().expect("batches").push(batch.count()));
         // A linger far longer than the sends take even on a loaded machine: what is tested is
         // that the writer waits for more, not how long.
         let writer = spawn_lingering(store, rx, Retention::default(), tap, Duration::from_secs(2));
         let stored = |n: usize| {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while batches.lock().unwrap().iter().sum::<usize>() < n && Instant::now() < deadline {
+            while batches.lock().expect("batches").iter().sum::<usize>() < n
+                && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(10));
             }
         };
@@ -283,7 +285,7 @@ mod tests {
         }
         stored(21);
         assert_eq!(
-            *batches.lock().unwrap(),
+            *batches.lock().expect("batches"),
             vec![1, 20],
             "one commit of all 20"
         );
