@@ -117,7 +117,7 @@ fn convert_chunk(store: &mut Store, chunk: usize) -> anyhow::Result<(u64, u64)> 
             }
         }
     }
-    let inserted = series::insert_rounds(&tx, &mut store.series, &rounds)?;
+    let inserted = series::insert_rounds(&tx, &mut store.series, &rounds, true)?;
     let deleted = tx.execute(
         "DELETE FROM observations WHERE measurement = 'ping' AND id <= ?1",
         params![last],

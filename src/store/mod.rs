@@ -319,6 +319,18 @@ impl Store {
 
     /// Persist records in one transaction, with their original timestamps.
     pub fn insert(&mut self, records: &[Record]) -> anyhow::Result<()> {
+        self.insert_with(records, true)
+    }
+
+    /// As [`Store::insert`], but ping rounds go into the rollups only: what the store holds of
+    /// rounds older than the raw retention once they are pruned. For a benchmark's fill
+    /// (`examples/bench_web.rs`), which could not insert and prune 130 M raw rounds in time.
+    #[doc(hidden)]
+    pub fn insert_rollups_only(&mut self, records: &[Record]) -> anyhow::Result<()> {
+        self.insert_with(records, false)
+    }
+
+    fn insert_with(&mut self, records: &[Record], keep_raw: bool) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut rounds = Vec::new();
@@ -375,7 +387,7 @@ impl Store {
                     fields,
                 ])?;
             }
-            series::insert_rounds(&tx, &mut self.series, &rounds)?;
+            series::insert_rounds(&tx, &mut self.series, &rounds, keep_raw)?;
         }
         tx.commit()?;
         Ok(())

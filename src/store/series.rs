@@ -234,11 +234,13 @@ fn series_id(
 
 /// Insert `rounds` and update their rollup buckets, in `tx`; returns how many rounds were
 /// inserted (all of them). A second round of one series starting at the same nanosecond is
-/// stored 1 ns later rather than lost.
+/// stored 1 ns later rather than lost. Without `keep_raw` only the rollups are updated: what
+/// the store holds of rounds older than the raw retention once pruned.
 pub(super) fn insert_rounds(
     tx: &Transaction<'_>,
     cache: &mut HashMap<SeriesKey, i64>,
     rounds: &[Round<'_>],
+    keep_raw: bool,
 ) -> anyhow::Result<usize> {
     let mut buckets: HashMap<(Level, i64, i64), Bucket> = HashMap::new();
     let mut insert = tx.prepare_cached(
@@ -252,16 +254,17 @@ pub(super) fn insert_rounds(
         let received = round.rtts_ms.iter().flatten().count() as u64;
         let blob = codec::encode_rtts(round.rtts_ms);
         let mut ts_ns = round.ts_ns;
-        while insert.execute(params![
-            id,
-            ts_ns,
-            round.duration_ms,
-            sent,
-            received,
-            round.failure_kind,
-            round.failure,
-            blob
-        ])? == 0
+        while keep_raw
+            && insert.execute(params![
+                id,
+                ts_ns,
+                round.duration_ms,
+                sent,
+                received,
+                round.failure_kind,
+                round.failure,
+                blob
+            ])? == 0
         {
             ts_ns = ts_ns
                 .checked_add(1)
