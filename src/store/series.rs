@@ -73,6 +73,14 @@ pub(super) const SCHEMA: &str = "
                r.failure_kind, r.failure, r.duration_ms, r.sent, r.received, r.rtts
         FROM ping_rounds r JOIN series s ON s.id = r.series;";
 
+/// The latest round of every series, by probe and target.
+pub(super) const LATEST_PINGS: &str = "
+    SELECT s.probe, s.target, s.target_site, s.address, r.ts_ns, r.failure_kind,
+           r.failure, r.rtts
+    FROM series s JOIN ping_rounds r ON r.series = s.id
+         AND r.ts_ns = (SELECT MAX(ts_ns) FROM ping_rounds WHERE series = s.id)
+    ORDER BY s.probe, s.target, r.ts_ns";
+
 /// Spans up to this are drawn from raw rounds.
 pub const RAW_SPAN: Duration = Duration::from_secs(6 * 3600);
 /// Spans up to this (and beyond [`RAW_SPAN`]) are drawn from 5-minute buckets; longer ones from
@@ -556,13 +564,7 @@ impl Store {
 
     /// The most recent ping round per (probe, target), ordered by probe then target.
     pub fn latest_pings(&self) -> anyhow::Result<Vec<LatestPing>> {
-        let mut query = self.conn.prepare(
-            "SELECT s.probe, s.target, s.target_site, s.address, r.ts_ns, r.failure_kind,
-                    r.failure, r.rtts
-             FROM series s JOIN ping_rounds r ON r.series = s.id
-                  AND r.ts_ns = (SELECT MAX(ts_ns) FROM ping_rounds WHERE series = s.id)
-             ORDER BY s.probe, s.target, r.ts_ns",
-        )?;
+        let mut query = self.conn.prepare(LATEST_PINGS)?;
         let rows = query.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
