@@ -926,6 +926,41 @@ mod tests {
         assert_eq!(traces[0].hops, [Some("198.18.0.9".to_string())]);
     }
 
+    /// The overview draws a sparkline of every target on every view: from the 5-minute buckets
+    /// (36 rows for 3 hours), never the 540 raw rounds of each target (540,000 rounds decoded
+    /// per view at 1,000 targets).
+    #[test]
+    fn sparklines_read_one_bucket_per_five_minutes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let records: Vec<Record> = (0..540u64)
+            .map(|i| {
+                let rtts = if i == 100 {
+                    vec![None, None]
+                } else {
+                    vec![Some(1.0), Some(2.0)]
+                };
+                record("a", t0 + Duration::from_secs(20 * i), rtts)
+            })
+            .collect();
+        store.insert(&records).expect("insert");
+        let (from, to) = (
+            probes::unix_ns(t0),
+            probes::unix_ns(t0) + 3 * 3_600_000_000_000,
+        );
+        let points = store
+            .ping_sparkline("ping", "a", from, to)
+            .expect("sparkline");
+        assert_eq!(points.len(), 36, "{} points", points.len());
+        assert!(points.iter().all(|p| p.step_ns == 300_000_000_000));
+        assert_eq!(points.iter().map(|p| p.rounds).sum::<u32>(), 540);
+        // Round 100 (33 min 20 s in) lost both echoes: 2 of the 30 echoes of bucket 6.
+        let lossy: Vec<_> = points.iter().filter(|p| p.loss_pct > 0.0).collect();
+        assert_eq!(lossy.len(), 1);
+        assert!((lossy[0].loss_pct - 100.0 * 2.0 / 30.0).abs() < 1e-9);
+    }
+
     #[test]
     fn read_only_open_creates_no_file_and_refuses_what_is_not_a_store() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -12,9 +12,10 @@
 //!   buckets the rounds it inserts fall in (no scan); each level has its own retention.
 //! - The view `ping` joins raw rounds with their tags for ad-hoc SQL.
 //!
-//! [`Store::ping_series`] picks the level a chart needs: raw up to [`RAW_SPAN`], 5-minute buckets
-//! up to [`FIVE_MIN_SPAN`], hourly beyond, and a coarser level when the finer one has been pruned
-//! past the start of the span.
+//! The overview's sparklines ([`Store::ping_sparkline`]) read 5-minute buckets: one row per
+//! bucket per target, not every round. [`Store::ping_series`] picks the level a chart needs: raw
+//! up to [`RAW_SPAN`], 5-minute buckets up to [`FIVE_MIN_SPAN`], hourly beyond, and a coarser
+//! level when the finer one has been pruned past the start of the span.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -471,6 +472,18 @@ impl Store {
             return self.ping_history(probe, target, from_ns, to_ns);
         }
         self.rollup(level, probe, target, from_ns, to_ns)
+    }
+
+    /// The overview's sparkline of one (probe, target) from `from_ns` to `to_ns`: its 5-minute
+    /// buckets (one row per bucket, however many rounds: the overview draws every target).
+    pub fn ping_sparkline(
+        &self,
+        probe: &str,
+        target: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> anyhow::Result<Vec<PingPoint>> {
+        self.rollup(Level::FiveMin, probe, target, from_ns, to_ns)
     }
 
     /// The start of the oldest row of `level` for (probe, target).
