@@ -155,6 +155,9 @@ pub struct CheckPoint {
     pub fields: serde_json::Value,
 }
 
+/// How much of a store a read-only connection maps (SQLite's `mmap_size`; the rest is read).
+const READ_ONLY_MMAP: i64 = 1 << 32;
+
 /// Open an SQLite file read-only without creating anything beside it (see
 /// [`Store::open_read_only`] for what happens with WAL): the store's and the spool's readers.
 pub fn open_sqlite_read_only(path: &Path) -> anyhow::Result<Connection> {
@@ -186,6 +189,9 @@ pub fn open_sqlite_read_only(path: &Path) -> anyhow::Result<Connection> {
     )
     .with_context(|| format!("cannot open {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Pages read from the mapped file rather than copied into each connection's cache: every
+    // page view opens a connection, and the overview seeks into every series.
+    conn.pragma_update(None, "mmap_size", READ_ONLY_MMAP)?;
     Ok(conn)
 }
 

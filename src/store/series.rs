@@ -471,11 +471,12 @@ impl Store {
         if level == Level::Raw {
             return self.ping_history(probe, target, from_ns, to_ns);
         }
-        self.rollup(level, probe, target, from_ns, to_ns)
+        self.rollup(level, probe, target, from_ns, to_ns, true)
     }
 
     /// The overview's sparkline of one (probe, target) from `from_ns` to `to_ns`: its 5-minute
-    /// buckets (one row per bucket, however many rounds: the overview draws every target).
+    /// buckets (one row per bucket, however many rounds: the overview draws every target), with
+    /// the median and loss only (what a sparkline draws).
     pub fn ping_sparkline(
         &self,
         probe: &str,
@@ -483,7 +484,7 @@ impl Store {
         from_ns: i64,
         to_ns: i64,
     ) -> anyhow::Result<Vec<PingPoint>> {
-        self.rollup(Level::FiveMin, probe, target, from_ns, to_ns)
+        self.rollup(Level::FiveMin, probe, target, from_ns, to_ns, false)
     }
 
     /// The start of the oldest row of `level` for (probe, target).
@@ -497,7 +498,7 @@ impl Store {
     }
 
     /// The buckets of `level` whose start is within `[from_ns, to_ns]`, the series of one
-    /// (probe, target) merged per bucket.
+    /// (probe, target) merged per bucket; the median only unless `smoke` (p10–p90 too).
     fn rollup(
         &self,
         level: Level,
@@ -505,6 +506,7 @@ impl Store {
         target: &str,
         from_ns: i64,
         to_ns: i64,
+        smoke: bool,
     ) -> anyhow::Result<Vec<PingPoint>> {
         let table = level.table();
         // The bucket that holds `from_ns` too.
@@ -564,11 +566,11 @@ impl Store {
                 } else {
                     100.0 * b.sent.saturating_sub(b.received) as f64 / b.sent as f64
                 },
-                rtt_p10_ms: b.rtts.percentile_ms(10.0),
-                rtt_p25_ms: b.rtts.percentile_ms(25.0),
+                rtt_p10_ms: smoke.then(|| b.rtts.percentile_ms(10.0)).flatten(),
+                rtt_p25_ms: smoke.then(|| b.rtts.percentile_ms(25.0)).flatten(),
                 rtt_median_ms: b.rtts.percentile_ms(50.0),
-                rtt_p75_ms: b.rtts.percentile_ms(75.0),
-                rtt_p90_ms: b.rtts.percentile_ms(90.0),
+                rtt_p75_ms: smoke.then(|| b.rtts.percentile_ms(75.0)).flatten(),
+                rtt_p90_ms: smoke.then(|| b.rtts.percentile_ms(90.0)).flatten(),
                 rounds: u32::try_from(b.rounds).unwrap_or(u32::MAX),
                 step_ns: level.step_ns(),
             })
