@@ -254,6 +254,12 @@ fn loss_on_a_router_is_measured_within_four_sigma() {
         "loss_pct must be (sent − received) / sent: {line:?}"
     );
     line.assert_ordered();
+
+    // 100% is a loss the lab can set too (numgen's comparison stops at 99): nothing comes back.
+    lab.inject_loss(Router::R2, 100);
+    let run = vantage_ping(&lab, 3, 100, 500, &[&target]);
+    assert_eq!(run.code, 1, "100% loss means exit 1: {run:?}");
+    run.line(&target).assert_all_lost(3);
 }
 
 #[test]

@@ -92,9 +92,7 @@ fn after_a_lab_run_every_page_shows_what_the_store_holds() {
     let listener = lab
         .target()
         .inside(|| TcpListener::bind("198.18.2.2:0").expect("bind in the target namespace"));
-    // Never dropped: its drop wakes the accept loop with a connection from outside the lab, which
-    // cannot reach it, and would wait forever; the thread ends with the test process.
-    let web = std::mem::ManuallyDrop::new(HttpServer::serve(listener));
+    let web = HttpServer::serve(listener);
     let web_port = web.addr.port();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");

@@ -36,14 +36,20 @@ impl HttpServer {
         let unavailable = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let down = Arc::clone(&unavailable);
+        // A non-blocking accept polled every 10 ms: a blocking one could only be woken by a
+        // connection, and none can reach a listener bound inside a lab namespace from here.
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopping.load(Ordering::Relaxed) {
-                    return;
-                }
-                if let Ok(stream) = stream {
-                    let down = down.load(Ordering::Relaxed);
-                    std::thread::spawn(move || respond(stream, down));
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let down = down.load(Ordering::Relaxed);
+                        std::thread::spawn(move || respond(stream, down));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
         });
@@ -68,8 +74,6 @@ impl HttpServer {
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so that it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -284,7 +284,8 @@ impl Lab {
         ns.nft(&format!("{NFT_TABLE}flush chain inet vantage_lab loss\n"));
         if pct > 0 {
             ns.nft(&format!(
-                "add rule inet vantage_lab loss numgen random mod 100 < {pct} counter drop\n"
+                "add rule inet vantage_lab loss {}\n",
+                random_drop(pct)
             ));
         }
     }
@@ -308,8 +309,9 @@ impl Lab {
         );
         if pct > 0 {
             script.push_str(&format!(
-                "add rule inet vantage_lab link_in iifname \"{link}\" numgen random mod 100 < {pct} counter drop\n\
-                 add rule inet vantage_lab link_out oifname \"{link}\" numgen random mod 100 < {pct} counter drop\n"
+                "add rule inet vantage_lab link_in iifname \"{link}\" {drop}\n\
+                 add rule inet vantage_lab link_out oifname \"{link}\" {drop}\n",
+                drop = random_drop(pct)
             ));
         }
         self.router(router).nft(&script);
@@ -474,5 +476,14 @@ fn sweep_orphans() {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             drop(Netns::adopt(name));
         }
+    }
+}
+
+/// The nftables statement that drops `pct`% (1–100) of the packets at random. numgen's comparison
+/// only takes 0–99, so 100% is a plain drop.
+pub fn random_drop(pct: u8) -> String {
+    match pct {
+        100.. => "counter drop".to_string(),
+        _ => format!("numgen random mod 100 < {pct} counter drop"),
     }
 }
