@@ -22,6 +22,10 @@
 //!   site's figures for the target and the verdict, [`crate::incident::fleet_view`]): the engine
 //!   config carries the evaluator's `[fleet]`.
 //!
+//! A site that joins or leaves a firing incident (the engine counts targets, and a fleet incident
+//! has one) becomes an `Updated` transition ([`Engine::update`]): "site sjc1 now sees it", with
+//! the draft's sites, title and fleet view refreshed by the agents' update path.
+//!
 //! ## Witnesses
 //! A (site, target) pair that has no figure in a read (the site is silent), and every pair of a
 //! site whose site rule is pending or firing (the site is down: it sees everything fail), is
@@ -48,10 +52,7 @@ use crate::record::Record;
 use crate::rules::{Engine, Mono, Scope, Transition};
 use crate::sinks::{SinkOptions, Sinks};
 
-/// The label of a (site, target) pair that names the target ([`Scope::fleet_key`] knows both).
-pub const TARGET_LABEL: &str = "target";
-/// The label of a mesh pair that names the site its target stands for.
-pub const SITE_LABEL: &str = "site";
+pub use crate::fleet::{SITE_LABEL, TARGET_LABEL};
 
 /// One figure of one read: what `site` measured to `target` over the window.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +74,8 @@ pub struct Evaluator {
     site_keys: BTreeMap<String, Vec<String>>,
     /// Every (site, target) pair the rules watch, mesh pairs first.
     pairs: Vec<(String, String, bool)>,
+    /// Per firing alert: the sites that saw it as last reported (opened or updated).
+    seen_by: BTreeMap<String, Vec<String>>,
 }
 
 impl Evaluator {
@@ -115,6 +118,7 @@ impl Evaluator {
             engine,
             site_keys,
             pairs,
+            seen_by: BTreeMap::new(),
         }
     }
 
@@ -173,7 +177,84 @@ impl Evaluator {
             }
         }
         transitions.extend(self.engine.tick(now));
+        self.sites_changed(now, readings, &mut transitions);
         transitions
+    }
+
+    /// A site that joins or leaves a firing incident is a significant change for the fleet (the
+    /// engine counts targets, and a fleet incident has one): an `Updated` transition, through
+    /// the agents' update path, with the site in its reason.
+    fn sites_changed(
+        &mut self,
+        now: Mono,
+        readings: &[Reading],
+        transitions: &mut Vec<Transition>,
+    ) {
+        use crate::rules::TransitionKind;
+        for transition in transitions.iter() {
+            match transition.kind {
+                TransitionKind::Resolved => {
+                    self.seen_by.remove(&transition.key);
+                }
+                _ => {
+                    let sites = self.sites_of(&transition.rule, &transition.impact);
+                    self.seen_by.insert(transition.key.clone(), sites.seeing);
+                }
+            }
+        }
+        let firing: Vec<String> = self.engine.firing().iter().map(|k| k.to_string()).collect();
+        for key in firing {
+            if transitions.iter().any(|t| t.key == key) {
+                continue;
+            }
+            let (Some(impact), Some(rule)) = (
+                self.engine.impact(&key),
+                self.config
+                    .rules
+                    .iter()
+                    .find(|r| key.starts_with(&format!("{}/", r.name))),
+            ) else {
+                continue;
+            };
+            let now_seeing = self.sites_of(&rule.name, &impact);
+            let Some(before) = self.seen_by.get(&key) else {
+                // Resumed after a restart: what it says now is the baseline.
+                self.seen_by.insert(key, now_seeing.seeing);
+                continue;
+            };
+            // Nobody sees it any more: it is clearing, and its resolution says so.
+            if *before == now_seeing.seeing || now_seeing.seeing.is_empty() {
+                continue;
+            }
+            // "site sjc1 now sees it; site iad1 stopped reporting" (the manager's timeline line
+            // goes on with the impact: "… to aws-gw from 2 of 3 sites: scl3, sjc1").
+            let mut what: Vec<String> = Vec::new();
+            for site in now_seeing.seeing.iter().filter(|s| !before.contains(s)) {
+                what.push(format!("site {site} now sees it"));
+            }
+            for site in before.iter().filter(|s| !now_seeing.seeing.contains(s)) {
+                let reported = readings
+                    .iter()
+                    .any(|r| r.site == *site && r.loss_pct.is_some());
+                what.push(if reported {
+                    format!("site {site} no longer sees it")
+                } else {
+                    format!("site {site} stopped reporting")
+                });
+            }
+            let reason = what.join("; ");
+            self.seen_by.insert(key.clone(), now_seeing.seeing);
+            transitions.extend(self.engine.update(&key, now, reason));
+        }
+    }
+
+    fn sites_of(&self, rule: &str, impact: &crate::rules::Impact) -> crate::fleet::FleetSites {
+        self.engine_config
+            .rules
+            .iter()
+            .find(|r| r.name == rule)
+            .map(|r| crate::fleet::FleetSites::of(r, impact))
+            .unwrap_or_default()
     }
 
     fn record(&self, site: &str, target: &str, wall: SystemTime, reading: &Reading) -> Record {
@@ -234,7 +315,12 @@ pub fn run(
     let outputs = Sinks::start(
         data_dir,
         config.outputs.clone(),
-        SinkOptions::new(config.name.clone(), config.name.clone()),
+        SinkOptions {
+            // The evaluator is no site: no `agent` self-metrics point that would make it one
+            // in the sites' fleet views.
+            self_metrics_every: None,
+            ..SinkOptions::new(config.name.clone(), config.name.clone())
+        },
     )?;
     let extra: Vec<Box<dyn IncidentSink>> =
         vec![Box::new(OutputsSink::new(outputs.durable_writer()?))];

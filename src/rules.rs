@@ -533,6 +533,43 @@ impl Engine {
             .collect()
     }
 
+    /// A significant change the caller sees and the engine cannot (the fleet evaluator: a site
+    /// joined or left): an `Updated` transition of a firing alert, with `reason`, through the
+    /// same path as the engine's own updates. None unless `key` is firing.
+    pub fn update(&mut self, key: &str, now: Mono, reason: String) -> Option<Transition> {
+        let rule = self
+            .rules
+            .iter_mut()
+            .find(|r| r.alerts.iter().any(|a| a.key == key))?;
+        let index = rule.alerts.iter().position(|a| a.key == key)?;
+        let current = impact(rule, &rule.alerts[index]);
+        let alert = &mut rule.alerts[index];
+        let Phase::Firing {
+            opened,
+            reported,
+            peak,
+            ..
+        } = &mut alert.phase
+        else {
+            return None;
+        };
+        *reported = (current.affected_targets().len(), current.value);
+        peak.value = max_option(peak.value, current.value);
+        peak.affected_targets = peak.affected_targets.max(reported.0);
+        Some(Transition {
+            kind: TransitionKind::Updated,
+            key: alert.key.clone(),
+            rule: rule.config.name.clone(),
+            severity: rule.config.severity,
+            scope: alert.scope.clone(),
+            at: now,
+            open_for: now.saturating_sub(*opened),
+            impact: current,
+            peak: *peak,
+            reason,
+        })
+    }
+
     /// The current impact of an alert, for evidence (None for an unknown key).
     pub fn impact(&self, key: &str) -> Option<Impact> {
         self.rules.iter().find_map(|rule| {

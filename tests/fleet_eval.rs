@@ -10,7 +10,9 @@
 //!   a cloud target down everywhere is exactly one fleet incident, and Alertmanager shows one
 //!   group of four alerts (three agents' and the fleet's); scl3's uplink cut is exactly one
 //!   "site scl3 unreachable" incident, none per target, although one site in three would be
-//!   enough for the target rule. With `VANTAGE_FLEET_EXAMPLE_DIR` set, the fleet's drafts are
+//!   enough for the target rule. scl3's own draft for aws-gw links to the fleet's incident
+//!   ("Fleet incident: …", the title and ID on InfluxDB, the rule and fleet key on
+//!   VictoriaMetrics). With `VANTAGE_FLEET_EXAMPLE_DIR` set, the fleet's drafts and scl3's are
 //!   copied there (that is how `docs/examples/fleet/` was made).
 //!
 //! Needs root, `prometheus-alertmanager`, `influxdb` and `victoria-metrics` (scripts/test installs
@@ -656,6 +658,54 @@ fn scenarios(kind: StoreKind) {
         },
     );
     assert_eq!(group["labels"]["fleet_key"], "target/aws-gw");
+    // Each site's draft links to the fleet's incident: at its opening if the fleet's incident
+    // was open by then (the trace at breach takes a while), else when its fleet view is asked
+    // again (with a timeline line: `incident::fleet_view`'s unit test).
+    let scl3_data = dir.path().join(Site::Scl3.name());
+    let (scl3_draft, scl3_md) = wait_for(
+        "scl3's draft to link to the fleet's incident",
+        Duration::from_secs(45),
+        &log,
+        || {
+            let draft = IncidentDb::open(&scl3_data)
+                .ok()?
+                .open_by_key("cloud-loss/target/aws-gw")
+                .ok()??;
+            let md = std::fs::read_to_string(
+                scl3_data
+                    .join("incidents")
+                    .join(&draft.id)
+                    .join("incident.md"),
+            )
+            .ok()?;
+            md.contains("**Fleet incident:").then_some((draft, md))
+        },
+    );
+    let linked = &scl3_draft.fleet.as_ref().expect("fleet view").incidents;
+    assert_eq!(linked.len(), 1, "{linked:#?}");
+    assert_eq!(
+        (linked[0].fleet_key.as_str(), linked[0].rule.as_str()),
+        ("target/aws-gw", "cloud-unreachable")
+    );
+    let what = match kind {
+        // InfluxDB keeps the string fields: the fleet incident's title and ID.
+        StoreKind::Influx => format!(
+            "{} ({}, fleet key `target/aws-gw`)",
+            incident.title, incident.id
+        ),
+        StoreKind::Victoria => {
+            "rule `cloud-unreachable` on target/aws-gw (fleet key `target/aws-gw`)".to_string()
+        }
+    };
+    assert!(
+        scl3_md.contains(&format!("**Fleet incident: {what}, opened ")),
+        "{scl3_md}"
+    );
+    assert!(
+        scl3_md.contains("by the fleet evaluator `fleet` — ")
+            && scl3_md.contains(" of 3 sites see it**"),
+        "{scl3_md}"
+    );
     std::thread::sleep(Duration::from_secs(4));
     let all = fleet_incidents(&fleet_data);
     assert_eq!(all.len(), 1, "exactly one fleet incident: {all:#?}");
@@ -707,6 +757,7 @@ fn scenarios(kind: StoreKind) {
             .join(&site.id)
             .join("incident.md");
         std::fs::copy(&target_draft, example.join("fleet-target-incident.md")).expect("copy");
+        std::fs::write(example.join("site-scl3-incident.md"), &scl3_md).expect("write");
         std::fs::copy(&site_draft, example.join("fleet-site-incident.md")).expect("copy");
     }
     lab.cut_uplink(Site::Scl3, false);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use probes::trace::{Hop, TraceReport};
 use probes::{FailureKind, HttpStats, Measurement, Observation, Outcome, PingStats};
 use vantage::config::{FleetConfig, FleetDialect, OutputConfig, OutputKind, SecretSource};
-use vantage::fleet::{FleetRequest, FleetStore, FleetView};
+use vantage::fleet::{FleetIncident, FleetRequest, FleetStore, FleetView};
 use vantage::store::Record;
 
 use support::{Influxd, VictoriaMetrics, http, lines_of, with_query};
@@ -172,6 +172,123 @@ fn scenario(now: SystemTime) -> (Vec<String>, FleetRequest) {
     (lines, request)
 }
 
+/// The fleet evaluator's `incident` points (as `src/incident/outputs.rs` writes them): aws-gw's
+/// incident opened 30 s ago by 2 of 3 sites, updated 10 s ago to 3 of 3; scl3's site incident
+/// opened and resolved; and an agent's own aws-gw incident (no `role=fleet`), which is no fleet
+/// incident.
+fn incident_lines(now: SystemTime) -> Vec<String> {
+    let ns = |ago: u64| {
+        (now - Duration::from_secs(ago))
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("now")
+            .as_nanos()
+    };
+    let point = |agent: &str,
+                 rule: &str,
+                 key: &str,
+                 event: &str,
+                 role: &str,
+                 id: &str,
+                 seeing: u32,
+                 ago: u64| {
+        format!(
+            "incident,agent={agent},site={agent},rule={rule},severity=critical,scope=group,event={event},fleet_key={key}{role} \
+             id=\"{id}\",state=\"{state}\",title=\"2026-11-30 [fleet] 100% packet loss to aws-gw\",summary=\"x\",subject=\"s\",targets=\"aws-gw\",affected=1i,total_targets=1i,value=100,sites_seeing={seeing}i,sites_total=3i {}",
+            ns(ago),
+            state = if event == "resolved" {
+                "resolved"
+            } else {
+                "open"
+            },
+        )
+    };
+    vec![
+        point(
+            "fleet",
+            "cloud-unreachable",
+            "target/aws-gw",
+            "opened",
+            ",role=fleet",
+            "20261130-007",
+            2,
+            30,
+        ),
+        point(
+            "fleet",
+            "cloud-unreachable",
+            "target/aws-gw",
+            "updated",
+            ",role=fleet",
+            "20261130-007",
+            3,
+            10,
+        ),
+        point(
+            "fleet",
+            "site-unreachable",
+            "site/scl3",
+            "opened",
+            ",role=fleet",
+            "20261130-006",
+            2,
+            50,
+        ),
+        point(
+            "fleet",
+            "site-unreachable",
+            "site/scl3",
+            "resolved",
+            ",role=fleet",
+            "20261130-006",
+            2,
+            40,
+        ),
+        point(
+            "agent-scl3",
+            "cloud-loss",
+            "target/aws-gw",
+            "opened",
+            "",
+            "20261130-001",
+            0,
+            30,
+        ),
+    ]
+}
+
+/// Exactly aws-gw's fleet incident is open, opened 30 s ago, seen from 3 of 3 sites.
+fn check_incidents(incidents: &[FleetIncident], now: SystemTime, with_strings: bool) {
+    assert_eq!(incidents.len(), 1, "{incidents:#?}");
+    let incident = &incidents[0];
+    assert_eq!(
+        (
+            incident.fleet_key.as_str(),
+            incident.rule.as_str(),
+            incident.evaluator.as_str(),
+            incident.opened_ms,
+            incident.sites_seeing,
+            incident.sites_total
+        ),
+        (
+            "target/aws-gw",
+            "cloud-unreachable",
+            "fleet",
+            ms(now - Duration::from_secs(30)),
+            Some(3),
+            Some(3)
+        )
+    );
+    // VictoriaMetrics drops string fields.
+    assert_eq!(
+        incident.id.as_deref(),
+        with_strings.then_some("20261130-007")
+    );
+}
+
+fn fleet_keys() -> Vec<String> {
+    vec!["target/aws-gw".into(), "site/scl3".into()]
+}
+
 fn ms(at: SystemTime) -> i64 {
     vantage::fleet::query::unix_ms(at)
 }
@@ -308,7 +425,8 @@ async fn influxql_gives_every_sites_figures_from_influxdb_1x() {
     let influx = Influxd::start(dir.path(), user, password).await;
     influx.query("", "CREATE DATABASE vantage").await;
     let now = SystemTime::now();
-    let (lines, request) = scenario(now);
+    let (mut lines, request) = scenario(now);
+    lines.extend(incident_lines(now));
     write(
         with_query(
             &format!("{}/write", influx.url),
@@ -333,6 +451,12 @@ async fn influxql_gives_every_sites_figures_from_influxdb_1x() {
     .expect("store");
     let view = store.query(&request).await.expect("fleet view");
     check(&view, now, "InfluxQL");
+    let (view, incidents) = store
+        .query_with_incidents(&request, &fleet_keys())
+        .await
+        .expect("fleet view and incidents");
+    check(&view, now, "InfluxQL");
+    check_incidents(&incidents, now, true);
 
     // Wrong password: a reason naming the store's answer, never the secret.
     let wrong_file = dir.path().join("wrong");
@@ -363,7 +487,8 @@ async fn promql_gives_every_sites_figures_from_victoriametrics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vm = VictoriaMetrics::start(dir.path()).await;
     let now = SystemTime::now();
-    let (lines, request) = scenario(now);
+    let (mut lines, request) = scenario(now);
+    lines.extend(incident_lines(now));
     write(
         with_query(
             &format!("{}/api/v2/write", vm.url),
@@ -407,6 +532,19 @@ async fn promql_gives_every_sites_figures_from_victoriametrics() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     check(&view, now, "PromQL");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let incidents = loop {
+        let (_, incidents) = store
+            .query_with_incidents(&request, &fleet_keys())
+            .await
+            .expect("fleet view and incidents");
+        let complete = incidents.len() == 1 && incidents[0].sites_seeing == Some(3);
+        if complete || Instant::now() > deadline {
+            break incidents;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    check_incidents(&incidents, now, false);
 }
 
 #[tokio::test]

@@ -31,6 +31,75 @@ pub const MAX_BODY: usize = 4 << 20;
 /// How far back the last report and the latest trace of a site are looked for.
 pub const LOOKBACK: Duration = Duration::from_secs(3600);
 
+/// How far back the fleet evaluator's incidents are looked for: an incident has one point per
+/// event (a status update every 30 min by default), so a day is a few points per incident.
+pub const INCIDENT_LOOKBACK: Duration = Duration::from_secs(86_400);
+
+/// An open incident of the fleet evaluator, from its `incident` points (tag `role=fleet`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetIncident {
+    /// The outage without the agent: `target/aws-gw`, `site/scl3`.
+    pub fleet_key: String,
+    pub rule: String,
+    /// The evaluator's name (its `agent` tag).
+    pub evaluator: String,
+    /// The incident ID and title: InfluxQL only (VictoriaMetrics drops string fields).
+    pub id: Option<String>,
+    pub title: Option<String>,
+    /// Unix ms of its `opened` point.
+    pub opened_ms: i64,
+    /// How many sites see it, of how many witnesses, as of its latest point.
+    pub sites_seeing: Option<u64>,
+    pub sites_total: Option<u64>,
+}
+
+/// One `incident` point of the fleet evaluator, in either dialect.
+#[derive(Debug, Clone, Default)]
+struct IncidentPoint {
+    fleet_key: String,
+    rule: String,
+    evaluator: String,
+    event: String,
+    at_ms: i64,
+    id: Option<String>,
+    title: Option<String>,
+    sites_seeing: Option<u64>,
+    sites_total: Option<u64>,
+}
+
+/// The incidents whose latest point is not `resolved`, per (fleet key, rule), oldest first.
+fn open_incidents(mut points: Vec<IncidentPoint>) -> Vec<FleetIncident> {
+    points.sort_by(|a, b| (&a.fleet_key, &a.rule, a.at_ms).cmp(&(&b.fleet_key, &b.rule, b.at_ms)));
+    let mut open = Vec::new();
+    for one in points.chunk_by(|a, b| (&a.fleet_key, &a.rule) == (&b.fleet_key, &b.rule)) {
+        let Some(latest) = one.last() else { continue };
+        if latest.event == "resolved" {
+            continue;
+        }
+        // The opening of this incident: the last `opened` point (an earlier one opened an
+        // incident that has resolved since).
+        let opened_ms = one
+            .iter()
+            .filter(|p| p.event == "opened")
+            .map(|p| p.at_ms)
+            .max()
+            .unwrap_or(one[0].at_ms);
+        let with_sites = one.iter().rev().find(|p| p.sites_seeing.is_some());
+        open.push(FleetIncident {
+            fleet_key: latest.fleet_key.clone(),
+            rule: latest.rule.clone(),
+            evaluator: latest.evaluator.clone(),
+            id: one.iter().rev().find_map(|p| p.id.clone()),
+            title: one.iter().rev().find_map(|p| p.title.clone()),
+            opened_ms,
+            sites_seeing: with_sites.and_then(|p| p.sites_seeing),
+            sites_total: with_sites.and_then(|p| p.sites_total),
+        });
+    }
+    open.sort_by_key(|i| i.opened_ms);
+    open
+}
+
 /// What to ask: these targets (by name, the `target` tag every agent writes), over `from..=until`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetRequest {
@@ -183,11 +252,90 @@ impl FleetStore {
 
     /// [`FleetStore::query`] from a thread without a runtime (the incident manager's helpers).
     pub fn query_blocking(&self, request: &FleetRequest) -> Result<FleetView, FleetError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| FleetError::Unavailable(format!("cannot start a runtime: {e}")))?;
-        runtime.block_on(self.query(request))
+        runtime()?.block_on(self.query(request))
+    }
+
+    /// The view, and the fleet evaluator's open incidents with one of `fleet_keys` (a site's
+    /// draft links to them), both within the one budget.
+    pub async fn query_with_incidents(
+        &self,
+        request: &FleetRequest,
+        fleet_keys: &[String],
+    ) -> Result<(FleetView, Vec<FleetIncident>), FleetError> {
+        let work = async {
+            let view = async {
+                match self.dialect {
+                    FleetDialect::Influxql => self.influxql(request).await,
+                    FleetDialect::Promql => self.promql(request).await,
+                }
+            };
+            let incidents = async {
+                if fleet_keys.is_empty() {
+                    return Ok(Vec::new());
+                }
+                match self.dialect {
+                    FleetDialect::Influxql => self.influxql_incidents(request, fleet_keys).await,
+                    FleetDialect::Promql => self.promql_incidents(request, fleet_keys).await,
+                }
+            };
+            tokio::try_join!(view, incidents)
+        };
+        match tokio::time::timeout(self.budget, work).await {
+            Ok(result) => result,
+            Err(_) => Err(FleetError::Timeout(
+                self.budget,
+                format!("{} {}", self.dialect_name(), self.endpoint),
+            )),
+        }
+    }
+
+    /// [`FleetStore::query_with_incidents`] from a thread without a runtime.
+    pub fn query_with_incidents_blocking(
+        &self,
+        request: &FleetRequest,
+        fleet_keys: &[String],
+    ) -> Result<(FleetView, Vec<FleetIncident>), FleetError> {
+        runtime()?.block_on(self.query_with_incidents(request, fleet_keys))
+    }
+
+    async fn influxql_incidents(
+        &self,
+        request: &FleetRequest,
+        fleet_keys: &[String],
+    ) -> Result<Vec<FleetIncident>, FleetError> {
+        let mut url = self.endpoint.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(db) = &self.db {
+                query.append_pair("db", db);
+            }
+            query
+                .append_pair("epoch", "ms")
+                .append_pair("q", &influxql_incidents_statement(request, fleet_keys));
+        }
+        let answer = self.get_json(url).await?;
+        parse_influxql_incidents(&answer)
+            .map_err(|e| FleetError::Unavailable(format!("InfluxQL at {}: {e}", self.endpoint)))
+    }
+
+    async fn promql_incidents(
+        &self,
+        request: &FleetRequest,
+        fleet_keys: &[String],
+    ) -> Result<Vec<FleetIncident>, FleetError> {
+        let until = unix_ms(request.until + Duration::from_nanos(999_999));
+        let time = format!("{:.3}", until as f64 / 1000.0);
+        let [a, b, c] = promql_incident_queries(fleet_keys).map(|q| {
+            let mut url = self.endpoint.clone();
+            url.query_pairs_mut()
+                .append_pair("query", &q)
+                .append_pair("time", &time);
+            url
+        });
+        let (a, b, c) = tokio::try_join!(self.get_json(a), self.get_json(b), self.get_json(c))?;
+        let values = [a, b, c];
+        parse_promql_incidents(&values)
+            .map_err(|e| FleetError::Unavailable(format!("PromQL at {}: {e}", self.endpoint)))
     }
 
     fn dialect_name(&self) -> &'static str {
@@ -286,6 +434,176 @@ impl FleetStore {
         parse_promql(request, &named)
             .map_err(|e| FleetError::Unavailable(format!("PromQL at {}: {e}", self.endpoint)))
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, FleetError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| FleetError::Unavailable(format!("cannot start a runtime: {e}")))
+}
+
+/// The InfluxQL statement for the fleet evaluator's incidents with one of `fleet_keys`, over
+/// [`INCIDENT_LOOKBACK`] up to the view's end.
+pub fn influxql_incidents_statement(request: &FleetRequest, fleet_keys: &[String]) -> String {
+    let keys = fleet_keys
+        .iter()
+        .map(|k| format!("\"fleet_key\"::tag = {}", influx_string(k)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let until = unix_ms(request.until + Duration::from_nanos(999_999));
+    let from = unix_ms(
+        request
+            .until
+            .checked_sub(INCIDENT_LOOKBACK)
+            .unwrap_or(UNIX_EPOCH),
+    );
+    format!(
+        "SELECT \"id\", \"title\", \"sites_seeing\", \"sites_total\", \"event\" FROM \"incident\" WHERE \"role\"::tag = 'fleet' AND ({keys}) AND time >= {from}ms AND time <= {until}ms GROUP BY \"fleet_key\", \"rule\", \"agent\""
+    )
+}
+
+/// Read the answer to [`influxql_incidents_statement`].
+pub fn parse_influxql_incidents(answer: &Value) -> Result<Vec<FleetIncident>, String> {
+    if let Some(error) = answer.get("error").and_then(Value::as_str) {
+        return Err(format!("the store says: {error}"));
+    }
+    let results = answer
+        .get("results")
+        .and_then(Value::as_array)
+        .ok_or("no `results` in the answer")?;
+    let mut points = Vec::new();
+    for result in results {
+        if let Some(error) = result.get("error").and_then(Value::as_str) {
+            return Err(format!("the incidents statement: {error}"));
+        }
+        for one in result
+            .get("series")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let tag = |name: &str| {
+                one.pointer(&format!("/tags/{name}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let columns: Vec<&str> = one
+                .get("columns")
+                .and_then(Value::as_array)
+                .ok_or("a series without `columns`")?
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let values = one
+                .get("values")
+                .and_then(Value::as_array)
+                .ok_or("a series without `values`")?;
+            for value in values {
+                let value = value.as_array().ok_or("a row that is not an array")?;
+                let get = |name: &str| {
+                    columns
+                        .iter()
+                        .position(|c| *c == name)
+                        .and_then(|i| value.get(i))
+                        .filter(|v| !v.is_null())
+                };
+                let text = |name: &str| get(name).and_then(Value::as_str).map(String::from);
+                points.push(IncidentPoint {
+                    fleet_key: tag("fleet_key"),
+                    rule: tag("rule"),
+                    evaluator: tag("agent"),
+                    event: text("event").unwrap_or_default(),
+                    at_ms: get("time").and_then(Value::as_i64).unwrap_or(0),
+                    id: text("id"),
+                    title: text("title"),
+                    sites_seeing: get("sites_seeing").and_then(Value::as_u64),
+                    sites_total: get("sites_total").and_then(Value::as_u64),
+                });
+            }
+        }
+    }
+    Ok(open_incidents(points))
+}
+
+/// The PromQL queries for the fleet evaluator's incidents with one of `fleet_keys`: when each
+/// (fleet key, rule, event) series last had a point, and the site counts of that point.
+pub fn promql_incident_queries(fleet_keys: &[String]) -> [String; 3] {
+    let keys = fleet_keys
+        .iter()
+        .map(|k| prom_regex_literal(k))
+        .collect::<Vec<_>>()
+        .join("|");
+    let selector = |metric: &str| format!("{metric}{{role=\"fleet\", fleet_key=~\"{keys}\"}}");
+    let l = format!("{}s", INCIDENT_LOOKBACK.as_secs());
+    [
+        format!("tlast_over_time({}[{l}])", selector("incident_affected")),
+        format!("last_over_time({}[{l}])", selector("incident_sites_seeing")),
+        format!("last_over_time({}[{l}])", selector("incident_sites_total")),
+    ]
+}
+
+/// Read the answers to [`promql_incident_queries`], in that order.
+pub fn parse_promql_incidents(answers: &[Value]) -> Result<Vec<FleetIncident>, String> {
+    type Series = (String, String, String, String);
+    let mut points: BTreeMap<Series, IncidentPoint> = BTreeMap::new();
+    for (which, answer) in answers.iter().enumerate() {
+        if answer.get("status").and_then(Value::as_str) != Some("success") {
+            let error = answer
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no `status: success`");
+            return Err(format!("the store says: {error}"));
+        }
+        let result = answer
+            .pointer("/data/result")
+            .and_then(Value::as_array)
+            .ok_or("no `data.result` in the answer")?;
+        for sample in result {
+            let label = |name: &str| {
+                sample
+                    .pointer(&format!("/metric/{name}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let value = sample
+                .pointer("/value/1")
+                .and_then(Value::as_str)
+                .ok_or("a sample without `value`")?
+                .parse::<f64>()
+                .map_err(|e| format!("a sample's value is not a number: {e}"))?;
+            if !value.is_finite() {
+                continue;
+            }
+            let series = (
+                label("fleet_key"),
+                label("rule"),
+                label("agent"),
+                label("event"),
+            );
+            let point = points
+                .entry(series.clone())
+                .or_insert_with(|| IncidentPoint {
+                    fleet_key: series.0,
+                    rule: series.1,
+                    evaluator: series.2,
+                    event: series.3,
+                    ..IncidentPoint::default()
+                });
+            let count = Some(value.max(0.0).round() as u64);
+            match which {
+                0 => point.at_ms = (value * 1000.0).round() as i64,
+                1 => point.sites_seeing = count,
+                _ => point.sites_total = count,
+            }
+        }
+    }
+    // A series without a time (only counts) is not a point of the window.
+    Ok(open_incidents(
+        points.into_values().filter(|p| p.at_ms > 0).collect(),
+    ))
 }
 
 pub fn unix_ms(at: SystemTime) -> i64 {
@@ -851,5 +1169,114 @@ mod tests {
         assert_eq!(trace.at_ms, 5000);
         let addresses: Vec<_> = trace.hops.iter().map(|h| h.address.as_deref()).collect();
         assert_eq!(addresses, [Some("198.18.10.1"), Some("198.18.20.1")]);
+    }
+
+    /// The fleet's incidents: one still open (opened, updated), one that resolved, and one that
+    /// resolved and opened again — the open ones, from when they (last) opened.
+    #[test]
+    fn open_fleet_incidents_from_either_dialect() {
+        let series = |key: &str, rule: &str, rows: Value| {
+            serde_json::json!({"name": "incident",
+                "tags": {"fleet_key": key, "rule": rule, "agent": "fleet"},
+                "columns": ["time", "id", "title", "sites_seeing", "sites_total", "event"],
+                "values": rows})
+        };
+        let answer = serde_json::json!({"results": [{"statement_id": 0, "series": [
+            series("target/aws-gw", "cloud-unreachable", serde_json::json!([
+                [1000, "20261130-001", "t1", 2, 3, "opened"],
+                [5000, "20261130-001", "t1", 3, 3, "updated"]])),
+            series("site/scl3", "site-unreachable", serde_json::json!([
+                [1000, "20261130-002", "s", 2, 2, "opened"],
+                [2000, "20261130-002", "s", 2, 2, "resolved"]])),
+            series("target/gcp-gw", "cloud-unreachable", serde_json::json!([
+                [1000, "20261130-003", "g", 1, 3, "opened"],
+                [2000, "20261130-003", "g", 1, 3, "resolved"],
+                [3000, "20261130-004", "g2", 1, 3, "opened"]])),
+        ]}]});
+        let open = parse_influxql_incidents(&answer).expect("parsed");
+        let summary: Vec<_> = open
+            .iter()
+            .map(|i| {
+                (
+                    i.fleet_key.as_str(),
+                    i.id.as_deref(),
+                    i.opened_ms,
+                    i.sites_seeing,
+                    i.sites_total,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "target/aws-gw",
+                    Some("20261130-001"),
+                    1000,
+                    Some(3),
+                    Some(3)
+                ),
+                (
+                    "target/gcp-gw",
+                    Some("20261130-004"),
+                    3000,
+                    Some(1),
+                    Some(3)
+                ),
+            ]
+        );
+        assert_eq!(open[0].title.as_deref(), Some("t1"));
+        assert_eq!(open[0].evaluator, "fleet");
+
+        // VictoriaMetrics: one series per event (a tag); strings are gone.
+        let sample = |key: &str, event: &str, value: f64| {
+            serde_json::json!({"metric": {"fleet_key": key, "rule": "r", "agent": "fleet", "event": event},
+                "value": [9, value.to_string()]})
+        };
+        let success = |result: Vec<Value>| serde_json::json!({"status": "success", "data": {"result": result}});
+        let answers = [
+            success(vec![
+                sample("target/aws-gw", "opened", 1.0),
+                sample("target/aws-gw", "updated", 5.0),
+                sample("site/scl3", "opened", 1.0),
+                sample("site/scl3", "resolved", 2.0),
+            ]),
+            success(vec![
+                sample("target/aws-gw", "opened", 2.0),
+                sample("target/aws-gw", "updated", 3.0),
+            ]),
+            success(vec![sample("target/aws-gw", "updated", 3.0)]),
+        ];
+        let open = parse_promql_incidents(&answers).expect("parsed");
+        assert_eq!(open.len(), 1, "{open:#?}");
+        assert_eq!(
+            (
+                open[0].fleet_key.as_str(),
+                open[0].opened_ms,
+                open[0].sites_seeing,
+                open[0].sites_total,
+                open[0].id.as_deref()
+            ),
+            ("target/aws-gw", 1000, Some(3), Some(3), None)
+        );
+        assert_eq!(
+            parse_promql_incidents(&[serde_json::json!({"status": "error", "error": "bad"})]),
+            Err("the store says: bad".to_string())
+        );
+    }
+
+    #[test]
+    fn the_incident_queries_quote_the_fleet_keys() {
+        let keys = ["target/it's".to_string(), "site/scl3".to_string()];
+        let statement = influxql_incidents_statement(&request(), &keys);
+        assert!(
+            statement.contains("WHERE \"role\"::tag = 'fleet' AND (\"fleet_key\"::tag = 'target/it\\'s' OR \"fleet_key\"::tag = 'site/scl3') AND time >= 1799913600000ms AND time <= 1800000000000ms"),
+            "{statement}"
+        );
+        let [times, ..] = promql_incident_queries(&keys);
+        assert_eq!(
+            times,
+            "tlast_over_time(incident_affected{role=\"fleet\", fleet_key=~\"target/it's|site/scl3\"}[86400s])"
+        );
     }
 }

@@ -57,7 +57,7 @@ pub fn alert(
             "summary": incident.title,
             "description": format!(
                 "{}. Rule: {}.",
-                render::impact_sentence(&incident.impact, &incident.scope),
+                render::incident_impact(incident),
                 incident.rule.condition
             ),
             "draft": draft.display().to_string(),

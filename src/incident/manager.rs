@@ -122,6 +122,8 @@ pub struct Manager {
     diagnostics: Box<dyn Diagnostics>,
     /// "Seen from other sites", when `[fleet]` is configured.
     fleet: Option<FleetLookup>,
+    /// This is the fleet evaluator (`[fleet]`, not as a site): its drafts say which sites see it.
+    fleet_evaluator: bool,
     open: HashMap<String, Open>,
     /// Oldest first; see [`Queued`].
     queue: VecDeque<Queued>,
@@ -155,6 +157,7 @@ impl Manager {
             rules: config.rules.clone(),
             diagnostics,
             fleet: None,
+            fleet_evaluator: config.fleet.as_ref().is_some_and(|f| !f.is_a_site),
             open: HashMap::new(),
             queue: VecDeque::new(),
         }
@@ -215,8 +218,12 @@ impl Manager {
                 incident.timeline.push(TimelineEntry {
                     at: Timestamp(wall),
                     event: "restarted".into(),
-                    text: "The agent restarted; the incident is still open and watched again."
-                        .into(),
+                    text: if self.fleet_evaluator {
+                        "The fleet evaluator restarted; the incident is still open and watched again."
+                    } else {
+                        "The agent restarted; the incident is still open and watched again."
+                    }
+                    .into(),
                 });
                 // Noted in the state only: the next event carries it to the sinks.
                 self.db.save(&incident, None, None)?;
@@ -361,23 +368,33 @@ impl Manager {
             }
             // Then its fleet view, asked now that the traces took their time — the other sites'
             // rounds of the breach have reached the store by then — and given up within the
-            // store's budget.
+            // store's budget. On the fleet evaluator an update asks again too: it carries every
+            // site's figures and the verdict as of now (an agent's view is refreshed every
+            // REFRESH, and each update carries the latest).
+            let asks_fleet = match item.transition.kind {
+                TransitionKind::Opened => true,
+                TransitionKind::Updated => self.fleet_evaluator,
+                TransitionKind::Resolved => false,
+            };
             if let Some(fleet) = &mut self.fleet {
-                if item.transition.kind == TransitionKind::Opened && !item.fleet_asked && !force {
+                if asks_fleet && !item.fleet_asked && !force {
                     item.fleet_asked = true;
-                    let mut targets: Vec<String> = item
-                        .transition
-                        .impact
-                        .affected
-                        .iter()
-                        .map(|m| m.target.clone())
-                        .collect();
-                    targets.dedup();
-                    let from = fleet_from(&self.rules, &item.transition, item.at);
+                    let open = self.open.get(&item.transition.key);
+                    let mut targets: Vec<String> =
+                        open.map(|o| o.targets.clone()).unwrap_or_default();
+                    for m in &item.transition.impact.affected {
+                        if !targets.contains(&m.target) {
+                            targets.push(m.target.clone());
+                        }
+                    }
+                    let from = open.map_or_else(
+                        || fleet_from(&self.rules, &item.transition, item.at),
+                        |o| o.fleet_from,
+                    );
                     fleet.start(&item.transition.key, targets, from, wall);
                 }
             }
-            let fleet_running = item.transition.kind == TransitionKind::Opened
+            let fleet_running = asks_fleet
                 && self
                     .fleet
                     .as_mut()
@@ -406,6 +423,13 @@ impl Manager {
                 return;
             }
         }
+    }
+
+    /// Which sites see the incident, on the fleet evaluator (None on an agent).
+    fn fleet_sites(&self, transition: &Transition) -> Option<crate::fleet::FleetSites> {
+        let rule = self.rules.iter().find(|r| r.name == transition.rule)?;
+        self.fleet_evaluator
+            .then(|| crate::fleet::FleetSites::of(rule, &transition.impact))
     }
 
     /// Transitions not recorded yet (waiting for diagnostics or for the database).
@@ -476,6 +500,7 @@ impl Manager {
                     }
                     EventKind::Resolved
                 } else {
+                    incident.fleet_sites = self.fleet_sites(transition);
                     incident.title = render::title(&incident);
                     incident.timeline.push(TimelineEntry {
                         at,
@@ -483,9 +508,23 @@ impl Manager {
                         text: format!(
                             "{}: {}.",
                             capitalize(&transition.reason),
-                            render::impact_sentence(&incident.impact, &incident.scope)
+                            render::incident_impact(&incident)
                         ),
                     });
+                    // The fleet's: the view asked for this update (see `record_queued`), the
+                    // per-site table and the verdict as of now.
+                    if self.fleet_evaluator
+                        && let Some(evidence) =
+                            self.fleet.as_mut().and_then(|f| f.poll(&transition.key))
+                        && (evidence.is_available()
+                            || !incident
+                                .fleet
+                                .as_ref()
+                                .is_some_and(FleetEvidence::is_available))
+                    {
+                        link_fleet_incidents(&mut incident, &evidence, at);
+                        incident.fleet = Some(evidence);
+                    }
                     EventKind::Updated
                 };
                 incident.timeline.extend(late);
@@ -518,7 +557,15 @@ impl Manager {
             key: transition.key.clone(),
             rule: RuleSummary {
                 name: transition.rule.clone(),
-                condition: rule.map(describe_rule).unwrap_or_default(),
+                condition: rule
+                    .map(|r| {
+                        if self.fleet_evaluator {
+                            describe_fleet_rule(r)
+                        } else {
+                            describe_rule(r)
+                        }
+                    })
+                    .unwrap_or_default(),
             },
             severity: transition.severity.as_str().to_string(),
             scope: transition.scope.clone(),
@@ -538,7 +585,9 @@ impl Manager {
             evidence: Evidence::default(),
             status_update_every_s: self.status_updates.as_secs(),
             fleet: None,
+            fleet_sites: None,
         };
+        incident.fleet_sites = self.fleet_sites(transition);
         incident.title = render::title(&incident);
         if let Some(rule) = rule {
             let began = wall.checked_sub(rule.open_for).unwrap_or(wall);
@@ -554,12 +603,20 @@ impl Manager {
         incident.timeline.push(TimelineEntry {
             at,
             event: "opened".into(),
-            text: format!(
-                "Draft opened by agent {} ({}): {}.",
-                self.agent,
-                self.site,
-                render::impact_sentence(&incident.impact, &incident.scope)
-            ),
+            text: if self.fleet_evaluator {
+                format!(
+                    "Draft opened by the fleet evaluator `{}`: {}.",
+                    self.agent,
+                    render::incident_impact(&incident)
+                )
+            } else {
+                format!(
+                    "Draft opened by agent {} ({}): {}.",
+                    self.agent,
+                    self.site,
+                    render::incident_impact(&incident)
+                )
+            },
         });
         for note in diagnosis.notes {
             incident.timeline.push(TimelineEntry {
@@ -578,6 +635,7 @@ impl Manager {
                     view: None,
                     verdict: None,
                     unavailable: Some("the agent stopped before the store answered".into()),
+                    incidents: Vec::new(),
                 });
             if let Some(reason) = &evidence.unavailable {
                 incident.timeline.push(TimelineEntry {
@@ -740,6 +798,7 @@ impl Manager {
                 .is_some_and(FleetEvidence::is_available);
             match (had_view, evidence.is_available()) {
                 (_, true) => {
+                    let linked = link_fleet_incidents(&mut incident, &evidence, Timestamp(wall));
                     let first = !had_view;
                     if first {
                         let verdict = evidence
@@ -757,10 +816,16 @@ impl Manager {
                         incident.updated_at = Timestamp(wall);
                     }
                     incident.fleet = Some(evidence);
-                    let event = first.then_some(EventKind::Updated);
+                    if linked {
+                        incident.updated_at = Timestamp(wall);
+                    }
+                    let event = (first || linked).then_some(EventKind::Updated);
                     self.db.save(&incident, None, event)?;
                     if first {
                         tracing::info!(id = %incident.id, key, "incident updated: fleet view arrived");
+                    }
+                    if linked {
+                        tracing::info!(id = %incident.id, key, "incident updated: linked to the fleet's incident");
                     }
                 }
                 (false, false) => {
@@ -856,6 +921,78 @@ pub fn describe_rule(rule: &RuleConfig) -> String {
         }
     };
     format!("{condition}{scope}, for {}", format_duration(rule.open_for))
+}
+
+/// A fleet rule in words, by site: "loss above 50% over one read of the store (clears at or below
+/// 5%) from at least 30% of the 3 sites, for 6s". Its compiled form (members, echoes) is the
+/// evaluator's business, not the reader's.
+pub fn describe_fleet_rule(rule: &RuleConfig) -> String {
+    let condition = match &rule.condition {
+        Condition::Loss {
+            above_pct,
+            clear_below_pct,
+            ..
+        } => format!(
+            "loss above {above_pct}% over one read of the store (clears at or below {clear_below_pct}%)"
+        ),
+        Condition::Latency {
+            threshold:
+                LatencyThreshold::Absolute {
+                    above_ms,
+                    clear_below_ms,
+                },
+            ..
+        } => format!(
+            "median RTT above {above_ms} ms over one read of the store (clears at or below {clear_below_ms} ms)"
+        ),
+        _ => return describe_rule(rule),
+    };
+    let sites = rule.probes.len();
+    let seen = match &rule.scope {
+        RuleScope::Group { label, share_pct } if label == crate::fleet::SITE_LABEL => {
+            let others = sites.saturating_sub(1);
+            let at_least = (share_pct * others as f64 / 100.0).ceil();
+            format!(
+                "to a site's mesh targets, from at least {at_least} of the {others} other sites"
+            )
+        }
+        RuleScope::Group { share_pct, .. } => {
+            format!("from at least {share_pct}% of the {sites} sites")
+        }
+        _ => return describe_rule(rule),
+    };
+    format!("{condition} {seen}, for {}", format_duration(rule.open_for))
+}
+
+/// A timeline line for each of the fleet's incidents in `evidence` that the draft did not link
+/// to yet; whether there was one.
+fn link_fleet_incidents(incident: &mut Incident, evidence: &FleetEvidence, at: Timestamp) -> bool {
+    let known: Vec<&crate::fleet::FleetIncident> =
+        incident.fleet.iter().flat_map(|f| &f.incidents).collect();
+    let mut linked = false;
+    for fleet_incident in &evidence.incidents {
+        let same = |k: &&crate::fleet::FleetIncident| {
+            (&k.fleet_key, &k.rule, k.opened_ms)
+                == (
+                    &fleet_incident.fleet_key,
+                    &fleet_incident.rule,
+                    fleet_incident.opened_ms,
+                )
+        };
+        if known.iter().any(same) {
+            continue;
+        }
+        incident.timeline.push(TimelineEntry {
+            at,
+            event: "fleet".into(),
+            text: format!(
+                "Linked to the fleet's incident of this outage: {}.",
+                render::fleet_incident_line(fleet_incident)
+            ),
+        });
+        linked = true;
+    }
+    linked
 }
 
 /// The incident's affected targets, by name, once each.

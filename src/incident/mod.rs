@@ -179,6 +179,10 @@ pub struct Incident {
     /// What the other sites of the fleet see (`[fleet]`); None without a fleet store.
     #[serde(default)]
     pub fleet: Option<FleetEvidence>,
+    /// Set on the fleet evaluator's incidents only: which sites see it. Its drafts speak as the
+    /// fleet (sites, not this agent's targets).
+    #[serde(default)]
+    pub fleet_sites: Option<crate::fleet::FleetSites>,
 }
 
 impl Incident {

@@ -54,6 +54,11 @@ pub fn incident_point(event: &OutboxEvent) -> Point {
     if let Some(value) = incident.impact.value {
         fields.push(("value", FieldValue::Float(value)));
     }
+    // The fleet evaluator's: which sites see it (the agents' drafts link to it by these).
+    if let Some(sites) = &incident.fleet_sites {
+        fields.push(("sites_seeing", int(sites.seeing.len())));
+        fields.push(("sites_total", int(sites.total)));
+    }
     if event.event == EventKind::Resolved
         && let Some(duration) = incident.duration_s
     {
@@ -73,7 +78,16 @@ pub fn incident_point(event: &OutboxEvent) -> Point {
             ("event", event.event.as_str().to_string()),
             // One outage's points from every agent and the fleet evaluator share it.
             ("fleet_key", incident.scope.fleet_key(&incident.site)),
-        ],
+        ]
+        .into_iter()
+        // `role=fleet`: the fleet evaluator's incidents, which the agents' drafts link to.
+        .chain(
+            incident
+                .fleet_sites
+                .is_some()
+                .then(|| ("role", "fleet".to_string())),
+        )
+        .collect(),
         fields,
         timestamp_ns: event.at.unix_ns(),
     }

@@ -1,6 +1,7 @@
 //! The status document: pure functions from an [`Incident`] to text. The Markdown follows the
 //! incident process the draft serves: what is affected and how badly (impact, symptoms, scope),
-//! the evidence, a timeline, who to engage, and status updates ready to send.
+//! the evidence, a timeline, who to engage, and status updates ready to send. The fleet
+//! evaluator's drafts (`Incident::fleet_sites`) speak by site, not of one agent and its targets.
 //!
 //! `golden/incident.md` is the whole document for a fixed incident (see the test
 //! `the_status_document_matches_the_golden_file`; `UPDATE_GOLDEN=1` rewrites it after a reviewed
@@ -81,14 +82,61 @@ pub fn scope_phrase(scope: &Scope, impact: &Impact) -> String {
     }
 }
 
-/// `YYYY-MM-DD [site] <symptom> <scope>`.
+/// `YYYY-MM-DD [site] <symptom> <scope>`; the fleet's: `YYYY-MM-DD [fleet] <symptom> to
+/// aws-gw from 3 of 3 sites`.
 pub fn title(incident: &Incident) -> String {
+    let scope = match &incident.fleet_sites {
+        Some(sites) => format!(
+            "to {} from {}",
+            fleet_subject(&incident.scope),
+            sites.count()
+        ),
+        None => scope_phrase(&incident.scope, &incident.impact),
+    };
     format!(
-        "{} [{}] {} {}",
+        "{} [{}] {} {scope}",
         incident.detected_at.date(),
         incident.site,
         symptom(&incident.impact),
-        scope_phrase(&incident.scope, &incident.impact)
+    )
+}
+
+/// What a fleet incident is about: `aws-gw` (a target rule), `site scl3` (a site rule).
+fn fleet_subject(scope: &Scope) -> String {
+    match scope {
+        Scope::Group { label, value } if label == crate::fleet::SITE_LABEL => {
+            format!("site {value}")
+        }
+        Scope::Group { value, .. } => value.clone(),
+        Scope::Target { target } => target.clone(),
+        Scope::Agent => "the fleet".into(),
+    }
+}
+
+/// The impact sentence of a draft: the agent's ([`impact_sentence`]), or the fleet's, by site:
+/// "100% packet loss to aws-gw from 3 of 3 sites: iad1, scl3, sjc1".
+pub fn incident_impact(incident: &Incident) -> String {
+    let Some(sites) = &incident.fleet_sites else {
+        return impact_sentence(&incident.impact, &incident.scope);
+    };
+    if sites.seeing.is_empty() {
+        return "no site sees it any more".into();
+    }
+    let mut text = symptom(&incident.impact);
+    if let (Some(worst), Some(value), Metric::LossPct | Metric::FailedRunsPct) = (
+        incident.impact.worst,
+        incident.impact.value,
+        incident.impact.metric,
+    ) && sites.seeing.len() > 1
+        && worst > value + 0.05
+    {
+        text.push_str(&format!(" on average (worst {}%)", pct(worst)));
+    }
+    format!(
+        "{text} to {} from {}: {}",
+        fleet_subject(&incident.scope),
+        sites.count(),
+        sites.seeing.join(", ")
     )
 }
 
@@ -126,6 +174,14 @@ fn peak_phrase(incident: &Incident) -> String {
         Metric::LatencyMs(field) => format!("{} {}", field.as_str(), ms(Some(v))),
     });
     let targets = incident.peak.affected_targets;
+    if incident.fleet_sites.is_some() {
+        // The fleet's incidents have one subject; its sites are in the impact.
+        let subject = fleet_subject(&incident.scope);
+        return match value {
+            Some(value) => format!("{value} to {subject}"),
+            None => subject,
+        };
+    }
     match value {
         Some(value) => format!(
             "{value} on {targets} of {} targets",
@@ -164,7 +220,7 @@ pub fn status_update_text(
         time = &at.time()[..5],
         ongoing = human_duration(ongoing),
         detected = &incident.detected_at.time()[..5],
-        impact = impact_sentence(&incident.impact, &incident.scope),
+        impact = incident_impact(incident),
         peak = peak_phrase(incident),
         next = &next.time()[..5],
     )
@@ -251,13 +307,22 @@ fn header(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "| | |\n|---|---|");
     let _ = writeln!(md, "| **Status** | {status} |");
     let _ = writeln!(md, "| **Severity** | {} |", incident.severity);
-    let _ = writeln!(
-        md,
-        "| **Detected at** | {} by agent `{}` (site {}) |",
-        incident.detected_at.display(),
-        incident.agent,
-        incident.site
-    );
+    if incident.fleet_sites.is_some() {
+        let _ = writeln!(
+            md,
+            "| **Detected at** | {} by the fleet evaluator `{}`, from the store every site writes to |",
+            incident.detected_at.display(),
+            incident.agent,
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "| **Detected at** | {} by agent `{}` (site {}) |",
+            incident.detected_at.display(),
+            incident.agent,
+            incident.site
+        );
+    }
     if let Some(resolved) = incident.resolved_at {
         let _ = writeln!(md, "| **Resolved at** | {} |", resolved.display());
         if let Some(s) = incident.duration_s {
@@ -284,7 +349,7 @@ fn impact(md: &mut String, incident: &Incident) {
     let _ = writeln!(
         md,
         "{} ({}).",
-        capitalize_first(&impact_sentence(&incident.impact, &incident.scope)),
+        capitalize_first(&incident_impact(incident)),
         match incident.status {
             Status::Open => "now",
             Status::Resolved => "as last reported while open",
@@ -304,9 +369,15 @@ fn symptoms(md: &mut String, incident: &Incident) {
             Metric::FailedRunsPct => "failed runs".to_string(),
             Metric::LatencyMs(field) => field.as_str().to_string(),
         };
+        // The fleet evaluator's probes are the sites.
+        let source = if incident.fleet_sites.is_some() {
+            "site"
+        } else {
+            "probe"
+        };
         let _ = writeln!(
             md,
-            "| target | probe | {value_header} | latest failure |\n|---|---|---:|---|"
+            "| target | {source} | {value_header} | latest failure |\n|---|---|---:|---|"
         );
         for m in &incident.impact.affected {
             let value = match (m.value, incident.impact.metric) {
@@ -328,6 +399,26 @@ fn symptoms(md: &mut String, incident: &Incident) {
 /// ## Scope and localization: how wide, where the fault lies, the path trace.
 fn scope_and_localization(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Scope and localization\n");
+    if let Some(sites) = &incident.fleet_sites {
+        // The fleet measures nothing itself: the sites' figures and traces are the evidence.
+        let _ = writeln!(
+            md,
+            "- Scope: {} — seen from {}{}.",
+            fleet_subject(&incident.scope),
+            sites.count(),
+            if sites.seeing.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", sites.seeing.join(", "))
+            }
+        );
+        let _ = writeln!(
+            md,
+            "- The fleet verdict below localizes it from every site's figures and latest path \
+             traces in the shared store (each site's trace is in its row)."
+        );
+        return;
+    }
     let _ = writeln!(
         md,
         "- Scope: {} — {} of {} targets affected.",
@@ -360,7 +451,12 @@ fn seen_from_other_sites(md: &mut String, incident: &Incident) {
     let Some(fleet) = &incident.fleet else {
         return;
     };
-    let _ = writeln!(md, "\n## Seen from other sites\n");
+    let heading = if incident.fleet_sites.is_some() {
+        "Seen from every site"
+    } else {
+        "Seen from other sites"
+    };
+    let _ = writeln!(md, "\n## {heading}\n");
     let (Some(view), Some(verdict)) = (&fleet.view, &fleet.verdict) else {
         let _ = writeln!(
             md,
@@ -375,7 +471,7 @@ fn seen_from_other_sites(md: &mut String, incident: &Incident) {
         md,
         "**{}** — {}\n",
         capitalize_first(&verdict.seen_from),
-        verdict.sentence
+        verdict_sentence(incident, verdict)
     );
     let _ = writeln!(
         md,
@@ -385,6 +481,9 @@ fn seen_from_other_sites(md: &mut String, incident: &Incident) {
     );
     for line in &verdict.reasoning {
         let _ = writeln!(md, "- {}", cell(line));
+    }
+    for fleet_incident in &fleet.incidents {
+        let _ = writeln!(md, "\n**{}**", fleet_incident_line(fleet_incident));
     }
     for target in &fleet.targets {
         let _ = writeln!(md, "\n`{target}`:\n");
@@ -454,6 +553,51 @@ fn seen_from_other_sites(md: &mut String, incident: &Incident) {
     }
 }
 
+/// The verdict's sentence; for the fleet's site incident, what "every site sees the mesh target
+/// fail" means: the site itself is down, not a target behind it.
+fn verdict_sentence(incident: &Incident, verdict: &crate::fleet::verdict::Verdict) -> String {
+    match (
+        &incident.fleet_sites,
+        &incident.scope,
+        &verdict.localization,
+    ) {
+        (
+            Some(sites),
+            Scope::Group { label, value },
+            crate::fleet::verdict::Localization::Target,
+        ) if label == crate::fleet::SITE_LABEL => format!(
+            "{} cannot reach site {value} → site {value} itself is down or cut off (its uplink, \
+             edge or agent host).",
+            sites.seeing.join(" and ")
+        ),
+        _ => verdict.sentence.clone(),
+    }
+}
+
+/// "Fleet incident: <title> (20261130-001, fleet key `target/aws-gw`), opened 2026-11-30
+/// 16:50:06 UTC by the fleet evaluator `fleet` — 3 of 3 sites see it". Without a title and ID
+/// (VictoriaMetrics keeps no strings): "rule `cloud-unreachable` on target/aws-gw".
+pub fn fleet_incident_line(incident: &crate::fleet::FleetIncident) -> String {
+    let what = match &incident.title {
+        Some(title) => cell(title),
+        None => format!("rule `{}` on {}", incident.rule, incident.fleet_key),
+    };
+    let id = match &incident.id {
+        Some(id) => format!("{id}, "),
+        None => String::new(),
+    };
+    let sites = match (incident.sites_seeing, incident.sites_total) {
+        (Some(seeing), Some(total)) => format!(" — {seeing} of {total} sites see it"),
+        _ => String::new(),
+    };
+    format!(
+        "Fleet incident: {what} ({id}fleet key `{}`), opened {} by the fleet evaluator `{}`{sites}",
+        incident.fleet_key,
+        window_time(incident.opened_ms),
+        incident.evaluator
+    )
+}
+
 /// `10:15:00` of a Unix-ms time.
 fn window_time(unix_ms: i64) -> String {
     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
@@ -463,6 +607,15 @@ fn window_time(unix_ms: i64) -> String {
 /// ## Evidence: the window, the chart, the tables.
 fn evidence_section(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Evidence\n");
+    if incident.fleet_sites.is_some() {
+        let _ = writeln!(
+            md,
+            "Every site's figures are in \"Seen from every site\" above, from the shared store; \
+             each site's own draft has its rounds and path traces.\n\n\
+             ![latency and loss](chart.svg)\n\nRaw data: `evidence.json` in this folder."
+        );
+        return;
+    }
     if let (Some(from), Some(to)) = (incident.evidence.window_from, incident.evidence.window_to) {
         let _ = writeln!(
             md,
@@ -505,6 +658,14 @@ fn engage(md: &mut String, incident: &Incident) {
     let _ = writeln!(md, "\n## Engage\n");
     let affected = incident.impact.affected_targets();
     let segment = match &incident.scope {
+        Scope::Group { label, value }
+            if incident.fleet_sites.is_some() && label == crate::fleet::SITE_LABEL =>
+        {
+            format!("site {value}'s network (its uplink and edge), and its agent host")
+        }
+        Scope::Group { value, .. } if incident.fleet_sites.is_some() => format!(
+            "`{value}` and the paths to it from the sites that see it (the verdict names the segment)"
+        ),
         Scope::Agent => format!(
             "this site's network ({}: the agent host and its uplink)",
             incident.site

@@ -60,6 +60,7 @@ fn incident() -> Incident {
         evidence: Evidence::default(),
         status_update_every_s: 1800,
         fleet: None,
+        fleet_sites: None,
     }
 }
 

@@ -1514,5 +1514,6 @@ fn golden_fleet_view(incident: &Incident) -> FleetEvidence {
         targets,
         view: Some(view),
         unavailable: None,
+        incidents: Vec::new(),
     }
 }

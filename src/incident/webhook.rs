@@ -44,7 +44,7 @@ pub fn body(event: &OutboxEvent, draft: &Path) -> Value {
             "site": incident.site,
             "status": incident.status.as_str(),
             "title": incident.title,
-            "impact": render::impact_sentence(&incident.impact, &incident.scope),
+            "impact": render::incident_impact(incident),
             "detected_at": incident.detected_at,
             "resolved_at": incident.resolved_at,
             "duration_s": incident.duration_s,

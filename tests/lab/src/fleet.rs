@@ -376,13 +376,11 @@ impl FleetLab {
 fn forward_loss(router: &Netns, pct: u8) {
     assert!(pct <= 100, "loss is a percentage, not {pct}");
     let mut script = format!("{NFT_TABLE}flush chain inet vantage_lab loss\n");
-    match pct {
-        0 => {}
-        // numgen's comparison only takes 0–99.
-        100 => script.push_str("add rule inet vantage_lab loss counter drop\n"),
-        _ => script.push_str(&format!(
-            "add rule inet vantage_lab loss numgen random mod 100 < {pct} counter drop\n"
-        )),
+    if pct > 0 {
+        script.push_str(&format!(
+            "add rule inet vantage_lab loss {}\n",
+            crate::random_drop(pct)
+        ));
     }
     router.nft(&script);
 }
