@@ -178,13 +178,12 @@ impl Agent {
             stale_after: Mutex::new(stale_after(&jobs)),
             writer_alive: Arc::clone(&writer_alive),
             stopping: AtomicBool::new(false),
+            config: Mutex::new(Arc::clone(&config)),
             latest: Mutex::new(HashMap::new()),
         }));
         // Bound before anything runs: a port in use fails the start, naming the key.
         let web = match &config.agent.listen {
-            Some(listen) => {
-                Some(crate::web::start(listen, status.clone(), Arc::clone(&config)).await?)
-            }
+            Some(listen) => Some(crate::web::start(listen, status.clone()).await?),
             None => None,
         };
         let mut rules_tap = rules_tap(rules, Arc::clone(&flow), RULES_WAIT);
