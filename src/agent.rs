@@ -178,20 +178,19 @@ impl Agent {
             stale_after: Mutex::new(stale_after(&jobs)),
             writer_alive: Arc::clone(&writer_alive),
             stopping: AtomicBool::new(false),
+            config: Mutex::new(Arc::clone(&config)),
             latest: Mutex::new(HashMap::new()),
         }));
         // Bound before anything runs: a port in use fails the start, naming the key.
         let web = match &config.agent.listen {
-            Some(listen) => {
-                Some(crate::web::start(listen, status.clone(), Arc::clone(&config)).await?)
-            }
+            Some(listen) => Some(crate::web::start(listen, status.clone()).await?),
             None => None,
         };
         let mut rules_tap = rules_tap(rules, Arc::clone(&flow), RULES_WAIT);
         let alive = WriterAlive(writer_alive);
-        let tap: writer::Tap = Box::new(move |record| {
+        let tap: writer::Tap = Box::new(move |batch| {
             let _held_by_the_writer = &alive;
-            rules_tap(record)
+            rules_tap(batch)
         });
         let writer = writer::spawn_with_tap(store, from_dispatch, (&config.agent).into(), tap);
         let offer_to: OutputsHandle =
@@ -636,52 +635,55 @@ async fn dispatch(
     }
 }
 
-/// What the store writer does with each record once it is stored: count it and, with rules,
-/// hand it to the rules engine — waiting up to `wait` ([`RULES_WAIT`]) while it is busy, dropping
-/// (counted, logged) only when it is stalled. After a drop the writer stops waiting until the
-/// engine takes a record again, so a stalled engine costs one wait, not one per record.
+/// What the store writer does with each record once it is stored (a committed batch at a time):
+/// count it and, with rules, hand it to the rules engine — waiting up to `wait` ([`RULES_WAIT`])
+/// while it is busy, dropping (counted, logged) only when it is stalled. After a drop the writer
+/// stops waiting until the engine takes a record again, so a stalled engine costs one wait, not
+/// one per record.
 fn rules_tap(rules: Option<SyncSender<Record>>, flow: Arc<Flow>, wait: Duration) -> writer::Tap {
     let mut rules = rules;
     let mut patient = true;
-    Box::new(move |record: Record| {
-        flow.stored.fetch_add(1, Ordering::Relaxed);
-        let Some(sender) = &rules else {
-            return;
-        };
-        let deadline = Instant::now() + wait;
-        let mut record = record;
-        let mut waited = false;
-        loop {
-            match sender.try_send(record) {
-                Ok(()) => {
-                    flow.to_rules.fetch_add(1, Ordering::Relaxed);
-                    patient = true;
-                    return;
-                }
-                Err(TrySendError::Full(back)) if patient && Instant::now() < deadline => {
-                    if !waited {
-                        waited = true;
-                        flow.rules_waits.fetch_add(1, Ordering::Relaxed);
+    Box::new(move |batch: &mut dyn Iterator<Item = Record>| {
+        for record in batch {
+            flow.stored.fetch_add(1, Ordering::Relaxed);
+            let Some(sender) = &rules else {
+                continue;
+            };
+            let deadline = Instant::now() + wait;
+            let mut record = record;
+            let mut waited = false;
+            loop {
+                match sender.try_send(record) {
+                    Ok(()) => {
+                        flow.to_rules.fetch_add(1, Ordering::Relaxed);
+                        patient = true;
+                        break;
                     }
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(TrySendError::Full(_)) => {
-                    patient = false;
-                    let dropped = flow.rules_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    if dropped.is_power_of_two() {
-                        tracing::error!(
-                            dropped,
-                            ?wait,
-                            "rules engine stalled: stored observations NOT evaluated"
-                        );
+                    Err(TrySendError::Full(back)) if patient && Instant::now() < deadline => {
+                        if !waited {
+                            waited = true;
+                            flow.rules_waits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(1));
                     }
-                    return;
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    // The engine has stopped (it logged why); stop offering.
-                    rules = None;
-                    return;
+                    Err(TrySendError::Full(_)) => {
+                        patient = false;
+                        let dropped = flow.rules_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                        if dropped.is_power_of_two() {
+                            tracing::error!(
+                                dropped,
+                                ?wait,
+                                "rules engine stalled: stored observations NOT evaluated"
+                            );
+                        }
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        // The engine has stopped (it logged why); stop offering.
+                        rules = None;
+                        break;
+                    }
                 }
             }
         }
@@ -750,7 +752,7 @@ mod tests {
             seen
         });
         for n in 0..10 {
-            tap(record(n));
+            tap(&mut std::iter::once(record(n)));
         }
         drop(tap);
         let seen = engine.join().expect("engine thread");
@@ -771,9 +773,7 @@ mod tests {
         let wait = Duration::from_millis(200);
         let mut tap = rules_tap(Some(tx), Arc::clone(&flow), wait);
         let start = Instant::now();
-        for n in 0..50 {
-            tap(record(n));
-        }
+        tap(&mut (0..50).map(record));
         let took = start.elapsed();
         // One record queued, the second waited `wait` and was dropped, the rest dropped at once.
         assert_eq!(flow.to_rules.load(Ordering::Relaxed), 1);
@@ -786,7 +786,7 @@ mod tests {
     fn without_rules_stored_records_are_only_counted() {
         let flow = Arc::new(Flow::default());
         let mut tap = rules_tap(None, Arc::clone(&flow), RULES_WAIT);
-        tap(record(0));
+        tap(&mut std::iter::once(record(0)));
         assert_eq!(flow.stored.load(Ordering::Relaxed), 1);
         assert_eq!(flow.to_rules.load(Ordering::Relaxed), 0);
     }

@@ -1,7 +1,7 @@
 //! [`Status`]: a cheap shared, read-only view of a running agent — its counters ([`Snapshot`]),
 //! whether the scheduler still starts runs and the store writer is alive ([`Status::liveness`],
 //! [`Status::readiness`]), and the latest record of each (probe, target), kept by the agent's
-//! dispatcher (one per job, so bounded by the targets; a reconfiguration keeps only its jobs'). The agent makes it; the health and metrics listener
+//! dispatcher (one per job, so bounded by the targets; a reconfiguration keeps only its jobs'), and the configuration running now. The agent makes it; the health and metrics listener
 //! (`crate::web`) and `vantage run`'s systemd watchdog read it. It lives below both, so the
 //! listener needs nothing of the agent but this.
 
@@ -78,6 +78,8 @@ pub(crate) struct StatusInner {
     pub(crate) stale_after: Mutex<Option<Duration>>,
     pub(crate) writer_alive: Arc<AtomicBool>,
     pub(crate) stopping: AtomicBool,
+    /// The configuration running now (a reload replaces it): what the web page's agent page shows.
+    pub(crate) config: Mutex<Arc<crate::config::Config>>,
     /// The latest record of each probe and target, as the dispatcher saw it. By probe, then by
     /// target: the dispatcher finds a slot with borrowed names (no key allocated per record).
     pub(crate) latest: Mutex<HashMap<String, HashMap<String, Record>>>,
@@ -140,6 +142,11 @@ impl Status {
         &self.0.data_dir
     }
 
+    /// The configuration running now: the one of the start, or of the last reload.
+    pub fn config(&self) -> Arc<crate::config::Config> {
+        Arc::clone(&self.0.config.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Rules configured.
     pub fn rules(&self) -> usize {
         self.0.rules.load(Ordering::Relaxed)
@@ -173,16 +180,17 @@ impl Status {
         }
     }
 
-    /// After a reload: the new counts, the stall limit (the unchanged jobs' periods are read from
+    /// After a reload: the new configuration and counts, the stall limit (the unchanged jobs' periods are read from
     /// the configuration, the new ones from `started`), and the latest records of `jobs` only,
     /// so a removed target disappears from `/metrics`.
     pub(crate) fn reconfigured(
         &self,
-        config: &crate::config::Config,
+        config: &Arc<crate::config::Config>,
         jobs: &std::collections::BTreeSet<scheduler::JobKey>,
         started: &[Job],
     ) {
         let inner = &self.0;
+        *inner.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(config);
         inner.rules.store(config.rules.len(), Ordering::Relaxed);
         inner.jobs.store(jobs.len(), Ordering::Relaxed);
         let configured = config

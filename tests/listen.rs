@@ -455,3 +455,40 @@ fn the_watchdog_is_pinged_only_while_the_scheduler_runs() {
     let status = child.0.wait().expect("exit");
     assert!(status.success(), "{status:?}");
 }
+
+/// The agent page summarises the configuration running now: after a reload, the new one (it
+/// showed the start-up one until a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_page_shows_the_configuration_of_the_last_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peer = TcpListener::bind("127.0.0.1:0").expect("peer");
+    let port = peer.local_addr().expect("addr").port();
+    let mut agent = Agent::start(config(dir.path(), port, r#"listen = "127.0.0.1:0""#))
+        .await
+        .expect("start");
+    let page = format!(
+        "http://{}/agent",
+        agent.listen_address().expect("listening")
+    );
+    let probe_row = |interval: &str| format!("<td>open-port</td><td>tcp</td><td>{interval}</td>");
+    let (code, before) = get(&page).await;
+    assert_eq!(code, 200, "{before}");
+    assert!(before.contains(&probe_row("1s")), "{before}");
+
+    let path = dir.path().join("vantage.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        text.replace(r#"interval = "1s""#, r#"interval = "2s""#),
+    )
+    .expect("write config");
+    let reloaded = Config::load(&path).unwrap_or_else(|errors| panic!("{errors}"));
+    let report = agent.reconfigure(reloaded).await.expect("reload");
+    assert_eq!(report.jobs.changed, ["open-port/up"], "{report:?}");
+
+    let (code, after) = get(&page).await;
+    assert_eq!(code, 200, "{after}");
+    assert!(after.contains(&probe_row("2s")), "{after}");
+    assert!(!after.contains(&probe_row("1s")), "{after}");
+    agent.stop().await.expect("stop");
+}

@@ -6,6 +6,10 @@
 //! disk full) resumes at the next open where it stopped, and nothing is converted twice. A row
 //! whose fields cannot be read is moved to `ping_unconverted` as it was (never dropped) and
 //! logged. The old rows' space is reused by new rows; `VACUUM` gives it back to the file system.
+//! The agent converts at start, before it probes: every few seconds it logs the rounds converted,
+//! of how many, and the time it expects still to take.
+
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rusqlite::params;
@@ -15,6 +19,18 @@ use super::series::{self, Round, SeriesKey};
 
 /// Rounds per transaction.
 pub const CHUNK: usize = 5_000;
+
+/// How often a long conversion logs its progress and the time it expects to take.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// The time left to convert `total` rounds at the pace of the first `done` (whole seconds).
+fn time_left(done: u64, total: u64, elapsed: Duration) -> Duration {
+    if done == 0 {
+        return Duration::ZERO;
+    }
+    let left = total.saturating_sub(done) as f64 * elapsed.as_secs_f64() / done as f64;
+    Duration::from_secs(left.ceil() as u64)
+}
 
 /// Migrate every ping round left in `observations`, `chunk` rounds a transaction; with
 /// `max_chunks`, stop after that many chunks (as an interrupted migration would). Returns how
@@ -35,6 +51,7 @@ pub fn ping_rounds(
     }
     tracing::info!(store = %path, rounds = total, "converting ping rounds to the compact format");
     let (mut converted, mut unconverted, mut chunks) = (0u64, 0u64, 0usize);
+    let (started, mut last_log) = (Instant::now(), Instant::now());
     while max_chunks.is_none_or(|max| chunks < max) {
         let (done, bad) = convert_chunk(store, chunk)
             .with_context(|| format!("cannot convert the ping rounds of {path} (the conversion resumes where it stopped at the next start)"))?;
@@ -44,8 +61,18 @@ pub fn ping_rounds(
         converted += done - bad;
         unconverted += bad;
         chunks += 1;
-        if chunks % 20 == 0 {
-            tracing::info!(store = %path, converted, of = total, "converting ping rounds");
+        if last_log.elapsed() >= PROGRESS_EVERY {
+            last_log = Instant::now();
+            let done = converted + unconverted;
+            let left = time_left(done, total, started.elapsed());
+            tracing::info!(
+                store = %path,
+                converted = done,
+                of = total,
+                rounds_per_s = (done as f64 / started.elapsed().as_secs_f64()).round(),
+                about_left = %crate::config::format_duration(left),
+                "converting ping rounds (the agent probes once it is done)"
+            );
         }
     }
     if unconverted > 0 {
@@ -117,7 +144,7 @@ fn convert_chunk(store: &mut Store, chunk: usize) -> anyhow::Result<(u64, u64)> 
             }
         }
     }
-    let inserted = series::insert_rounds(&tx, &mut store.series, &rounds)?;
+    let inserted = series::insert_rounds(&tx, &mut store.series, &rounds, true)?;
     let deleted = tx.execute(
         "DELETE FROM observations WHERE measurement = 'ping' AND id <= ?1",
         params![last],
@@ -155,5 +182,22 @@ impl OldRow {
                 rtt => rtt.as_f64().map(Some),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_left_follows_the_pace_so_far() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(time_left(1_000, 4_000, minute), 3 * minute);
+        assert_eq!(
+            time_left(3, 10, Duration::from_secs(1)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(time_left(10, 10, minute), Duration::ZERO);
+        assert_eq!(time_left(0, 10, minute), Duration::ZERO);
     }
 }

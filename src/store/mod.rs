@@ -155,6 +155,9 @@ pub struct CheckPoint {
     pub fields: serde_json::Value,
 }
 
+/// How much of a store a read-only connection maps (SQLite's `mmap_size`; the rest is read).
+const READ_ONLY_MMAP: i64 = 1 << 32;
+
 /// Open an SQLite file read-only without creating anything beside it (see
 /// [`Store::open_read_only`] for what happens with WAL): the store's and the spool's readers.
 pub fn open_sqlite_read_only(path: &Path) -> anyhow::Result<Connection> {
@@ -186,7 +189,51 @@ pub fn open_sqlite_read_only(path: &Path) -> anyhow::Result<Connection> {
     )
     .with_context(|| format!("cannot open {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Pages read from the mapped file rather than copied into each connection's cache: every
+    // page view opens a connection, and the overview seeks into every series.
+    conn.pragma_update(None, "mmap_size", READ_ONLY_MMAP)?;
     Ok(conn)
+}
+
+/// The service checks' measurements, in `observations`.
+const CHECKS: &[&str] = &["dns", "http", "tcp"];
+
+/// SQL for `columns` of the latest observation (`o`) of each (measurement, probe, target) among
+/// `measurements`, ordered by probe, target and time. Every view of the overview runs it, so
+/// it seeks: a skip-scan of `observations_by_target` hops from one (measurement, probe, target)
+/// to the next (three index seeks each) and takes each one's latest row (one more), instead of
+/// grouping every row of the retention (60 M at 1,000 checks every 20 s for 14 days).
+fn latest_observations(columns: &str, measurements: &[&str]) -> String {
+    let quoted: Vec<String> = measurements.iter().map(|m| format!("'{m}'")).collect();
+    let first = measurements.iter().min().copied().unwrap_or_default();
+    let last = measurements.iter().max().copied().unwrap_or_default();
+    format!(
+        "WITH RECURSIVE keys (measurement, probe, target) AS (
+             SELECT * FROM (SELECT measurement, probe, target FROM observations
+                            WHERE measurement >= '{first}'
+                            ORDER BY measurement, probe, target LIMIT 1)
+             UNION ALL
+             SELECT o.measurement, o.probe, o.target
+             FROM keys k JOIN observations o ON o.id = coalesce(
+                 (SELECT id FROM observations
+                  WHERE measurement = k.measurement AND probe = k.probe AND target > k.target
+                  ORDER BY target LIMIT 1),
+                 (SELECT id FROM observations
+                  WHERE measurement = k.measurement AND probe > k.probe
+                  ORDER BY probe, target LIMIT 1),
+                 (SELECT id FROM observations WHERE measurement > k.measurement
+                  ORDER BY measurement, probe, target LIMIT 1))
+             WHERE k.measurement <= '{last}'
+         )
+         SELECT {columns}
+         FROM keys k CROSS JOIN observations o ON o.id = (
+             SELECT id FROM observations
+             WHERE measurement = k.measurement AND probe = k.probe AND target = k.target
+             ORDER BY ts_ns DESC, id DESC LIMIT 1)
+         WHERE k.measurement IN ({})
+         ORDER BY o.probe, o.target, o.ts_ns, o.id",
+        quoted.join(", ")
+    )
 }
 
 impl Store {
@@ -319,6 +366,18 @@ impl Store {
 
     /// Persist records in one transaction, with their original timestamps.
     pub fn insert(&mut self, records: &[Record]) -> anyhow::Result<()> {
+        self.insert_with(records, true)
+    }
+
+    /// As [`Store::insert`], but ping rounds go into the rollups only: what the store holds of
+    /// rounds older than the raw retention once they are pruned. For a benchmark's fill
+    /// (`examples/bench_web.rs`), which could not insert and prune 130 M raw rounds in time.
+    #[doc(hidden)]
+    pub fn insert_rollups_only(&mut self, records: &[Record]) -> anyhow::Result<()> {
+        self.insert_with(records, false)
+    }
+
+    fn insert_with(&mut self, records: &[Record], keep_raw: bool) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut rounds = Vec::new();
@@ -375,7 +434,7 @@ impl Store {
                     fields,
                 ])?;
             }
-            series::insert_rounds(&tx, &mut self.series, &rounds)?;
+            series::insert_rounds(&tx, &mut self.series, &rounds, keep_raw)?;
         }
         tx.commit()?;
         Ok(())
@@ -458,15 +517,11 @@ impl Store {
 
     /// The most recent `http`, `dns` and `tcp` run per (probe, target), by probe then target.
     pub fn latest_checks(&self) -> anyhow::Result<Vec<LatestCheck>> {
-        let mut query = self.conn.prepare(
-            "SELECT o.measurement, o.probe, o.target, o.target_site, o.address, o.ts_ns, o.success,
-                    o.failure, o.fields
-             FROM observations o
-             JOIN (SELECT MAX(id) AS id FROM observations
-                   WHERE measurement IN ('http', 'dns', 'tcp')
-                   GROUP BY probe, target) latest ON latest.id = o.id
-             ORDER BY o.probe, o.target",
-        )?;
+        let mut query = self.conn.prepare_cached(&latest_observations(
+            "o.measurement, o.probe, o.target, o.target_site, o.address, o.ts_ns, o.success,
+             o.failure, o.fields",
+            CHECKS,
+        ))?;
         let rows = query.query_map([], |row| {
             Ok((
                 LatestCheck {
@@ -483,25 +538,32 @@ impl Store {
                 row.get::<_, String>(8)?,
             ))
         })?;
-        let mut latest = Vec::new();
+        let mut latest: Vec<LatestCheck> = Vec::new();
         for row in rows {
             let (mut check, fields) = row?;
             check.fields = serde_json::from_str(&fields)
                 .with_context(|| format!("corrupt fields for {}/{}", check.probe, check.target))?;
-            latest.push(check);
+            // One (probe, target) under two kinds (its probe changed kind): the latest wins.
+            match latest.last_mut() {
+                Some(last)
+                    if (&last.probe, &last.target) == (&check.probe, &check.target)
+                        && last.timestamp_ns <= check.timestamp_ns =>
+                {
+                    *last = check
+                }
+                Some(last) if (&last.probe, &last.target) == (&check.probe, &check.target) => {}
+                _ => latest.push(check),
+            }
         }
         Ok(latest)
     }
 
     /// The most recent trace per (probe, target), by probe then target.
     pub fn latest_traces(&self) -> anyhow::Result<Vec<LatestTrace>> {
-        let mut query = self.conn.prepare(
-            "SELECT o.probe, o.target, o.target_site, o.ts_ns, o.failure, o.fields
-             FROM observations o
-             JOIN (SELECT MAX(id) AS id FROM observations WHERE measurement = 'trace'
-                   GROUP BY probe, target) latest ON latest.id = o.id
-             ORDER BY o.probe, o.target",
-        )?;
+        let mut query = self.conn.prepare_cached(&latest_observations(
+            "o.probe, o.target, o.target_site, o.ts_ns, o.failure, o.fields",
+            &["trace"],
+        ))?;
         let rows = query.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
@@ -591,6 +653,57 @@ mod tests {
         assert!((latest[0].loss_pct - 50.0).abs() < 1e-9);
         assert_eq!(latest[1].failure.as_deref(), Some("no reply"));
         assert_eq!(latest[1].rtt_median_ms, None);
+    }
+
+    /// The overview reads the latest round of every series on every view: one index seek per
+    /// series, whatever the history's length (a scan of `ping_rounds` would read 60 M rows at
+    /// 1,000 targets × 14 days).
+    #[test]
+    fn latest_pings_seek_each_series_and_never_scan_the_rounds() {
+        use rusqlite::StatementStatus;
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let cost = |rounds: u64| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut store = Store::open(dir.path()).expect("open");
+            let records: Vec<Record> = (0..rounds)
+                .flat_map(|i| {
+                    ["a", "b", "c"].map(|target| {
+                        record(target, t0 + Duration::from_secs(20 * i), vec![Some(1.0)])
+                    })
+                })
+                .collect();
+            store.insert(&records).expect("insert");
+            let plan: Vec<String> = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", series::LATEST_PINGS))
+                .expect("explain")
+                .query_map([], |row| row.get(3))
+                .expect("plan")
+                .collect::<Result<_, _>>()
+                .expect("plan rows");
+            let mut query = store.conn.prepare(series::LATEST_PINGS).expect("prepare");
+            let rows = query.query_map([], |_| Ok(())).expect("query").count();
+            assert_eq!(rows, 3);
+            (
+                plan,
+                query.get_status(StatementStatus::FullscanStep),
+                query.get_status(StatementStatus::VmStep),
+            )
+        };
+        let (_, _, short_steps) = cost(10);
+        let (plan, scan_steps, long_steps) = cost(2_000);
+        assert!(
+            !plan
+                .iter()
+                .any(|step| step.starts_with("SCAN r") || step.starts_with("SCAN ping_rounds")),
+            "the latest rounds scan ping_rounds: {plan:?}"
+        );
+        // Stepping through the three series is all the scanning there is.
+        assert!(scan_steps <= 3, "{scan_steps} full-scan steps: {plan:?}");
+        assert!(
+            long_steps <= short_steps + 20,
+            "200× the history costs {long_steps} VM steps instead of {short_steps}: {plan:?}"
+        );
     }
 
     fn trace_record(target: &str, at: SystemTime, hops: Vec<(&str, f64)>) -> Record {
@@ -710,6 +823,148 @@ mod tests {
         assert!(!checks[0].success);
         assert_eq!(checks[0].fields["address"], "127.0.0.1:9");
         assert_eq!(store.latest_pings().expect("pings").len(), 1);
+    }
+
+    fn tcp_record(probe: &str, target: &str, at: SystemTime, ok: bool) -> Record {
+        Record {
+            probe: probe.into(),
+            observation: Observation {
+                started_at: at,
+                duration: Duration::from_millis(1),
+                outcome: if ok {
+                    Outcome::Success
+                } else {
+                    Outcome::failure(FailureKind::Refused, "connection refused")
+                },
+                measurement: Measurement::Tcp(probes::TcpStats {
+                    connect_ms: ok.then_some(1.0),
+                    resolve_ms: Some(0.0),
+                    address: Some("127.0.0.1:9".parse().expect("address")),
+                }),
+            },
+            ..record(target, at, Vec::new())
+        }
+    }
+
+    /// The overview reads the latest run of every check on every view: its cost must not grow
+    /// with the history (a GROUP BY over every run of the retention did: 60 M rows at 1,000
+    /// checks every 20 s for 14 days). Traces (the target and agent pages) likewise.
+    #[test]
+    fn latest_checks_and_traces_seek_whatever_the_history() {
+        use rusqlite::StatementStatus;
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let cost = |runs: u64, sql: &str| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut store = Store::open(dir.path()).expect("open");
+            let records: Vec<Record> = (0..runs)
+                .flat_map(|i| {
+                    let at = t0 + Duration::from_secs(20 * i);
+                    [
+                        tcp_record("tcp", "a", at, true),
+                        tcp_record("tcp", "b", at, i % 2 == 0),
+                        tcp_record("tcp2", "a", at, false),
+                        trace_record("a", at, vec![("198.18.0.1", 0.0)]),
+                        trace_record("b", at, vec![("198.18.0.1", 0.0)]),
+                    ]
+                })
+                .collect();
+            store.insert(&records).expect("insert");
+            let mut query = store.conn.prepare(sql).expect("prepare");
+            let rows = query.query_map([], |_| Ok(())).expect("query").count();
+            (rows, query.get_status(StatementStatus::VmStep))
+        };
+        for (what, sql, rows) in [
+            (
+                "checks",
+                latest_observations("o.probe, o.target, o.fields", CHECKS),
+                3,
+            ),
+            (
+                "traces",
+                latest_observations("o.probe, o.target, o.fields", &["trace"]),
+                2,
+            ),
+        ] {
+            let (short_rows, short_steps) = cost(10, &sql);
+            let (long_rows, long_steps) = cost(1_000, &sql);
+            assert_eq!((short_rows, long_rows), (rows, rows), "{what}");
+            assert!(
+                long_steps <= short_steps + 50,
+                "latest {what}: 100× the history costs {long_steps} VM steps instead of {short_steps}"
+            );
+        }
+    }
+
+    #[test]
+    fn latest_checks_are_the_latest_run_of_each_probe_and_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let later = t0 + Duration::from_secs(20);
+        store
+            .insert(&[
+                tcp_record("tcp", "b", later, false),
+                tcp_record("tcp", "b", t0, true),
+                tcp_record("tcp", "a", t0, true),
+                tcp_record("web", "a", later, false),
+                trace_record("a", t0, vec![("198.18.0.1", 0.0)]),
+                trace_record("a", later, vec![("198.18.0.9", 0.0)]),
+                record("a", later, vec![Some(1.0)]),
+            ])
+            .expect("insert");
+        let checks: Vec<_> = store
+            .latest_checks()
+            .expect("checks")
+            .into_iter()
+            .map(|c| (c.probe, c.target, c.timestamp_ns, c.success))
+            .collect();
+        let (t0_ns, later_ns) = (probes::unix_ns(t0), probes::unix_ns(later));
+        assert_eq!(
+            checks,
+            [
+                ("tcp".to_string(), "a".to_string(), t0_ns, true),
+                ("tcp".to_string(), "b".to_string(), later_ns, false),
+                ("web".to_string(), "a".to_string(), later_ns, false),
+            ]
+        );
+        let traces = store.latest_traces().expect("traces");
+        assert_eq!(traces.len(), 1);
+        assert_eq!(traces[0].hops, [Some("198.18.0.9".to_string())]);
+    }
+
+    /// The overview draws a sparkline of every target on every view: from the 5-minute buckets
+    /// (36 rows for 3 hours), never the 540 raw rounds of each target (540,000 rounds decoded
+    /// per view at 1,000 targets).
+    #[test]
+    fn sparklines_read_one_bucket_per_five_minutes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let records: Vec<Record> = (0..540u64)
+            .map(|i| {
+                let rtts = if i == 100 {
+                    vec![None, None]
+                } else {
+                    vec![Some(1.0), Some(2.0)]
+                };
+                record("a", t0 + Duration::from_secs(20 * i), rtts)
+            })
+            .collect();
+        store.insert(&records).expect("insert");
+        let (from, to) = (
+            probes::unix_ns(t0),
+            probes::unix_ns(t0) + 3 * 3_600_000_000_000,
+        );
+        let points = store
+            .ping_sparkline("ping", "a", from, to)
+            .expect("sparkline");
+        assert_eq!(points.len(), 36, "{} points", points.len());
+        assert!(points.iter().all(|p| p.step_ns == 300_000_000_000));
+        assert_eq!(points.iter().map(|p| p.rounds).sum::<u32>(), 540);
+        // Round 100 (33 min 20 s in) lost both echoes: 2 of the 30 echoes of bucket 6.
+        let lossy: Vec<_> = points.iter().filter(|p| p.loss_pct > 0.0).collect();
+        assert_eq!(lossy.len(), 1);
+        assert!((lossy[0].loss_pct - 100.0 * 2.0 / 30.0).abs() < 1e-9);
     }
 
     #[test]

@@ -12,9 +12,10 @@
 //!   buckets the rounds it inserts fall in (no scan); each level has its own retention.
 //! - The view `ping` joins raw rounds with their tags for ad-hoc SQL.
 //!
-//! [`Store::ping_series`] picks the level a chart needs: raw up to [`RAW_SPAN`], 5-minute buckets
-//! up to [`FIVE_MIN_SPAN`], hourly beyond, and a coarser level when the finer one has been pruned
-//! past the start of the span.
+//! The overview's sparklines ([`Store::ping_sparkline`]) read 5-minute buckets: one row per
+//! bucket per target, not every round. [`Store::ping_series`] picks the level a chart needs: raw
+//! up to [`RAW_SPAN`], 5-minute buckets up to [`FIVE_MIN_SPAN`], hourly beyond, and a coarser
+//! level when the finer one has been pruned past the start of the span.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -72,6 +73,14 @@ pub(super) const SCHEMA: &str = "
                NULLIF(s.address, '') AS address, r.failure_kind IS NULL AS success,
                r.failure_kind, r.failure, r.duration_ms, r.sent, r.received, r.rtts
         FROM ping_rounds r JOIN series s ON s.id = r.series;";
+
+/// The latest round of every series, by probe and target.
+pub(super) const LATEST_PINGS: &str = "
+    SELECT s.probe, s.target, s.target_site, s.address, r.ts_ns, r.failure_kind,
+           r.failure, r.rtts
+    FROM series s JOIN ping_rounds r ON r.series = s.id
+         AND r.ts_ns = (SELECT MAX(ts_ns) FROM ping_rounds WHERE series = s.id)
+    ORDER BY s.probe, s.target, r.ts_ns";
 
 /// Spans up to this are drawn from raw rounds.
 pub const RAW_SPAN: Duration = Duration::from_secs(6 * 3600);
@@ -234,11 +243,13 @@ fn series_id(
 
 /// Insert `rounds` and update their rollup buckets, in `tx`; returns how many rounds were
 /// inserted (all of them). A second round of one series starting at the same nanosecond is
-/// stored 1 ns later rather than lost.
+/// stored 1 ns later rather than lost. Without `keep_raw` only the rollups are updated: what
+/// the store holds of rounds older than the raw retention once pruned.
 pub(super) fn insert_rounds(
     tx: &Transaction<'_>,
     cache: &mut HashMap<SeriesKey, i64>,
     rounds: &[Round<'_>],
+    keep_raw: bool,
 ) -> anyhow::Result<usize> {
     let mut buckets: HashMap<(Level, i64, i64), Bucket> = HashMap::new();
     let mut insert = tx.prepare_cached(
@@ -252,16 +263,17 @@ pub(super) fn insert_rounds(
         let received = round.rtts_ms.iter().flatten().count() as u64;
         let blob = codec::encode_rtts(round.rtts_ms);
         let mut ts_ns = round.ts_ns;
-        while insert.execute(params![
-            id,
-            ts_ns,
-            round.duration_ms,
-            sent,
-            received,
-            round.failure_kind,
-            round.failure,
-            blob
-        ])? == 0
+        while keep_raw
+            && insert.execute(params![
+                id,
+                ts_ns,
+                round.duration_ms,
+                sent,
+                received,
+                round.failure_kind,
+                round.failure,
+                blob
+            ])? == 0
         {
             ts_ns = ts_ns
                 .checked_add(1)
@@ -459,7 +471,20 @@ impl Store {
         if level == Level::Raw {
             return self.ping_history(probe, target, from_ns, to_ns);
         }
-        self.rollup(level, probe, target, from_ns, to_ns)
+        self.rollup(level, probe, target, from_ns, to_ns, true)
+    }
+
+    /// The overview's sparkline of one (probe, target) from `from_ns` to `to_ns`: its 5-minute
+    /// buckets (one row per bucket, however many rounds: the overview draws every target), with
+    /// the median and loss only (what a sparkline draws).
+    pub fn ping_sparkline(
+        &self,
+        probe: &str,
+        target: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> anyhow::Result<Vec<PingPoint>> {
+        self.rollup(Level::FiveMin, probe, target, from_ns, to_ns, false)
     }
 
     /// The start of the oldest row of `level` for (probe, target).
@@ -473,7 +498,7 @@ impl Store {
     }
 
     /// The buckets of `level` whose start is within `[from_ns, to_ns]`, the series of one
-    /// (probe, target) merged per bucket.
+    /// (probe, target) merged per bucket; the median only unless `smoke` (p10–p90 too).
     fn rollup(
         &self,
         level: Level,
@@ -481,6 +506,7 @@ impl Store {
         target: &str,
         from_ns: i64,
         to_ns: i64,
+        smoke: bool,
     ) -> anyhow::Result<Vec<PingPoint>> {
         let table = level.table();
         // The bucket that holds `from_ns` too.
@@ -540,11 +566,11 @@ impl Store {
                 } else {
                     100.0 * b.sent.saturating_sub(b.received) as f64 / b.sent as f64
                 },
-                rtt_p10_ms: b.rtts.percentile_ms(10.0),
-                rtt_p25_ms: b.rtts.percentile_ms(25.0),
+                rtt_p10_ms: smoke.then(|| b.rtts.percentile_ms(10.0)).flatten(),
+                rtt_p25_ms: smoke.then(|| b.rtts.percentile_ms(25.0)).flatten(),
                 rtt_median_ms: b.rtts.percentile_ms(50.0),
-                rtt_p75_ms: b.rtts.percentile_ms(75.0),
-                rtt_p90_ms: b.rtts.percentile_ms(90.0),
+                rtt_p75_ms: smoke.then(|| b.rtts.percentile_ms(75.0)).flatten(),
+                rtt_p90_ms: smoke.then(|| b.rtts.percentile_ms(90.0)).flatten(),
                 rounds: u32::try_from(b.rounds).unwrap_or(u32::MAX),
                 step_ns: level.step_ns(),
             })
@@ -553,13 +579,7 @@ impl Store {
 
     /// The most recent ping round per (probe, target), ordered by probe then target.
     pub fn latest_pings(&self) -> anyhow::Result<Vec<LatestPing>> {
-        let mut query = self.conn.prepare(
-            "SELECT s.probe, s.target, s.target_site, s.address, r.ts_ns, r.failure_kind,
-                    r.failure, r.rtts
-             FROM series s JOIN ping_rounds r ON r.series = s.id
-                  AND r.ts_ns = (SELECT MAX(ts_ns) FROM ping_rounds WHERE series = s.id)
-             ORDER BY s.probe, s.target, r.ts_ns",
-        )?;
+        let mut query = self.conn.prepare(LATEST_PINGS)?;
         let rows = query.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,

@@ -75,7 +75,6 @@ pub fn router(state: AppState, pages: Option<pages::PageSource>) -> Router {
 pub async fn start(
     listen: &ListenConfig,
     status: Status,
-    config: Arc<crate::config::Config>,
 ) -> anyhow::Result<(SocketAddr, CancellationToken, JoinHandle<()>)> {
     let listener = TcpListener::bind(listen.address).await.with_context(|| {
         format!(
@@ -87,8 +86,9 @@ pub async fn start(
     if !address.ip().is_loopback() && listen.auth.is_none() {
         tracing::warn!(%address, "the health and metrics listener is reachable from other hosts without credentials: set `listen_token_file` (or `listen_username` with `listen_password_file`) in [agent], or listen on 127.0.0.1");
     }
-    // The web page reads the agent's own store, read-only, beside the writer.
-    let pages = pages::PageSource::new(status.data_dir(), Some(config))?;
+    // The web page reads the agent's own store, read-only, beside the writer, and the
+    // configuration running now (a reload changes it).
+    let pages = pages::PageSource::of_agent(status.clone())?;
     tracing::info!(%address, auth = listen.auth.is_some(), "serving the web page, /healthz, /readyz and /metrics");
     let shutdown = CancellationToken::new();
     let app = router(

@@ -16,7 +16,8 @@ use crate::sinks::Spool;
 pub fn page(source: &PageSource) -> PageResult<Markup> {
     let store = source.store()?;
     let now = SystemTime::now();
-    let config = source.config.as_deref();
+    let config = source.config();
+    let config = config.as_deref();
     // Per probe: its kind, how many targets, and its latest result.
     let mut probes: BTreeMap<String, (String, usize, i64)> = BTreeMap::new();
     let mut note = |probe: &str, kind: &str, ts: i64| {

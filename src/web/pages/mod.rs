@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::config::{Config, SecretSource};
+use crate::status::Status;
 use crate::store::Store;
 
 /// The Content-Security-Policy of every response: no scripts at all, styles only from
@@ -43,7 +44,16 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self';
 #[derive(Debug, Clone)]
 pub struct PageSource {
     data_dir: PathBuf,
-    config: Option<Arc<Config>>,
+    config: ConfigSource,
+}
+
+/// Where the agent page's config summary comes from.
+#[derive(Debug, Clone)]
+enum ConfigSource {
+    /// `vantage serve`: none, or the file given at start.
+    Fixed(Option<Arc<Config>>),
+    /// The running agent: the configuration running now, reloads included.
+    Agent(Status),
 }
 
 impl PageSource {
@@ -52,8 +62,25 @@ impl PageSource {
         Store::open_read_only(data_dir)?;
         Ok(PageSource {
             data_dir: data_dir.to_path_buf(),
-            config,
+            config: ConfigSource::Fixed(config),
         })
+    }
+
+    /// The running agent's store and configuration (the latest reload's).
+    pub fn of_agent(status: Status) -> anyhow::Result<PageSource> {
+        Store::open_read_only(status.data_dir())?;
+        Ok(PageSource {
+            data_dir: status.data_dir().to_path_buf(),
+            config: ConfigSource::Agent(status),
+        })
+    }
+
+    /// The configuration to summarise, if any.
+    fn config(&self) -> Option<Arc<Config>> {
+        match &self.config {
+            ConfigSource::Fixed(config) => config.clone(),
+            ConfigSource::Agent(status) => Some(status.config()),
+        }
     }
 
     fn store(&self) -> anyhow::Result<Store> {

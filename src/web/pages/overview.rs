@@ -1,6 +1,6 @@
 //! The overview: open incidents on top, then every target grouped by its site, problems first —
 //! state, the latest round's loss and median (the figures of `vantage report`), a sparkline of
-//! the last three hours — and the latest service check of each.
+//! the last three hours from the 5-minute rollup — and the latest service check of each.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use maud::{Markup, PreEscaped, html};
 
 use super::layout::{self, Nav, ms, pct, segment};
-use super::series::{sparkline, thin};
+use super::series::sparkline;
 use super::{PageResult, PageSource, incidents};
 use crate::store::{LatestCheck, LatestPing};
 
@@ -64,8 +64,8 @@ pub fn page(source: &PageSource) -> PageResult<Markup> {
     let mut sites: BTreeMap<&str, Vec<(State, &LatestPing, String)>> = BTreeMap::new();
     for ping in &pings {
         let from = end - SPARK_NS;
-        let series = store.ping_series(&ping.probe, &ping.target, from, end)?;
-        let spark = sparkline(&thin(series, from, end, 80), from, end);
+        let series = store.ping_sparkline(&ping.probe, &ping.target, from, end)?;
+        let spark = sparkline(&series, from, end);
         sites.entry(ping.target_site.as_str()).or_default().push((
             State::of_ping(ping),
             ping,

@@ -97,18 +97,18 @@ pub fn sparkline(points: &[PingPoint], from_ns: i64, to_ns: i64) -> String {
             loss_colour(p.loss_pct)
         );
     }
-    let line: Vec<String> = points
-        .iter()
-        .filter_map(|p| {
-            p.rtt_median_ms
-                .map(|ms| format!("{:.1},{:.1}", x(p.timestamp_ns), y(ms)))
-        })
-        .collect();
+    // Written in place: the overview draws one per target (1,000 × 36 points).
+    let mut line = String::with_capacity(points.len() * 12);
+    for p in points {
+        if let Some(ms) = p.rtt_median_ms {
+            let separator = if line.is_empty() { "" } else { " " };
+            let _ = write!(line, "{separator}{:.1},{:.1}", x(p.timestamp_ns), y(ms));
+        }
+    }
     if !line.is_empty() {
         let _ = write!(
             svg,
-            r##"<polyline class="sparkline-median" points="{}" fill="none" stroke="#444444" stroke-width="1.2"/>"##,
-            line.join(" ")
+            r##"<polyline class="sparkline-median" points="{line}" fill="none" stroke="#444444" stroke-width="1.2"/>"##
         );
     }
     svg.push_str("</svg>");
