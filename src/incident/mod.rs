@@ -192,6 +192,8 @@ impl Incident {
 }
 
 #[cfg(test)]
+mod fleet_view_tests;
+#[cfg(test)]
 mod sink_tests;
 #[cfg(test)]
 mod tests;
