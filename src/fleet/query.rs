@@ -465,65 +465,22 @@ pub fn influxql_incidents_statement(request: &FleetRequest, fleet_keys: &[String
 
 /// Read the answer to [`influxql_incidents_statement`].
 pub fn parse_influxql_incidents(answer: &Value) -> Result<Vec<FleetIncident>, String> {
-    if let Some(error) = answer.get("error").and_then(Value::as_str) {
-        return Err(format!("the store says: {error}"));
-    }
-    let results = answer
-        .get("results")
-        .and_then(Value::as_array)
-        .ok_or("no `results` in the answer")?;
     let mut points = Vec::new();
-    for result in results {
-        if let Some(error) = result.get("error").and_then(Value::as_str) {
-            return Err(format!("the incidents statement: {error}"));
-        }
-        for one in result
-            .get("series")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let tag = |name: &str| {
-                one.pointer(&format!("/tags/{name}"))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            let columns: Vec<&str> = one
-                .get("columns")
-                .and_then(Value::as_array)
-                .ok_or("a series without `columns`")?
-                .iter()
-                .filter_map(Value::as_str)
-                .collect();
-            let values = one
-                .get("values")
-                .and_then(Value::as_array)
-                .ok_or("a series without `values`")?;
-            for value in values {
-                let value = value.as_array().ok_or("a row that is not an array")?;
-                let get = |name: &str| {
-                    columns
-                        .iter()
-                        .position(|c| *c == name)
-                        .and_then(|i| value.get(i))
-                        .filter(|v| !v.is_null())
-                };
-                let text = |name: &str| get(name).and_then(Value::as_str).map(String::from);
-                points.push(IncidentPoint {
-                    fleet_key: tag("fleet_key"),
-                    rule: tag("rule"),
-                    evaluator: tag("agent"),
-                    event: text("event").unwrap_or_default(),
-                    at_ms: get("time").and_then(Value::as_i64).unwrap_or(0),
-                    id: text("id"),
-                    title: text("title"),
-                    sites_seeing: get("sites_seeing").and_then(Value::as_u64),
-                    sites_total: get("sites_total").and_then(Value::as_u64),
-                });
-            }
-        }
-    }
+    for_each_influxql_row(answer, |row| {
+        let tag = |name: &str| row.tags.get(name).cloned().unwrap_or_default();
+        let text = |name: &str| row.get(name).and_then(Value::as_str).map(String::from);
+        points.push(IncidentPoint {
+            fleet_key: tag("fleet_key"),
+            rule: tag("rule"),
+            evaluator: tag("agent"),
+            event: text("event").unwrap_or_default(),
+            at_ms: row.time_ms(),
+            id: text("id"),
+            title: text("title"),
+            sites_seeing: row.get("sites_seeing").and_then(Value::as_u64),
+            sites_total: row.get("sites_total").and_then(Value::as_u64),
+        });
+    })?;
     Ok(open_incidents(points))
 }
 
@@ -692,6 +649,109 @@ fn as_u64(value: Option<&Value>) -> u64 {
 
 /// Read an InfluxQL answer (see [`influxql_statements`]); Err says what was not as expected.
 pub fn parse_influxql(request: &FleetRequest, answer: &Value) -> Result<FleetView, String> {
+    let mut rows = Rows::new();
+    let mut traces: BTreeMap<(String, String, String), (i64, u32)> = BTreeMap::new();
+    let mut hops: BTreeMap<(String, String, String), Vec<(i64, PeerHop)>> = BTreeMap::new();
+    let mut site_last = BTreeMap::new();
+    for_each_influxql_row(answer, |one| {
+        let (tags, time) = (one.tags, one.time_ms());
+        let get = |name: &str| one.get(name);
+        let key = || -> Option<(String, String, String)> {
+            Some((
+                tags.get("target")?.clone(),
+                tags.get("site")?.clone(),
+                tags.get("agent")?.clone(),
+            ))
+        };
+        match one.statement {
+            0 => {
+                if let Some(r) = row(&mut rows, tags) {
+                    r.sent += as_u64(get("sent"));
+                    r.received += as_u64(get("received"));
+                    r.rounds += as_u64(get("rounds"));
+                    r.median_ms = get("median_ms").and_then(Value::as_f64).or(r.median_ms);
+                }
+            }
+            1 => {
+                if let Some(r) = row(&mut rows, tags) {
+                    r.failed_rounds += as_u64(get("failed"));
+                }
+            }
+            2 => {
+                if let Some(r) = row(&mut rows, tags) {
+                    r.check_runs += as_u64(get("runs"));
+                }
+            }
+            3 => {
+                if let Some(r) = row(&mut rows, tags) {
+                    r.check_failures += as_u64(get("failed"));
+                }
+            }
+            4 | 5 => {
+                if let Some(r) = row(&mut rows, tags) {
+                    r.last_report_ms = r.last_report_ms.max(Some(time));
+                }
+            }
+            6 => {
+                if let Some(key) = key() {
+                    let count = as_u64(get("hops")) as u32;
+                    traces.insert(key, (time, count));
+                }
+            }
+            7 => {
+                let ttl = tags.get("hop").and_then(|h| h.parse().ok());
+                if let (Some(key), Some(ttl)) = (key(), ttl) {
+                    hops.entry(key).or_default().push((
+                        time,
+                        PeerHop {
+                            ttl,
+                            address: get("address").and_then(Value::as_str).map(String::from),
+                            loss_pct: get("loss_pct").and_then(Value::as_f64),
+                        },
+                    ));
+                }
+            }
+            8 => {
+                if let Some(site) = tags.get("site") {
+                    let last: &mut i64 = site_last.entry(site.clone()).or_insert(time);
+                    *last = (*last).max(time);
+                }
+            }
+            _ => {}
+        }
+    })?;
+    Ok(assemble(request, rows, traces, hops, site_last))
+}
+
+/// One row of an InfluxQL answer: its statement, its series' tags, and its values by column.
+struct InfluxqlRow<'a> {
+    statement: u64,
+    tags: &'a BTreeMap<String, String>,
+    columns: &'a [&'a str],
+    values: &'a [Value],
+}
+
+impl InfluxqlRow<'_> {
+    /// The value in column `name`, if the row has one that is not null.
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.columns
+            .iter()
+            .position(|c| *c == name)
+            .and_then(|i| self.values.get(i))
+            .filter(|v| !v.is_null())
+    }
+
+    fn time_ms(&self) -> i64 {
+        self.get("time").and_then(Value::as_i64).unwrap_or(0)
+    }
+}
+
+/// Walk every row of every series of an InfluxQL answer (`epoch=ms`); Err names the first error
+/// the store reported or the first part of the answer that is not as the v1 API documents it.
+fn for_each_influxql_row(
+    answer: &Value,
+    mut each: impl FnMut(InfluxqlRow<'_>),
+) -> Result<(), String> {
     if let Some(error) = answer.get("error").and_then(Value::as_str) {
         return Err(format!("the store says: {error}"));
     }
@@ -699,22 +759,20 @@ pub fn parse_influxql(request: &FleetRequest, answer: &Value) -> Result<FleetVie
         .get("results")
         .and_then(Value::as_array)
         .ok_or("no `results` in the answer")?;
-    let mut rows = Rows::new();
-    let mut traces: BTreeMap<(String, String, String), (i64, u32)> = BTreeMap::new();
-    let mut hops: BTreeMap<(String, String, String), Vec<(i64, PeerHop)>> = BTreeMap::new();
-    let mut site_last = BTreeMap::new();
     for result in results {
-        let id = result
+        let statement = result
             .get("statement_id")
             .and_then(Value::as_u64)
             .ok_or("a result without `statement_id`")?;
         if let Some(error) = result.get("error").and_then(Value::as_str) {
-            return Err(format!("statement {id}: {error}"));
+            return Err(format!("statement {statement}: {error}"));
         }
-        let Some(series) = result.get("series").and_then(Value::as_array) else {
-            continue; // no data for it
-        };
-        for one in series {
+        for one in result
+            .get("series")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let tags: BTreeMap<String, String> = one
                 .get("tags")
                 .and_then(Value::as_object)
@@ -736,84 +794,17 @@ pub fn parse_influxql(request: &FleetRequest, answer: &Value) -> Result<FleetVie
                 .and_then(Value::as_array)
                 .ok_or("a series without `values`")?;
             for value in values {
-                let value = value.as_array().ok_or("a row that is not an array")?;
-                let get = |name: &str| {
-                    columns
-                        .iter()
-                        .position(|c| *c == name)
-                        .and_then(|i| value.get(i))
-                        .filter(|v| !v.is_null())
-                };
-                let time = get("time").and_then(Value::as_i64).unwrap_or(0);
-                let key = || -> Option<(String, String, String)> {
-                    Some((
-                        tags.get("target")?.clone(),
-                        tags.get("site")?.clone(),
-                        tags.get("agent")?.clone(),
-                    ))
-                };
-                match id {
-                    0 => {
-                        if let Some(r) = row(&mut rows, &tags) {
-                            r.sent += as_u64(get("sent"));
-                            r.received += as_u64(get("received"));
-                            r.rounds += as_u64(get("rounds"));
-                            r.median_ms = get("median_ms").and_then(Value::as_f64).or(r.median_ms);
-                        }
-                    }
-                    1 => {
-                        if let Some(r) = row(&mut rows, &tags) {
-                            r.failed_rounds += as_u64(get("failed"));
-                        }
-                    }
-                    2 => {
-                        if let Some(r) = row(&mut rows, &tags) {
-                            r.check_runs += as_u64(get("runs"));
-                        }
-                    }
-                    3 => {
-                        if let Some(r) = row(&mut rows, &tags) {
-                            r.check_failures += as_u64(get("failed"));
-                        }
-                    }
-                    4 | 5 => {
-                        if let Some(r) = row(&mut rows, &tags) {
-                            r.last_report_ms = r.last_report_ms.max(Some(time));
-                        }
-                    }
-                    6 => {
-                        if let Some(key) = key() {
-                            let count = as_u64(get("hops")) as u32;
-                            traces.insert(key, (time, count));
-                        }
-                    }
-                    7 => {
-                        let ttl = tags.get("hop").and_then(|h| h.parse().ok());
-                        if let (Some(key), Some(ttl)) = (key(), ttl) {
-                            hops.entry(key).or_default().push((
-                                time,
-                                PeerHop {
-                                    ttl,
-                                    address: get("address")
-                                        .and_then(Value::as_str)
-                                        .map(String::from),
-                                    loss_pct: get("loss_pct").and_then(Value::as_f64),
-                                },
-                            ));
-                        }
-                    }
-                    8 => {
-                        if let Some(site) = tags.get("site") {
-                            let last: &mut i64 = site_last.entry(site.clone()).or_insert(time);
-                            *last = (*last).max(time);
-                        }
-                    }
-                    _ => {}
-                }
+                let values = value.as_array().ok_or("a row that is not an array")?;
+                each(InfluxqlRow {
+                    statement,
+                    tags: &tags,
+                    columns: &columns,
+                    values,
+                });
             }
         }
     }
-    Ok(assemble(request, rows, traces, hops, site_last))
+    Ok(())
 }
 
 /// Attach each row's latest trace: the hops stamped with the trace's own time (a hop last seen in
