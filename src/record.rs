@@ -17,3 +17,27 @@ pub struct Record {
     pub address: Option<String>,
     pub observation: Observation,
 }
+
+#[cfg(test)]
+impl Record {
+    /// A 20-echo ping round to `target` that just ended, every echo back in 1.5 ms: the unit
+    /// tests' plain record.
+    pub fn test_round(target: &str) -> Record {
+        use probes::{Measurement, Outcome, PingStats};
+        use std::time::{Duration, SystemTime};
+        Record {
+            agent: "a".into(),
+            site: "s".into(),
+            probe: "ping".into(),
+            target: target.into(),
+            target_site: "s".into(),
+            address: Some("198.18.2.2".into()),
+            observation: Observation {
+                started_at: SystemTime::now(),
+                duration: Duration::from_millis(20),
+                outcome: Outcome::Success,
+                measurement: Measurement::Ping(PingStats::from_rtts(vec![Some(1.5); 20])),
+            },
+        }
+    }
+}

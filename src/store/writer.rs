@@ -233,25 +233,10 @@ fn prune(store: &mut Store, retention: &Retention) {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use probes::{Measurement, Observation, Outcome, PingStats};
-
     use super::*;
 
     fn round(n: usize) -> Record {
-        Record {
-            agent: "a".into(),
-            site: "s".into(),
-            probe: "ping".into(),
-            target: format!("t{n}"),
-            target_site: "s".into(),
-            address: Some("198.18.2.2".into()),
-            observation: Observation {
-                started_at: SystemTime::now(),
-                duration: Duration::from_millis(20),
-                outcome: Outcome::Success,
-                measurement: Measurement::Ping(PingStats::from_rtts(vec![Some(1.5); 20])),
-            },
-        }
+        Record::test_round(&format!("t{n}"))
     }
 
     #[test]
