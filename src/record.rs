@@ -2,6 +2,8 @@
 //! the outputs and the rules engine each take it. It lives low, beside nothing but the
 //! `probes` crate, so that every stage can use it without using another.
 
+use std::time::{Duration, Instant};
+
 use probes::Observation;
 use serde::Serialize;
 
@@ -16,6 +18,29 @@ pub struct Record {
     /// The address actually probed, if the target resolved.
     pub address: Option<String>,
     pub observation: Observation,
+}
+
+/// How often a writer waiting for more records ([`linger_for_more`]) looks at its queue.
+const LINGER_STEP: Duration = Duration::from_millis(50);
+
+/// Gather a batch for one transaction: call `take_queued` (it takes what is queued now and says
+/// whether the batch must be written at once: full, input closed, stopping) until it says so or
+/// `until` passes, napping at most 50 ms in between. Without `until`, one call. Rounds end spread
+/// over their interval, so a writer that waits a little commits hundreds of records at a time
+/// instead of one (the store writer and the spool writer).
+pub fn linger_for_more(until: Option<Instant>, mut take_queued: impl FnMut() -> bool) {
+    loop {
+        if take_queued() {
+            return;
+        }
+        let left = until.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(LINGER_STEP));
+    }
 }
 
 #[cfg(test)]

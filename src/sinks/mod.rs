@@ -64,8 +64,6 @@ const MAX_RECORDS_PER_COMMIT: usize = 5_000;
 /// [`SinkOptions::commit_linger`]): rounds arrive spread over their interval, one every few ms at
 /// 10,000 targets, and a transaction per record cost more than the encoding.
 pub const DEFAULT_COMMIT_LINGER: Duration = Duration::from_millis(250);
-/// How often the queue is looked at while lingering.
-const LINGER_STEP: Duration = Duration::from_millis(50);
 /// Retry period of a spool write the disk refused.
 const WRITE_RETRY: Duration = Duration::from_millis(250);
 /// At shutdown, give up on a disk that keeps refusing writes after this long (the points are then
@@ -642,7 +640,7 @@ impl SpoolWriter {
                 // or a full transaction ends the wait.
                 let linger_until =
                     (received > 0).then(|| Instant::now() + self.options.commit_linger);
-                loop {
+                crate::record::linger_for_more(linger_until, || {
                     while self.held_records < MAX_RECORDS_PER_COMMIT as u64 {
                         match self.rx.try_recv() {
                             Ok(record) => {
@@ -652,17 +650,9 @@ impl SpoolWriter {
                             Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                         }
                     }
-                    let left = linger_until.map_or(Duration::ZERO, |at| {
-                        at.saturating_duration_since(Instant::now())
-                    });
-                    if left.is_zero()
-                        || self.held_records >= MAX_RECORDS_PER_COMMIT as u64
+                    self.held_records >= MAX_RECORDS_PER_COMMIT as u64
                         || self.shared.stop_writer.load(Ordering::Relaxed)
-                    {
-                        break;
-                    }
-                    std::thread::sleep(left.min(LINGER_STEP));
-                }
+                });
                 if !closed && self.next_metrics.is_some_and(|at| Instant::now() >= at) {
                     self.self_metrics();
                 }

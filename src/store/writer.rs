@@ -20,15 +20,14 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 use super::{Retention, Store};
-use crate::record::Record;
+use crate::record::{Record, linger_for_more};
 
 /// Records per transaction.
 const BATCH: usize = 2_000;
 /// How long the first record of a batch waits for more before the batch is written (see the
-/// module docs); the queue is checked every [`LINGER_STEP`] meanwhile, so a full batch or the
-/// end of the input is written at once.
+/// module docs); the queue is checked every 50 ms meanwhile ([`linger_for_more`]), so a full
+/// batch or the end of the input is written at once.
 pub const LINGER: Duration = Duration::from_millis(250);
-const LINGER_STEP: Duration = Duration::from_millis(50);
 /// Records held while inserts fail (e.g. disk full); beyond this the oldest are dropped and counted.
 const MAX_PENDING: usize = 200_000;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -148,7 +147,7 @@ fn write_loop(
             }
             linger_until = Some(Instant::now() + linger);
         }
-        loop {
+        linger_for_more(linger_until, || {
             while pending.len() < BATCH {
                 match rx.try_recv() {
                     Ok(record) => pending.push_back(record),
@@ -159,14 +158,8 @@ fn write_loop(
                     }
                 }
             }
-            let left = linger_until.map_or(Duration::ZERO, |at| {
-                at.saturating_duration_since(Instant::now())
-            });
-            if pending.len() >= BATCH || !open || left.is_zero() {
-                break;
-            }
-            std::thread::sleep(left.min(LINGER_STEP));
-        }
+            pending.len() >= BATCH || !open
+        });
         let batch = pending.len().min(BATCH);
         match store.insert(&pending.make_contiguous()[..batch]) {
             Ok(()) => {
