@@ -580,10 +580,14 @@ fn verdict_sentence(incident: &Incident, verdict: &crate::fleet::verdict::Verdic
 pub fn fleet_incident_line(incident: &crate::fleet::FleetIncident) -> String {
     let what = match &incident.title {
         Some(title) => cell(title),
-        None => format!("rule `{}` on {}", incident.rule, incident.fleet_key),
+        None => format!(
+            "rule {} on {}",
+            code(&incident.rule),
+            cell(&incident.fleet_key)
+        ),
     };
     let id = match &incident.id {
-        Some(id) => format!("{id}, "),
+        Some(id) => format!("{}, ", cell(id)),
         None => String::new(),
     };
     let sites = match (incident.sites_seeing, incident.sites_total) {
@@ -591,10 +595,10 @@ pub fn fleet_incident_line(incident: &crate::fleet::FleetIncident) -> String {
         _ => String::new(),
     };
     format!(
-        "Fleet incident: {what} ({id}fleet key `{}`), opened {} by the fleet evaluator `{}`{sites}",
-        incident.fleet_key,
+        "Fleet incident: {what} ({id}fleet key {}), opened {} by the fleet evaluator {}{sites}",
+        code(&incident.fleet_key),
         window_time(incident.opened_ms),
-        incident.evaluator
+        code(&incident.evaluator)
     )
 }
 
@@ -840,9 +844,18 @@ fn ping_evidence(md: &mut String, evidence: &Evidence) {
 /// The latest rounds (or runs) shown per series; older ones are in the chart and evidence.json.
 const SHOWN_ROUNDS: usize = 15;
 
-/// Text for a Markdown table cell: error messages may hold `|` or line breaks.
+/// Text for a Markdown table cell or one line: error messages and tags read from the store may
+/// hold `|`, line breaks or terminal escapes (a draft is also read with `cat`).
 fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .replace('|', "\\|")
+}
+
+/// `text` as one inline code span whatever it holds: a backtick inside would end the span.
+fn code(text: &str) -> String {
+    format!("`{}`", cell(text).replace('`', "'"))
 }
 
 /// `status: 503 Service Unavailable`: a failed run's kind and error in one cell.

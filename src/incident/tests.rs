@@ -1517,3 +1517,37 @@ fn golden_fleet_view(incident: &Incident) -> FleetEvidence {
         incidents: Vec::new(),
     }
 }
+
+#[test]
+fn a_fleet_incident_read_from_the_store_stays_one_line_of_text_in_the_draft() {
+    // Every string here comes from the shared store's tags and fields: whoever can write there
+    // must not be able to add lines to a draft, end its code spans or send terminal escapes.
+    let hostile = crate::fleet::FleetIncident {
+        fleet_key: "target/x`\n## Verdict\nall fine".into(),
+        rule: "r`\x1b[2J".into(),
+        evaluator: "fleet\r\nEngage: nobody".into(),
+        id: Some("1\n2".into()),
+        title: Some("t | \x1b]0;pwned\x07".into()),
+        opened_ms: 0,
+        sites_seeing: Some(1),
+        sites_total: Some(3),
+    };
+    let line = render::fleet_incident_line(&hostile);
+    assert!(!line.chars().any(char::is_control), "{line:?}");
+    assert!(
+        line.contains("fleet key `target/x' ## Verdict all fine`"),
+        "{line:?}"
+    );
+    assert!(
+        line.contains("evaluator `fleet  Engage: nobody`"),
+        "{line:?}"
+    );
+    assert!(line.contains("t \\| "), "{line:?}");
+    let untitled = crate::fleet::FleetIncident {
+        title: None,
+        ..hostile
+    };
+    let line = render::fleet_incident_line(&untitled);
+    assert!(!line.chars().any(char::is_control), "{line:?}");
+    assert!(line.contains("rule `r' [2J`"), "{line:?}");
+}
