@@ -241,10 +241,7 @@ targets = ["far"]
     assert_eq!(incidents.len(), 1, "exactly one draft: {incidents:#?}");
     assert_eq!(incidents[0].key, "loss/target/far");
     assert!(draft.contains("| **Status** | DRAFT — open |"), "{draft}");
-    let verdict = format!(
-        "- Path trace verdict: **loss starts at hop 2, {} (",
-        addr::R2_R1_SIDE
-    );
+    let verdict = loss_start_verdict(&draft);
     assert!(draft.contains(&verdict), "{verdict:?} not in:\n{draft}");
     wait_for(
         "the opening delivered",
@@ -376,6 +373,39 @@ targets = ["far"]
     }
 }
 
+/// The Loss% of hop `n`, `address`, in the mtr-style trace of a draft.
+fn trace_hop_loss(md: &str, n: u8, address: std::net::Ipv4Addr) -> f64 {
+    let prefix = format!("{n:>3}.|-- {address} ");
+    let line = md
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no hop {n} {address} in:\n{md}"));
+    line[prefix.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|loss| loss.strip_suffix('%'))
+        .and_then(|loss| loss.parse().ok())
+        .unwrap_or_else(|| panic!("no Loss% in {line:?}"))
+}
+
+/// The verdict line a draft of loss on the r1–r2 link must carry, given what its trace sampled.
+///
+/// Hop 2 (r2) and the target lose alike (51%), so the verdict names hop 2 — unless the 20 rounds
+/// happened to sample hop 2 under half the target's loss (about one trace in 60), when loss no
+/// longer persists back to it and the verdict must name the target, hop 3. Written out here, not
+/// taken from `probes::locate_loss`, so that a wrong rule there still fails this test.
+fn loss_start_verdict(md: &str) -> String {
+    let r2 = trace_hop_loss(md, 2, addr::R2_R1_SIDE);
+    let target = trace_hop_loss(md, 3, addr::TARGET);
+    let (hop, address) = if r2 >= target / 2.0 && r2 >= 5.0 {
+        (2, addr::R2_R1_SIDE)
+    } else {
+        eprintln!("hop 2 sampled {r2}% against the target's {target}%: the verdict names hop 3");
+        (3, addr::TARGET)
+    };
+    format!("- Path trace verdict: **loss starts at hop {hop}, {address} (")
+}
+
 /// Scenario 4: the resolved draft of scenario 1, read section by section and figure by figure.
 /// `lost`: the probability that one echo through the lossy link is lost.
 fn draft_reads_like_a_human(folder: &Path, incident: &Incident, lost: f64) {
@@ -435,41 +465,23 @@ fn draft_reads_like_a_human(folder: &Path, incident: &Incident, lost: f64) {
     );
 
     // The path trace at breach: mtr-style, hop 2 is r2, and the verdict names it.
-    let hop = |n: u8, address: std::net::Ipv4Addr| -> f64 {
-        let prefix = format!("{n:>3}.|-- {address} ");
-        let line = lines
-            .iter()
-            .find(|l| l.starts_with(&prefix))
-            .unwrap_or_else(|| panic!("no hop {n} {address} in:\n{md}"));
-        line[prefix.len()..]
-            .split_whitespace()
-            .next()
-            .and_then(|loss| loss.strip_suffix('%'))
-            .and_then(|loss| loss.parse().ok())
-            .unwrap_or_else(|| panic!("no Loss% in {line:?}"))
-    };
     let rounds = vantage::incident::diagnostics::ROUNDS as f64;
     let (low, high) = loss_bounds(lost, rounds);
     assert_eq!(
-        hop(1, addr::R1_AGENT_SIDE),
+        trace_hop_loss(&md, 1, addr::R1_AGENT_SIDE),
         0.0,
         "the agent–r1 link is clean:\n{md}"
     );
     for (n, address) in [(2, addr::R2_R1_SIDE), (3, addr::TARGET)] {
-        let loss = hop(n, address);
+        let loss = trace_hop_loss(&md, n, address);
         assert!(
             (100.0 * low..=100.0 * high).contains(&loss),
             "hop {n}: {loss}% over {rounds} rounds, expected {:.0}% ± 4σ:\n{md}",
             100.0 * lost
         );
     }
-    assert!(
-        md.contains(&format!(
-            "- Path trace verdict: **loss starts at hop 2, {} (",
-            addr::R2_R1_SIDE
-        )),
-        "{md}"
-    );
+    let verdict = loss_start_verdict(&md);
+    assert!(md.contains(&verdict), "{verdict:?} not in:\n{md}");
 
     // The peak: the worst 20-echo window while open, from the opening figure up to 4σ above.
     let peak = regex::Regex::new(r"(?m)^Peak: (\d+(?:\.\d)?)% packet loss on 1 of 1 targets\.$")
