@@ -41,11 +41,11 @@ fn a_full_disk_at_shutdown_loses_no_observation() {
     let writing = writer::spawn(store, rx, retention);
     let t0 = SystemTime::now() - Duration::from_secs(3_600);
     let record = |seq: u64| {
-        ping_record(
+        std::sync::Arc::new(ping_record(
             &format!("t{}", seq % 16),
             t0 + Duration::from_millis(seq),
             seq,
-        )
+        ))
     };
     for seq in 0..BEFORE {
         tx.blocking_send(record(seq)).expect("send");

@@ -30,6 +30,9 @@ use crate::store::Store;
 
 /// Observations waiting for the rules engine.
 pub const RULES_QUEUE: usize = 16_384;
+/// What the rules queue holds: the agent's one shared copy of a record. `sync_channel` allocates
+/// all of its slots up front, so a slot must be small: 16,384 whole `Record`s took 6.8 MB.
+pub type Queued = Arc<Record>;
 /// How often durations are re-evaluated without new observations.
 pub const TICK: Duration = Duration::from_secs(1);
 /// How often the outbox is checked for events to deliver.
@@ -65,7 +68,7 @@ pub fn start(
     config: &Config,
     data_dir: &Path,
     extra: Vec<Box<dyn IncidentSink>>,
-) -> anyhow::Result<(SyncSender<Record>, Pipeline)> {
+) -> anyhow::Result<(SyncSender<Queued>, Pipeline)> {
     // The sinks are built on the delivery thread (HTTP sinks own a runtime); their names are
     // registered first, before any event can be queued.
     let names = sink_names(config, &extra);
@@ -274,7 +277,7 @@ impl Pipeline {
 fn evaluate_loop(
     mut engine: Engine,
     mut manager: Manager,
-    rx: Receiver<Record>,
+    rx: Receiver<Queued>,
     reloads: Receiver<Reload>,
     origin: Instant,
 ) {
@@ -349,6 +352,21 @@ mod tests {
             drop(tx);
             pipeline.join();
         }
+    }
+
+    /// Issue 15: `sync_channel` allocates every slot of its bound at start; with whole records
+    /// in them the rules queue alone held 6.8 MB of memory before the first record.
+    #[test]
+    fn the_rules_queue_allocates_pointers_not_records() {
+        fn slot_bytes<T>(_: &SyncSender<T>) -> usize {
+            size_of::<T>()
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, pipeline) = start(&config(), dir.path(), Vec::new()).expect("started");
+        let bytes = slot_bytes(&tx) * RULES_QUEUE;
+        assert!(bytes <= 256 << 10, "{bytes} bytes of slots");
+        drop(tx);
+        pipeline.join();
     }
 
     /// Incident state that cannot be opened stops the agent at start, naming the file.

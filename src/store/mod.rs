@@ -365,7 +365,8 @@ impl Store {
     }
 
     /// Persist records in one transaction, with their original timestamps.
-    pub fn insert(&mut self, records: &[Record]) -> anyhow::Result<()> {
+    /// Takes records or shared ones (`Arc<Record>`: the agent's pipeline shares each record).
+    pub fn insert<R: std::borrow::Borrow<Record>>(&mut self, records: &[R]) -> anyhow::Result<()> {
         self.insert_with(records, true)
     }
 
@@ -377,7 +378,11 @@ impl Store {
         self.insert_with(records, false)
     }
 
-    fn insert_with(&mut self, records: &[Record], keep_raw: bool) -> anyhow::Result<()> {
+    fn insert_with<R: std::borrow::Borrow<Record>>(
+        &mut self,
+        records: &[R],
+        keep_raw: bool,
+    ) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut rounds = Vec::new();
@@ -387,6 +392,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for r in records {
+                let r: &Record = std::borrow::Borrow::borrow(r);
                 let o = &r.observation;
                 let (kind, message) = match &o.outcome {
                     Outcome::Success => (None, None),

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -89,7 +90,7 @@ pub const RESERVE_FILE: &str = "vantage.db-reserve";
 /// the queue is drained.
 pub fn spawn(
     store: Store,
-    rx: mpsc::Receiver<Record>,
+    rx: mpsc::Receiver<Arc<Record>>,
     retention: Retention,
 ) -> JoinHandle<anyhow::Result<u64>> {
     spawn_with_tap(store, rx, retention, Box::new(|batch| batch.for_each(drop)))
@@ -98,13 +99,13 @@ pub fn spawn(
 /// Where the records of each transaction go once it is committed, in order, on the writer's
 /// thread: one call per batch. What it does when its consumer is behind (wait, drop and count) is
 /// the caller's choice: the agent's rules tap.
-pub type Tap = Box<dyn FnMut(&mut dyn Iterator<Item = Record>) + Send>;
+pub type Tap = Box<dyn FnMut(&mut dyn Iterator<Item = Arc<Record>>) + Send>;
 
 /// As [`spawn`], and every record, once stored, is given to `tap` (the rules engine), so that
 /// what the rules see is already in the store for the evidence.
 pub fn spawn_with_tap(
     store: Store,
-    rx: mpsc::Receiver<Record>,
+    rx: mpsc::Receiver<Arc<Record>>,
     retention: Retention,
     tap: Tap,
 ) -> JoinHandle<anyhow::Result<u64>> {
@@ -113,7 +114,7 @@ pub fn spawn_with_tap(
 
 fn spawn_lingering(
     store: Store,
-    rx: mpsc::Receiver<Record>,
+    rx: mpsc::Receiver<Arc<Record>>,
     retention: Retention,
     tap: Tap,
     linger: Duration,
@@ -126,12 +127,12 @@ fn spawn_lingering(
 
 fn write_loop(
     mut store: Store,
-    mut rx: mpsc::Receiver<Record>,
+    mut rx: mpsc::Receiver<Arc<Record>>,
     retention: Retention,
     mut tap: Tap,
     linger: Duration,
 ) -> anyhow::Result<u64> {
-    let mut pending: VecDeque<Record> = VecDeque::new();
+    let mut pending: VecDeque<Arc<Record>> = VecDeque::new();
     let (mut stored, mut dropped) = (0u64, 0u64);
     let mut last_prune = Instant::now();
     prune(&mut store, &retention);
@@ -224,12 +225,12 @@ fn prune(store: &mut Store, retention: &Retention) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use super::*;
 
-    fn round(n: usize) -> Record {
-        Record::test_round(&format!("t{n}"))
+    fn round(n: usize) -> Arc<Record> {
+        Arc::new(Record::test_round(&format!("t{n}")))
     }
 
     #[test]

@@ -253,7 +253,7 @@ fn quantiles(stats: &probes::PingStats) -> [(&'static str, Option<f64>); 7] {
     ]
 }
 
-fn register_targets(registry: &mut Registry, latest: &[Record]) {
+fn register_targets(registry: &mut Registry, latest: &[std::sync::Arc<Record>]) {
     let success = Family::<Labels, GaugeF>::default();
     let duration = Family::<Labels, GaugeF>::default();
     let timestamp = Family::<Labels, GaugeF>::default();
