@@ -261,3 +261,48 @@ pub(crate) fn stale_after(jobs: &[Job]) -> Option<Duration> {
         .min()
         .map(|period| (period * 3).max(Duration::from_secs(2)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Status {
+        let config = crate::config::Config::parse(
+            "[agent]\nname = \"a\"\nsite = \"s\"\n",
+            std::path::Path::new("vantage.toml"),
+        )
+        .expect("valid config");
+        Status(Arc::new(StatusInner {
+            agent: "a".into(),
+            site: "s".into(),
+            data_dir: PathBuf::from("."),
+            rules: AtomicUsize::new(0),
+            jobs: AtomicUsize::new(1),
+            started: Instant::now(),
+            counters: Arc::default(),
+            flow: Arc::default(),
+            outputs: Mutex::new(None),
+            stale_after: Mutex::new(None),
+            writer_alive: Arc::new(AtomicBool::new(true)),
+            stopping: AtomicBool::new(false),
+            config: Mutex::new(Arc::new(config)),
+            latest: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Issue 15: the status page keeps the dispatcher's shared copy of each target's latest
+    /// record, not a copy of its own (10,000 copies took 10 MB), and lets the older one go.
+    #[test]
+    fn the_latest_record_is_the_dispatchers_shared_copy() {
+        let status = status();
+        let older = Arc::new(Record::test_round("t1"));
+        status.remember(&older);
+        let newer = Arc::new(Record::test_round("t1"));
+        status.remember(&newer);
+        status.remember(&Arc::new(Record::test_round("t2")));
+        let latest = status.latest();
+        assert_eq!(latest.len(), 2);
+        assert!(Arc::ptr_eq(&latest[0], &newer), "shared, not copied");
+        assert_eq!(Arc::strong_count(&older), 1, "the older record is let go");
+    }
+}
