@@ -4,16 +4,18 @@
 //!
 //! ## The pipeline
 //! ```text
-//! scheduler ──▶ dispatch ──▶ outputs: SinkHandle::offer      never waits; full: drop, counted (sinks)
+//! scheduler ──▶ dispatch ──▶ outputs: SinkHandle::offer_shared  never waits; full: drop, counted (sinks)
 //!  (probes)        │
 //!                  └───────▶ store writer (STORE_QUEUE)      waits: probing slows, nothing is lost
 //!                               │ once stored
 //!                               └──▶ rules (RULES_QUEUE)     waits up to RULES_WAIT, then drops, counted
 //!                                      └──▶ incident manager ──▶ outbox ──▶ incident sinks
 //! ```
-//! Every fan-out point is in this file and says what it does when its consumer is behind:
+//! The dispatcher wraps each record in one `Arc` that the status page, the outputs, the store and
+//! the rules all share (no copy per consumer). Every fan-out point is in this file and says what
+//! it does when its consumer is behind:
 //! - outputs are best effort on the hot path (their durable spool catches up later), so an offer
-//!   never delays probing; [`crate::sinks::SinkHandle::offer`] counts what it drops;
+//!   never delays probing; [`crate::sinks::SinkHandle::offer_shared`] counts what it drops;
 //! - the store is the record of truth, so the dispatcher waits for it (the scheduler's runs wait
 //!   in turn, and a late run is a counted skipped tick, not lost data);
 //! - the rules see a record only once it is stored (the evidence reads it back). A dropped record
