@@ -268,7 +268,8 @@ mod tests {
 
     fn status() -> Status {
         let config = crate::config::Config::parse(
-            "[agent]\nname = \"a\"\nsite = \"s\"\n",
+            "[agent]\nname = \"a\"\nsite = \"s\"\n\
+             [[target]]\nname = \"t1\"\nhost = \"198.18.0.1\"\n",
             std::path::Path::new("vantage.toml"),
         )
         .expect("valid config");
