@@ -377,6 +377,21 @@ impl Store {
         self.insert_with(records, false)
     }
 
+    /// For a benchmark's fill only (`examples/bench_web.rs`): no journal and no fsync (a crash
+    /// mid-fill leaves a corrupt file, which the benchmark discards) and a page cache of
+    /// `cache_mib`, so that filling 130 M rounds is bound by the store's own insert code rather
+    /// than by the disk. Never used by the product; reopen with [`Store::open`] to get the
+    /// product's settings back (WAL, synchronous = NORMAL, the default cache).
+    #[doc(hidden)]
+    pub fn unsafe_bulk_fill_settings(&self, cache_mib: u32) -> anyhow::Result<()> {
+        self.conn.execute_batch(&format!(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+             PRAGMA cache_size = -{};",
+            u64::from(cache_mib) * 1024
+        ))?;
+        Ok(())
+    }
+
     fn insert_with(&mut self, records: &[Record], keep_raw: bool) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         {
