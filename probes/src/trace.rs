@@ -350,6 +350,24 @@ fn failed(
     }
 }
 
+/// A per-run identity — the ICMP echo identifier and the UDP source port trippy matches replies
+/// by — that no other trace of this process holds while fewer than 20,000 run at once, so
+/// concurrent traces (an incident traces up to 16 targets together) never take each other's
+/// replies. Drawn at random they collided (16 concurrent traces: one run in 550). It starts at a
+/// random point so that two processes on one host rarely share it.
+fn next_trace_identity() -> (u16, u16) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const PORTS: u32 = 20_000;
+    static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    let n = NEXT
+        .get_or_init(|| AtomicU32::new(rand::random()))
+        .fetch_add(1, Ordering::Relaxed);
+    // 1..=65535: to trippy, identifier 0 matches any reply. Both walk their whole ranges.
+    let id = (n % u32::from(u16::MAX)) as u16 + 1;
+    let port = 40_000 + (n % PORTS) as u16;
+    (id, port)
+}
+
 fn trace(settings: &TraceSettings, target: IpAddr) -> Result<TraceReport, String> {
     use trippy_core::{Builder, MultipathStrategy, Port, PortDirection, PrivilegeMode, Protocol};
 
@@ -357,9 +375,7 @@ fn trace(settings: &TraceSettings, target: IpAddr) -> Result<TraceReport, String
         return Err(NEEDS_CAP_NET_RAW.to_owned());
     }
 
-    // A per-run identity so concurrent traces in one process do not take each other's replies.
-    let trace_id: u16 = rand::random_range(1..u16::MAX);
-    let src_port: u16 = rand::random_range(40_000..60_000);
+    let (trace_id, src_port) = next_trace_identity();
     let (protocol, strategy, ports) = match settings.protocol {
         TraceProtocol::Icmp => (
             Protocol::Icmp,
@@ -626,6 +642,19 @@ fn join_addresses(addresses: &[IpAddr]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn concurrent_traces_never_share_an_identifier_or_a_source_port() {
+        let ids: Vec<(u16, u16)> = (0..20_000).map(|_| next_trace_identity()).collect();
+        let distinct_ids: std::collections::HashSet<u16> = ids.iter().map(|(i, _)| *i).collect();
+        let distinct_ports: std::collections::HashSet<u16> = ids.iter().map(|(_, p)| *p).collect();
+        assert_eq!(distinct_ids.len(), 20_000);
+        assert_eq!(distinct_ports.len(), 20_000);
+        assert!(
+            ids.iter()
+                .all(|(i, p)| *i != 0 && (40_000..60_000).contains(p))
+        );
+    }
+
     use super::*;
 
     const TARGET: &str = "198.18.2.2";
