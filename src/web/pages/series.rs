@@ -71,8 +71,8 @@ fn merge(group: Vec<PingPoint>) -> PingPoint {
     }
 }
 
-/// A 160×28 sparkline of the median (grey) with loss as bars in the loss colours, as an inline
-/// `<svg>` element (numbers only: no text from the store goes in).
+/// A 160×28 sparkline of the median (grey; a lone median a 4-pixel tick) with loss as bars in
+/// the loss colours, as an inline `<svg>` element (numbers only: no text from the store goes in).
 pub fn sparkline(points: &[PingPoint], from_ns: i64, to_ns: i64) -> String {
     let (w, h) = (160.0, 28.0);
     let span = (to_ns - from_ns).max(1) as f64;
@@ -99,11 +99,18 @@ pub fn sparkline(points: &[PingPoint], from_ns: i64, to_ns: i64) -> String {
     }
     // Written in place: the overview draws one per target (1,000 × 36 points).
     let mut line = String::with_capacity(points.len() * 12);
-    for p in points {
-        if let Some(ms) = p.rtt_median_ms {
-            let separator = if line.is_empty() { "" } else { " " };
-            let _ = write!(line, "{separator}{:.1},{:.1}", x(p.timestamp_ns), y(ms));
-        }
+    let mut medians = points
+        .iter()
+        .filter_map(|p| Some((x(p.timestamp_ns), y(p.rtt_median_ms?))));
+    let (first, second) = (medians.next(), medians.next());
+    // A polyline of one point draws nothing: a single median is a short tick.
+    let ticked = match (first, second) {
+        (Some((x, y)), None) => [Some(((x - 2.0).max(0.0), y)), Some(((x + 2.0).min(w), y))],
+        _ => [first, second],
+    };
+    for (x, y) in ticked.into_iter().flatten().chain(medians) {
+        let separator = if line.is_empty() { "" } else { " " };
+        let _ = write!(line, "{separator}{x:.1},{y:.1}");
     }
     if !line.is_empty() {
         let _ = write!(
@@ -135,6 +142,65 @@ mod tests {
             rounds: 1,
             step_ns: 0,
         }
+    }
+
+    /// The `points` of the sparkline's median line, as (x, y) pairs.
+    fn median_line(svg: &str) -> Option<Vec<(f64, f64)>> {
+        let marker = r#"class="sparkline-median" points=""#;
+        let rest = &svg[svg.find(marker)? + marker.len()..];
+        let pairs = rest[..rest.find('"').expect("closing quote")]
+            .split(' ')
+            .map(|pair| {
+                let (x, y) = pair.split_once(',').expect("x,y");
+                (x.parse().expect("x"), y.parse().expect("y"))
+            })
+            .collect();
+        Some(pairs)
+    }
+
+    /// A polyline of one point draws nothing: a target with a single median (the first five
+    /// minutes of a new target, or one round answered in hours of loss) must still show it.
+    #[test]
+    fn a_sparkline_with_one_median_draws_a_tick() {
+        let svg = sparkline(&[point(50, Some(10.0), 0.0)], 0, 100);
+        let line = median_line(&svg).unwrap_or_else(|| panic!("no median line: {svg}"));
+        assert_eq!(line.len(), 2, "{svg}");
+        let ((x0, y0), (x1, y1)) = (line[0], line[1]);
+        assert!(x1 - x0 >= 3.0 && x0 <= 80.0 && x1 >= 80.0, "{svg}");
+        assert_eq!(y0, y1, "{svg}");
+        // At the chart's edge the tick stays inside it.
+        let edge = median_line(&sparkline(&[point(100, Some(10.0), 0.0)], 0, 100)).expect("line");
+        assert!(
+            edge.iter().all(|(x, _)| (0.0..=160.0).contains(x)),
+            "{edge:?}"
+        );
+        // Lost rounds (no median) beside it change nothing; none at all draws no line.
+        let svg = sparkline(
+            &[point(10, None, 100.0), point(50, Some(10.0), 0.0)],
+            0,
+            100,
+        );
+        assert_eq!(median_line(&svg).map(|l| l.len()), Some(2), "{svg}");
+        assert_eq!(
+            median_line(&sparkline(&[point(10, None, 100.0)], 0, 100)),
+            None
+        );
+        // Two medians or more: the line through them, as before.
+        let svg = sparkline(
+            &[
+                point(0, Some(10.0), 0.0),
+                point(50, Some(5.0), 0.0),
+                point(100, Some(10.0), 0.0),
+            ],
+            0,
+            100,
+        );
+        let line = median_line(&svg).expect("line");
+        assert_eq!(
+            line.iter().map(|(x, _)| *x).collect::<Vec<_>>(),
+            [0.0, 80.0, 160.0],
+            "{svg}"
+        );
     }
 
     #[test]
