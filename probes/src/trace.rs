@@ -198,7 +198,9 @@ impl TraceReport {
 /// Whether `current` is the same path as `previous`, reading a silent TTL as "unknown", not as a
 /// change: under loss a hop or the destination often misses every probe of a trace, and that
 /// says nothing about the route. Different when a TTL that answered in both answered from no
-/// common address, or when both reached the destination at different TTLs. (A hash of the
+/// common address, or when both reached the destination at different TTLs with a hop answering
+/// in between (only silent TTLs in between: the destination's probes at the sooner TTL were all
+/// lost, and a probe sent beyond it answered). (A hash of the
 /// path cannot tell a silent hop from a new one; this is why the agent keeps the hops.)
 pub fn same_path(previous: &[Vec<IpAddr>], current: &[Vec<IpAddr>], destination: IpAddr) -> bool {
     let reached_at = |path: &[Vec<IpAddr>]| {
@@ -208,7 +210,20 @@ pub fn same_path(previous: &[Vec<IpAddr>], current: &[Vec<IpAddr>], destination:
     if let (Some(a), Some(b)) = (reached_at(previous), reached_at(current))
         && a != b
     {
-        return false;
+        // The destination answered later in one trace only because every probe at the TTL
+        // where the other met it was lost (trippy's probes beyond it got through): if nothing
+        // answered in between, that is loss, not a longer path.
+        let (sooner, later, longer) = if a < b {
+            (a, b, current)
+        } else {
+            (b, a, previous)
+        };
+        if longer[sooner..later]
+            .iter()
+            .any(|addresses| !addresses.is_empty())
+        {
+            return false;
+        }
     }
     previous.iter().zip(current).all(|(before, now)| {
         before.is_empty() || now.is_empty() || before.iter().any(|a| now.contains(a))
@@ -937,7 +952,7 @@ HOST: agent                         Loss%   Snt   Last   Avg  Best  Wrst StDev
         let dest = ip("198.18.2.2");
         let silent = Vec::new();
         let base = vec![r1.clone(), r2.clone(), far.clone()];
-        let cases: [(&str, Path, bool); 7] = [
+        let cases: [(&str, Path, bool); 8] = [
             ("identical", base.clone(), true),
             (
                 "the destination silent (loss)",
@@ -966,12 +981,23 @@ HOST: agent                         Loss%   Snt   Last   Avg  Best  Wrst StDev
             ),
             (
                 "ECMP: one of two addresses again",
-                vec![r1.clone(), vec![ip("198.18.1.2"), ip("198.18.9.9")], far],
+                vec![
+                    r1.clone(),
+                    vec![ip("198.18.1.2"), ip("198.18.9.9")],
+                    far.clone(),
+                ],
+                true,
+            ),
+            (
+                "every probe at the destination's TTL lost, one beyond it answered (loss)",
+                vec![r1.clone(), r2.clone(), silent.clone(), far.clone()],
                 true,
             ),
         ];
         for (case, current, same) in cases {
             assert_eq!(same_path(&base, &current, dest), same, "{case}");
+            // And back: the next trace compared with this one.
+            assert_eq!(same_path(&current, &base, dest), same, "{case}, reversed");
         }
         // The reference keeps what a silent TTL did not say.
         let merged = merge_path(&base, &[r1.clone(), silent.clone(), silent.clone()]);
