@@ -657,19 +657,6 @@ fn join_addresses(addresses: &[IpAddr]) -> String {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn concurrent_traces_never_share_an_identifier_or_a_source_port() {
-        let ids: Vec<(u16, u16)> = (0..20_000).map(|_| next_trace_identity()).collect();
-        let distinct_ids: std::collections::HashSet<u16> = ids.iter().map(|(i, _)| *i).collect();
-        let distinct_ports: std::collections::HashSet<u16> = ids.iter().map(|(_, p)| *p).collect();
-        assert_eq!(distinct_ids.len(), 20_000);
-        assert_eq!(distinct_ports.len(), 20_000);
-        assert!(
-            ids.iter()
-                .all(|(i, p)| *i != 0 && (40_000..60_000).contains(p))
-        );
-    }
-
     use super::*;
 
     const TARGET: &str = "198.18.2.2";
@@ -938,6 +925,19 @@ HOST: agent                         Loss%   Snt   Last   Avg  Best  Wrst StDev
   4.|-- 198.18.2.2                  15.0%    20    6.0   6.1   5.8   6.7   0.2
 ";
         assert_eq!(render_report(&r, "agent"), expected);
+    }
+
+    #[test]
+    fn concurrent_traces_never_share_an_identifier_or_a_source_port() {
+        let ids: Vec<(u16, u16)> = (0..20_000).map(|_| next_trace_identity()).collect();
+        let distinct_ids: std::collections::HashSet<u16> = ids.iter().map(|(i, _)| *i).collect();
+        let distinct_ports: std::collections::HashSet<u16> = ids.iter().map(|(_, p)| *p).collect();
+        assert_eq!(distinct_ids.len(), 20_000);
+        assert_eq!(distinct_ports.len(), 20_000);
+        assert!(
+            ids.iter()
+                .all(|(i, p)| *i != 0 && (40_000..60_000).contains(p))
+        );
     }
 
     #[test]
