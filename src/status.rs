@@ -263,10 +263,11 @@ pub(crate) fn stale_after(jobs: &[Job]) -> Option<Duration> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn status() -> Status {
+    /// A status for agent `a` at site `s` with nothing measured yet (the unit tests').
+    pub(crate) fn status() -> Status {
         let config = crate::config::Config::parse(
             "[agent]\nname = \"a\"\nsite = \"s\"\n\
              [[target]]\nname = \"t1\"\nhost = \"198.18.0.1\"\n",
