@@ -269,7 +269,10 @@ fn deb_installs_runs_with_cap_net_raw_only_upgrades_and_purges_clean() {
     );
     assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
     // Measured in BENCHMARKS.md: ~17 MB less RSS at 10,000 targets.
-    assert_eq!(one("Environment"), "GLIBC_TUNABLES=glibc.malloc.arena_max=2");
+    assert_eq!(
+        one("Environment"),
+        "GLIBC_TUNABLES=glibc.malloc.arena_max=2"
+    );
     let (user, group) = (one("User"), one("Group"));
     assert_eq!((user.as_str(), group.as_str()), ("vantage", "vantage"));
 
