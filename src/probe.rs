@@ -161,6 +161,20 @@ impl Probe {
         }
     }
 
+    /// An ICMP probe's client and plan, with the target's address when the target is given as one
+    /// the family preference allows: such a job needs no name resolved per round, so the scheduler
+    /// runs it in its probe's one loop ([`crate::scheduler`]) rather than in a loop of its own.
+    pub fn icmp_by_address(&self, target: &Target) -> Option<(&IcmpClient, RoundPlan, IpAddr)> {
+        let Probe::Icmp { client, plan } = self else {
+            return None;
+        };
+        let bare = target.host.trim_start_matches('[').trim_end_matches(']');
+        let address: IpAddr = bare.parse().ok()?;
+        ip_preference(target.family)
+            .allows(address)
+            .then_some((client, *plan, address))
+    }
+
     /// The longest one run may take before the scheduler cuts it off.
     pub fn deadline(&self) -> Duration {
         match self {

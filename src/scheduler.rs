@@ -1,4 +1,5 @@
-//! One scheduler for every probe kind (after cloudprober's `sched.go`): a loop per (probe, target),
+//! One scheduler for every probe kind (after cloudprober's `sched.go`): a loop per (probe, target)
+//! — for ICMP targets given by address, a row in their probe's one loop instead ([`icmp_probe`]) —
 //! starts staggered evenly across the interval, a little jitter per tick, missed ticks skipped —
 //! never a burst to catch up — and a deadline on every run. On stop, every run in flight returns at
 //! once through its stop token (an ICMP round stops sending, a trace stops waiting for trippy) and,
@@ -10,12 +11,13 @@
 //! notice.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use probes::{CancellationToken, FailureKind};
+use probes::{CancellationToken, FailureKind, Observation};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -23,6 +25,8 @@ use tokio::time::Instant;
 use crate::config::Target;
 use crate::probe::Probe;
 use crate::record::Record;
+
+mod icmp_probe;
 
 /// One probe against one target, every `interval`.
 #[derive(Debug, Clone)]
@@ -96,62 +100,177 @@ pub async fn run(
     mut commands: mpsc::Receiver<Command>,
 ) {
     counters.last_run_ms.store(mono_ms(), Ordering::Relaxed);
-    let identity = Arc::new(identity);
-    let mut loops = JoinSet::new();
-    let mut running: HashMap<JobKey, CancellationToken> = HashMap::new();
-    let start = |jobs: Vec<Job>,
-                 loops: &mut JoinSet<()>,
-                 running: &mut HashMap<JobKey, CancellationToken>| {
-        let total = jobs.len().max(1) as u32;
-        for (index, job) in jobs.into_iter().enumerate() {
-            // Spread first runs evenly over one interval so 10,000 targets never start in one burst.
-            let offset = job.interval / total * index as u32;
-            let token = stop.child_token();
-            if let Some(previous) = running.insert(job.key(), token.clone()) {
-                previous.cancel();
-            }
-            loops.spawn(job_loop(
-                job,
-                offset,
-                Arc::clone(&identity),
-                out.clone(),
-                Arc::clone(&counters),
-                token,
-            ));
-        }
+    let mut scheduler = Scheduler {
+        identity: Arc::new(identity),
+        out,
+        counters: Arc::clone(&counters),
+        stop: stop.clone(),
+        loops: JoinSet::new(),
+        running: HashMap::new(),
+        probe_loops: HashMap::new(),
+        next_probe_loop: 0,
     };
-    start(jobs, &mut loops, &mut running);
+    scheduler.start(jobs);
     let mut commands_open = true;
     loop {
         tokio::select! {
             command = commands.recv(), if commands_open && !stop.is_cancelled() => match command {
-                Some(Command::Start(jobs)) => start(jobs, &mut loops, &mut running),
-                Some(Command::Stop(keys)) => {
-                    for key in keys {
-                        if let Some(token) = running.remove(&key) {
-                            token.cancel();
-                        }
-                    }
-                }
+                Some(Command::Start(jobs)) => scheduler.start(jobs),
+                Some(Command::Stop(keys)) => scheduler.stop(keys),
                 None => commands_open = false,
             },
-            Some(result) = loops.join_next() => {
+            Some(result) = scheduler.loops.join_next() => {
                 if let Err(error) = result {
                     tracing::error!(%error, "a probe loop ended abnormally");
                 }
             }
             // Stopping, and every loop has handed over its last observation.
-            () = stop.cancelled(), if loops.is_empty() => break,
+            () = stop.cancelled(), if scheduler.loops.is_empty() => break,
             else => break,
         }
     }
-    drop(out);
+    drop(scheduler);
     let cut_short = counters.cut_short.load(Ordering::Relaxed);
     if cut_short > 0 {
         tracing::info!(
             rounds = cut_short,
             "stopping: runs in flight were cut short and are not stored"
         );
+    }
+}
+
+/// Where a job runs: a loop of its own, or a row of its ICMP probe's loop.
+enum Running {
+    Own(CancellationToken),
+    InProbeLoop(u64),
+}
+
+/// An ICMP probe's loop ([`icmp_probe`]): what it runs, and how many of its targets are running
+/// (when none is left, its channel is dropped and the loop ends).
+struct ProbeLoop {
+    probe_name: String,
+    plan: probes::RoundPlan,
+    interval: Duration,
+    changes: mpsc::UnboundedSender<icmp_probe::Change>,
+    members: usize,
+}
+
+/// The scheduler's state while it runs.
+struct Scheduler {
+    identity: Arc<Identity>,
+    out: mpsc::Sender<Record>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+    loops: JoinSet<()>,
+    running: HashMap<JobKey, Running>,
+    probe_loops: HashMap<u64, ProbeLoop>,
+    next_probe_loop: u64,
+}
+
+impl Scheduler {
+    /// Start `jobs`, their first runs spread evenly over one interval so 10,000 targets never
+    /// start in one burst. ICMP jobs against an address join their probe's loop; the others get
+    /// a loop each.
+    fn start(&mut self, jobs: Vec<Job>) {
+        let total = jobs.len().max(1) as u32;
+        let mut joining: HashMap<u64, Vec<(Job, Duration)>> = HashMap::new();
+        for (index, job) in jobs.into_iter().enumerate() {
+            let offset = job.interval / total * index as u32;
+            self.stop(vec![job.key()]);
+            let icmp = job
+                .probe
+                .icmp_by_address(&job.target)
+                .map(|(client, plan, _)| (client.clone(), plan));
+            if let Some((client, plan)) = icmp {
+                let id = self.probe_loop_for(&job, client, plan);
+                self.running.insert(job.key(), Running::InProbeLoop(id));
+                joining.entry(id).or_default().push((job, offset));
+                continue;
+            }
+            let token = self.stop.child_token();
+            self.running.insert(job.key(), Running::Own(token.clone()));
+            self.loops.spawn(job_loop(
+                job,
+                offset,
+                Arc::clone(&self.identity),
+                self.out.clone(),
+                Arc::clone(&self.counters),
+                token,
+            ));
+        }
+        for (id, jobs) in joining {
+            if let Some(probe_loop) = self.probe_loops.get_mut(&id) {
+                probe_loop.members += jobs.len();
+                let _ = probe_loop.changes.send(icmp_probe::Change::Add(jobs));
+            }
+        }
+    }
+
+    /// The loop of `job`'s probe (same name, plan and interval), started if there is none.
+    fn probe_loop_for(
+        &mut self,
+        job: &Job,
+        client: probes::IcmpClient,
+        plan: probes::RoundPlan,
+    ) -> u64 {
+        let found = self.probe_loops.iter().find(|(_, l)| {
+            l.probe_name == job.probe_name && l.plan == plan && l.interval == job.interval
+        });
+        if let Some((&id, _)) = found {
+            return id;
+        }
+        let id = self.next_probe_loop;
+        self.next_probe_loop += 1;
+        let (changes, receiver) = mpsc::unbounded_channel();
+        let plan_of_loop = icmp_probe::Plan {
+            probe_name: job.probe_name.clone(),
+            probe: Arc::clone(&job.probe),
+            client,
+            plan,
+            interval: job.interval,
+        };
+        self.loops.spawn(icmp_probe::probe_loop(
+            plan_of_loop,
+            Arc::clone(&self.identity),
+            self.out.clone(),
+            Arc::clone(&self.counters),
+            self.stop.clone(),
+            receiver,
+        ));
+        self.probe_loops.insert(
+            id,
+            ProbeLoop {
+                probe_name: job.probe_name.clone(),
+                plan,
+                interval: job.interval,
+                changes,
+                members: 0,
+            },
+        );
+        id
+    }
+
+    /// Stop these jobs (a run in flight is cut short and not stored, as at a stop).
+    fn stop(&mut self, keys: Vec<JobKey>) {
+        let mut leaving: HashMap<u64, Vec<String>> = HashMap::new();
+        for key in keys {
+            match self.running.remove(&key) {
+                Some(Running::Own(token)) => token.cancel(),
+                Some(Running::InProbeLoop(id)) => leaving.entry(id).or_default().push(key.1),
+                None => {}
+            }
+        }
+        for (id, names) in leaving {
+            let Some(probe_loop) = self.probe_loops.get_mut(&id) else {
+                continue;
+            };
+            probe_loop.members = probe_loop.members.saturating_sub(names.len());
+            let _ = probe_loop.changes.send(icmp_probe::Change::Remove(names));
+            if probe_loop.members == 0 {
+                // Its channel closes: the loop ends once its last round in flight has.
+                self.probe_loops.remove(&id);
+            }
+        }
     }
 }
 
@@ -247,22 +366,45 @@ async fn run_once(
         counters.cut_short.fetch_add(1, Ordering::Relaxed);
         return ControlFlow::Break(());
     }
+    hand_over(
+        identity,
+        &job.probe_name,
+        &job.target,
+        address,
+        observation,
+        out,
+        counters,
+    )
+    .await
+}
+
+/// Count a whole run's observation and hand its record to the dispatcher. `Break` if the
+/// dispatcher is gone (the agent is shutting down).
+async fn hand_over(
+    identity: &Identity,
+    probe_name: &str,
+    target: &Target,
+    address: Option<IpAddr>,
+    observation: Observation,
+    out: &mpsc::Sender<Record>,
+    counters: &Counters,
+) -> ControlFlow<()> {
     counters.observations.fetch_add(1, Ordering::Relaxed);
     if !observation.is_success() {
         counters.failures.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(probe = %job.probe_name, target = %job.target.name, outcome = ?observation.outcome, "run failed");
+        tracing::debug!(probe = %probe_name, target = %target.name, outcome = ?observation.outcome, "run failed");
     }
     let record = Record {
         agent: identity.agent.clone(),
         site: identity.site.clone(),
-        probe: job.probe_name.clone(),
-        target: job.target.name.clone(),
-        target_site: job.target.site.clone(),
+        probe: probe_name.to_string(),
+        target: target.name.clone(),
+        target_site: target.site.clone(),
         address: address.map(|a| a.to_string()),
         observation,
     };
     if out.send(record).await.is_err() {
-        return ControlFlow::Break(()); // the store is gone: the agent is shutting down
+        return ControlFlow::Break(());
     }
     ControlFlow::Continue(())
 }
@@ -313,6 +455,123 @@ mod tests {
         let size = size_of_val(&job_loop);
         eprintln!("a job loop's future: {size} bytes");
         assert!(size <= 512, "a job loop's future takes {size} bytes");
+    }
+
+    fn icmp_job(target: &str, host: &str, client: &probes::IcmpClient) -> Job {
+        let config = crate::config::Config::parse(
+            &format!(
+                "[agent]\nsite = \"s\"\n[[target]]\nname = \"{target}\"\nhost = \"{host}\"\n\
+                 [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"400ms\"\n\
+                 count = 4\nspacing = \"60ms\"\ntimeout = \"200ms\"\n"
+            ),
+            std::path::Path::new("/nonexistent/vantage.toml"),
+        )
+        .expect("config");
+        let target = Arc::new(config.targets[0].clone());
+        let resources = crate::probe::Resources {
+            icmp: Some(client.clone()),
+        };
+        let probe = Probe::new(&config.probes[0], &target, &resources).expect("probe");
+        Job {
+            probe_name: "ping".into(),
+            probe: Arc::new(probe),
+            target,
+            interval: config.probes[0].interval,
+        }
+    }
+
+    /// Issue 15: ICMP targets given by address run as rows of their probe's one loop, not as a task
+    /// each, with the per-target loop's contract: every target measured every interval, a target
+    /// removed mid-round never stored cut short, added again it resumes, and at the stop nothing
+    /// partial is stored. A target given by name keeps a loop of its own (it resolves each round).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn icmp_targets_by_address_share_one_loop_with_the_same_schedule_and_stops() {
+        let client = probes::IcmpClient::new().expect("ICMP sockets (run as root)");
+        let mut jobs: Vec<Job> = (1..=100)
+            .map(|i| icmp_job(&format!("t{i}"), &format!("127.0.1.{i}"), &client))
+            .collect();
+        jobs.push(icmp_job("v6", "::1", &client));
+        jobs.push(icmp_job("named", "localhost", &client));
+        let (out, mut records) = mpsc::channel(1024);
+        let (commands, receiver) = mpsc::channel(4);
+        let (stop, counters) = (CancellationToken::new(), Arc::new(Counters::default()));
+        let tasks_before = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        let identity = Identity {
+            agent: "a".into(),
+            site: "s".into(),
+        };
+        let scheduler = tokio::spawn(run(
+            jobs,
+            identity,
+            out,
+            Arc::clone(&counters),
+            stop.clone(),
+            receiver,
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+            - tasks_before;
+        // The scheduler, the probe's loop, the named target's loop: not 102.
+        assert!(tasks <= 3, "{tasks} tasks for 102 targets");
+
+        // Mid-round (rounds last 380 ms of every 400), t7 leaves; later it comes back.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let key = ("ping".to_string(), "t7".to_string());
+        commands.send(Command::Stop(vec![key])).await.expect("stop");
+        let removed_at = std::time::SystemTime::now();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let back = icmp_job("t7", "127.0.1.7", &client);
+        commands
+            .send(Command::Start(vec![back]))
+            .await
+            .expect("start");
+        let added_at = std::time::SystemTime::now();
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        stop.cancel();
+        scheduler.await.expect("scheduler");
+
+        let mut rounds: HashMap<String, Vec<Record>> = HashMap::new();
+        while let Ok(record) = records.try_recv() {
+            rounds
+                .entry(record.target.clone())
+                .or_default()
+                .push(record);
+        }
+        assert_eq!(rounds.len(), 102, "targets measured: {:?}", rounds.keys());
+        for (target, stored) in &rounds {
+            for record in stored {
+                let probes::Measurement::Ping(stats) = &record.observation.measurement else {
+                    panic!("{target}: not a ping");
+                };
+                assert_eq!(
+                    (stats.sent, stats.received),
+                    (4, 4),
+                    "{target}: a partial round"
+                );
+            }
+            if target != "t7" {
+                // ~3.2 s at one round per 400 ms, the first ones spread over one interval.
+                assert!(stored.len() >= 5, "{target}: only {} rounds", stored.len());
+            }
+        }
+        let t7 = &rounds["t7"];
+        let gap = t7.iter().filter(|r| {
+            r.observation.started_at > removed_at && r.observation.started_at < added_at
+        });
+        assert_eq!(gap.count(), 0, "t7 measured while removed");
+        assert!(
+            t7.iter().any(|r| r.observation.started_at > added_at),
+            "t7 never came back"
+        );
+        assert!(
+            counters.cut_short.load(Ordering::Relaxed) >= 1,
+            "no round was cut short"
+        );
+        assert_eq!(counters.skipped_ticks.load(Ordering::Relaxed), 0);
     }
 
     #[test]

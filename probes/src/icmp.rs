@@ -27,6 +27,7 @@
 mod engine;
 mod packet;
 
+use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
@@ -324,6 +325,176 @@ impl Rounds {
             index,
             observation(end, self.plan, started_at, start.max(self.now)),
         )
+    }
+}
+
+/// Rounds of one plan started as their targets come due, all ending on one stream: the agent's
+/// loop per ICMP probe ([`IcmpClient::session`]). Like [`Rounds`], no task, channel, timer or stop
+/// token per target; unlike it, rounds can be started and cancelled at any time.
+#[derive(Debug)]
+pub struct Session {
+    client: IcmpClient,
+    plan: RoundPlan,
+    stop: CancellationToken,
+    stop_told: bool,
+    /// Cloned into every start: the engine answers each round on it, tagged with its id.
+    results: mpsc::UnboundedSender<(u32, RoundEnd)>,
+    receiver: mpsc::UnboundedReceiver<(u32, RoundEnd)>,
+    /// Rounds started and not yet yielded: id -> (its address, when it started, on both clocks).
+    running: HashMap<u32, (IpAddr, Instant, SystemTime)>,
+    /// How many of `running` are IPv4, IPv6.
+    per_family: [usize; 2],
+}
+
+impl IcmpClient {
+    /// A [`Session`] of rounds of `plan`; `stop` works as for [`IcmpClient::round`], for every
+    /// round of the session.
+    pub fn session(&self, plan: RoundPlan, stop: &CancellationToken) -> Session {
+        let (results, receiver) = mpsc::unbounded_channel();
+        Session {
+            client: self.clone(),
+            plan,
+            stop: stop.clone(),
+            stop_told: false,
+            results,
+            receiver,
+            running: HashMap::new(),
+            per_family: [0, 0],
+        }
+    }
+}
+
+impl Session {
+    /// Start a round now for each (id, address); each id's end is yielded once by
+    /// [`Session::next`]. An id must not be reused while its round runs.
+    pub fn start(&mut self, rounds: &[(u32, IpAddr)]) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut by_family = [Vec::new(), Vec::new()];
+        for &(id, addr) in rounds {
+            by_family[usize::from(addr.is_ipv6())].push((id, addr, now));
+            if self.running.insert(id, (addr, now, wall)).is_none() {
+                self.per_family[usize::from(addr.is_ipv6())] += 1;
+            }
+        }
+        for (family, targets) in [Family::V4, Family::V6].into_iter().zip(by_family) {
+            if targets.is_empty() {
+                continue;
+            }
+            let handle = match &self.client.endpoint(family).socket {
+                Ok(handle) => handle,
+                Err(why) => {
+                    for (id, ..) in targets {
+                        let _ = self.results.send((id, no_socket(why, self.plan)));
+                    }
+                    continue;
+                }
+            };
+            let request = BatchRequest {
+                targets,
+                plan: self.plan,
+                stop: self.stop.clone(),
+                results: self.results.clone(),
+            };
+            if let Err(refused) = handle.commands.send(Command::StartBatch(request)) {
+                if let Command::StartBatch(request) = refused.0 {
+                    for (id, ..) in request.targets {
+                        let _ = self.results.send((id, loop_gone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// These rounds send no more echoes (replies to those sent are still awaited); their ends are
+    /// still yielded. Unknown or ended ids are ignored.
+    pub fn cancel(&mut self, ids: &[u32]) {
+        for family in [Family::V4, Family::V6] {
+            let indices: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.running
+                        .get(id)
+                        .is_some_and(|(addr, ..)| addr.is_ipv6() == (family == Family::V6))
+                })
+                .collect();
+            if indices.is_empty() {
+                continue;
+            }
+            if let Ok(handle) = &self.client.endpoint(family).socket {
+                let results = self.results.clone();
+                let _ = handle.commands.send(Command::Cancel { results, indices });
+            }
+        }
+    }
+
+    /// Rounds started and not yet yielded.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// The next round to end (its id, and what it measured); waits forever while none runs, so
+    /// that it can sit in a `select!` beside the starts.
+    pub async fn next(&mut self) -> (u32, Observation) {
+        loop {
+            let received = if self.stop_told {
+                self.receiver.recv().await
+            } else {
+                tokio::select! {
+                    received = self.receiver.recv() => received,
+                    () = self.stop.cancelled() => {
+                        self.stop_told = true;
+                        for endpoint in [&self.client.v4, &self.client.v6] {
+                            if let Ok(handle) = &endpoint.socket {
+                                let _ = handle.commands.send(Command::Stopped);
+                            }
+                        }
+                        continue;
+                    }
+                    // A socket loop that went away (it panicked) takes its rounds with it.
+                    family = self.client.lost_loop(self.per_family.map(|n| n > 0)),
+                        if !self.running.is_empty() => {
+                        let on_family = |(id, (addr, ..)): (&u32, &(IpAddr, Instant, SystemTime))| {
+                            (addr.is_ipv6() == (family == Family::V6)).then_some(*id)
+                        };
+                        match self.running.iter().find_map(on_family) {
+                            Some(id) => Some((id, loop_gone())),
+                            None => continue,
+                        }
+                    }
+                }
+            };
+            // The session holds a sender itself: the channel never closes.
+            let Some((id, end)) = received else {
+                continue;
+            };
+            let Some((addr, start, started_at)) = self.running.remove(&id) else {
+                continue; // already ended as its loop went away
+            };
+            self.per_family[usize::from(addr.is_ipv6())] -= 1;
+            return (id, observation(end, self.plan, started_at, start));
+        }
+    }
+}
+
+impl IcmpClient {
+    /// Resolves when the socket loop of a family in `watch` (IPv4, IPv6) is gone (only if it
+    /// panicked: it runs until the last clone of the client is dropped).
+    async fn lost_loop(&self, watch: [bool; 2]) -> Family {
+        let closed = |endpoint: &Endpoint, watched: bool| {
+            let handle = endpoint.socket.as_ref().ok().filter(|_| watched);
+            let handle = handle.map(|h| h.commands.clone());
+            async move {
+                match handle {
+                    Some(commands) => commands.closed().await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        tokio::select! {
+            () = closed(&self.v4, watch[0]) => Family::V4,
+            () = closed(&self.v6, watch[1]) => Family::V6,
+        }
     }
 }
 

@@ -53,7 +53,7 @@ pub use files::{FileError, read_small, read_small_string};
 pub use http::{
     AssertionResult, HeaderMatch, HttpCheck, HttpExpect, HttpSettings, HttpSettingsError, HttpStats,
 };
-pub use icmp::{IcmpClient, IcmpError, RoundPlan};
+pub use icmp::{IcmpClient, IcmpError, RoundPlan, Session as IcmpSession};
 pub use net::IpPreference;
 pub use observation::{
     FailureKind, Measurement, Observation, Outcome, STOPPED, unix_ns, unless_stopped,

@@ -216,3 +216,63 @@ async fn a_loop_behind_its_sends_still_reads_replies_between_them() {
          while echoes were being sent"
     );
 }
+
+/// The agent's loop per ICMP probe: rounds started at different times on one session, one of
+/// them cancelled (a reload dropping its target), all of them yielded once by id.
+#[tokio::test]
+async fn a_session_starts_and_cancels_rounds_by_id_and_yields_each_once() {
+    let client = IcmpClient::new().expect("ICMP socket");
+    let stop = CancellationToken::new();
+    let paced = RoundPlan {
+        count: 20,
+        spacing: Duration::from_millis(20),
+        timeout: Duration::from_millis(500),
+    };
+    let mut session = client.session(paced, &stop);
+    let (v4, v6) = ("127.0.0.1".parse().expect("v4"), "::1".parse().expect("v6"));
+    session.start(&[(7, v4), (8, v6)]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    session.start(&[(9, v4)]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    session.cancel(&[9, 12345]);
+    assert_eq!(session.running(), 3);
+    let mut ended = std::collections::BTreeMap::new();
+    while session.running() > 0 {
+        let (id, obs) = tokio::time::timeout(Duration::from_secs(5), session.next())
+            .await
+            .expect("every round ends");
+        let Measurement::Ping(stats) = obs.measurement else {
+            panic!("not a ping: {id}")
+        };
+        assert!(
+            ended.insert(id, (stats.sent, stats.received)).is_none(),
+            "{id} twice"
+        );
+    }
+    assert_eq!(ended[&7], (20, 20));
+    assert_eq!(ended[&8], (20, 20));
+    let (sent, received) = ended[&9];
+    assert!(
+        sent < 10 && sent == received,
+        "the cancelled round went on: {sent} sent"
+    );
+
+    // A stop ends the rest of a round early (and a start after it runs nothing).
+    session.start(&[(10, v4)]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.cancel();
+    let (id, obs) = tokio::time::timeout(Duration::from_secs(5), session.next())
+        .await
+        .expect("the stopped round ends");
+    let Measurement::Ping(stats) = obs.measurement else {
+        panic!("not a ping")
+    };
+    assert_eq!(id, 10);
+    assert!(stats.sent < 20, "{} sent after the stop", stats.sent);
+    session.start(&[(11, v4)]);
+    let (id, obs) = tokio::time::timeout(Duration::from_secs(5), session.next())
+        .await
+        .expect("a round started after the stop ends at once");
+    assert_eq!(id, 11);
+    assert!(matches!(obs.measurement, Measurement::Ping(s) if s.sent == 0));
+}

@@ -37,6 +37,9 @@ pub(super) const COALESCE: Duration = Duration::from_millis(5);
 /// Bytes of one echo request.
 pub(super) const REQUEST_LEN: usize = 8 + PAYLOAD_LEN;
 
+/// Where a batch's rounds end, each with its index in the batch.
+pub(super) type Results = mpsc::UnboundedSender<(u32, RoundEnd)>;
+
 /// A round asked of the engine.
 #[derive(Debug)]
 pub(super) struct Request {
@@ -66,6 +69,12 @@ pub(super) enum Command {
     StartBatch(BatchRequest),
     /// Some round's stop token fired: look at every round's token.
     Stopped,
+    /// These rounds of the batches answering on `results` send no more echoes (a [`super::Session`]
+    /// dropping targets on a reload); their ends still go out.
+    Cancel {
+        results: Results,
+        indices: Vec<u32>,
+    },
 }
 
 /// How a round ended: the RTT of every echo sent, in send order, and its failure if any.
@@ -168,6 +177,8 @@ pub(super) struct Engine {
     min_spacing: Option<Duration>,
     rejected: Arc<AtomicU64>,
     stop_pending: bool,
+    /// [`Command::Cancel`]s not yet applied: (whose, which).
+    cancels: Vec<(Results, Vec<u32>)>,
 }
 
 impl Engine {
@@ -193,6 +204,7 @@ impl Engine {
             min_spacing: None,
             rejected,
             stop_pending: false,
+            cancels: Vec::new(),
         }
     }
 
@@ -228,12 +240,22 @@ impl Engine {
             }
             Command::StartBatch(request) => self.start_batch(request),
             Command::Stopped => self.stop_pending = true,
+            Command::Cancel {
+                results,
+                mut indices,
+            } => {
+                indices.sort_unstable();
+                self.cancels.push((results, indices));
+            }
         }
     }
 
     pub fn apply_stops(&mut self, now: Instant) {
         if std::mem::take(&mut self.stop_pending) {
             self.stopped(now);
+        }
+        if !self.cancels.is_empty() {
+            self.cancelled(now);
         }
     }
 
@@ -358,27 +380,57 @@ impl Engine {
     /// Rounds whose stop token fired send no more echoes; those already sent are still awaited.
     fn stopped(&mut self, now: Instant) {
         for index in 0..self.slots.len() {
-            let cancelled = |owner: &Owner| match owner {
-                Owner::One { stop, .. } => stop.is_cancelled(),
-                Owner::Batch { batch, .. } => self
-                    .batches
-                    .get(batch)
-                    .is_none_or(|b| b.stop.is_cancelled()),
+            let cancelled = match &self.slots[index].round {
+                Some(round) if !round.stopping => match &round.owner {
+                    Owner::One { stop, .. } => stop.is_cancelled(),
+                    Owner::Batch { batch, .. } => self
+                        .batches
+                        .get(batch)
+                        .is_none_or(|b| b.stop.is_cancelled()),
+                },
+                _ => false,
             };
-            match &self.slots[index].round {
-                Some(round) if !round.stopping && cancelled(&round.owner) => {}
-                _ => continue,
+            if cancelled {
+                self.stop_round(index as u32, now);
             }
-            let Some(round) = &mut self.slots[index].round else {
-                continue;
+        }
+    }
+
+    /// The rounds named by [`Command::Cancel`]s: one pass over the slots for all of them (a reload
+    /// is rare, and may drop thousands of targets at once).
+    fn cancelled(&mut self, now: Instant) {
+        let cancels = std::mem::take(&mut self.cancels);
+        for index in 0..self.slots.len() {
+            let named = match &self.slots[index].round {
+                Some(Round {
+                    stopping: false,
+                    owner: Owner::Batch { batch, index },
+                    ..
+                }) => self.batches.get(batch).is_some_and(|owner| {
+                    cancels.iter().any(|(results, indices)| {
+                        owner.results.same_channel(results) && indices.binary_search(index).is_ok()
+                    })
+                }),
+                _ => false,
             };
-            round.stopping = true;
-            if round.sent == 0 || round.state.all_answered(round.sent) {
-                self.finish(index as u32);
-            } else {
-                let end = round.last_send + round.plan.timeout;
-                self.reschedule(index as u32, end.max(now));
+            if named {
+                self.stop_round(index as u32, now);
             }
+        }
+    }
+
+    /// Send no more echoes for this round: it ends now if nothing sent awaits a reply, else when
+    /// the last echo sent times out.
+    fn stop_round(&mut self, index: u32, now: Instant) {
+        let Some(round) = &mut self.slots[index as usize].round else {
+            return;
+        };
+        round.stopping = true;
+        if round.sent == 0 || round.state.all_answered(round.sent) {
+            self.finish(index);
+        } else {
+            let end = round.last_send + round.plan.timeout;
+            self.reschedule(index, end.max(now));
         }
     }
 
