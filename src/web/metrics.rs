@@ -18,7 +18,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use probes::Measurement;
 use prometheus_client::encoding::text::encode_registry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,8 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::AppState;
-use crate::record::Record;
-use crate::status::{Snapshot, Status};
+use crate::status::{Latest, Snapshot, Status};
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -249,18 +247,8 @@ fn register_outputs(registry: &mut Registry, snapshot: &Snapshot, disk: &DiskFac
     );
 }
 
-/// The quantiles of a ping round: min (0), p10, p25, median, p75, p90, max (1).
-fn quantiles(stats: &probes::PingStats) -> [(&'static str, Option<f64>); 7] {
-    [
-        ("0", stats.rtt_min_ms),
-        ("0.1", stats.rtt_p10_ms),
-        ("0.25", stats.rtt_p25_ms),
-        ("0.5", stats.rtt_median_ms),
-        ("0.75", stats.rtt_p75_ms),
-        ("0.9", stats.rtt_p90_ms),
-        ("1", stats.rtt_max_ms),
-    ]
-}
+/// The labels of [`LatestPing::rtt_ms`]'s quantiles: min (0), p10, p25, median, p75, p90, max (1).
+const QUANTILES: [&str; 7] = ["0", "0.1", "0.25", "0.5", "0.75", "0.9", "1"];
 
 /// The per-target families, in the order they are written.
 #[derive(Debug, Clone, Copy)]
@@ -309,21 +297,16 @@ impl TargetFamily {
         }
     }
 
-    /// This family's samples of one record: `(quantile label, value)`.
-    fn samples(self, record: &Record, mut sample: impl FnMut(Option<&str>, f64)) {
-        let observation = &record.observation;
-        let ping = match &observation.measurement {
-            Measurement::Ping(stats) => Some(stats),
-            _ => None,
-        };
-        match (self, ping) {
-            (Self::Success, _) => sample(None, if observation.is_success() { 1.0 } else { 0.0 }),
-            (Self::Duration, _) => sample(None, observation.duration.as_secs_f64()),
-            (Self::Timestamp, _) => sample(None, observation.timestamp_ns() as f64 / 1e9),
+    /// This family's samples of one run: `(quantile label, value)`.
+    fn samples(self, run: &Latest, mut sample: impl FnMut(Option<&str>, f64)) {
+        match (self, &run.ping) {
+            (Self::Success, _) => sample(None, if run.success { 1.0 } else { 0.0 }),
+            (Self::Duration, _) => sample(None, run.duration.as_secs_f64()),
+            (Self::Timestamp, _) => sample(None, run.timestamp_ns as f64 / 1e9),
             (Self::Loss, Some(stats)) => sample(None, stats.loss_pct / 100.0),
             (Self::Rtt, Some(stats)) => {
-                for (quantile, value) in quantiles(stats) {
-                    if let Some(ms) = value.filter(|v| v.is_finite()) {
+                for (quantile, ms) in QUANTILES.into_iter().zip(stats.rtt_ms) {
+                    if ms.is_finite() {
                         sample(Some(quantile), ms / 1000.0);
                     }
                 }
@@ -349,7 +332,7 @@ pub struct Exposition {
     head: Option<String>,
     /// `agent="…",site="…"`: the labels every series carries.
     identity: String,
-    records: Vec<std::sync::Arc<Record>>,
+    records: Vec<std::sync::Arc<Latest>>,
     /// Where the next chunk starts: a family (past the last: the `# EOF` is due or written) and a
     /// record within it.
     family: usize,
@@ -383,7 +366,7 @@ impl Exposition {
         );
     }
 
-    fn write_samples(&self, family: TargetFamily, record: &Record, chunk: &mut String) {
+    fn write_samples(&self, family: TargetFamily, record: &Latest, chunk: &mut String) {
         let (name, _) = family.name_and_help();
         family.samples(record, |quantile, value| {
             chunk.push_str("vantage_");
@@ -476,15 +459,17 @@ fn push_number(out: &mut String, value: f64) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
+    use probes::Measurement;
+
     use super::*;
+    use crate::record::Record;
 
     fn status_with(records: impl IntoIterator<Item = Record>) -> Status {
         let status = crate::status::tests::status();
         for record in records {
-            status.remember(&Arc::new(record));
+            status.remember(&record);
         }
         status
     }
