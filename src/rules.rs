@@ -37,7 +37,8 @@
 //! the duration and the peak impact. Every transition
 //! carries the alert's stable dedup key, `rule/scope/value`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use probes::Measurement;
@@ -221,36 +222,105 @@ enum State {
     Bad,
 }
 
+/// A bounded window of booleans, one bit each: the last `capacity` pushed (at least one), and how
+/// many of them are `true`. A window of 100 echoes takes 16 bytes (a `VecDeque<bool>` took 128).
+#[derive(Debug)]
+struct Bits {
+    /// Grown as the window fills (up to `capacity` bits), never after; bit `i` of the ring is bit
+    /// `i % 64` of word `i / 64`.
+    words: Box<[u64]>,
+    capacity: u32,
+    /// The oldest bit's position in the ring.
+    head: u32,
+    len: u32,
+    ones: u32,
+}
+
+impl Bits {
+    fn new(capacity: u32) -> Bits {
+        Bits {
+            words: Box::default(),
+            capacity: capacity.max(1),
+            head: 0,
+            len: 0,
+            ones: 0,
+        }
+    }
+
+    /// Push one; returns what fell out (the oldest, once the window is full).
+    fn push(&mut self, bit: bool) -> Option<bool> {
+        let (slot, evicted) = if self.len == self.capacity {
+            let slot = self.head;
+            self.head = (self.head + 1) % self.capacity;
+            (
+                slot,
+                Some(self.words[slot as usize / 64] >> (slot % 64) & 1 == 1),
+            )
+        } else {
+            // Filling: the ring has not wrapped yet (`head` is 0), so growing keeps every bit.
+            let slot = (self.head + self.len) % self.capacity;
+            if slot as usize / 64 >= self.words.len() {
+                let needed = self.capacity.div_ceil(64) as usize;
+                let mut words = std::mem::take(&mut self.words).into_vec();
+                words.resize((words.len() * 2).clamp(1, needed), 0);
+                self.words = words.into_boxed_slice();
+            }
+            self.len += 1;
+            (slot, None)
+        };
+        let mask = 1u64 << (slot % 64);
+        let word = &mut self.words[slot as usize / 64];
+        if bit {
+            *word |= mask;
+        } else {
+            *word &= !mask;
+        }
+        self.ones = self.ones + u32::from(bit) - u32::from(evicted == Some(true));
+        evicted
+    }
+
+    fn clear(&mut self) {
+        (self.head, self.len, self.ones) = (0, 0, 0);
+    }
+
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    fn ones(&self) -> usize {
+        self.ones as usize
+    }
+}
+
 #[derive(Debug)]
 enum Window {
     /// `true` = lost.
-    Echoes {
-        lost: VecDeque<bool>,
-        lost_count: usize,
-    },
+    Echoes { lost: Bits },
     /// `true` = failed.
-    Runs {
-        failed: VecDeque<bool>,
-        failed_count: usize,
-    },
-    Latency {
-        recent: VecDeque<f64>,
-        baseline: VecDeque<(Mono, f64)>,
-    },
+    Runs { failed: Bits },
+    /// Boxed: the other windows are a few words, and most members have one of them.
+    Latency(Box<LatencyWindow>),
+}
+
+#[derive(Debug, Default)]
+struct LatencyWindow {
+    recent: VecDeque<f64>,
+    baseline: VecDeque<(Mono, f64)>,
 }
 
 #[derive(Debug)]
 struct Member {
-    probe: String,
-    target: String,
+    /// Shared with the other members and the routes (one allocation per name).
+    probe: Arc<str>,
+    target: Arc<str>,
     /// Echoes a round sends; a round that failed before sending counts as this many lost.
     echoes_per_round: u32,
-    window: Window,
     state: State,
+    alert: Option<u32>,
+    window: Window,
     value: Option<f64>,
     baseline: Option<f64>,
-    failure: Option<String>,
-    alert: Option<usize>,
+    failure: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone)]
@@ -270,39 +340,71 @@ enum Phase {
 
 #[derive(Debug)]
 struct Alert {
-    key: String,
+    key: Box<str>,
     scope: Scope,
-    members: Vec<usize>,
-    targets: usize,
-    bad: usize,
-    unknown: usize,
+    /// Its members: `CompiledRule::alert_members[first..first + len]`.
+    first: u32,
+    len: u32,
+    targets: u32,
+    bad: u32,
+    unknown: u32,
     phase: Phase,
 }
 
 #[derive(Debug)]
 struct CompiledRule {
+    /// The rule as configured, without its list of targets (the members are what it reads).
     config: RuleConfig,
     members: Vec<Member>,
     alerts: Vec<Alert>,
+    /// The member indices of every alert, alert after alert, in member order.
+    alert_members: Box<[u32]>,
+}
+
+impl CompiledRule {
+    fn members_of(&self, alert: &Alert) -> &[u32] {
+        &self.alert_members[alert.first as usize..][..alert.len as usize]
+    }
+}
+
+/// Where the (rule, member) pairs reading one (probe, target) are: `Engine::pairs[first..][..len]`.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    first: u32,
+    len: u32,
 }
 
 /// The rules engine of one agent.
 #[derive(Debug)]
 pub struct Engine {
     rules: Vec<CompiledRule>,
-    /// probe → target → (rule, member) pairs that read its observations.
-    routes: HashMap<String, HashMap<String, Vec<(usize, usize)>>>,
+    /// probe → target → the (rule, member) pairs that read its observations.
+    routes: HashMap<Arc<str>, HashMap<Arc<str>, Route>>,
+    pairs: Box<[Pair]>,
 }
+
+/// (rule, member) indices.
+type Pair = (u32, u32);
 
 impl Engine {
     /// Compile the config's rules (an agent without rules gets an engine that never fires).
     pub fn new(config: &Config) -> Engine {
-        let mut rules = Vec::new();
-        let mut routes: HashMap<String, HashMap<String, Vec<(usize, usize)>>> = HashMap::new();
+        let mut rules = Vec::with_capacity(config.rules.len());
+        // probe → target → (rule, member) pairs, compacted into `routes` and `pairs` at the end.
+        let mut routing: HashMap<Arc<str>, HashMap<Arc<str>, Vec<Pair>>> = HashMap::new();
+        // One allocation per probe or target name, shared by every member and route using it.
+        let mut names: HashMap<&str, Arc<str>> = HashMap::new();
+        let targets: HashMap<&str, _> = config
+            .targets
+            .iter()
+            .rev()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
         for (rule_index, rule) in config.rules.iter().enumerate() {
             let mut members = Vec::new();
             let mut alerts: Vec<Alert> = Vec::new();
             let mut alert_of: HashMap<Scope, usize> = HashMap::new();
+            let wanted: HashSet<&str> = rule.targets.iter().map(String::as_str).collect();
             for probe_name in &rule.probes {
                 let Some(probe) = config.probe(probe_name) else {
                     continue;
@@ -312,8 +414,9 @@ impl Engine {
                     ProbeKind::Icmp { count, .. } => count,
                     _ => 1,
                 };
-                for target_name in probe.targets.iter().filter(|t| rule.targets.contains(t)) {
-                    let Some(target) = config.target(target_name) else {
+                let probe_arc = intern(&mut names, &probe.name);
+                for target_name in probe.targets.iter().filter(|t| wanted.contains(t.as_str())) {
+                    let Some(&target) = targets.get(target_name.as_str()) else {
                         continue;
                     };
                     let scope = match &rule.scope {
@@ -328,13 +431,14 @@ impl Engine {
                         }
                         RuleScope::Agent { .. } => Some(Scope::Agent),
                     };
-                    let member_index = members.len();
+                    let member_index = members.len() as u32;
                     let alert = scope.map(|scope| {
                         *alert_of.entry(scope.clone()).or_insert_with(|| {
                             alerts.push(Alert {
-                                key: dedup_key(&rule.name, &scope),
+                                key: dedup_key(&rule.name, &scope).into_boxed_str(),
                                 scope,
-                                members: Vec::new(),
+                                first: 0,
+                                len: 0,
                                 targets: 0,
                                 bad: 0,
                                 unknown: 0,
@@ -345,80 +449,124 @@ impl Engine {
                     });
                     if let Some(alert) = alert {
                         let alert = &mut alerts[alert];
-                        alert.members.push(member_index);
+                        alert.len += 1;
                         alert.unknown += 1;
                     }
+                    let target_arc = intern(&mut names, &target.name);
+                    routing
+                        .entry(probe_arc.clone())
+                        .or_default()
+                        .entry(target_arc.clone())
+                        .or_default()
+                        .push((rule_index as u32, member_index));
                     members.push(Member {
-                        probe: probe.name.clone(),
-                        target: target.name.clone(),
+                        probe: probe_arc.clone(),
+                        target: target_arc,
                         echoes_per_round,
-                        window: match &rule.condition {
-                            Condition::Loss { .. } => Window::Echoes {
-                                lost: VecDeque::new(),
-                                lost_count: 0,
-                            },
-                            Condition::Failures { .. } => Window::Runs {
-                                failed: VecDeque::new(),
-                                failed_count: 0,
-                            },
-                            Condition::Latency { .. } => Window::Latency {
-                                recent: VecDeque::new(),
-                                baseline: VecDeque::new(),
-                            },
-                        },
                         state: State::Unknown,
+                        alert: alert.map(|a| a as u32),
+                        window: match &rule.condition {
+                            Condition::Loss { echoes, .. } => Window::Echoes {
+                                lost: Bits::new(*echoes),
+                            },
+                            Condition::Failures { runs, .. } => Window::Runs {
+                                failed: Bits::new(*runs),
+                            },
+                            Condition::Latency { .. } => Window::Latency(Box::default()),
+                        },
                         value: None,
                         baseline: None,
                         failure: None,
-                        alert,
                     });
-                    routes
-                        .entry(probe.name.clone())
-                        .or_default()
-                        .entry(target.name.clone())
-                        .or_default()
-                        .push((rule_index, member_index));
+                }
+            }
+            members.shrink_to_fit();
+            alerts.shrink_to_fit();
+            // Each alert's members, in member order, as one slice per alert.
+            let mut next = 0;
+            for alert in &mut alerts {
+                alert.first = next;
+                next += alert.len;
+                alert.len = 0;
+            }
+            let mut alert_members = vec![0; next as usize].into_boxed_slice();
+            for (index, member) in members.iter().enumerate() {
+                if let Some(alert) = member.alert {
+                    let alert = &mut alerts[alert as usize];
+                    alert_members[(alert.first + alert.len) as usize] = index as u32;
+                    alert.len += 1;
                 }
             }
             for alert in &mut alerts {
-                let mut names: Vec<&str> = alert
-                    .members
+                let mut names: Vec<&str> = alert_members[alert.first as usize..]
+                    [..alert.len as usize]
                     .iter()
-                    .map(|&m| members[m].target.as_str())
+                    .map(|&m| &*members[m as usize].target)
                     .collect();
                 names.sort_unstable();
                 names.dedup();
-                alert.targets = names.len();
+                alert.targets = names.len() as u32;
             }
             rules.push(CompiledRule {
-                config: rule.clone(),
+                config: RuleConfig {
+                    targets: Vec::new(),
+                    ..rule.clone()
+                },
                 members,
                 alerts,
+                alert_members,
             });
         }
-        Engine { rules, routes }
+        let mut pairs = Vec::new();
+        let routes = routing
+            .into_iter()
+            .map(|(probe, targets)| {
+                let targets = targets
+                    .into_iter()
+                    .map(|(target, list)| {
+                        let route = Route {
+                            first: pairs.len() as u32,
+                            len: list.len() as u32,
+                        };
+                        pairs.extend(list);
+                        (target, route)
+                    })
+                    .collect();
+                (probe, targets)
+            })
+            .collect();
+        Engine {
+            rules,
+            routes,
+            pairs: pairs.into_boxed_slice(),
+        }
+    }
+
+    /// The (rule, member) pairs that read a (probe, target)'s observations.
+    fn route(&self, probe: &str, target: &str) -> Route {
+        self.routes
+            .get(probe)
+            .and_then(|targets| targets.get(target))
+            .copied()
+            .unwrap_or(Route { first: 0, len: 0 })
     }
 
     /// Feed one stored observation; returns the transitions it caused (in rule order).
     pub fn observe(&mut self, now: Mono, record: &Record) -> Vec<Transition> {
-        let routes = self
-            .routes
-            .get(&record.probe)
-            .and_then(|targets| targets.get(&record.target))
-            .cloned()
-            .unwrap_or_default();
+        let route = self.route(&record.probe, &record.target);
         let mut touched: Vec<(usize, usize)> = Vec::new();
-        for (rule_index, member_index) in routes {
-            let rule = &mut self.rules[rule_index];
-            let member = &mut rule.members[member_index];
+        for pair in route.first..route.first + route.len {
+            let (rule_index, member_index) = self.pairs[pair as usize];
+            let rule = &mut self.rules[rule_index as usize];
+            let member = &mut rule.members[member_index as usize];
             let before = member.state;
             update_member(member, &rule.config.condition, now, record);
             let after = member.state;
             if let Some(alert_index) = member.alert {
-                let alert = &mut rule.alerts[alert_index];
+                let alert = &mut rule.alerts[alert_index as usize];
                 count(alert, before, -1);
                 count(alert, after, 1);
-                touched.push((rule_index, alert_index));
+                touched.push((rule_index as usize, alert_index as usize));
             }
         }
         let mut transitions = Vec::new();
@@ -459,7 +607,7 @@ impl Engine {
     /// alert has that key (the rule or target was removed from the config).
     pub fn restore(&mut self, key: &str, now: Mono, reported: (usize, Option<f64>)) -> bool {
         for rule in &mut self.rules {
-            if let Some(alert) = rule.alerts.iter_mut().find(|a| a.key == key) {
+            if let Some(alert) = rule.alerts.iter_mut().find(|a| &*a.key == key) {
                 alert.phase = Phase::Firing {
                     opened: now,
                     clear_since: None,
@@ -480,33 +628,22 @@ impl Engine {
     /// witness (a site that is down, or silent for the whole read); alerts re-evaluate on the
     /// next [`Engine::tick`].
     pub fn forget(&mut self, probe: &str, target: &str) {
-        let Some(routes) = self.routes.get(probe).and_then(|t| t.get(target)) else {
-            return;
-        };
-        for &(rule_index, member_index) in routes {
-            let rule = &mut self.rules[rule_index];
-            let member = &mut rule.members[member_index];
+        let route = self.route(probe, target);
+        for pair in route.first..route.first + route.len {
+            let (rule_index, member_index) = self.pairs[pair as usize];
+            let rule = &mut self.rules[rule_index as usize];
+            let member = &mut rule.members[member_index as usize];
             let before = member.state;
             member.state = State::Unknown;
             member.value = None;
             member.baseline = None;
             member.failure = None;
             match &mut member.window {
-                Window::Echoes { lost, lost_count } => {
-                    lost.clear();
-                    *lost_count = 0;
-                }
-                Window::Runs {
-                    failed,
-                    failed_count,
-                } => {
-                    failed.clear();
-                    *failed_count = 0;
-                }
-                Window::Latency { recent, .. } => recent.clear(),
+                Window::Echoes { lost: bits } | Window::Runs { failed: bits } => bits.clear(),
+                Window::Latency(latency) => latency.recent.clear(),
             }
             if let Some(alert_index) = member.alert {
-                let alert = &mut rule.alerts[alert_index];
+                let alert = &mut rule.alerts[alert_index as usize];
                 count(alert, before, -1);
                 count(alert, State::Unknown, 1);
             }
@@ -519,7 +656,7 @@ impl Engine {
             .iter()
             .flat_map(|r| &r.alerts)
             .filter(|a| !matches!(a.phase, Phase::Idle))
-            .map(|a| a.key.as_str())
+            .map(|a| &*a.key)
             .collect()
     }
 
@@ -529,7 +666,7 @@ impl Engine {
             .iter()
             .flat_map(|r| &r.alerts)
             .filter(|a| matches!(a.phase, Phase::Firing { .. }))
-            .map(|a| a.key.as_str())
+            .map(|a| &*a.key)
             .collect()
     }
 
@@ -540,8 +677,8 @@ impl Engine {
         let rule = self
             .rules
             .iter_mut()
-            .find(|r| r.alerts.iter().any(|a| a.key == key))?;
-        let index = rule.alerts.iter().position(|a| a.key == key)?;
+            .find(|r| r.alerts.iter().any(|a| &*a.key == key))?;
+        let index = rule.alerts.iter().position(|a| &*a.key == key)?;
         let current = impact(rule, &rule.alerts[index]);
         let alert = &mut rule.alerts[index];
         let Phase::Firing {
@@ -558,7 +695,7 @@ impl Engine {
         peak.affected_targets = peak.affected_targets.max(reported.0);
         Some(Transition {
             kind: TransitionKind::Updated,
-            key: alert.key.clone(),
+            key: alert.key.to_string(),
             rule: rule.config.name.clone(),
             severity: rule.config.severity,
             scope: alert.scope.clone(),
@@ -575,7 +712,7 @@ impl Engine {
         self.rules.iter().find_map(|rule| {
             rule.alerts
                 .iter()
-                .find(|a| a.key == key)
+                .find(|a| &*a.key == key)
                 .map(|alert| impact(rule, alert))
         })
     }
@@ -584,7 +721,7 @@ impl Engine {
     pub fn has_alert(&self, key: &str) -> bool {
         self.rules
             .iter()
-            .any(|r| r.alerts.iter().any(|a| a.key == key))
+            .any(|r| r.alerts.iter().any(|a| &*a.key == key))
     }
 
     /// Take a new configuration (reload) without forgetting what was seen: a rule whose settings
@@ -613,7 +750,7 @@ impl Engine {
             };
             let unchanged = settings(&old.config) == settings(&rule.config);
             if unchanged {
-                let mut members: HashMap<(String, String), Member> = old
+                let mut members: HashMap<(Arc<str>, Arc<str>), Member> = old
                     .members
                     .into_iter()
                     .map(|m| ((m.probe.clone(), m.target.clone()), m))
@@ -632,10 +769,10 @@ impl Engine {
                     }
                 }
                 for alert in &mut rule.alerts {
-                    let states: Vec<State> = alert
-                        .members
+                    let states: Vec<State> = rule.alert_members[alert.first as usize..]
+                        [..alert.len as usize]
                         .iter()
-                        .map(|&m| rule.members[m].state)
+                        .map(|&m| rule.members[m as usize].state)
                         .collect();
                     (alert.bad, alert.unknown) = (0, 0);
                     for state in states {
@@ -688,7 +825,7 @@ impl Engine {
         let rule = &self.rules[rule_index];
         let config = &rule.config;
         let alert = &rule.alerts[alert_index];
-        let members = alert.members.len();
+        let members = alert.len as usize;
         let share = match config.scope {
             RuleScope::Target => None,
             RuleScope::Group { share_pct, .. } | RuleScope::Agent { share_pct } => Some(share_pct),
@@ -697,8 +834,8 @@ impl Engine {
             None => bad >= 1,
             Some(share_pct) => members > 0 && bad as f64 * 100.0 >= share_pct * members as f64,
         };
-        let breaching = enough(alert.bad);
-        let clear = !enough(alert.bad + alert.unknown);
+        let breaching = enough(alert.bad as usize);
+        let clear = !enough(alert.bad as usize + alert.unknown as usize);
         let is_held = held.iter().any(|p| config.probes.contains(p));
 
         let mut emit: Option<(TransitionKind, Duration, Peak, String)> = None;
@@ -777,7 +914,7 @@ impl Engine {
             let alert = &rule.alerts[alert_index];
             transitions.push(Transition {
                 kind,
-                key: alert.key.clone(),
+                key: alert.key.to_string(),
                 rule: rule.config.name.clone(),
                 severity: rule.config.severity,
                 scope: alert.scope.clone(),
@@ -859,7 +996,7 @@ fn significant_change(reported: (usize, Option<f64>), current: &Impact) -> Optio
     }
 }
 
-fn count(alert: &mut Alert, state: State, delta: isize) {
+fn count(alert: &mut Alert, state: State, delta: i32) {
     let slot = match state {
         State::Bad => &mut alert.bad,
         State::Unknown => &mut alert.unknown,
@@ -869,17 +1006,17 @@ fn count(alert: &mut Alert, state: State, delta: isize) {
 }
 
 fn impact(rule: &CompiledRule, alert: &Alert) -> Impact {
-    let mut affected: Vec<TargetImpact> = alert
-        .members
+    let mut affected: Vec<TargetImpact> = rule
+        .members_of(alert)
         .iter()
-        .map(|&m| &rule.members[m])
+        .map(|&m| &rule.members[m as usize])
         .filter(|m| m.state == State::Bad)
         .map(|m| TargetImpact {
-            probe: m.probe.clone(),
-            target: m.target.clone(),
+            probe: m.probe.to_string(),
+            target: m.target.to_string(),
             value: m.value,
             baseline: m.baseline,
-            failure: m.failure.clone(),
+            failure: m.failure.as_deref().map(String::from),
         })
         .collect();
     affected.sort_by(|a, b| (&a.target, &a.probe).cmp(&(&b.target, &b.probe)));
@@ -889,7 +1026,7 @@ fn impact(rule: &CompiledRule, alert: &Alert) -> Impact {
     Impact {
         metric: metric(&rule.config.condition),
         affected,
-        total_targets: alert.targets,
+        total_targets: alert.targets as usize,
         value,
         worst,
     }
@@ -901,6 +1038,11 @@ fn metric(condition: &Condition) -> Metric {
         Condition::Failures { .. } => Metric::FailedRunsPct,
         Condition::Latency { field, .. } => Metric::LatencyMs(*field),
     }
+}
+
+/// The shared copy of a name (one allocation per distinct probe or target name).
+fn intern<'a>(names: &mut HashMap<&'a str, Arc<str>>, name: &'a str) -> Arc<str> {
+    names.entry(name).or_insert_with(|| name.into()).clone()
 }
 
 /// Push into a bounded window; returns what fell out.
@@ -918,7 +1060,7 @@ fn update_member(member: &mut Member, condition: &Condition, now: Mono, record: 
     let observation = &record.observation;
     member.failure = match &observation.outcome {
         probes::Outcome::Success => None,
-        probes::Outcome::Failure { message, .. } => Some(message.clone()),
+        probes::Outcome::Failure { message, .. } => Some(message.as_str().into()),
     };
     let stats = match &observation.measurement {
         Measurement::Ping(stats) => Some(stats),
@@ -932,31 +1074,25 @@ fn update_member(member: &mut Member, condition: &Condition, now: Mono, record: 
                 clear_below_pct,
                 echoes,
             },
-            Window::Echoes { lost, lost_count },
+            Window::Echoes { lost },
         ) => {
-            let mut push = |is_lost: bool| {
-                *lost_count += usize::from(is_lost);
-                if push_bounded(lost, is_lost, *echoes as usize) == Some(true) {
-                    *lost_count -= 1;
-                }
-            };
             match stats {
                 Some(stats) if !stats.rtts_ms.is_empty() => {
                     for rtt in &stats.rtts_ms {
-                        push(rtt.is_none());
+                        lost.push(rtt.is_none());
                     }
                 }
                 // A round that could not even send (name did not resolve, no route): every
                 // echo it should have sent is lost.
                 _ if !observation.is_success() => {
                     for _ in 0..member.echoes_per_round.max(1) {
-                        push(true);
+                        lost.push(true);
                     }
                 }
                 _ => {}
             }
             let total = lost.len() as f64;
-            let lost = *lost_count as f64;
+            let lost = lost.ones() as f64;
             member.value = (total > 0.0).then(|| 100.0 * lost / total);
             // Compared without dividing, so "exactly at the threshold" is exact. Opening takes as
             // many lost echoes as a full window would: the first echoes after a start are not a
@@ -974,23 +1110,17 @@ fn update_member(member: &mut Member, condition: &Condition, now: Mono, record: 
         (
             Condition::Failures {
                 failures,
-                runs,
                 clear_failures,
+                ..
             },
-            Window::Runs {
-                failed,
-                failed_count,
-            },
+            Window::Runs { failed },
         ) => {
-            let is_failed = !observation.is_success();
-            *failed_count += usize::from(is_failed);
-            if push_bounded(failed, is_failed, *runs as usize) == Some(true) {
-                *failed_count -= 1;
-            }
-            member.value = Some(100.0 * *failed_count as f64 / failed.len() as f64);
-            if *failed_count >= *failures as usize {
+            failed.push(!observation.is_success());
+            let failed_count = failed.ones();
+            member.value = Some(100.0 * failed_count as f64 / failed.len() as f64);
+            if failed_count >= *failures as usize {
                 Some(true)
-            } else if *failed_count <= *clear_failures as usize {
+            } else if failed_count <= *clear_failures as usize {
                 Some(false)
             } else {
                 None
@@ -1002,8 +1132,9 @@ fn update_member(member: &mut Member, condition: &Condition, now: Mono, record: 
                 runs,
                 threshold,
             },
-            Window::Latency { recent, baseline },
+            Window::Latency(latency),
         ) => {
+            let LatencyWindow { recent, baseline } = &mut **latency;
             let value = stats.and_then(|s| field.of(s));
             if let Some(value) = value {
                 let evicted = push_bounded(recent, value, *runs as usize);

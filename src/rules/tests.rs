@@ -583,3 +583,121 @@ fn reconfigure_keeps_windows_and_firing_alerts_of_unchanged_pairs() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("resolved loss/target/a"), "{lines:?}");
 }
+
+/// The bit ring keeps a `VecDeque<bool>` window's semantics: what falls out, the length, the
+/// count of `true`s, across word boundaries, wrap-around and `clear`.
+#[test]
+fn bits_behave_like_a_bounded_deque() {
+    for capacity in [0, 1, 2, 63, 64, 65, 100, 128, 130] {
+        let mut bits = Bits::new(capacity);
+        let mut deque: VecDeque<bool> = VecDeque::new();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ u64::from(capacity);
+        for step in 0..2000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            if step == 700 {
+                bits.clear();
+                deque.clear();
+            }
+            let bit = seed % 3 == 0;
+            assert_eq!(
+                bits.push(bit),
+                push_bounded(&mut deque, bit, capacity as usize),
+                "capacity {capacity}, step {step}"
+            );
+            assert_eq!(bits.len(), deque.len());
+            assert_eq!(bits.ones(), deque.iter().filter(|&&b| b).count());
+        }
+        assert!(bits.words.len() <= (capacity.max(1) as usize).div_ceil(64));
+    }
+}
+
+/// Issue 15: the engine's memory at 10,000 targets, with the colo example's `target-loss` rule
+/// (scope `target`, the last 100 echoes) on a probe of 20-echo rounds. The crate forbids `unsafe`,
+/// so no counting allocator: this bounds the structures (sizes, each window's bit ring) and prints
+/// an estimate of the heap they own. Measured with a counting allocator outside the crate (live
+/// bytes after `Engine::new` and 7 rounds to every target): 1,072 bytes (9 allocations) per
+/// target before the compact layout, 448 (4) after.
+#[test]
+fn ten_thousand_targets_cost_a_few_hundred_bytes_each() {
+    const TARGETS: usize = 10_000;
+    let mut text = String::from("[agent]\nname = \"a1\"\nsite = \"scl3\"\n");
+    for i in 0..TARGETS {
+        text.push_str(&format!(
+            "[[target]]\nname = \"target-{i:05}\"\nhost = \"10.0.{}.{}\"\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    text.push_str(
+        "[[probe]]\nname = \"ping-fast\"\nkind = \"icmp\"\ninterval = \"20s\"\ntimeout = \"1s\"\ncount = 20\nspacing = \"1s\"\n\
+         [[rule]]\nname = \"target-loss\"\nkind = \"loss\"\nseverity = \"minor\"\nprobes = [\"ping-fast\"]\n\
+         above_pct = 30\nechoes = 100\nfor = \"2m\"\nclear_for = \"3m\"\nmin_hold = \"10m\"\n",
+    );
+    let config = Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let mut engine = Engine::new(&config);
+    let mut round = record("target-00000", ".....", steady_wall(0));
+    round.probe = "ping-fast".into();
+    round.observation.measurement = Measurement::Ping(PingStats::from_rtts(
+        (0..20).map(|i| (i != 3).then_some(10.0)).collect(),
+    ));
+    // Six rounds of 20 echoes: every window is full (100 echoes) and has evicted.
+    for t in 0..6 {
+        for i in 0..TARGETS {
+            round.target = format!("target-{i:05}");
+            assert!(
+                engine
+                    .observe(Duration::from_secs(20 * t), &round)
+                    .is_empty()
+            );
+        }
+    }
+    let impact = engine
+        .impact("target-loss/target/target-09999")
+        .expect("alert");
+    assert!(impact.affected.is_empty() && impact.total_targets == 1);
+
+    let rule = &engine.rules[0];
+    assert_eq!((rule.members.len(), rule.alerts.len()), (TARGETS, TARGETS));
+    assert_eq!(rule.members.capacity(), TARGETS, "members: exact capacity");
+    assert_eq!(rule.alerts.capacity(), TARGETS, "alerts: exact capacity");
+    assert_eq!(rule.alert_members.len(), TARGETS);
+    assert_eq!(engine.pairs.len(), TARGETS);
+    assert!(size_of::<Window>() <= 40, "{}", size_of::<Window>());
+    assert!(size_of::<Member>() <= 136, "{}", size_of::<Member>());
+    let mut heap = 0;
+    for member in &rule.members {
+        let Window::Echoes { lost } = &member.window else {
+            panic!("a loss rule's member has an echo window");
+        };
+        assert_eq!((lost.len(), lost.ones()), (100, 5));
+        assert_eq!(lost.words.len(), 2, "100 echoes in two words");
+        heap += size_of_val(&*lost.words);
+        // The names are shared: the member, its route, and nothing else.
+        assert_eq!(Arc::strong_count(&member.target), 2);
+    }
+    let names = TARGETS * (2 * size_of::<usize>() + "target-00000".len());
+    heap += names;
+    for alert in &rule.alerts {
+        heap += alert.key.len();
+        if let Scope::Target { target } = &alert.scope {
+            heap += target.capacity();
+        }
+    }
+    heap += rule.members.capacity() * size_of::<Member>()
+        + rule.alerts.capacity() * size_of::<Alert>()
+        + size_of_val(&*rule.alert_members)
+        + size_of_val(&*engine.pairs);
+    let buckets = engine.routes["ping-fast"].capacity().next_power_of_two();
+    heap += buckets * (size_of::<(Arc<str>, Route)>() + 1);
+    let per_target = heap / TARGETS;
+    println!(
+        "rules engine, {TARGETS} targets: ~{heap} bytes of heap, ~{per_target} per target \
+         (Member {} B, Alert {} B, Window {} B; allocator overhead not counted)",
+        size_of::<Member>(),
+        size_of::<Alert>(),
+        size_of::<Window>()
+    );
+    assert!(per_target < 512, "{per_target} bytes per target");
+}
