@@ -168,8 +168,7 @@ impl Probe {
         let Probe::Icmp { client, plan } = self else {
             return None;
         };
-        let bare = target.host.trim_start_matches('[').trim_end_matches(']');
-        let address: IpAddr = bare.parse().ok()?;
+        let address = probes::net::literal_ip(&target.host)?;
         ip_preference(target.family)
             .allows(address)
             .then_some((client, *plan, address))

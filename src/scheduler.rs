@@ -176,19 +176,20 @@ impl Scheduler {
         let mut joining: HashMap<u64, Vec<(Job, Duration)>> = HashMap::new();
         for (index, job) in jobs.into_iter().enumerate() {
             let offset = job.interval / total * index as u32;
-            self.stop(vec![job.key()]);
+            let key = job.key();
+            self.stop(vec![key.clone()]);
             let icmp = job
                 .probe
                 .icmp_by_address(&job.target)
                 .map(|(client, plan, _)| (client.clone(), plan));
             if let Some((client, plan)) = icmp {
                 let id = self.probe_loop_for(&job, client, plan);
-                self.running.insert(job.key(), Running::InProbeLoop(id));
+                self.running.insert(key, Running::InProbeLoop(id));
                 joining.entry(id).or_default().push((job, offset));
                 continue;
             }
             let token = self.stop.child_token();
-            self.running.insert(job.key(), Running::Own(token.clone()));
+            self.running.insert(key, Running::Own(token.clone()));
             self.loops.spawn(job_loop(
                 job,
                 offset,

@@ -204,6 +204,53 @@ impl IcmpClient {
         observation(end, plan, started_at, start.max(now))
     }
 
+    /// Hand each family's rounds (id, address, start) to its socket loop as one batch. A round
+    /// that cannot start (no socket for its family, or the loop is gone) ends at once on `results`.
+    fn start_batches(
+        &self,
+        by_family: [Vec<(u32, IpAddr, Instant)>; 2],
+        plan: RoundPlan,
+        stop: &CancellationToken,
+        results: &engine::Results,
+    ) {
+        for (family, targets) in [Family::V4, Family::V6].into_iter().zip(by_family) {
+            if targets.is_empty() {
+                continue;
+            }
+            let handle = match &self.endpoint(family).socket {
+                Ok(handle) => handle,
+                Err(why) => {
+                    for (id, ..) in targets {
+                        let _ = results.send((id, no_socket(why, plan)));
+                    }
+                    continue;
+                }
+            };
+            let request = BatchRequest {
+                targets,
+                plan,
+                stop: stop.clone(),
+                results: results.clone(),
+            };
+            if let Err(refused) = handle.commands.send(Command::StartBatch(request))
+                && let Command::StartBatch(request) = refused.0
+            {
+                for (id, ..) in request.targets {
+                    let _ = results.send((id, loop_gone()));
+                }
+            }
+        }
+    }
+
+    /// Tell both socket loops that a stop token fired (they look at every round's).
+    fn tell_stopped(&self) {
+        for endpoint in [&self.v4, &self.v6] {
+            if let Ok(handle) = &endpoint.socket {
+                let _ = handle.commands.send(Command::Stopped);
+            }
+        }
+    }
+
     /// Rounds of one plan to many targets, the `i`-th starting at `targets[i].1`: handed to the
     /// socket loops as one batch, so there is no task, channel or timer per target on either side
     /// (at 10,000 targets those were most of `vantage ping`'s memory). Yields each round's
@@ -220,29 +267,7 @@ impl IcmpClient {
             let index = u32::try_from(index).expect("fewer than 2^32 targets");
             by_family[usize::from(addr.is_ipv6())].push((index, addr, start));
         }
-        for (family, batch) in [Family::V4, Family::V6].into_iter().zip(by_family) {
-            if batch.is_empty() {
-                continue;
-            }
-            let handle = match &self.endpoint(family).socket {
-                Ok(handle) => handle,
-                Err(why) => {
-                    for (index, ..) in batch {
-                        let _ = results.send((index, no_socket(why, plan)));
-                    }
-                    continue;
-                }
-            };
-            let request = BatchRequest {
-                targets: batch,
-                plan,
-                stop: stop.clone(),
-                results: results.clone(),
-            };
-            // If the loop has stopped, the batch is dropped with it: [`Rounds::next`] ends its
-            // rounds as failed once every sender is gone.
-            let _ = handle.commands.send(Command::StartBatch(request));
-        }
+        self.start_batches(by_family, plan, stop, &results);
         Rounds {
             client: self.clone(),
             receiver,
@@ -290,11 +315,7 @@ impl Rounds {
                     received = self.receiver.recv() => received,
                     () = self.stop.cancelled() => {
                         self.stop_told = true;
-                        for endpoint in [&self.client.v4, &self.client.v6] {
-                            if let Ok(handle) = &endpoint.socket {
-                                let _ = handle.commands.send(Command::Stopped);
-                            }
-                        }
+                        self.client.tell_stopped();
                         continue;
                     }
                 }
@@ -376,33 +397,8 @@ impl Session {
                 self.per_family[usize::from(addr.is_ipv6())] += 1;
             }
         }
-        for (family, targets) in [Family::V4, Family::V6].into_iter().zip(by_family) {
-            if targets.is_empty() {
-                continue;
-            }
-            let handle = match &self.client.endpoint(family).socket {
-                Ok(handle) => handle,
-                Err(why) => {
-                    for (id, ..) in targets {
-                        let _ = self.results.send((id, no_socket(why, self.plan)));
-                    }
-                    continue;
-                }
-            };
-            let request = BatchRequest {
-                targets,
-                plan: self.plan,
-                stop: self.stop.clone(),
-                results: self.results.clone(),
-            };
-            if let Err(refused) = handle.commands.send(Command::StartBatch(request)) {
-                if let Command::StartBatch(request) = refused.0 {
-                    for (id, ..) in request.targets {
-                        let _ = self.results.send((id, loop_gone()));
-                    }
-                }
-            }
-        }
+        self.client
+            .start_batches(by_family, self.plan, &self.stop, &self.results);
     }
 
     /// These rounds send no more echoes (replies to those sent are still awaited); their ends are
@@ -444,14 +440,10 @@ impl Session {
                     received = self.receiver.recv() => received,
                     () = self.stop.cancelled() => {
                         self.stop_told = true;
-                        for endpoint in [&self.client.v4, &self.client.v6] {
-                            if let Ok(handle) = &endpoint.socket {
-                                let _ = handle.commands.send(Command::Stopped);
-                            }
-                        }
+                        self.client.tell_stopped();
                         continue;
                     }
-                    // A socket loop that went away (it panicked) takes its rounds with it.
+                    // A socket loop that went away takes its rounds with it.
                     family = self.client.lost_loop(self.per_family.map(|n| n > 0)),
                         if !self.running.is_empty() => {
                         let on_family = |(id, (addr, ..)): (&u32, &(IpAddr, Instant, SystemTime))| {
@@ -478,8 +470,8 @@ impl Session {
 }
 
 impl IcmpClient {
-    /// Resolves when the socket loop of a family in `watch` (IPv4, IPv6) is gone (only if it
-    /// panicked: it runs until the last clone of the client is dropped).
+    /// Resolves when the socket loop of a family in `watch` (IPv4, IPv6) is gone: its socket
+    /// failed, or it panicked (otherwise it runs until the last clone of the client is dropped).
     async fn lost_loop(&self, watch: [bool; 2]) -> Family {
         let closed = |endpoint: &Endpoint, watched: bool| {
             let handle = endpoint.socket.as_ref().ok().filter(|_| watched);

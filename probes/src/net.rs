@@ -56,7 +56,7 @@ pub async fn resolve(
     preference: IpPreference,
 ) -> (Result<Vec<SocketAddr>, String>, Duration) {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
+    if let Some(ip) = literal_ip(host) {
         let result = if preference.allows(ip) {
             Ok(vec![SocketAddr::new(ip, port)])
         } else {
@@ -85,6 +85,14 @@ pub async fn resolve(
         Err(error) => Err(format!("resolving {bare}: {error}")),
     };
     (result, took)
+}
+
+/// `host` as an address, when it is one (`[…]` around an IPv6 address allowed): nothing to resolve.
+pub fn literal_ip(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
 
 /// The first address of `host` by `preference` (see [`resolve`]), for checks that measure one
