@@ -100,7 +100,10 @@ pub(super) async fn probe_loop(
                 None => changes_open = false,
             },
             (id, observation) = table.session.next(), if table.session.running() > 0 => {
-                if table.ended(id, observation, &identity, &out, &counters, stopping).await.is_break() {
+                // The token, not `stopping`: the session sees the stop on its own, so a round
+                // it cut short can end here before this loop's stop branch has run.
+                let stopped = stop.is_cancelled();
+                if table.ended(id, observation, &identity, &out, &counters, stopped).await.is_break() {
                     return;
                 }
             }
