@@ -459,11 +459,15 @@ mod tests {
     }
 
     fn icmp_job(target: &str, host: &str, client: &probes::IcmpClient) -> Job {
+        let plan = "interval = \"400ms\"\ncount = 4\nspacing = \"60ms\"\ntimeout = \"200ms\"";
+        icmp_job_with(target, host, plan, client)
+    }
+
+    fn icmp_job_with(target: &str, host: &str, plan: &str, client: &probes::IcmpClient) -> Job {
         let config = crate::config::Config::parse(
             &format!(
                 "[agent]\nsite = \"s\"\n[[target]]\nname = \"{target}\"\nhost = \"{host}\"\n\
-                 [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"400ms\"\n\
-                 count = 4\nspacing = \"60ms\"\ntimeout = \"200ms\"\n"
+                 [[probe]]\nname = \"ping\"\nkind = \"icmp\"\n{plan}\n"
             ),
             std::path::Path::new("/nonexistent/vantage.toml"),
         )
@@ -573,6 +577,67 @@ mod tests {
             "no round was cut short"
         );
         assert_eq!(counters.skipped_ticks.load(Ordering::Relaxed), 0);
+    }
+
+    /// A round the stop cuts short while the probe's loop is busy elsewhere (here: waiting on a
+    /// full hand-off) ends in the session before the loop has seen the stop itself. It must be
+    /// judged by the stop token then, not the loop's own flag: with the flag, such a round was
+    /// stored partial about half the time (whichever of the two ready branches `select!` took).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_cut_short_while_the_loop_is_busy_is_not_stored() {
+        let client = probes::IcmpClient::new().expect("ICMP sockets (run as root)");
+        let plan = "interval = \"1s\"\ncount = 4\nspacing = \"200ms\"\ntimeout = \"300ms\"";
+        for attempt in 0..6 {
+            // a: rounds at 0 and 1 s; b: at 0.5 s, ending at ~1.1 s into a full hand-off (a's
+            // first record fills it), so the loop waits while a's second round runs.
+            let jobs = vec![
+                icmp_job_with("a", "127.0.3.1", plan, &client),
+                icmp_job_with("b", "127.0.3.2", plan, &client),
+            ];
+            let (out, mut records) = mpsc::channel(1);
+            let (_commands, receiver) = mpsc::channel(1);
+            let stop = CancellationToken::new();
+            let identity = Identity {
+                agent: "a".into(),
+                site: "s".into(),
+            };
+            let counters = Arc::new(Counters::default());
+            let scheduler = tokio::spawn(run(
+                jobs,
+                identity,
+                out,
+                Arc::clone(&counters),
+                stop.clone(),
+                receiver,
+            ));
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            stop.cancel();
+            // a's second round ends cut short in the session while the loop still waits.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let mut stored = Vec::new();
+            while let Some(record) = tokio::time::timeout(Duration::from_secs(5), records.recv())
+                .await
+                .expect("the scheduler ends")
+            {
+                stored.push(record);
+            }
+            scheduler.await.expect("scheduler");
+            for record in &stored {
+                let probes::Measurement::Ping(stats) = &record.observation.measurement else {
+                    panic!("not a ping");
+                };
+                let round = (&record.target, stats.sent, stats.received);
+                assert_eq!(
+                    (stats.sent, stats.received),
+                    (4, 4),
+                    "attempt {attempt}: {round:?} stored"
+                );
+            }
+            assert!(
+                counters.cut_short.load(Ordering::Relaxed) >= 1,
+                "attempt {attempt}: nothing cut short"
+            );
+        }
     }
 
     #[test]
