@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use lab::fleet::{FleetLab, SHARED_TRANSIT, Site};
 use support::{Agent, Influxd, VictoriaMetrics};
 use vantage::fleet::verdict::Localization;
-use vantage::incident::{Incident, IncidentDb};
+use vantage::incident::{Incident, IncidentDb, fleet_view};
 
 const PASSWORD: &str = "fleet-lab-s3cret";
 
@@ -203,7 +203,7 @@ impl Fleet {
     }
 
     /// The draft of `site`'s incident for `target`, once written (its `incident.md`), within
-    /// `limit` of `since`.
+    /// `limit` of `since`: whatever its fleet view.
     async fn draft(
         &self,
         site: Site,
@@ -211,6 +211,32 @@ impl Fleet {
         since: Instant,
         limit: Duration,
     ) -> (Incident, String) {
+        self.wait_for_draft(site, target, since, limit, false).await
+    }
+
+    /// As [`Fleet::draft`], with the fleet view in it. A loaded machine may keep the store from
+    /// answering within the budget (then the draft says so, the product's designed behaviour):
+    /// the view comes with the next ask, [`fleet_view::REFRESH`] later, and the draft is rewritten.
+    async fn draft_with_view(
+        &self,
+        site: Site,
+        target: &str,
+        since: Instant,
+        limit: Duration,
+    ) -> (Incident, String) {
+        self.wait_for_draft(site, target, since, limit, true).await
+    }
+
+    async fn wait_for_draft(
+        &self,
+        site: Site,
+        target: &str,
+        since: Instant,
+        limit: Duration,
+        with_view: bool,
+    ) -> (Incident, String) {
+        let mut deadline = since + limit;
+        let mut unavailable: Option<String> = None;
         loop {
             let found = self
                 .incidents(site)
@@ -223,17 +249,36 @@ impl Fleet {
                     .join(&incident.id)
                     .join("incident.md");
                 if let Ok(md) = std::fs::read_to_string(&path) {
-                    return (incident, md);
+                    let fleet = incident.fleet.as_ref();
+                    let has_view = fleet.is_some_and(|f| f.is_available());
+                    // The section's own wording (the timeline keeps its "unavailable" entry).
+                    let view_in_md = !md.contains("the timeline gets it when the store answers");
+                    if !with_view || (has_view && view_in_md) {
+                        return (incident, md);
+                    }
+                    if let Some(reason) = fleet.and_then(|f| f.unavailable.clone()) {
+                        if unavailable.is_none() {
+                            eprintln!(
+                                "{site:?}: the draft's fleet view was unavailable ({reason}); waiting for the next ask"
+                            );
+                            deadline = deadline.max(
+                                Instant::now() + fleet_view::REFRESH + Duration::from_secs(15),
+                            );
+                        }
+                        unavailable = Some(reason);
+                    }
                 }
             }
-            if since.elapsed() > limit {
+            if Instant::now() > deadline {
                 let logs: Vec<String> = self
                     .agents
                     .iter()
                     .map(|(s, a, _)| format!("--- {s:?}\n{}", a.log()))
                     .collect();
                 panic!(
-                    "no draft from {site:?} for {target} within {limit:?}:\n{}",
+                    "no draft{} from {site:?} for {target} within {:?} (last unavailable: {unavailable:?}):\n{}",
+                    if with_view { " with a fleet view" } else { "" },
+                    since.elapsed(),
                     logs.join("\n")
                 );
             }
@@ -264,7 +309,7 @@ async fn uplink_cut(kind: &str) {
     let at = Instant::now();
     fleet.lab.cut_uplink(Site::Scl3, true);
     let (incident, md) = fleet
-        .draft(Site::Scl3, "aws-gw", at, Duration::from_secs(40))
+        .draft_with_view(Site::Scl3, "aws-gw", at, Duration::from_secs(40))
         .await;
     let seen = seen_section(&md);
     let verdict = incident
@@ -325,7 +370,7 @@ async fn target_down(kind: &str) {
         .target_down("198.19.0.2".parse().expect("address"), true);
     for site in Site::ALL {
         let (incident, md) = fleet
-            .draft(site, "aws-api", at, Duration::from_secs(40))
+            .draft_with_view(site, "aws-api", at, Duration::from_secs(40))
             .await;
         let seen = seen_section(&md);
         assert!(
@@ -361,7 +406,7 @@ async fn shared_transit(kind: &str) {
     fleet.lab.shared_transit_loss(30);
     for site in [Site::Scl3, Site::Sjc1] {
         let (incident, md) = fleet
-            .draft(site, "aws-gw", at, Duration::from_secs(45))
+            .draft_with_view(site, "aws-gw", at, Duration::from_secs(45))
             .await;
         let seen = seen_section(&md);
         let verdict = incident

@@ -620,4 +620,41 @@ async fn a_store_that_is_down_or_slow_is_a_reason_within_the_budget() {
     assert!(error.contains("not the JSON expected"), "{error}");
     let error = store.query(&request).await.expect_err("huge").to_string();
     assert!(error.contains("larger than 4 MiB"), "{error}");
+
+    // A body that breaks off (headers promise 1,000 bytes, 10 come, the connection closes) is
+    // told as such, with its cause — not as an answer too large.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"results\"")
+                .await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    let store = FleetStore::new(
+        &fleet(
+            FleetDialect::Influxql,
+            &url,
+            "central",
+            Duration::from_secs(3),
+        ),
+        &output_base(&url),
+    )
+    .expect("store");
+    let error = store.query(&request).await.expect_err("broken").to_string();
+    assert!(
+        error.contains("the answer broke off after 10 bytes: ") && !error.contains("larger than"),
+        "{error}"
+    );
+    server.abort();
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::{FleetConfig, FleetDialect, OutputConfig, OutputKind};
-use crate::sinks::influx::{authorize_as, describe_reqwest_error, read_at_most};
+use crate::sinks::influx::{BodyEnd, authorize_as, describe_reqwest_error, read_at_most};
 
 /// The most of one answer's body that is read; a fleet view of a few targets is a few KiB.
 pub const MAX_BODY: usize = 4 << 20;
@@ -361,7 +361,7 @@ impl FleetStore {
             ))
         })?;
         let status = response.status();
-        let (body, more) = read_at_most(response, MAX_BODY).await;
+        let (body, end) = read_at_most(response, MAX_BODY).await;
         if !status.is_success() {
             let start = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
             return Err(unavailable(format!(
@@ -371,13 +371,25 @@ impl FleetStore {
                 start.trim()
             )));
         }
-        if more {
-            return Err(unavailable(format!(
-                "{} at {}: the answer is larger than {} MiB (or broke off)",
-                self.dialect_name(),
-                self.endpoint,
-                MAX_BODY >> 20
-            )));
+        match end {
+            BodyEnd::Whole => {}
+            BodyEnd::TooLarge => {
+                return Err(unavailable(format!(
+                    "{} at {}: the answer is larger than {} MiB",
+                    self.dialect_name(),
+                    self.endpoint,
+                    MAX_BODY >> 20
+                )));
+            }
+            BodyEnd::Broken(e) => {
+                return Err(unavailable(format!(
+                    "{} at {}: the answer broke off after {} bytes: {}",
+                    self.dialect_name(),
+                    self.endpoint,
+                    body.len(),
+                    describe_reqwest_error(&e.without_url())
+                )));
+            }
         }
         serde_json::from_slice(&body).map_err(|e| {
             unavailable(format!(

@@ -332,9 +332,24 @@ pub(crate) async fn error_body(response: reqwest::Response) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-/// At most `limit` bytes of `response`'s body, and whether there was more (then the connection
-/// is dropped unread) or the body broke off: a broken or hostile server may send one without end.
-pub(crate) async fn read_at_most(mut response: reqwest::Response, limit: usize) -> (Vec<u8>, bool) {
+/// How reading a body ended (see [`read_at_most`]).
+#[derive(Debug)]
+pub(crate) enum BodyEnd {
+    /// The whole body, within the limit.
+    Whole,
+    /// There was more than the limit; the connection is dropped unread.
+    TooLarge,
+    /// The body broke off (the connection closed or reset mid-body, or the client's timeout
+    /// fired): what was read is only a part.
+    Broken(reqwest::Error),
+}
+
+/// At most `limit` bytes of `response`'s body, and how it ended: a broken or hostile server may
+/// send one without end, and a slow one may break off (each is told apart in the caller's error).
+pub(crate) async fn read_at_most(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> (Vec<u8>, BodyEnd) {
     let mut body = Vec::new();
     while body.len() < limit {
         match response.chunk().await {
@@ -342,17 +357,21 @@ pub(crate) async fn read_at_most(mut response: reqwest::Response, limit: usize) 
                 let room = limit - body.len();
                 if chunk.len() > room {
                     body.extend_from_slice(&chunk[..room]);
-                    return (body, true);
+                    return (body, BodyEnd::TooLarge);
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(None) => return (body, false),
-            Err(_) => return (body, true),
+            Ok(None) => return (body, BodyEnd::Whole),
+            Err(e) => return (body, BodyEnd::Broken(e)),
         }
     }
     // Exactly `limit` read: more only if another chunk comes.
-    let more = !matches!(response.chunk().await, Ok(None));
-    (body, more)
+    let end = match response.chunk().await {
+        Ok(None) => BodyEnd::Whole,
+        Ok(Some(_)) => BodyEnd::TooLarge,
+        Err(e) => BodyEnd::Broken(e),
+    };
+    (body, end)
 }
 
 pub(crate) fn truncate(text: &str) -> String {
