@@ -40,6 +40,7 @@ use nix::sys::socket::{
     recvmmsg, sendmmsg, setsockopt, sockopt,
 };
 use nix::sys::time::TimeSpec;
+use rustix::net::sockopt::{Ipv4PathMtuDiscovery, set_ip_mtu_discover};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -639,6 +640,12 @@ fn open_kind(family: Family, kind: SocketKind) -> io::Result<std::net::UdpSocket
     socket.set_nonblocking(true)?;
     // Kernel receive timestamps: RTTs that do not include our own scheduling delay (as fping).
     setsockopt(&socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
+    if family == Family::V4 {
+        // Don't fragment: an echo is far below any MTU, and a DF packet's IP ID is 0 instead of
+        // one drawn per packet from the kernel's hashed, shared ID table (`__ip_select_ident`,
+        // 2.6% of `vantage ping`'s CPU at 10,000 targets).
+        set_ip_mtu_discover(&socket, Ipv4PathMtuDiscovery::DO)?;
+    }
     if kind == SocketKind::Datagram {
         socket.bind(&SocketAddr::new(any, 0).into())?;
     }
@@ -1346,6 +1353,18 @@ mod tests {
         );
         let expected = |ms| Some(Duration::from_millis(ms).as_secs_f64() * 1000.0);
         assert_eq!(round.into_rtts(2), vec![expected(3), expected(2)]);
+    }
+
+    /// IPv4 echoes go out with DF set: the kernel then gives them IP ID 0 instead of drawing one
+    /// per packet from its hashed, shared ID table.
+    #[test]
+    fn ipv4_echoes_are_sent_with_dont_fragment() {
+        let opened = open(Family::V4, SocketKind::Raw)
+            .unwrap_or_else(|_| panic!("a raw ICMP socket: run as root or with CAP_NET_RAW"));
+        assert_eq!(
+            rustix::net::sockopt::ip_mtu_discover(&opened.socket).expect("IP_MTU_DISCOVER"),
+            Ipv4PathMtuDiscovery::DO
+        );
     }
 
     /// The buffers follow the offered rate up, never down, and what is kept is what the kernel
