@@ -58,6 +58,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(ping_all(args))
 }
 
+/// How long a finished line may wait in the output buffer while other rounds are ending.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
 async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
     let client = IcmpClient::new()?;
     let plan = RoundPlan {
@@ -114,11 +117,14 @@ async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
     let mut rounds = client.rounds(&batch, plan, &stop);
 
     // Lines go out in target order as soon as every earlier target's round has ended (rounds end
-    // roughly in start order), so only the few that end early wait in memory.
+    // roughly in start order, so only the few that end early wait in memory). They are flushed
+    // when no round is waiting, at most every FLUSH_EVERY: a write per line would be a system
+    // call per target.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut next_line = 0;
     let mut all_answered = true;
     let mut rows = Vec::new();
+    let mut flushed_at = tokio::time::Instant::now();
     loop {
         while let Some(result) = ended.remove(&next_line) {
             all_answered &= emit(&mut out, args, &args.targets[next_line], &result, &mut rows)?;
@@ -126,15 +132,28 @@ async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
         }
         let (index, observation) = match rounds.try_next() {
             Some(ended) => ended,
-            None => {
-                out.flush()?;
-                match rounds.next().await {
-                    Some(ended) => ended,
-                    None => break,
+            None => match tokio::time::timeout_at(flushed_at + FLUSH_EVERY, rounds.next()).await {
+                Ok(Some(ended)) => ended,
+                Ok(None) => break,
+                Err(_) => {
+                    out.flush()?;
+                    flushed_at = tokio::time::Instant::now();
+                    match rounds.next().await {
+                        Some(ended) => ended,
+                        None => break,
+                    }
                 }
-            }
+            },
         };
-        ended.insert(batch_target[index], Ok((batch[index].0, observation)));
+        let target = batch_target[index];
+        let result = Ok((batch[index].0, observation));
+        if target == next_line {
+            // In order (the usual case): straight out, not through the map.
+            all_answered &= emit(&mut out, args, &args.targets[target], &result, &mut rows)?;
+            next_line += 1;
+        } else {
+            ended.insert(target, result);
+        }
     }
     // Every round has ended, so `ended` is empty; were a round ever missing, print the rest anyway.
     while let Some((index, result)) = ended.pop_first() {
