@@ -55,7 +55,6 @@ pub async fn resolve(
     port: u16,
     preference: IpPreference,
 ) -> (Result<Vec<SocketAddr>, String>, Duration) {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Some(ip) = literal_ip(host) {
         let result = if preference.allows(ip) {
             Ok(vec![SocketAddr::new(ip, port)])
@@ -66,6 +65,7 @@ pub async fn resolve(
         };
         return (result, Duration::ZERO);
     }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
     let started = Instant::now();
     let looked_up = tokio::net::lookup_host((bare, port)).await;
     let took = started.elapsed();

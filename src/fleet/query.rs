@@ -371,25 +371,21 @@ impl FleetStore {
                 start.trim()
             )));
         }
-        match end {
-            BodyEnd::Whole => {}
-            BodyEnd::TooLarge => {
-                return Err(unavailable(format!(
-                    "{} at {}: the answer is larger than {} MiB",
-                    self.dialect_name(),
-                    self.endpoint,
-                    MAX_BODY >> 20
-                )));
-            }
-            BodyEnd::Broken(e) => {
-                return Err(unavailable(format!(
-                    "{} at {}: the answer broke off after {} bytes: {}",
-                    self.dialect_name(),
-                    self.endpoint,
-                    body.len(),
-                    describe_reqwest_error(&e.without_url())
-                )));
-            }
+        let cut = match end {
+            BodyEnd::Whole => None,
+            BodyEnd::TooLarge => Some(format!("the answer is larger than {} MiB", MAX_BODY >> 20)),
+            BodyEnd::Broken(e) => Some(format!(
+                "the answer broke off after {} bytes: {}",
+                body.len(),
+                describe_reqwest_error(&e.without_url())
+            )),
+        };
+        if let Some(why) = cut {
+            return Err(unavailable(format!(
+                "{} at {}: {why}",
+                self.dialect_name(),
+                self.endpoint
+            )));
         }
         serde_json::from_slice(&body).map_err(|e| {
             unavailable(format!(
