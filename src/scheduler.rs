@@ -485,6 +485,32 @@ mod tests {
         }
     }
 
+    /// The scheduler on its own task, as the agent runs it; its stop token and counters.
+    fn spawn_scheduler(
+        jobs: Vec<Job>,
+        out: mpsc::Sender<Record>,
+        commands: mpsc::Receiver<Command>,
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        CancellationToken,
+        Arc<Counters>,
+    ) {
+        let identity = Identity {
+            agent: "a".into(),
+            site: "s".into(),
+        };
+        let (stop, counters) = (CancellationToken::new(), Arc::new(Counters::default()));
+        let scheduler = tokio::spawn(run(
+            jobs,
+            identity,
+            out,
+            Arc::clone(&counters),
+            stop.clone(),
+            commands,
+        ));
+        (scheduler, stop, counters)
+    }
+
     /// Issue 15: ICMP targets given by address run as rows of their probe's one loop, not as a task
     /// each, with the per-target loop's contract: every target measured every interval, a target
     /// removed mid-round never stored cut short, added again it resumes, and at the stop nothing
@@ -499,22 +525,10 @@ mod tests {
         jobs.push(icmp_job("named", "localhost", &client));
         let (out, mut records) = mpsc::channel(1024);
         let (commands, receiver) = mpsc::channel(4);
-        let (stop, counters) = (CancellationToken::new(), Arc::new(Counters::default()));
         let tasks_before = tokio::runtime::Handle::current()
             .metrics()
             .num_alive_tasks();
-        let identity = Identity {
-            agent: "a".into(),
-            site: "s".into(),
-        };
-        let scheduler = tokio::spawn(run(
-            jobs,
-            identity,
-            out,
-            Arc::clone(&counters),
-            stop.clone(),
-            receiver,
-        ));
+        let (scheduler, stop, counters) = spawn_scheduler(jobs, out, receiver);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let tasks = tokio::runtime::Handle::current()
             .metrics()
@@ -596,20 +610,7 @@ mod tests {
             ];
             let (out, mut records) = mpsc::channel(1);
             let (_commands, receiver) = mpsc::channel(1);
-            let stop = CancellationToken::new();
-            let identity = Identity {
-                agent: "a".into(),
-                site: "s".into(),
-            };
-            let counters = Arc::new(Counters::default());
-            let scheduler = tokio::spawn(run(
-                jobs,
-                identity,
-                out,
-                Arc::clone(&counters),
-                stop.clone(),
-                receiver,
-            ));
+            let (scheduler, stop, counters) = spawn_scheduler(jobs, out, receiver);
             tokio::time::sleep(Duration::from_millis(1300)).await;
             stop.cancel();
             // a's second round ends cut short in the session while the loop still waits.

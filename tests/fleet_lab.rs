@@ -138,6 +138,15 @@ min_hold = "10s"
     text
 }
 
+/// What [`Fleet::draft`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// The draft, whatever its fleet view says.
+    Any,
+    /// The draft with the fleet view in it.
+    Arrived,
+}
+
 /// Three agents, one per site, and the lab and store they run on.
 struct Fleet {
     dir: tempfile::TempDir,
@@ -203,38 +212,19 @@ impl Fleet {
     }
 
     /// The draft of `site`'s incident for `target`, once written (its `incident.md`), within
-    /// `limit` of `since`: whatever its fleet view.
+    /// `limit` of `since`. With [`View::Arrived`], a draft with the fleet view in it: a loaded
+    /// machine may keep the store from answering within the budget (then the draft says so, the
+    /// product's designed behaviour), and the view comes with the next ask,
+    /// [`fleet_view::REFRESH`] later, when the draft is rewritten.
     async fn draft(
         &self,
         site: Site,
         target: &str,
         since: Instant,
         limit: Duration,
+        view: View,
     ) -> (Incident, String) {
-        self.wait_for_draft(site, target, since, limit, false).await
-    }
-
-    /// As [`Fleet::draft`], with the fleet view in it. A loaded machine may keep the store from
-    /// answering within the budget (then the draft says so, the product's designed behaviour):
-    /// the view comes with the next ask, [`fleet_view::REFRESH`] later, and the draft is rewritten.
-    async fn draft_with_view(
-        &self,
-        site: Site,
-        target: &str,
-        since: Instant,
-        limit: Duration,
-    ) -> (Incident, String) {
-        self.wait_for_draft(site, target, since, limit, true).await
-    }
-
-    async fn wait_for_draft(
-        &self,
-        site: Site,
-        target: &str,
-        since: Instant,
-        limit: Duration,
-        with_view: bool,
-    ) -> (Incident, String) {
+        let with_view = view == View::Arrived;
         let mut deadline = since + limit;
         let mut unavailable: Option<String> = None;
         loop {
@@ -309,7 +299,13 @@ async fn uplink_cut(kind: &str) {
     let at = Instant::now();
     fleet.lab.cut_uplink(Site::Scl3, true);
     let (incident, md) = fleet
-        .draft_with_view(Site::Scl3, "aws-gw", at, Duration::from_secs(40))
+        .draft(
+            Site::Scl3,
+            "aws-gw",
+            at,
+            Duration::from_secs(40),
+            View::Arrived,
+        )
         .await;
     let seen = seen_section(&md);
     let verdict = incident
@@ -370,7 +366,7 @@ async fn target_down(kind: &str) {
         .target_down("198.19.0.2".parse().expect("address"), true);
     for site in Site::ALL {
         let (incident, md) = fleet
-            .draft_with_view(site, "aws-api", at, Duration::from_secs(40))
+            .draft(site, "aws-api", at, Duration::from_secs(40), View::Arrived)
             .await;
         let seen = seen_section(&md);
         assert!(
@@ -406,7 +402,7 @@ async fn shared_transit(kind: &str) {
     fleet.lab.shared_transit_loss(30);
     for site in [Site::Scl3, Site::Sjc1] {
         let (incident, md) = fleet
-            .draft_with_view(site, "aws-gw", at, Duration::from_secs(45))
+            .draft(site, "aws-gw", at, Duration::from_secs(45), View::Arrived)
             .await;
         let seen = seen_section(&md);
         let verdict = incident
@@ -446,7 +442,7 @@ async fn store_down(kind: &str) {
     for site in Site::ALL {
         // The rule needs ~4 s of lost echoes; the draft must not wait on the store beyond that.
         let (_, md) = fleet
-            .draft(site, "aws-api", at, Duration::from_secs(30))
+            .draft(site, "aws-api", at, Duration::from_secs(30), View::Any)
             .await;
         let seen = seen_section(&md);
         assert!(

@@ -549,6 +549,9 @@ async fn promql_gives_every_sites_figures_from_victoriametrics() {
 
 #[tokio::test]
 async fn a_store_that_is_down_or_slow_is_a_reason_within_the_budget() {
+    let store_at = |dialect, url: &str, budget| {
+        FleetStore::new(&fleet(dialect, url, "central", budget), &output_base(url)).expect("store")
+    };
     // Down: nothing listens.
     let port = support::free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -558,11 +561,7 @@ async fn a_store_that_is_down_or_slow_is_a_reason_within_the_budget() {
         until: SystemTime::now(),
     };
     for dialect in [FleetDialect::Influxql, FleetDialect::Promql] {
-        let store = FleetStore::new(
-            &fleet(dialect, &url, "central", Duration::from_secs(2)),
-            &output_base(&url),
-        )
-        .expect("store");
+        let store = store_at(dialect, &url, Duration::from_secs(2));
         let error = store.query(&request).await.expect_err("down").to_string();
         assert!(error.contains(&url) && error.contains("onnect"), "{error}");
         // The endpoint is named once; the query (the URL's query string) is not repeated.
@@ -575,16 +574,7 @@ async fn a_store_that_is_down_or_slow_is_a_reason_within_the_budget() {
     // Slow: accepts, never answers → the budget, not the store, ends the wait.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let store = FleetStore::new(
-        &fleet(
-            FleetDialect::Influxql,
-            &url,
-            "central",
-            Duration::from_millis(800),
-        ),
-        &output_base(&url),
-    )
-    .expect("store");
+    let store = store_at(FleetDialect::Influxql, &url, Duration::from_millis(800));
     let started = Instant::now();
     let error = store.query(&request).await.expect_err("slow").to_string();
     assert!(
@@ -606,16 +596,7 @@ async fn a_store_that_is_down_or_slow_is_a_reason_within_the_budget() {
         },
     ))
     .await;
-    let store = FleetStore::new(
-        &fleet(
-            FleetDialect::Influxql,
-            &server.url,
-            "central",
-            Duration::from_secs(3),
-        ),
-        &output_base(&server.url),
-    )
-    .expect("store");
+    let store = store_at(FleetDialect::Influxql, &server.url, Duration::from_secs(3));
     let error = store.query(&request).await.expect_err("html").to_string();
     assert!(error.contains("not the JSON expected"), "{error}");
     let error = store.query(&request).await.expect_err("huge").to_string();
@@ -641,16 +622,7 @@ async fn a_store_that_is_down_or_slow_is_a_reason_within_the_budget() {
             let _ = socket.shutdown().await;
         }
     });
-    let store = FleetStore::new(
-        &fleet(
-            FleetDialect::Influxql,
-            &url,
-            "central",
-            Duration::from_secs(3),
-        ),
-        &output_base(&url),
-    )
-    .expect("store");
+    let store = store_at(FleetDialect::Influxql, &url, Duration::from_secs(3));
     let error = store.query(&request).await.expect_err("broken").to_string();
     assert!(
         error.contains("the answer broke off after 10 bytes: ") && !error.contains("larger than"),
