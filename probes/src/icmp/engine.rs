@@ -4,7 +4,7 @@
 //! `sendmmsg`.
 //!
 //! A round lives in a slot of [`Engine::slots`]. Every echo of a round carries the same stamp:
-//! the slot's index and generation, under the echo's HMAC tag ([`super::packet`]). A verified reply
+//! the slot's index and generation, under the echo's tag ([`super::packet`]). A verified reply
 //! therefore names its round directly (an array index, no table lookup), and a reply for a round
 //! that already ended names an old generation and is dropped as late. The sequence number gives the
 //! echo within the round (`seq - base_seq`).
@@ -686,7 +686,7 @@ mod tests {
             Family::V4,
             SocketKind::Raw,
             IDENT,
-            EchoKey::from_secret(&[3; 32]),
+            EchoKey::from_secret(&[3; 16]),
             Arc::new(AtomicU64::new(0)),
         )
     }
