@@ -858,6 +858,7 @@ async fn drive(
             }
             None => (Instant::now() + idle, true),
         };
+        engine.send_ended();
         registration = match registration.set(listen || blocked) {
             Ok(registration) => registration,
             Err(error) => {

@@ -179,6 +179,10 @@ pub(super) struct Engine {
     stop_pending: bool,
     /// [`Command::Cancel`]s not yet applied: (whose, which).
     cancels: Vec<(Results, Vec<u32>)>,
+    /// Ends of batches' rounds, sent together when the loop is about to wait
+    /// ([`Engine::send_ended`]): one wake-up of a batch's reader per pass, not one per round
+    /// (6,500 wake-ups of `vantage ping`'s main thread for 10,000 targets).
+    ended: Vec<(u32, u32, RoundEnd)>,
 }
 
 impl Engine {
@@ -205,6 +209,7 @@ impl Engine {
             rejected,
             stop_pending: false,
             cancels: Vec::new(),
+            ended: Vec::new(),
         }
     }
 
@@ -359,22 +364,30 @@ impl Engine {
         }
     }
 
-    /// Hand a round's end to whoever waits for it.
+    /// Hand a round's end to whoever waits for it (a batch's: at [`Engine::send_ended`]).
     fn deliver(&mut self, owner: Owner, end: RoundEnd) {
         match owner {
             Owner::One { reply, .. } => {
                 let _ = reply.send(end);
             }
-            Owner::Batch { batch, index } => {
-                if let Some(waiting) = self.batches.get_mut(&batch) {
-                    let _ = waiting.results.send((index, end));
-                    waiting.running -= 1;
-                    if waiting.running == 0 {
-                        self.batches.remove(&batch);
-                    }
+            Owner::Batch { batch, index } => self.ended.push((batch, index, end)),
+        }
+    }
+
+    /// Send the batches' round ends that [`Engine::deliver`] kept, and let go of the batches
+    /// whose last round ended.
+    pub fn send_ended(&mut self) {
+        let mut ended = std::mem::take(&mut self.ended);
+        for (batch, index, end) in ended.drain(..) {
+            if let Some(waiting) = self.batches.get_mut(&batch) {
+                let _ = waiting.results.send((index, end));
+                waiting.running -= 1;
+                if waiting.running == 0 {
+                    self.batches.remove(&batch);
                 }
             }
         }
+        self.ended = ended;
     }
 
     /// Rounds whose stop token fired send no more echoes; those already sent are still awaited.
@@ -921,6 +934,11 @@ mod tests {
                 Received::Reply(Verdict::Counted)
             );
         }
+        assert!(
+            ended.try_recv().is_err(),
+            "ends wait for the end of the pass, to go out together"
+        );
+        engine.send_ended();
         let mut got = Vec::new();
         while let Ok((index, end)) = ended.try_recv() {
             got.push((index, end.rtts.len(), end.rtts[0].is_some()));
