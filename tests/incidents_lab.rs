@@ -158,6 +158,18 @@ impl Setup {
 
 use probes::unix_ns;
 
+/// Detected within a second before (times in a draft are whole seconds) and 4 s after the window's
+/// breach: the rule's `for` (1 s), its next tick (≤ 1 s) and a margin.
+fn assert_detected_near_breach(target: &str, detected: SystemTime, breached: SystemTime) {
+    assert!(
+        detected + Duration::from_secs(1) >= breached
+            && detected <= breached + Duration::from_secs(4),
+        "{target}: detected at {}, but its window breached at {}",
+        humantime::format_rfc3339_millis(detected),
+        humantime::format_rfc3339_millis(breached)
+    );
+}
+
 fn wait_for<T>(
     what: &str,
     limit: Duration,
@@ -242,13 +254,7 @@ targets = ["far"]
     // whole seconds), and the draft, with its 20-round trace at breach, within 20 s of that.
     let breached = setup.window_breached("far", injected_at, 20, 5);
     let detected = incidents[0].detected_at.0;
-    assert!(
-        detected + Duration::from_secs(1) >= breached
-            && detected <= breached + Duration::from_secs(4),
-        "detected at {}, but the window breached at {}",
-        humantime::format_rfc3339_millis(detected),
-        humantime::format_rfc3339_millis(breached)
-    );
+    assert_detected_near_breach("far", detected, breached);
     let drafting = written.duration_since(detected).unwrap_or_default();
     assert!(
         drafting <= Duration::from_secs(20),
@@ -716,14 +722,7 @@ min_hold = "10s"
         let target = incident.key.trim_start_matches("loss/target/");
         let breached = setup.window_breached(target, injected_at, 20, 5);
         latest_breach = latest_breach.max(breached);
-        let detected = incident.detected_at.0;
-        assert!(
-            detected + Duration::from_secs(1) >= breached
-                && detected <= breached + Duration::from_secs(4),
-            "{target}: detected at {}, but its window breached at {}",
-            humantime::format_rfc3339_millis(detected),
-            humantime::format_rfc3339_millis(breached)
-        );
+        assert_detected_near_breach(target, incident.detected_at.0, breached);
     }
     let group = drafted
         .iter()
