@@ -2,10 +2,10 @@
 //! thing (targets, probes, jobs, rules, outputs, incident sinks), by name. Pure: the agent applies it
 //! ([`super::Agent::reconfigure`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
-use crate::config::{AgentConfig, Config, ProbeConfig, RuleConfig};
+use crate::config::{AgentConfig, Config, ProbeConfig, RuleConfig, Target};
 use crate::scheduler::JobKey;
 
 /// Names added, removed and changed (same name, different settings), each sorted.
@@ -18,23 +18,26 @@ pub struct Changes {
 
 impl Changes {
     /// Compare two lists of named things; `same` says whether two of one name are equivalent.
+    /// Linear in the lists' lengths (by name, through a hash map): an agent reloads 10,000 targets.
     pub fn between<T>(
         old: &[T],
         new: &[T],
-        name: impl Fn(&T) -> String,
+        name: impl Fn(&T) -> &str,
         same: impl Fn(&T, &T) -> bool,
     ) -> Changes {
+        let old_by_name: HashMap<&str, &T> = old.iter().map(|o| (name(o), o)).collect();
+        let new_names: HashSet<&str> = new.iter().map(&name).collect();
         let mut changes = Changes::default();
         for item in new {
-            match old.iter().find(|o| name(o) == name(item)) {
-                None => changes.added.push(name(item)),
-                Some(before) if !same(before, item) => changes.changed.push(name(item)),
+            match old_by_name.get(name(item)) {
+                None => changes.added.push(name(item).to_string()),
+                Some(before) if !same(before, item) => changes.changed.push(name(item).to_string()),
                 Some(_) => {}
             }
         }
         for item in old {
-            if !new.iter().any(|n| name(n) == name(item)) {
-                changes.removed.push(name(item));
+            if !new_names.contains(name(item)) {
+                changes.removed.push(name(item).to_string());
             }
         }
         changes.added.sort();
@@ -91,31 +94,22 @@ pub struct ReloadReport {
 impl ReloadReport {
     /// The diff from `old` to `new` (nothing resolved yet: the agent fills that in).
     pub fn between(old: &Config, new: &Config) -> ReloadReport {
+        let both = InBoth::new(old, new);
         ReloadReport {
-            targets: Changes::between(
-                &old.targets,
-                &new.targets,
-                |t| t.name.clone(),
-                PartialEq::eq,
-            ),
-            probes: Changes::between(&old.probes, &new.probes, |p| p.name.clone(), PartialEq::eq),
+            targets: Changes::between(&old.targets, &new.targets, |t| &t.name, PartialEq::eq),
+            probes: Changes::between(&old.probes, &new.probes, |p| &p.name, PartialEq::eq),
             jobs: job_changes(old, new),
             rules: Changes::between(
                 &old.rules,
                 &new.rules,
-                |r| r.name.clone(),
-                |a, b| same_rule(a, b, old, new),
+                |r| &r.name,
+                |a, b| same_rule(a, b, &both),
             ),
-            outputs: Changes::between(
-                &old.outputs,
-                &new.outputs,
-                |o| o.name.clone(),
-                PartialEq::eq,
-            ),
+            outputs: Changes::between(&old.outputs, &new.outputs, |o| &o.name, PartialEq::eq),
             incident_sinks: Changes::between(
                 &old.incident_sinks,
                 &new.incident_sinks,
-                |s| s.name.clone(),
+                |s| &s.name,
                 PartialEq::eq,
             ),
             incidents_settings: old.incidents != new.incidents,
@@ -185,6 +179,19 @@ fn job_changes(old: &Config, new: &Config) -> Changes {
         targets: Vec::new(),
         ..probe.clone()
     };
+    let old_probes: HashMap<&str, &ProbeConfig> =
+        old.probes.iter().map(|p| (p.name.as_str(), p)).collect();
+    let probes_changed: HashSet<&str> = new
+        .probes
+        .iter()
+        .filter(|p| {
+            old_probes
+                .get(p.name.as_str())
+                .is_some_and(|before| settings(before) != settings(p))
+        })
+        .map(|p| p.name.as_str())
+        .collect();
+    let (old_targets, new_targets) = (targets_by_name(old), targets_by_name(new));
     let mut changes = Changes {
         added: after.difference(&before).map(name).collect(),
         removed: before.difference(&after).map(name).collect(),
@@ -192,26 +199,54 @@ fn job_changes(old: &Config, new: &Config) -> Changes {
     };
     for key in before.intersection(&after) {
         let (probe, target) = key;
-        let probe_changed = old.probe(probe).map(settings) != new.probe(probe).map(settings);
-        let target_changed = old.target(target) != new.target(target);
-        if probe_changed || target_changed {
+        let target_changed = old_targets.get(target.as_str()) != new_targets.get(target.as_str());
+        if probes_changed.contains(probe.as_str()) || target_changed {
             changes.changed.push(name(key));
         }
     }
     changes
 }
 
+fn targets_by_name(config: &Config) -> HashMap<&str, &Target> {
+    config
+        .targets
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect()
+}
+
+/// The names of the targets and of the probes that both configurations have.
+struct InBoth<'a> {
+    names: HashSet<&'a str>,
+}
+
+impl<'a> InBoth<'a> {
+    fn new(old: &'a Config, new: &Config) -> InBoth<'a> {
+        let new_names: HashSet<&str> = new
+            .targets
+            .iter()
+            .map(|t| t.name.as_str())
+            .chain(new.probes.iter().map(|p| p.name.as_str()))
+            .collect();
+        let names = old
+            .targets
+            .iter()
+            .map(|t| t.name.as_str())
+            .chain(old.probes.iter().map(|p| p.name.as_str()))
+            .filter(|n| new_names.contains(n))
+            .collect();
+        InBoth { names }
+    }
+}
+
 /// Whether a rule is the same in `old` and `new`: same settings, and the same probes and targets
 /// among those both configurations have (a rule without a `targets` list covers every target, so
 /// a target added or removed does not change the rule).
-fn same_rule(a: &RuleConfig, b: &RuleConfig, old: &Config, new: &Config) -> bool {
+fn same_rule(a: &RuleConfig, b: &RuleConfig, both: &InBoth<'_>) -> bool {
     let common = |names: &[String]| -> Vec<String> {
         names
             .iter()
-            .filter(|n| {
-                (old.target(n).is_some() && new.target(n).is_some())
-                    || (old.probe(n).is_some() && new.probe(n).is_some())
-            })
+            .filter(|n| both.names.contains(n.as_str()))
             .cloned()
             .collect()
     };
@@ -316,6 +351,36 @@ mod tests {
         assert_eq!(
             ReloadReport::between(&old, &old).to_string(),
             "nothing changed"
+        );
+    }
+
+    /// At 10,000 targets the diff once compared every name with every other (two `String`s
+    /// allocated per comparison): `systemctl reload` took 21.6 s. Counted in name lookups, not
+    /// time: a count does not depend on the machine.
+    #[test]
+    fn changes_between_reads_each_name_a_bounded_number_of_times() {
+        let old: Vec<String> = (0..2_000).map(|i| format!("t{i}")).collect();
+        let mut new = old.clone();
+        new[7] = "moved".into();
+        let lookups = std::cell::Cell::new(0_usize);
+        let changes = Changes::between(
+            &old,
+            &new,
+            |name| {
+                lookups.set(lookups.get() + 1);
+                name.as_str()
+            },
+            |a, b| a == b,
+        );
+        assert_eq!(changes.added, ["moved"]);
+        assert_eq!(changes.removed, ["t7"]);
+        assert!(changes.changed.is_empty());
+        let per_name = lookups.get() as f64 / (old.len() + new.len()) as f64;
+        assert!(
+            per_name <= 3.0,
+            "{} name lookups for {} names ({per_name:.1} each): the diff is no longer linear",
+            lookups.get(),
+            old.len() + new.len()
         );
     }
 
