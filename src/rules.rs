@@ -719,9 +719,14 @@ impl Engine {
 
     /// Whether an alert has this dedup key (its rule and target are in the configuration).
     pub fn has_alert(&self, key: &str) -> bool {
+        self.alert_keys().any(|k| k == key)
+    }
+
+    /// Every alert's dedup key (to look many up: collect them into a set once).
+    pub fn alert_keys(&self) -> impl Iterator<Item = &str> {
         self.rules
             .iter()
-            .any(|r| r.alerts.iter().any(|a| &*a.key == key))
+            .flat_map(|r| r.alerts.iter().map(|a| &*a.key))
     }
 
     /// Take a new configuration (reload) without forgetting what was seen: a rule whose settings
@@ -780,8 +785,11 @@ impl Engine {
                     }
                 }
             }
+            // By key, not a scan per alert: a rule over 10,000 targets has 10,000 alerts.
+            let old_alerts: HashMap<&str, &Alert> =
+                old.alerts.iter().map(|a| (a.key.as_ref(), a)).collect();
             for alert in &mut rule.alerts {
-                if let Some(old) = old.alerts.iter().find(|a| a.key == alert.key) {
+                if let Some(old) = old_alerts.get(&*alert.key) {
                     // A pending alert of a changed rule waits again, under its new condition.
                     if unchanged || matches!(old.phase, Phase::Firing { .. }) {
                         alert.phase = old.phase.clone();

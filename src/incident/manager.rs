@@ -264,8 +264,11 @@ impl Manager {
         self.history = config.incidents.history;
         self.rules = config.rules.clone();
         self.diagnostics = diagnostics;
+        // Sets, not a scan per incident: a mass outage at 10,000 targets holds 10,000 incidents.
+        let alerts: HashSet<&str> = engine.alert_keys().collect();
+        let targets: HashSet<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
         self.queue.retain(|queued| {
-            let kept = engine.has_alert(&queued.transition.key);
+            let kept = alerts.contains(queued.transition.key.as_str());
             if !kept {
                 tracing::warn!(key = %queued.transition.key, kind = queued.transition.kind.as_str(), "reload: dropping an unrecorded transition; its rule or target left the configuration");
             }
@@ -273,7 +276,7 @@ impl Manager {
         });
         let mut resolved = Vec::new();
         for mut incident in self.db.open_incidents()? {
-            if engine.has_alert(&incident.key) {
+            if alerts.contains(incident.key.as_str()) {
                 continue;
             }
             let rule = &incident.rule.name;
@@ -281,7 +284,7 @@ impl Manager {
                 _ if config.rules.iter().all(|r| r.name != *rule) => {
                     format!("rule `{rule}` removed from the configuration at reload")
                 }
-                crate::rules::Scope::Target { target } if config.target(target).is_none() => {
+                crate::rules::Scope::Target { target } if !targets.contains(target.as_str()) => {
                     format!("target `{target}` removed from the configuration at reload")
                 }
                 scope => format!(

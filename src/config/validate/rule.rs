@@ -2,6 +2,7 @@
 //! Cross-checks (a probe or target a rule names, the label a group rule groups by) run against
 //! what the earlier sections defined, so a mistake there is not reported twice.
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -323,14 +324,18 @@ impl Checker<'_> {
     ) -> Option<Vec<String>> {
         let [_, _, _, _, targets_key, ..] = &RULE;
         // The targets it watches: listed (each measured by one of its probes), or all of theirs.
-        let measured = |target: &str, probes: &[&ProbeConfig]| {
-            probes.iter().any(|p| p.targets.iter().any(|t| t == target))
-        };
+        // A set, not a scan per target: 10,000 targets made this 10^8 comparisons per rule.
+        let measured_by: HashSet<&str> = rule_probes
+            .iter()
+            .flat_map(|probes| probes.iter())
+            .flat_map(|p| p.targets.iter().map(String::as_str))
+            .collect();
+        let measured = |target: &str| measured_by.contains(target);
         match (table.get(targets_key.name), &rule_probes) {
-            (None, Some(rule_probes)) => Some(
+            (None, Some(_)) => Some(
                 targets
                     .iter()
-                    .filter(|t| measured(&t.name, rule_probes))
+                    .filter(|t| measured(&t.name))
                     .map(|t| t.name.clone())
                     .collect(),
             ),
@@ -352,9 +357,7 @@ impl Checker<'_> {
                             .unwrap_or_default();
                         let mut valid = true;
                         for (target, entry) in listed.iter().zip(entries) {
-                            if !measured(target, rule_probes)
-                                && targets.iter().any(|t| &t.name == target)
-                            {
+                            if !measured(target) && targets.iter().any(|t| &t.name == target) {
                                 let probe_names: Vec<&str> =
                                     rule_probes.iter().map(|p| p.name.as_str()).collect();
                                 self.error(
