@@ -623,10 +623,12 @@ impl Engine {
         false
     }
 
-    /// Forget what a member has seen: its window empties and its state is `Unknown` again, as
-    /// if it had never reported. The fleet evaluator calls it for a source that cannot be a
+    /// Forget what a member has seen lately: its window empties and its state is `Unknown` again,
+    /// as if it had never reported. The fleet evaluator calls it for a source that cannot be a
     /// witness (a site that is down, or silent for the whole read); alerts re-evaluate on the
-    /// next [`Engine::tick`].
+    /// next [`Engine::tick`]. A latency rule's baseline history stays (it ages out by time at the
+    /// next value): a source that comes back is judged against what it measured before, not
+    /// against its first few rounds after the gap.
     pub fn forget(&mut self, probe: &str, target: &str) {
         let route = self.route(probe, target);
         for pair in route.first..route.first + route.len {
