@@ -2,7 +2,8 @@
 //!
 //! One [`IcmpClient`] holds one socket per address family (raw, or unprivileged datagram), shared
 //! by every round. Each socket has one loop ([`drive`], on a thread of its own) that runs every round on it
-//! from a deadline heap ([`engine`]): due echoes are built into a preallocated batch and sent with
+//! from its deadlines ([`engine`], [`deadlines`]: a FIFO lane per spacing or timeout, a heap for
+//! the rest): due echoes are built into a preallocated batch and sent with
 //! one `sendmmsg`, replies read with `recvmmsg` and timed by the kernel's receive stamps
 //! (`SO_TIMESTAMPNS`). Per round there is one slot in an array and one message each way (its start,
 //! its result); nothing per echo is allocated, locked or spawned. [`IcmpClient::rounds`] starts
@@ -24,6 +25,7 @@
 //! and building use `pnet_packet`, sockets `socket2`, and the "is this reply ours?" rules are pure
 //! functions in [`packet`] with byte-level tests.
 
+mod deadlines;
 mod engine;
 mod packet;
 

@@ -1,7 +1,7 @@
 //! The per-socket state machine behind [`super::IcmpClient`]: every round on one socket, in compact
-//! arrays, driven by one loop ([`super::drive`]) from a deadline heap. No locks, no task, timer or
-//! channel per round or echo; echoes are built into a preallocated batch and go out with one
-//! `sendmmsg`.
+//! arrays, driven by one loop ([`super::drive`]) from its deadlines ([`super::deadlines`]). No
+//! locks, no task, timer or channel per round or echo; echoes are built into a preallocated batch
+//! and go out with one `sendmmsg`.
 //!
 //! A round lives in a slot of [`Engine::slots`]. Every echo of a round carries the same stamp:
 //! the slot's index and generation, under the echo's tag ([`super::packet`]). A verified reply
@@ -11,8 +11,7 @@
 //!
 //! Pure bookkeeping: time is passed in, sockets are the caller's; tested on its own below.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +21,7 @@ use nix::sys::socket::SockaddrStorage;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::deadlines::Deadlines;
 use super::packet::{
     EchoKey, Family, Inbound, PAYLOAD_LEN, Rejected, SocketKind, classify, write_echo_request,
 };
@@ -166,7 +166,7 @@ pub(super) struct Engine {
     free: Vec<u32>,
     /// (when, slot, generation): a round's next send or its end. Entries whose round moved on
     /// are skipped when they come up.
-    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    deadlines: Deadlines,
     /// Echoes each address's rounds hold (at most [`MAX_OUTSTANDING_PER_ADDRESS`]).
     held: HashMap<IpAddr, usize>,
     batches: HashMap<u32, BatchOwner>,
@@ -200,7 +200,7 @@ impl Engine {
             key,
             slots: Vec::new(),
             free: Vec::new(),
-            deadlines: BinaryHeap::new(),
+            deadlines: Deadlines::default(),
             held: HashMap::new(),
             batches: HashMap::new(),
             next_batch: 0,
@@ -348,8 +348,7 @@ impl Engine {
             failure: None,
             owner,
         });
-        self.deadlines
-            .push(Reverse((start, index, slot.generation)));
+        self.deadlines.push((start, index, slot.generation), None);
         Ok(())
     }
 
@@ -443,21 +442,22 @@ impl Engine {
             self.finish(index);
         } else {
             let end = round.last_send + round.plan.timeout;
-            self.reschedule(index, end.max(now));
+            self.reschedule(index, end.max(now), None);
         }
     }
 
-    fn reschedule(&mut self, index: u32, at: Instant) {
+    /// `delay`: `at` is an echo's send time plus this fixed delay (see [`Deadlines::push`]).
+    fn reschedule(&mut self, index: u32, at: Instant, delay: Option<Duration>) {
         let slot = &mut self.slots[index as usize];
         if let Some(round) = &mut slot.round {
             round.deadline = at;
-            self.deadlines.push(Reverse((at, index, slot.generation)));
+            self.deadlines.push((at, index, slot.generation), delay);
         }
     }
 
     /// When the loop must next wake for a send or a round's end.
     pub fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(Reverse((at, index, generation))) = self.deadlines.peek().copied() {
+        while let Some((at, index, generation)) = self.deadlines.peek() {
             if self.current(at, index, generation) {
                 return Some(at);
             }
@@ -476,7 +476,7 @@ impl Engine {
     pub fn due(&mut self, now: Instant, batch: &mut SendBatch) {
         batch.len = 0;
         while batch.len < BATCH {
-            let Some(Reverse((at, index, generation))) = self.deadlines.peek().copied() else {
+            let Some((at, index, generation)) = self.deadlines.peek() else {
                 break;
             };
             if at > now {
@@ -502,7 +502,7 @@ impl Engine {
                 if round.sent == 0 || round.state.all_answered(round.sent) || now >= end {
                     self.finish(index);
                 } else {
-                    self.reschedule(index, end);
+                    self.reschedule(index, end, None);
                 }
                 continue;
             }
@@ -542,19 +542,22 @@ impl Engine {
             let message = format!("sending to {}: {}", round.addr, error.desc());
             round.failure = Some(Outcome::failure(kind, message));
         }
-        let next = if round.sending() {
-            round.start + round.plan.spacing * round.sent as u32
+        // The next send is due a spacing after this one was (they leave in deadline order); the
+        // end, a timeout after this echo left.
+        let (next, delay) = if round.sending() {
+            let spacing = round.plan.spacing;
+            (round.start + spacing * round.sent as u32, spacing)
         } else {
-            at + round.plan.timeout
+            (at + round.plan.timeout, round.plan.timeout)
         };
-        self.reschedule(index, next);
+        self.reschedule(index, next, Some(delay));
     }
 
     /// Echo `k` of `batch` could not go out yet (the send buffer is full): it stays due, untouched.
     pub fn unsent(&mut self, batch: &SendBatch, k: usize) {
         let (index, generation, at) = batch.owners[k];
         if self.slots[index as usize].generation == generation {
-            self.deadlines.push(Reverse((at, index, generation)));
+            self.deadlines.push((at, index, generation), None);
         }
     }
 
