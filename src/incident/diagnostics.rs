@@ -3,17 +3,19 @@
 //! verdict ([`probes::verdict_text`]: where loss starts, where latency steps up).
 //!
 //! Off the rules thread and bounded: [`Diagnostics::start`] returns at once, and the traces run
-//! on threads of their own, at most [`MAX_CONCURRENT_TRACES`] at a time (the others wait their
-//! turn), each for at most `ROUNDS × ROUND + grace`. A trace to a target already being traced, or
+//! on at most [`MAX_CONCURRENT_TRACES`] threads of their own (the others wait their turn in a
+//! queue, not on a thread each: a mass outage asks for thousands), each for at most
+//! `ROUNDS × ROUND + grace`. One whose turn comes after every incident that asked for it stopped
+//! waiting ([`EVIDENCE_WAIT`]) is not run. A trace to a target already being traced, or
 //! traced in the last [`REUSE`], serves every incident that asks (a per-target and a group
 //! incident opening for one fault share it). The manager polls; an incident waits at most
 //! [`EVIDENCE_WAIT`] for its traces, and one not done by then is not attached. When the agent
 //! stops, traces waiting for their turn are dropped and running ones are not waited for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use probes::net::has_cap_net_raw;
@@ -58,10 +60,31 @@ pub struct TraceDiagnostics {
 #[derive(Debug, Default)]
 struct Tracer {
     traces: Mutex<HashMap<String, Trace>>,
-    /// Traces running now; at most [`MAX_CONCURRENT_TRACES`].
-    running: Mutex<usize>,
-    freed: Condvar,
+    queue: Mutex<Queue>,
     stopping: AtomicBool,
+}
+
+/// Traces asked for and not started, oldest first, and the threads running them.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// At most [`MAX_CONCURRENT_TRACES`].
+    workers: usize,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("jobs", &self.jobs.len())
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+/// One target's trace, to run once a worker is free.
+struct Job {
+    name: String,
+    trace: Box<dyn FnOnce() -> Traced + Send>,
 }
 
 /// One target's latest trace.
@@ -70,6 +93,8 @@ struct Trace {
     /// None while it waits or runs.
     result: Option<Arc<Traced>>,
     finished: Option<Instant>,
+    /// When an incident last asked for it.
+    asked: Instant,
 }
 
 /// What one trace found: the address traced and the observation, or why it could not run.
@@ -114,61 +139,115 @@ impl TraceDiagnostics {
             .traces
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(trace) = traces.get(name)
-            && trace.finished.is_none_or(|at| at.elapsed() < REUSE)
-        {
-            return;
+        if let Some(trace) = traces.get_mut(name) {
+            if trace.finished.is_none() {
+                // Waiting or running: one more incident waits for it, from now.
+                trace.asked = Instant::now();
+                return;
+            }
+            if trace.finished.is_some_and(|at| at.elapsed() < REUSE) {
+                return;
+            }
         }
         traces.insert(
             name.to_string(),
             Trace {
                 result: None,
                 finished: None,
+                asked: Instant::now(),
             },
         );
         drop(traces);
         let target = self.targets[name].clone();
         let settings = self.settings(&target.host);
-        let tracer = Arc::clone(&self.tracer);
-        let name = name.to_string();
-        let spawned = std::thread::Builder::new()
-            .name(format!("trace-{name}"))
-            .spawn({
-                let (tracer, name) = (Arc::clone(&tracer), name.clone());
-                move || {
-                    let result = tracer.run(|| {
-                        resolve_blocking(&target.host, target.family)
-                            .map(|ip| (ip, probes::trace::run_blocking(&settings, ip)))
-                    });
-                    tracer.finish(&name, result);
-                }
-            });
-        if let Err(error) = spawned {
-            tracer.finish(&name, Err(format!("cannot start a trace thread: {error}")));
-        }
+        Tracer::submit(&self.tracer, name.to_string(), move || {
+            resolve_blocking(&target.host, target.family)
+                .map(|ip| (ip, probes::trace::run_blocking(&settings, ip)))
+        });
     }
 }
 
 impl Tracer {
-    /// Run `trace` once a slot is free (or not at all if the agent is stopping).
-    fn run(&self, trace: impl FnOnce() -> Traced) -> Traced {
-        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        while *running >= MAX_CONCURRENT_TRACES && !self.stopping.load(Ordering::Relaxed) {
-            running = self
-                .freed
-                .wait_timeout(running, Duration::from_millis(200))
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+    /// Queue `trace` for `name` (its entry in `traces` already made); a worker runs it once one is
+    /// free, or not at all if the agent is stopping.
+    fn submit(tracer: &Arc<Tracer>, name: String, trace: impl FnOnce() -> Traced + Send + 'static) {
+        if tracer.stopping.load(Ordering::Relaxed) {
+            tracer.finish(&name, Err("not run: the agent is stopping".into()));
+            return;
         }
-        if self.stopping.load(Ordering::Relaxed) {
-            return Err("not run: the agent is stopping".into());
+        let mut queue = tracer.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.jobs.push_back(Job {
+            name,
+            trace: Box::new(trace),
+        });
+        if queue.workers >= MAX_CONCURRENT_TRACES {
+            return;
         }
-        *running += 1;
-        drop(running);
-        let result = trace();
-        *self.running.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
-        self.freed.notify_one();
-        result
+        queue.workers += 1;
+        drop(queue);
+        let worker = Arc::clone(tracer);
+        let spawned = std::thread::Builder::new()
+            .name("trace".into())
+            .spawn(move || worker.work());
+        if let Err(error) = spawned {
+            let mut queue = tracer.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.workers -= 1;
+            if queue.workers == 0 {
+                // No worker to run them: each says why.
+                let jobs = std::mem::take(&mut queue.jobs);
+                drop(queue);
+                for job in jobs {
+                    tracer.finish(
+                        &job.name,
+                        Err(format!("cannot start a trace thread: {error}")),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A worker: run queued traces until none is left (or the agent stops: then the rest are
+    /// not run).
+    fn work(&self) {
+        loop {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let stopping = self.stopping.load(Ordering::Relaxed);
+            let job = match queue.jobs.pop_front() {
+                Some(job) if !stopping => job,
+                _ => {
+                    queue.workers -= 1;
+                    let left = std::mem::take(&mut queue.jobs);
+                    drop(queue);
+                    for job in left {
+                        self.finish(&job.name, Err("not run: the agent is stopping".into()));
+                    }
+                    return;
+                }
+            };
+            drop(queue);
+            if self.forget_if_unwanted(&job.name) {
+                continue;
+            }
+            let result = (job.trace)();
+            self.finish(&job.name, result);
+        }
+    }
+
+    /// Whether every incident that asked for `name`'s trace stopped waiting for it (its turn came
+    /// too late: many opened at once); then it is forgotten, so a later incident asks anew.
+    fn forget_if_unwanted(&self, name: &str) -> bool {
+        let mut traces = self.traces.lock().unwrap_or_else(PoisonError::into_inner);
+        let unwanted = traces
+            .get(name)
+            .is_none_or(|t| t.asked.elapsed() >= EVIDENCE_WAIT);
+        if unwanted {
+            traces.remove(name);
+            tracing::debug!(
+                target_name = name,
+                "path trace not run: no incident waits for it any more"
+            );
+        }
+        unwanted
     }
 
     fn finish(&self, name: &str, result: Traced) {
@@ -178,6 +257,7 @@ impl Tracer {
             Trace {
                 result: Some(Arc::new(result)),
                 finished: Some(Instant::now()),
+                asked: Instant::now(),
             },
         );
     }
@@ -190,14 +270,15 @@ impl Tracer {
 
 impl Diagnostics for TraceDiagnostics {
     fn start(&self, key: &str, affected: &[(String, String)]) -> Box<dyn PendingDiagnosis> {
+        let mut seen: HashSet<&str> = HashSet::new();
         let mut names: Vec<String> = Vec::new();
         for (_, target) in affected {
-            if !names.contains(target) && self.targets.contains_key(target) {
+            if self.targets.contains_key(target) && seen.insert(target) && names.len() < MAX_TARGETS
+            {
                 names.push(target.clone());
             }
         }
-        let total = names.len();
-        names.truncate(MAX_TARGETS);
+        let total = seen.len();
         for name in &names {
             self.request(name);
         }
@@ -212,7 +293,6 @@ impl Diagnostics for TraceDiagnostics {
 
     fn stop(&self) {
         self.tracer.stopping.store(true, Ordering::Relaxed);
-        self.tracer.freed.notify_all();
     }
 }
 
@@ -439,32 +519,93 @@ mod tests {
         );
     }
 
-    /// However many incidents open at once, at most [`MAX_CONCURRENT_TRACES`] traces run; the
-    /// others wait their turn, and all of them run.
+    /// However many incidents open at once, at most [`MAX_CONCURRENT_TRACES`] traces run, on as
+    /// many threads; the others wait their turn in the queue, and all of them run.
     #[test]
     fn concurrent_traces_are_bounded() {
-        let tracer = Tracer::default();
-        let (now, most) = (Mutex::new(0usize), Mutex::new(0usize));
-        std::thread::scope(|scope| {
-            for _ in 0..3 * MAX_CONCURRENT_TRACES {
-                scope.spawn(|| {
-                    tracer.run(|| {
-                        let running = {
-                            let mut now = now.lock().expect("lock");
-                            *now += 1;
-                            *now
-                        };
-                        let mut most = most.lock().expect("lock");
-                        *most = (*most).max(running);
-                        drop(most);
-                        std::thread::sleep(Duration::from_millis(50));
-                        *now.lock().expect("lock") -= 1;
-                        Err("traced".into())
-                    })
-                });
-            }
-        });
+        let tracer = Arc::new(Tracer::default());
+        let (now, most) = (Arc::new(Mutex::new(0usize)), Arc::new(Mutex::new(0usize)));
+        let names: Vec<String> = (0..3 * MAX_CONCURRENT_TRACES)
+            .map(|i| format!("t{i}"))
+            .collect();
+        for name in &names {
+            asked(&tracer, name, Instant::now());
+            let (now, most) = (Arc::clone(&now), Arc::clone(&most));
+            Tracer::submit(&tracer, name.clone(), move || {
+                let running = {
+                    let mut now = now.lock().expect("lock");
+                    *now += 1;
+                    *now
+                };
+                let mut most = most.lock().expect("lock");
+                *most = (*most).max(running);
+                drop(most);
+                std::thread::sleep(Duration::from_millis(50));
+                *now.lock().expect("lock") -= 1;
+                Err("traced".into())
+            });
+            let workers = tracer.queue.lock().expect("lock").workers;
+            assert!(workers <= MAX_CONCURRENT_TRACES, "{workers} trace threads");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while names.iter().any(|n| tracer.result(n).is_none()) {
+            assert!(
+                Instant::now() < deadline,
+                "the queued traces did not all run"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(*most.lock().expect("lock"), MAX_CONCURRENT_TRACES);
+        for name in &names {
+            let result = tracer.result(name).expect("finished");
+            assert_eq!(
+                result.as_ref().as_ref().err().map(String::as_str),
+                Some("traced")
+            );
+        }
+    }
+
+    /// A mass outage asks for thousands of traces; at two a second, most came up long after
+    /// their incident was drafted without them, and each waited on a thread of its own (10,000
+    /// threads, 200 MB). A trace whose turn comes after every incident that asked stopped
+    /// waiting is not run, and is forgotten so that a later incident asks anew.
+    #[test]
+    fn a_trace_no_incident_waits_for_any_more_is_not_run() {
+        let tracer = Arc::new(Tracer::default());
+        let long_ago = Instant::now()
+            .checked_sub(EVIDENCE_WAIT + Duration::from_secs(1))
+            .expect("the clock started before that");
+        asked(&tracer, "stale", long_ago);
+        asked(&tracer, "fresh", Instant::now());
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        for name in ["stale", "fresh"] {
+            let ran = Arc::clone(&ran);
+            Tracer::submit(&tracer, name.into(), move || {
+                ran.lock().expect("lock").push(name);
+                Err("traced".into())
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tracer.queue.lock().expect("lock").workers > 0 {
+            assert!(Instant::now() < deadline, "the trace worker did not finish");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(*ran.lock().expect("lock"), ["fresh"]);
+        let traces = tracer.traces.lock().expect("lock");
+        assert!(!traces.contains_key("stale"), "{traces:?}");
+        assert!(traces["fresh"].result.is_some());
+    }
+
+    /// An incident asked for `name`'s trace at `at` (what [`TraceDiagnostics::request`] notes).
+    fn asked(tracer: &Tracer, name: &str, at: Instant) {
+        tracer.traces.lock().expect("lock").insert(
+            name.into(),
+            Trace {
+                result: None,
+                finished: None,
+                asked: at,
+            },
+        );
     }
 
     /// Incidents opening together each get their traces at once (not one after the other), and
@@ -504,11 +645,12 @@ mod tests {
         assert_eq!(diagnostics.tracer.traces.lock().expect("lock").len(), 2);
 
         diagnostics.stop();
-        let result = diagnostics
-            .tracer
-            .run(|| unreachable!("no trace starts after stop"));
+        Tracer::submit(&diagnostics.tracer, "lo-c".into(), || {
+            unreachable!("no trace starts after stop")
+        });
+        let result = diagnostics.tracer.result("lo-c").expect("finished at once");
         assert_eq!(
-            result.err().as_deref(),
+            result.as_ref().as_ref().err().map(String::as_str),
             Some("not run: the agent is stopping")
         );
     }
