@@ -3,13 +3,14 @@
 //! their phase timings), their failing results with the errors, and how every other target and
 //! service check from this agent looks right now (that contrast localizes the fault too).
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
-use crate::store::{CheckPoint, PingPoint, Store};
+use crate::store::{CheckPoint, LatestCheck, LatestPing, PingPoint, Store};
 
 /// At most this many rounds (or runs) per series; longer windows are thinned evenly, keeping a
 /// failure of each stretch when it had one.
@@ -18,6 +19,10 @@ pub const MAX_POINTS: usize = 720;
 pub const MAX_FAILURES: usize = 20;
 /// A target counts as healthy when its latest round succeeded with less loss than this.
 pub const HEALTHY_BELOW_LOSS_PCT: f64 = 5.0;
+/// At most this many other targets, and as many other service checks, are listed; the rest are
+/// counted ([`Evidence::unlisted`]). A mass outage at 10,000 targets had listed all the others in
+/// each of its 10,000 drafts: 4 MB of incident state and 6 MB of files per draft.
+pub const MAX_CONTRAST: usize = 40;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
@@ -40,6 +45,40 @@ pub struct Evidence {
     /// Every other http, dns or tcp (probe, target) of this agent, by its latest run.
     #[serde(default)]
     pub other_checks: Vec<CheckContrast>,
+    /// The other targets and service checks beyond [`MAX_CONTRAST`]: counted, not listed.
+    #[serde(default, skip_serializing_if = "Unlisted::is_none")]
+    pub unlisted: Unlisted,
+}
+
+/// Others counted but not listed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unlisted {
+    pub healthy: usize,
+    pub all: usize,
+}
+
+impl Unlisted {
+    fn is_none(&self) -> bool {
+        self.all == 0
+    }
+}
+
+/// The latest round of every ping (probe, target) and the latest run of every service check,
+/// read once and shared by the drafts gathered within a second of each other (at 10,000 targets
+/// one read is 10,000 rows: once per draft made a mass outage quadratic).
+#[derive(Debug, Default)]
+pub struct Latest {
+    pub pings: Vec<LatestPing>,
+    pub checks: Vec<LatestCheck>,
+}
+
+impl Latest {
+    pub fn read(store: &Store) -> anyhow::Result<Latest> {
+        Ok(Latest {
+            pings: store.latest_pings()?,
+            checks: store.latest_checks()?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,8 +230,12 @@ impl Evidence {
     /// (healthy, all) of the other targets and service checks: the contrast in two figures.
     pub fn contrast_counts(&self) -> (usize, usize) {
         let healthy = self.others.iter().filter(|c| c.healthy).count()
-            + self.other_checks.iter().filter(|c| c.healthy).count();
-        (healthy, self.others.len() + self.other_checks.len())
+            + self.other_checks.iter().filter(|c| c.healthy).count()
+            + self.unlisted.healthy;
+        (
+            healthy,
+            self.others.len() + self.other_checks.len() + self.unlisted.all,
+        )
     }
 
     /// Every (probe, target) the evidence has a series for.
@@ -221,13 +264,14 @@ fn check_run(point: CheckPoint) -> anyhow::Result<CheckRun> {
 }
 
 /// Gather evidence for `members` ((probe, target) pairs, affected now or earlier in the
-/// incident) over `[from, to]`. A member with http, dns or tcp runs in the window is a service
-/// check; any other is read as ping rounds.
+/// incident) over `[from, to]`, contrasted with every other (probe, target) in `latest`. A member
+/// with http, dns or tcp runs in the window is a service check; any other is read as ping rounds.
 pub fn gather(
     store: &Store,
     members: &[(String, String)],
     from: SystemTime,
     to: SystemTime,
+    latest: &Latest,
 ) -> anyhow::Result<Evidence> {
     let (from_ts, to_ts) = (Timestamp(from), Timestamp(to));
     let (from_ns, to_ns) = (from_ts.unix_ns(), to_ts.unix_ns());
@@ -290,44 +334,89 @@ pub fn gather(
     });
     evidence.failing_checks.truncate(MAX_FAILURES);
 
-    let is_member = |probe: &str, target: &str| {
-        members
-            .iter()
-            .any(|(p, t)| p.as_str() == probe && t.as_str() == target)
-    };
-    evidence.others = store
-        .latest_pings()?
-        .into_iter()
+    let members: HashSet<(&str, &str)> = members
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    let is_member = |probe: &str, target: &str| members.contains(&(probe, target));
+    // Chosen first, built after: at 10,000 targets all but MAX_CONTRAST are only counted.
+    let mut unlisted = Unlisted::default();
+    let others = latest
+        .pings
+        .iter()
         .filter(|p| !is_member(&p.probe, &p.target))
+        .collect();
+    evidence.others = list_some(others, MAX_CONTRAST, |p| ping_healthy(p), &mut unlisted)
+        .into_iter()
         .map(|p| Contrast {
-            healthy: p.failure.is_none() && p.loss_pct < HEALTHY_BELOW_LOSS_PCT,
-            probe: p.probe,
-            target: p.target,
-            target_site: p.target_site,
+            healthy: ping_healthy(p),
+            probe: p.probe.clone(),
+            target: p.target.clone(),
+            target_site: p.target_site.clone(),
             loss_pct: p.loss_pct,
             rtt_median_ms: p.rtt_median_ms,
-            failure: p.failure,
+            failure: p.failure.clone(),
             last_seen: Timestamp::from_unix_ns(p.timestamp_ns),
         })
         .collect();
-    evidence.other_checks = store
-        .latest_checks()?
-        .into_iter()
+    let other_checks = latest
+        .checks
+        .iter()
         .filter(|c| !is_member(&c.probe, &c.target))
+        .collect();
+    evidence.other_checks = list_some(other_checks, MAX_CONTRAST, |c| c.success, &mut unlisted)
+        .into_iter()
         .map(|c| {
             Ok(CheckContrast {
                 figures: CheckFigures::from_fields(&c.measurement, &c.fields)
                     .with_context(|| format!("the latest run of {}/{}", c.probe, c.target))?,
                 healthy: c.success,
-                probe: c.probe,
-                target: c.target,
-                target_site: c.target_site,
-                failure: c.failure,
+                probe: c.probe.clone(),
+                target: c.target.clone(),
+                target_site: c.target_site.clone(),
+                failure: c.failure.clone(),
                 last_seen: Timestamp::from_unix_ns(c.timestamp_ns),
             })
         })
         .collect::<anyhow::Result<_>>()?;
+    evidence.unlisted = unlisted;
     Ok(evidence)
+}
+
+fn ping_healthy(p: &LatestPing) -> bool {
+    p.failure.is_none() && p.loss_pct < HEALTHY_BELOW_LOSS_PCT
+}
+
+/// Keep at most `max` of `items`, in their order, and count the rest into `unlisted`. The
+/// unhealthy (what to look at) take the places the healthy leave, and the healthy (the contrast)
+/// keep at least half of them when there are that many.
+fn list_some<T>(
+    items: Vec<T>,
+    max: usize,
+    healthy: impl Fn(&T) -> bool,
+    unlisted: &mut Unlisted,
+) -> Vec<T> {
+    let good = items.iter().filter(|c| healthy(c)).count();
+    let bad = items.len() - good;
+    let keep_bad = bad.min(max - good.min(max / 2));
+    let (mut keep_good, mut keep_bad) = (good.min(max - keep_bad), keep_bad);
+    items
+        .into_iter()
+        .filter(|item| {
+            let (keep, is_healthy) = if healthy(item) {
+                (&mut keep_good, true)
+            } else {
+                (&mut keep_bad, false)
+            };
+            if *keep > 0 {
+                *keep -= 1;
+                return true;
+            }
+            unlisted.all += 1;
+            unlisted.healthy += usize::from(is_healthy);
+            false
+        })
+        .collect()
 }
 
 /// Keep at most about `max` points, one per even stretch: its first failure if it had one (so
@@ -370,7 +459,58 @@ pub fn window(
 
 #[cfg(test)]
 mod tests {
-    use super::thin;
+    use super::{Unlisted, list_some, thin};
+
+    #[test]
+    fn at_most_max_others_are_listed_in_order_the_rest_counted() {
+        // (name, healthy): 99 unhealthy, 4 healthy (7, 37, 67, 97), interleaved.
+        let items: Vec<(usize, bool)> = (0..103).map(|i| (i, i % 30 == 7)).collect();
+        let mut unlisted = Unlisted::default();
+        let listed = list_some(items, 10, |i| i.1, &mut unlisted);
+        // Every healthy one (under half of 10) and the first unhealthy ones, in their order.
+        assert_eq!(
+            listed.iter().map(|i| i.0).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5, 7, 37, 67, 97]
+        );
+        assert_eq!(
+            unlisted,
+            Unlisted {
+                healthy: 0,
+                all: 93
+            }
+        );
+        // Mostly healthy: the unhealthy keep their places, the healthy fill the rest.
+        let items: Vec<(usize, bool)> = (0..50).map(|i| (i, i != 3)).collect();
+        let mut unlisted = Unlisted::default();
+        let listed = list_some(items, 4, |i| i.1, &mut unlisted);
+        assert_eq!(listed.iter().map(|i| i.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(
+            unlisted,
+            Unlisted {
+                healthy: 46,
+                all: 46
+            }
+        );
+        // Both many: half each.
+        let items: Vec<(usize, bool)> = (0..50).map(|i| (i, i % 2 == 0)).collect();
+        let mut unlisted = Unlisted::default();
+        let listed = list_some(items, 4, |i| i.1, &mut unlisted);
+        assert_eq!(listed.iter().map(|i| i.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(
+            unlisted,
+            Unlisted {
+                healthy: 23,
+                all: 46
+            }
+        );
+        // Fewer than the bound: all of them, nothing counted.
+        let mut unlisted = Unlisted::default();
+        assert_eq!(
+            list_some(vec![(0, true), (1, false)], 4, |i| i.1, &mut unlisted).len(),
+            2
+        );
+        assert_eq!(unlisted, Unlisted::default());
+    }
 
     #[test]
     fn thinning_keeps_a_failure_of_every_stretch_and_the_last_point() {

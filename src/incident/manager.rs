@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::db::IncidentDb;
 use super::event::EventKind;
-use super::evidence::{self, Evidence};
+use super::evidence::{self, Evidence, Latest};
 use super::fleet_view::{self, FleetEvidence, FleetLookup};
 use super::render;
 use super::{Incident, RuleSummary, Status, StatusUpdate, TimelineEntry, Timestamp};
@@ -77,9 +77,102 @@ impl Diagnostics for NoDiagnostics {
     }
 }
 
-/// Transitions held while they cannot be recorded (the database refuses them); beyond this the
-/// oldest is dropped, and logged with its key.
-pub const MAX_QUEUED: usize = 10_000;
+/// Transitions held while they cannot be recorded (waiting for diagnostics, or the database
+/// refuses them); beyond this the oldest is dropped, and logged with its key. A mass outage at
+/// 10,000 targets holds an opening and a resolution of each at once (10,000 had dropped 4,432
+/// openings); each is under 1 KB.
+pub const MAX_QUEUED: usize = 50_000;
+/// How long one read of the other targets' latest rounds serves the drafts gathered after it.
+const LATEST_REUSED_FOR: Duration = Duration::from_secs(1);
+/// How long the manager records drafts, resolutions and status updates between two ticks (one a
+/// second) before it lets the rules engine go on; the rest follow at the next tick, in order. A
+/// mass outage's 10,000 transitions at once held the rules for minutes, and stored observations
+/// were dropped.
+const RECORD_BUDGET: Duration = Duration::from_millis(400);
+
+/// Transitions not yet recorded, oldest first, with how many of each key wait (the manager asks
+/// "does this key wait?" for every transition and every open incident each tick: a scan made a
+/// mass outage of 10,000 incidents quadratic).
+#[derive(Default)]
+struct Waiting {
+    items: VecDeque<Queued>,
+    keys: HashMap<String, usize>,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn has_key(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Queued> {
+        self.items.iter()
+    }
+
+    fn front(&self) -> Option<&Queued> {
+        self.items.front()
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut Queued> {
+        self.items.get_mut(index)
+    }
+
+    fn push_back(&mut self, item: Queued) {
+        *self.keys.entry(item.transition.key.clone()).or_default() += 1;
+        self.items.push_back(item);
+    }
+
+    fn insert(&mut self, index: usize, item: Queued) {
+        *self.keys.entry(item.transition.key.clone()).or_default() += 1;
+        self.items.insert(index, item);
+    }
+
+    fn pop_front(&mut self) -> Option<Queued> {
+        let item = self.items.pop_front()?;
+        self.forget(&item.transition.key);
+        Some(item)
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Queued> {
+        let item = self.items.remove(index)?;
+        self.forget(&item.transition.key);
+        Some(item)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Queued) -> bool) {
+        let keys = &mut self.keys;
+        self.items.retain(|item| {
+            let kept = keep(item);
+            if !kept {
+                Self::forget_in(keys, &item.transition.key);
+            }
+            kept
+        });
+    }
+
+    /// The database refuses writes: every waiting transition notes why (once).
+    fn note_error(&mut self, error: &str) {
+        for item in &mut self.items {
+            item.error.get_or_insert_with(|| error.to_string());
+        }
+    }
+
+    fn forget(&mut self, key: &str) {
+        Self::forget_in(&mut self.keys, key);
+    }
+
+    fn forget_in(keys: &mut HashMap<String, usize>, key: &str) {
+        if let Some(count) = keys.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                keys.remove(key);
+            }
+        }
+    }
+}
 
 /// A transition not yet recorded: an opening waiting for its evidence, one the database refused
 /// (it is retried every tick), or one behind either for the same key (kept in order).
@@ -125,8 +218,13 @@ pub struct Manager {
     /// This is the fleet evaluator (`[fleet]`, not as a site): its drafts say which sites see it.
     fleet_evaluator: bool,
     open: HashMap<String, Open>,
-    /// Oldest first; see [`Queued`].
-    queue: VecDeque<Queued>,
+    /// See [`Queued`].
+    queue: Waiting,
+    /// The other targets' latest rounds, as read at this wall-clock time (see [`Latest`]).
+    latest: Option<(SystemTime, Latest)>,
+    /// Recording time spent since the last tick, and how much there is (see [`RECORD_BUDGET`]).
+    spent: Duration,
+    budget: Duration,
 }
 
 impl std::fmt::Debug for Manager {
@@ -159,7 +257,10 @@ impl Manager {
             fleet: None,
             fleet_evaluator: config.fleet.as_ref().is_some_and(|f| !f.is_a_site),
             open: HashMap::new(),
-            queue: VecDeque::new(),
+            queue: Waiting::default(),
+            latest: None,
+            spent: Duration::ZERO,
+            budget: RECORD_BUDGET,
         }
     }
 
@@ -329,6 +430,11 @@ impl Manager {
                 .collect();
             self.diagnostics.start(&transition.key, &members)
         });
+        // Only this transition can have become recordable, and only if nothing of its key waits
+        // before it and the database is not refusing writes (then the next tick tries, in order).
+        let try_now = !self.queue.has_key(&transition.key)
+            && self.queue.front().is_none_or(|q| q.error.is_none())
+            && !self.budget_left().is_zero();
         self.queue.push_back(Queued {
             transition: transition.clone(),
             at: wall,
@@ -342,16 +448,63 @@ impl Manager {
                 tracing::error!(key = %lost.transition.key, kind = lost.transition.kind.as_str(), queued = MAX_QUEUED, "incident transition dropped: too many could not be recorded");
             }
         }
-        self.record_queued(wall, false);
+        if try_now {
+            self.record_from(self.queue.len() - 1, wall, false);
+        }
         Ok(())
     }
 
     /// Record what can be, in order per key. `force`: do not wait for diagnostics (stopping).
     fn record_queued(&mut self, wall: SystemTime, force: bool) {
+        self.record_from(0, wall, force);
+    }
+
+    /// [`Manager::record_queued`] from `index` on (nothing before it shares a key with what it
+    /// records). Unless forced, it stops after [`RECORD_BUDGET`] and the next tick goes on: a
+    /// mass outage's thousands of drafts must not hold up the rules for a minute.
+    fn record_from(&mut self, index: usize, wall: SystemTime, force: bool) {
+        let started = std::time::Instant::now();
+        let budget = if force {
+            None
+        } else {
+            Some(self.budget_left())
+        };
+        self.record_within(index, wall, force, budget);
+        self.spend(started.elapsed());
+    }
+
+    /// Recording time left until the next tick.
+    fn budget_left(&self) -> Duration {
+        self.budget.saturating_sub(self.spent)
+    }
+
+    #[cfg(test)]
+    pub(super) fn set_record_budget(&mut self, budget: Duration) {
+        self.budget = budget;
+    }
+
+    fn spend(&mut self, took: Duration) {
+        self.spent += took;
+    }
+
+    fn record_within(
+        &mut self,
+        mut index: usize,
+        wall: SystemTime,
+        force: bool,
+        budget: Option<Duration>,
+    ) {
+        let started = std::time::Instant::now();
         let mut blocked: HashSet<String> = HashSet::new();
-        let mut index = 0;
+        let mut recorded = 0;
         while index < self.queue.len() {
-            let item = &mut self.queue[index];
+            // At least one each pass: a tick always makes progress.
+            if recorded > 0 && budget.is_some_and(|budget| started.elapsed() >= budget) {
+                return;
+            }
+            let Some(item) = self.queue.get_mut(index) else {
+                return;
+            };
             if blocked.contains(&item.transition.key) {
                 index += 1;
                 continue;
@@ -385,8 +538,9 @@ impl Manager {
                     let open = self.open.get(&item.transition.key);
                     let mut targets: Vec<String> =
                         open.map(|o| o.targets.clone()).unwrap_or_default();
+                    let mut known: HashSet<String> = targets.iter().cloned().collect();
                     for m in &item.transition.impact.affected {
-                        if !targets.contains(&m.target) {
+                        if known.insert(m.target.clone()) {
                             targets.push(m.target.clone());
                         }
                     }
@@ -408,6 +562,7 @@ impl Manager {
                 continue;
             }
             let item = self.queue.remove(index).expect("index is in the queue");
+            recorded += 1;
             if let Err(error) = self.record(&item, wall) {
                 // "database or disk is full", without rusqlite's restatement of the code.
                 let error = match error.downcast_ref::<rusqlite::Error>() {
@@ -420,9 +575,7 @@ impl Manager {
                 self.queue.insert(index, item);
                 // The database is refusing writes: everything waiting now waits for it too, and
                 // is tried again next tick, in order.
-                for waiting in &mut self.queue {
-                    waiting.error.get_or_insert_with(|| error.clone());
-                }
+                self.queue.note_error(&error);
                 return;
             }
         }
@@ -445,7 +598,7 @@ impl Manager {
     pub fn stop(&mut self, wall: SystemTime) {
         self.diagnostics.stop();
         self.record_queued(wall, true);
-        for lost in &self.queue {
+        for lost in self.queue.iter() {
             tracing::error!(key = %lost.transition.key, kind = lost.transition.kind.as_str(), error = lost.error.as_deref().unwrap_or_default(), "stopping with an incident transition that could not be recorded; the rules engine detects it again at the next start if the condition holds");
         }
     }
@@ -673,6 +826,7 @@ impl Manager {
     /// Draft a status update for every incident open for another `status_updates` period.
     /// Also records the transitions that were waiting (see [`Manager::apply`]).
     pub fn tick(&mut self, now: Mono, wall: SystemTime) -> anyhow::Result<()> {
+        self.spent = Duration::ZERO;
         self.record_queued(wall, false);
         self.refresh_fleet(wall)?;
         let due: Vec<String> = self
@@ -681,7 +835,12 @@ impl Manager {
             .filter(|(_, o)| now >= o.next_update)
             .map(|(key, _)| key.clone())
             .collect();
-        for key in due {
+        // Within a budget: a mass outage's incidents fall due together. Those left stay due.
+        let (started, budget) = (std::time::Instant::now(), self.budget_left());
+        for (done, key) in due.into_iter().enumerate() {
+            if done > 0 && started.elapsed() >= budget {
+                break;
+            }
             let Some(mut incident) = self.db.open_by_key(&key)? else {
                 self.open.remove(&key);
                 continue;
@@ -706,6 +865,7 @@ impl Manager {
                 tracing::info!(id = %open.id, number, "status update drafted");
             }
         }
+        self.spend(started.elapsed());
         Ok(())
     }
 
@@ -782,7 +942,7 @@ impl Manager {
         let mut arrived = Vec::new();
         for (key, open) in &self.open {
             // An opening still waiting in the queue takes its own view.
-            if self.queue.iter().any(|q| q.transition.key == *key) {
+            if self.queue.has_key(key) {
                 continue;
             }
             if let Some(evidence) = fleet.poll(key) {
@@ -843,7 +1003,7 @@ impl Manager {
 
     /// Re-read the evidence window (history before detection up to now) for every target the
     /// incident has affected so far.
-    fn refresh_evidence(&self, incident: &mut Incident, wall: SystemTime) {
+    fn refresh_evidence(&mut self, incident: &mut Incident, wall: SystemTime) {
         let Some(store) = &self.store else {
             return;
         };
@@ -852,13 +1012,31 @@ impl Manager {
             .members()
             .map(|(probe, target)| (probe.to_string(), target.to_string()))
             .collect();
+        let mut known: HashSet<(String, String)> = members.iter().cloned().collect();
         for m in &incident.impact.affected {
-            if !members.iter().any(|(p, t)| *p == m.probe && *t == m.target) {
-                members.push((m.probe.clone(), m.target.clone()));
+            let member = (m.probe.clone(), m.target.clone());
+            if known.insert(member.clone()) {
+                members.push(member);
             }
         }
+        let fresh = self.latest.as_ref().is_some_and(|(at, _)| {
+            wall.duration_since(*at)
+                .is_ok_and(|age| age < LATEST_REUSED_FOR)
+        });
+        if !fresh {
+            match Latest::read(store) {
+                Ok(latest) => self.latest = Some((wall, latest)),
+                Err(error) => {
+                    tracing::warn!(id = %incident.id, error = %format!("{error:#}"), "cannot read the other targets' latest rounds from the store; keeping the previous evidence");
+                    return;
+                }
+            }
+        }
+        let Some((_, latest)) = &self.latest else {
+            return;
+        };
         let (from, to) = evidence::window(incident.detected_at.0, self.history, wall);
-        match evidence::gather(store, &members, from, to) {
+        match evidence::gather(store, &members, from, to, latest) {
             Ok(evidence) => incident.evidence = evidence,
             Err(error) => {
                 tracing::warn!(id = %incident.id, error = %format!("{error:#}"), "cannot read evidence from the store; keeping the previous");

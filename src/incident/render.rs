@@ -10,7 +10,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use super::evidence::{CheckFigures, CheckRun, CheckSeries, Evidence, HEALTHY_BELOW_LOSS_PCT};
+use super::evidence::{
+    CheckFigures, CheckRun, CheckSeries, Evidence, HEALTHY_BELOW_LOSS_PCT, MAX_CONTRAST,
+};
 use super::{Incident, Status};
 use crate::rules::{Impact, Metric, Scope};
 use crate::store::PingPoint;
@@ -274,9 +276,14 @@ fn localization(incident: &Incident) -> String {
              uplink work: the fault lies between this site and the affected targets, or at them."
         )
     } else {
+        let which = if incident.evidence.unlisted.all > 0 {
+            "the first of the others"
+        } else {
+            "the others"
+        };
         format!(
-            "{healthy} of {others} other {noun} measured from this agent are healthy; the \
-             others are listed below — look for what they share with the affected targets."
+            "{healthy} of {others} other {noun} measured from this agent are healthy; {which} \
+             are listed below — look for what they share with the affected targets."
         )
     }
 }
@@ -1097,5 +1104,15 @@ fn contrast(md: &mut String, evidence: &Evidence) {
                 c.last_seen.time()
             );
         }
+    }
+    let unlisted = evidence.unlisted;
+    if unlisted.all > 0 {
+        let _ = writeln!(
+            md,
+            "\n{} more not listed ({} of them healthy): a draft lists at most {MAX_CONTRAST} \
+             other targets and {MAX_CONTRAST} service checks, the unhealthy first. `vantage \
+             report` and the agent's web page show every one.",
+            unlisted.all, unlisted.healthy
+        );
     }
 }

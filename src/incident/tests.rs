@@ -11,7 +11,7 @@ use probes::{FailureKind, Measurement, Observation, Outcome, PingStats};
 use super::outbox::Deliverer;
 use super::*;
 use crate::config::Config;
-use crate::rules::{Engine, Transition};
+use crate::rules::{Engine, Transition, TransitionKind};
 use crate::store::{Record, Store};
 
 /// 2026-11-21 10:00:00 UTC.
@@ -424,9 +424,7 @@ fn status_updates_every_period_while_open_and_a_restart_changes_nothing() {
         all
     };
     assert!(
-        transitions
-            .iter()
-            .all(|t| t.kind != crate::rules::TransitionKind::Opened),
+        transitions.iter().all(|t| t.kind != TransitionKind::Opened),
         "{transitions:#?}"
     );
     assert_eq!(db.all().expect("all").len(), 1);
@@ -1550,4 +1548,160 @@ fn a_fleet_incident_read_from_the_store_stays_one_line_of_text_in_the_draft() {
     let line = render::fleet_incident_line(&untitled);
     assert!(!line.chars().any(char::is_control), "{line:?}");
     assert!(line.contains("rule `r' [2J`"), "{line:?}");
+}
+
+/// Diagnostics not done until the test says so, counting how often they are asked.
+#[derive(Clone, Default)]
+struct CountingGate {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Diagnostics for CountingGate {
+    fn start(&self, _key: &str, _targets: &[(String, String)]) -> Box<dyn PendingDiagnosis> {
+        Box::new(self.clone())
+    }
+}
+
+impl PendingDiagnosis for CountingGate {
+    fn poll(&mut self, force: bool) -> Option<Diagnosis> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.polls.fetch_add(1, Relaxed);
+        (force || self.open.load(Relaxed)).then(Diagnosis::default)
+    }
+}
+
+/// A mass outage: every one of 300 targets breaches its per-target rule at once (a link cut with
+/// no agent-scope rule, or a region holding under its share of the targets). At 10,000 targets
+/// this made every opening re-poll every waiting one (quadratic: 50 million polls), listed all
+/// 9,999 others in each draft (4 MB of state and 6 MB of files per draft; 1.9 GB for the first
+/// 500), and held the rules thread until it dropped observations. Now each opening is polled a
+/// bounded number of times, recording yields to the rules each tick, and each draft lists at
+/// most MAX_CONTRAST others and counts the rest.
+#[test]
+fn a_mass_outage_opens_every_draft_with_bounded_work_and_a_bounded_contrast() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const N: usize = 300;
+    let mut toml = String::from(
+        "[agent]\nname = \"scl3-probe-01\"\nsite = \"scl3\"\n\n\
+         [[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"20s\"\ntimeout = \"1s\"\n\
+         count = 10\nspacing = \"1s\"\n\n\
+         [[rule]]\nname = \"target-loss\"\nkind = \"loss\"\nabove_pct = 30\nechoes = 20\n\
+         for = \"40s\"\nclear_for = \"1m\"\nmin_hold = \"5m\"\n",
+    );
+    for i in 0..N {
+        toml += &format!(
+            "\n[[target]]\nname = \"t{i:03}\"\nhost = \"198.18.{}.{}\"\nsite = \"sjc1\"\n",
+            i / 250,
+            i % 250 + 1
+        );
+    }
+    let config = Config::parse(&toml, Path::new("vantage.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let gate = CountingGate::default();
+    let mut manager = Manager::new(
+        IncidentDb::open(dir.path()).expect("incidents.db"),
+        Some(Store::open(dir.path()).expect("store")),
+        &config,
+        Box::new(gate.clone()),
+    );
+    // Fine until t=600, then every echo of every target lost: all breach in the same round.
+    let opened = drive_with(&mut store, &mut engine, &mut manager, 0, 700, |t| {
+        names
+            .iter()
+            .map(|n| record(n, t, if t >= 600 { 10 } else { 0 }, 12.0))
+            .collect()
+    })
+    .iter()
+    .filter(|t| t.kind == TransitionKind::Opened)
+    .count();
+    assert_eq!(opened, N, "every target's rule opens");
+    assert_eq!(manager.queued(), N, "all wait for their diagnostics");
+    // One poll at its opening and one per tick since (three rounds: t=640, 660, 680); before,
+    // each opening polled every one waiting: N² / 2.
+    let polls = gate.polls.load(Relaxed);
+    assert!(
+        polls <= 4 * N,
+        "{polls} polls of the waiting diagnostics for {N} openings ({:.1} each): every opening \
+         re-polled every other one",
+        polls as f64 / N as f64
+    );
+
+    gate.open.store(true, Relaxed);
+    // Recording yields to the rules engine: with no time to spare, one draft per tick.
+    manager.set_record_budget(Duration::ZERO);
+    manager
+        .tick(Duration::from_secs(700), wall(700))
+        .expect("tick");
+    assert_eq!(manager.queued(), N - 1, "one draft recorded, the rest wait");
+    manager.set_record_budget(Duration::from_millis(400));
+    let mut ticks = 0;
+    while manager.queued() > 0 {
+        ticks += 1;
+        assert!(
+            ticks <= 120,
+            "{} drafts still waiting after 120 ticks",
+            manager.queued()
+        );
+        manager
+            .tick(Duration::from_secs(700), wall(700))
+            .expect("tick");
+    }
+    let incidents = IncidentDb::open(dir.path())
+        .and_then(|db| db.all())
+        .expect("incidents");
+    assert_eq!(incidents.len(), N);
+    for incident in &incidents {
+        let evidence = &incident.evidence;
+        assert!(
+            evidence.others.len() <= evidence::MAX_CONTRAST,
+            "{} lists {} other targets",
+            incident.id,
+            evidence.others.len()
+        );
+        assert_eq!(evidence.contrast_counts(), (0, N - 1), "{}", incident.id);
+        assert_eq!(evidence.series.len(), 1, "{}", incident.id);
+    }
+    let md = render::markdown(&incidents[0]);
+    assert!(
+        md.contains(&format!(
+            "{} more not listed (0 of them healthy)",
+            N - 1 - evidence::MAX_CONTRAST
+        )),
+        "{md}"
+    );
+}
+
+/// A mass outage at 10,000 targets that heals before its drafts are all written holds an opening
+/// and a resolution of every target at once: the queue's old bound of 10,000 dropped 4,432
+/// openings (never drafted). All 20,000 wait now, in order.
+#[test]
+fn ten_thousand_openings_and_their_resolutions_all_wait_without_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    let transitions = drive(&mut store, &mut engine, &mut manager, 0, 1600);
+    let opened = transitions
+        .iter()
+        .find(|t| t.kind == TransitionKind::Opened)
+        .expect("an opening");
+    let mut waiting = Manager::new(
+        IncidentDb::open(dir.path()).expect("incidents.db"),
+        Some(Store::open(dir.path()).expect("store")),
+        &config,
+        Box::new(Gate::default()),
+    );
+    for i in 0..10_000 {
+        let mut transition = opened.clone();
+        transition.key = format!("{}-{i}", opened.key);
+        waiting.apply(&transition, wall(700)).expect("apply");
+        transition.kind = TransitionKind::Resolved;
+        waiting.apply(&transition, wall(900)).expect("apply");
+    }
+    assert_eq!(waiting.queued(), 20_000);
 }
