@@ -214,9 +214,9 @@ impl Tracer {
             let stopping = self.stopping.load(Ordering::Relaxed);
             let job = match queue.jobs.pop_front() {
                 Some(job) if !stopping => job,
-                _ => {
+                popped => {
                     queue.workers -= 1;
-                    let left = std::mem::take(&mut queue.jobs);
+                    let left: Vec<Job> = popped.into_iter().chain(queue.jobs.drain(..)).collect();
                     drop(queue);
                     for job in left {
                         self.finish(&job.name, Err("not run: the agent is stopping".into()));
@@ -594,6 +594,49 @@ mod tests {
         let traces = tracer.traces.lock().expect("lock");
         assert!(!traces.contains_key("stale"), "{traces:?}");
         assert!(traces["fresh"].result.is_some());
+    }
+
+    /// When the agent stops, every trace still queued ends "not run", including the one a
+    /// worker takes just then (it was dropped without a result).
+    #[test]
+    fn a_stop_ends_every_queued_trace_with_why() {
+        let tracer = Arc::new(Tracer::default());
+        let release = Arc::new(AtomicBool::new(false));
+        let mut names = Vec::new();
+        for i in 0..MAX_CONCURRENT_TRACES + 2 {
+            let name = format!("t{i}");
+            asked(&tracer, &name, Instant::now());
+            let release = Arc::clone(&release);
+            Tracer::submit(&tracer, name.clone(), move || {
+                while !release.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err("traced".into())
+            });
+            names.push(name);
+        }
+        // Every worker busy, two traces queued; then the agent stops and the workers come free.
+        tracer.stopping.store(true, Ordering::Relaxed);
+        release.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tracer.queue.lock().expect("lock").workers > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the trace workers did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for name in &names[MAX_CONCURRENT_TRACES..] {
+            let result = tracer.result(name);
+            assert_eq!(
+                result
+                    .as_deref()
+                    .and_then(|r| r.as_ref().err())
+                    .map(String::as_str),
+                Some("not run: the agent is stopping"),
+                "{name}"
+            );
+        }
     }
 
     /// An incident asked for `name`'s trace at `at` (what [`TraceDiagnostics::request`] notes).
