@@ -1675,27 +1675,33 @@ fn a_mass_outage_opens_every_draft_with_bounded_work_and_a_bounded_contrast() {
     );
 }
 
+/// A real opening (the golden scenario's), and a manager on the same state whose diagnostics
+/// never finish: every opening applied to it waits.
+fn an_opening_and_a_waiting_manager(dir: &Path) -> (Transition, Manager) {
+    let config = config();
+    let mut store = Store::open(dir).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir, &config);
+    let opened = drive(&mut store, &mut engine, &mut manager, 0, 1600)
+        .into_iter()
+        .find(|t| t.kind == TransitionKind::Opened)
+        .expect("an opening");
+    let waiting = Manager::new(
+        IncidentDb::open(dir).expect("incidents.db"),
+        Some(Store::open(dir).expect("store")),
+        &config,
+        Box::new(Gate::default()),
+    );
+    (opened, waiting)
+}
+
 /// A mass outage at 10,000 targets that heals before its drafts are all written holds an opening
 /// and a resolution of every target at once: the queue's old bound of 10,000 dropped 4,432
 /// openings (never drafted). All 20,000 wait now, in order.
 #[test]
 fn ten_thousand_openings_and_their_resolutions_all_wait_without_loss() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = config();
-    let mut store = Store::open(dir.path()).expect("store");
-    let mut engine = Engine::new(&config);
-    let mut manager = new_manager(dir.path(), &config);
-    let transitions = drive(&mut store, &mut engine, &mut manager, 0, 1600);
-    let opened = transitions
-        .iter()
-        .find(|t| t.kind == TransitionKind::Opened)
-        .expect("an opening");
-    let mut waiting = Manager::new(
-        IncidentDb::open(dir.path()).expect("incidents.db"),
-        Some(Store::open(dir.path()).expect("store")),
-        &config,
-        Box::new(Gate::default()),
-    );
+    let (opened, mut waiting) = an_opening_and_a_waiting_manager(dir.path());
     for i in 0..10_000 {
         let mut transition = opened.clone();
         transition.key = format!("{}-{i}", opened.key);
@@ -1712,21 +1718,7 @@ fn ten_thousand_openings_and_their_resolutions_all_wait_without_loss() {
 #[test]
 fn a_stop_records_what_waits_within_its_budget() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = config();
-    let mut store = Store::open(dir.path()).expect("store");
-    let mut engine = Engine::new(&config);
-    let mut manager = new_manager(dir.path(), &config);
-    let transitions = drive(&mut store, &mut engine, &mut manager, 0, 1600);
-    let opened = transitions
-        .iter()
-        .find(|t| t.kind == TransitionKind::Opened)
-        .expect("an opening");
-    let mut waiting = Manager::new(
-        IncidentDb::open(dir.path()).expect("incidents.db"),
-        Some(Store::open(dir.path()).expect("store")),
-        &config,
-        Box::new(Gate::default()),
-    );
+    let (opened, mut waiting) = an_opening_and_a_waiting_manager(dir.path());
     for i in 0..3 {
         let mut transition = opened.clone();
         transition.key = format!("{}-{i}", opened.key);
