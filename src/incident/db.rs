@@ -25,6 +25,14 @@ const EARLIER_EVENTS: &str = "SELECT COUNT(*) FROM outbox WHERE incident_id = ?1
 /// index `incidents_one_open_per_key` (a bound `?2` made it scan every incident).
 const OPEN_BY_KEY: &str = "SELECT data FROM incidents WHERE key = ?1 AND status = 'open'";
 
+/// A sink's undelivered events (`?1` the sink, `?2` how many, `?3` the first sequence to look
+/// at). One bound for the sequence, so that SQLite seeks to it rather than filtering a walk.
+const PENDING: &str = "SELECT o.seq, o.payload FROM outbox o
+     JOIN sinks s ON s.name = ?1 AND o.seq >= MAX(s.from_seq, ?3)
+     LEFT JOIN deliveries d ON d.outbox_seq = o.seq AND d.sink = ?1
+     WHERE d.delivered_ns IS NULL
+     ORDER BY o.seq LIMIT ?2";
+
 const SCHEMA: &str = "
              CREATE TABLE IF NOT EXISTS incidents (
                  id        TEXT PRIMARY KEY,
@@ -286,16 +294,12 @@ impl IncidentDb {
         Ok(())
     }
 
-    /// Events `sink` has not received yet, oldest first.
-    pub fn pending(&self, sink: &str, limit: usize) -> anyhow::Result<Vec<OutboxEvent>> {
-        let mut query = self.conn.prepare_cached(
-            "SELECT o.seq, o.payload FROM outbox o
-             JOIN sinks s ON s.name = ?1 AND o.seq >= s.from_seq
-             LEFT JOIN deliveries d ON d.outbox_seq = o.seq AND d.sink = ?1
-             WHERE d.delivered_ns IS NULL
-             ORDER BY o.seq LIMIT ?2",
-        )?;
-        let rows = query.query_map(params![sink, limit as i64], |r| {
+    /// Events `sink` has not received yet, oldest first, from outbox sequence `from` on: the
+    /// caller knows every earlier one was delivered. Without that bound each poll walks every
+    /// event the sink ever got (0.3 s a poll at 100,000 events: a core, after a few outages).
+    pub fn pending(&self, sink: &str, from: i64, limit: usize) -> anyhow::Result<Vec<OutboxEvent>> {
+        let mut query = self.conn.prepare_cached(PENDING)?;
+        let rows = query.query_map(params![sink, limit as i64, from], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
         })?;
         let mut events = Vec::new();
@@ -307,6 +311,16 @@ impl IncidentDb {
             events.push(event);
         }
         Ok(events)
+    }
+
+    /// SQLite's virtual-machine steps spent in [`IncidentDb::pending`] since the last call: what
+    /// a poll costs, counted rather than timed.
+    #[cfg(test)]
+    pub(crate) fn pending_steps(&self) -> i32 {
+        let query = self.conn.prepare_cached(PENDING).expect("pending query");
+        let steps = query.get_status(rusqlite::StatementStatus::VmStep);
+        query.reset_status(rusqlite::StatementStatus::VmStep);
+        steps
     }
 
     pub fn mark_delivered(&self, seq: i64, sink: &str, at: Timestamp) -> anyhow::Result<()> {

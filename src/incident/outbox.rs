@@ -43,6 +43,8 @@ struct Slot {
     sink: Box<dyn IncidentSink>,
     /// Failures in a row, since the last success.
     failures: u32,
+    /// Every event before this outbox sequence is delivered: the next poll starts here.
+    undelivered_from: i64,
     next_try: Instant,
     next_refresh: Instant,
 }
@@ -86,6 +88,7 @@ impl Deliverer {
                 .map(|sink| Slot {
                     sink,
                     failures: 0,
+                    undelivered_from: 0,
                     next_try: now,
                     next_refresh: now,
                 })
@@ -103,13 +106,18 @@ impl Deliverer {
                 continue;
             }
             let name = slot.sink.name().to_string();
-            let pending = self.db.pending(&name, BATCH)?;
+            let pending = self.db.pending(&name, slot.undelivered_from, BATCH)?;
             let mut caught_up = pending.len() < BATCH;
+            // The query skipped only delivered events: those before the first it found are.
+            if let Some(first) = pending.first() {
+                slot.undelivered_from = first.seq;
+            }
             for event in pending {
                 match slot.sink.deliver(&event) {
                     Ok(()) => {
                         self.db
                             .mark_delivered(event.seq, &name, Timestamp(SystemTime::now()))?;
+                        slot.undelivered_from = event.seq + 1;
                         slot.failures = 0;
                         delivered += 1;
                     }
@@ -141,6 +149,11 @@ impl Deliverer {
             }
         }
         Ok(delivered)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn db(&self) -> &IncidentDb {
+        &self.db
     }
 
     /// Deliver until `stop` says so, checking every `every`; one last pass at the end.

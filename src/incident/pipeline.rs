@@ -348,7 +348,7 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let (tx, pipeline) = start(&config, dir.path(), Vec::new()).expect("started");
             let db = IncidentDb::open_existing(dir.path()).expect("incidents.db");
-            assert!(db.pending(super::super::directory::NAME, 1).is_ok());
+            assert!(db.pending(super::super::directory::NAME, 0, 1).is_ok());
             drop(tx);
             pipeline.join();
         }
