@@ -325,6 +325,11 @@ pub(crate) mod tests {
 
     /// A status for agent `a` at site `s` with nothing measured yet (the unit tests').
     pub(crate) fn status() -> Status {
+        status_in(std::path::Path::new("."))
+    }
+
+    /// As [`status`], with its data directory at `data_dir`.
+    pub(crate) fn status_in(data_dir: &std::path::Path) -> Status {
         let config = crate::config::Config::parse(
             "[agent]\nname = \"a\"\nsite = \"s\"\n\
              [[target]]\nname = \"t1\"\nhost = \"198.18.0.1\"\n",
@@ -334,7 +339,7 @@ pub(crate) mod tests {
         Status(Arc::new(StatusInner {
             agent: "a".into(),
             site: "s".into(),
-            data_dir: PathBuf::from("."),
+            data_dir: data_dir.to_path_buf(),
             rules: AtomicUsize::new(0),
             jobs: AtomicUsize::new(1),
             started: Instant::now(),
