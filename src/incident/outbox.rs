@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use super::db::IncidentDb;
+use super::db::{IncidentDb, Pending};
 use super::event::OutboxEvent;
 use super::{Incident, Timestamp};
 use crate::sinks::influx::backoff;
@@ -106,13 +106,11 @@ impl Deliverer {
                 continue;
             }
             let name = slot.sink.name().to_string();
-            let pending = self.db.pending(&name, slot.undelivered_from, BATCH)?;
-            let mut caught_up = pending.len() < BATCH;
-            // The query skipped only delivered events: those before the first it found are.
-            if let Some(first) = pending.first() {
-                slot.undelivered_from = first.seq;
-            }
-            for event in pending {
+            let Pending { events, end } = self.db.pending(&name, slot.undelivered_from, BATCH)?;
+            let mut caught_up = events.len() < BATCH;
+            // The read skipped only delivered events: those before the first it found are.
+            slot.undelivered_from = events.first().map_or(end, |first| first.seq);
+            for event in events {
                 match slot.sink.deliver(&event) {
                     Ok(()) => {
                         self.db
@@ -130,6 +128,10 @@ impl Deliverer {
                         break; // keep the order: nothing after a failed event goes first
                     }
                 }
+            }
+            if caught_up {
+                // Everything the read saw is delivered now, what it found included.
+                slot.undelivered_from = end;
             }
             if let Some(every) = slot.sink.refresh_every()
                 && caught_up
