@@ -2,8 +2,10 @@
 //! (`incidents/<id>/incident.md`, Markdown → HTML with any raw HTML in it shown as text, the
 //! chart drawn inline from `incident.json`), and the folder's files as downloads.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -13,19 +15,65 @@ use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
 use super::layout::{self, Nav, segment};
 use super::{PageError, PageResult, PageSource};
 use crate::incident::render::human_duration;
-use crate::incident::{DIRECTORY, Incident, chart};
+use crate::incident::{DIRECTORY, Incident, Status, Timestamp, chart};
 
 /// The largest draft document or file read (a draft is some tens of KiB; evidence.json of a
 /// group incident a few MiB).
 const FILE_LIMIT: u64 = 32 * 1024 * 1024;
 
 /// One folder of the directory sink.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Draft {
     pub id: String,
-    /// `incident.json`, or why it could not be read.
-    pub incident: Result<Incident, String>,
+    /// What the lists show of `incident.json`, or why it could not be read.
+    pub incident: Result<Summary, String>,
 }
+
+/// What the lists show of a draft: `incident.json` read without its timeline, trace and
+/// evidence (most of its tens of KiB).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Summary {
+    pub id: String,
+    pub status: Status,
+    pub severity: String,
+    pub title: String,
+    pub detected_at: Timestamp,
+    pub duration_s: Option<u64>,
+    impact: SummaryImpact,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct SummaryImpact {
+    affected: Vec<SummaryMember>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct SummaryMember {
+    target: String,
+}
+
+impl Summary {
+    pub fn is_open(&self) -> bool {
+        self.status == Status::Open
+    }
+
+    pub fn affects(&self, target: &str) -> bool {
+        self.impact.affected.iter().any(|m| m.target == target)
+    }
+}
+
+/// The drafts' summaries as last read, by folder, with the size and modification time of the
+/// `incident.json` they were read from: a page view reads again only what changed. Every page
+/// lists the drafts, and reading them all again took seconds after a mass outage (10,000
+/// drafts: 2.3 s for the overview, 250 MB of memory).
+#[derive(Debug, Default)]
+pub struct SummaryCache(Mutex<HashMap<String, Cached>>);
+
+/// A folder's summary and the stamp of the file it was read from.
+type Cached = (FileStamp, Result<Summary, String>);
+
+/// An `incident.json`'s size and modification time.
+type FileStamp = (u64, Option<SystemTime>);
 
 /// A name the pages accept for a draft folder or file: letters, digits, `.`, `_`, `-`, not
 /// starting with a dot. Everything else (`..`, `/`, `%2F`, control characters) is refused.
@@ -62,17 +110,34 @@ pub fn load_all(source: &PageSource) -> PageResult<Vec<Draft>> {
             );
         }
     };
+    let mut cache = source.summaries.0.lock().unwrap_or_else(|e| e.into_inner());
+    let mut seen = HashSet::new();
     let mut drafts = Vec::new();
     for entry in entries.flatten() {
         let id = entry.file_name().to_string_lossy().into_owned();
-        if folder(source, &id).is_none() {
+        let Some(folder) = folder(source, &id) else {
             continue;
-        }
-        drafts.push(Draft {
-            incident: read_incident(&entry.path()),
-            id,
-        });
+        };
+        let path = folder.join("incident.json");
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()));
+        let incident = match (cache.get(&id), stamp) {
+            (Some((cached, summary)), Some(stamp)) if *cached == stamp => summary.clone(),
+            _ => {
+                let summary = read_json(&path);
+                if let Some(stamp) = stamp {
+                    cache.insert(id.clone(), (stamp, summary.clone()));
+                }
+                summary
+            }
+        };
+        seen.insert(id.clone());
+        drafts.push(Draft { incident, id });
     }
+    // Folders removed (retention) leave the cache too.
+    cache.retain(|id, _| seen.contains(id));
+    drop(cache);
     drafts.sort_by(|a, b| match (&a.incident, &b.incident) {
         (Ok(a), Ok(b)) => (!a.is_open(), std::cmp::Reverse(a.detected_at), &a.id).cmp(&(
             !b.is_open(),
@@ -87,8 +152,11 @@ pub fn load_all(source: &PageSource) -> PageResult<Vec<Draft>> {
 }
 
 fn read_incident(folder: &Path) -> Result<Incident, String> {
-    let path = folder.join("incident.json");
-    let text = probes::files::read_small_string(&path, FILE_LIMIT).map_err(|e| e.to_string())?;
+    read_json(&folder.join("incident.json"))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = probes::files::read_small_string(path, FILE_LIMIT).map_err(|e| e.to_string())?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -289,6 +357,66 @@ pub fn file(source: &PageSource, id: &str, name: &str) -> PageResult<Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every page lists the drafts: a view reads again only the `incident.json` files that
+    /// changed (size or modification time), and forgets the folders that are gone.
+    #[test]
+    fn the_drafts_are_read_again_only_when_their_file_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::store::Store::open(dir.path()).expect("store");
+        let source = PageSource::new(dir.path(), None).expect("source");
+        let example: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/examples/incident.json"))
+                .expect("the example draft");
+        let write = |id: &str, status: &str| {
+            let mut draft = example.clone();
+            draft["id"] = id.into();
+            draft["status"] = status.into();
+            let folder = dir.path().join(DIRECTORY).join(id);
+            std::fs::create_dir_all(&folder).expect("folder");
+            let path = folder.join("incident.json");
+            std::fs::write(&path, draft.to_string()).expect("write");
+            path
+        };
+        let listed = || -> Vec<String> {
+            load_all(&source)
+                .expect("drafts")
+                .iter()
+                .map(|d| match &d.incident {
+                    Ok(s) => format!("{} {} {}", d.id, s.status.as_str(), s.affects("far")),
+                    Err(error) => format!("{} error {error}", d.id),
+                })
+                .collect()
+        };
+        write("20261121-001", "resolved");
+        let second = write("20261121-002", "open");
+        assert_eq!(
+            listed(),
+            ["20261121-002 open true", "20261121-001 resolved true"]
+        );
+
+        // The same size and time: not read again (this garbage would show as an error).
+        let stamp = std::fs::metadata(&second).expect("metadata");
+        std::fs::write(&second, "x".repeat(stamp.len() as usize)).expect("garbage");
+        std::fs::File::options()
+            .write(true)
+            .open(&second)
+            .and_then(|f| f.set_modified(stamp.modified().expect("mtime")))
+            .expect("set mtime");
+        assert_eq!(
+            listed(),
+            ["20261121-002 open true", "20261121-001 resolved true"]
+        );
+        // A change is read: the draft resolved, and the garbage is an error once it is read.
+        write("20261121-001", "open");
+        std::fs::write(&second, "x").expect("garbage");
+        let now = listed();
+        assert_eq!(now[0], "20261121-001 open true");
+        assert!(now[1].starts_with("20261121-002 error "), "{now:?}");
+        std::fs::remove_dir_all(dir.path().join(DIRECTORY).join("20261121-002")).expect("rm");
+        assert_eq!(listed(), ["20261121-001 open true"]);
+        assert_eq!(source.summaries.0.lock().expect("lock").len(), 1);
+    }
 
     #[test]
     fn raw_html_in_a_draft_is_text_and_links_stay_inside_the_draft() {

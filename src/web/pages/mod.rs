@@ -45,6 +45,8 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self';
 pub struct PageSource {
     data_dir: PathBuf,
     config: ConfigSource,
+    /// Shared by every request: see [`incidents::SummaryCache`].
+    summaries: Arc<incidents::SummaryCache>,
 }
 
 /// Where the agent page's config summary comes from.
@@ -63,6 +65,7 @@ impl PageSource {
         Ok(PageSource {
             data_dir: data_dir.to_path_buf(),
             config: ConfigSource::Fixed(config),
+            summaries: Arc::default(),
         })
     }
 
@@ -72,6 +75,7 @@ impl PageSource {
         Ok(PageSource {
             data_dir: status.data_dir().to_path_buf(),
             config: ConfigSource::Agent(status),
+            summaries: Arc::default(),
         })
     }
 

@@ -65,7 +65,7 @@ pub fn page(source: &PageSource, name: &str) -> PageResult<Markup> {
     let drafts: Vec<_> = incidents::load_all(source)?
         .into_iter()
         .filter_map(|d| d.incident.ok().map(|i| (d.id, i)))
-        .filter(|(_, i)| i.impact.affected.iter().any(|a| a.target == name))
+        .filter(|(_, i)| i.affects(name))
         .collect();
 
     let mut ping_sections = Vec::new();
