@@ -291,7 +291,10 @@ impl Manager {
         wall: SystemTime,
     ) -> anyhow::Result<usize> {
         let mut resumed = 0;
-        for mut incident in self.db.open_incidents()? {
+        for (id, _) in self.db.open_keys()? {
+            let Some(mut incident) = self.db.get(&id)? else {
+                continue;
+            };
             let reported = (
                 incident.impact.affected_targets().len(),
                 incident.impact.value,
@@ -382,10 +385,14 @@ impl Manager {
             kept
         });
         let mut resolved = Vec::new();
-        for mut incident in self.db.open_incidents()? {
-            if alerts.contains(incident.key.as_str()) {
+        // Only the drafts to resolve are read.
+        for (id, key) in self.db.open_keys()? {
+            if alerts.contains(key.as_str()) {
                 continue;
             }
+            let Some(mut incident) = self.db.get(&id)? else {
+                continue;
+            };
             let rule = &incident.rule.name;
             let why = match &incident.scope {
                 _ if config.rules.iter().all(|r| r.name != *rule) => {

@@ -851,6 +851,38 @@ fn an_open_incident_whose_rule_left_the_config_is_resolved_at_start() {
     );
 }
 
+/// A reload reads only the drafts it resolves: a mass outage leaves 10,000 open, and reading
+/// every one at once took 300 MB (`scripts/bench-aftermath`). A draft it keeps is not even
+/// parsed: here one this build cannot read.
+#[test]
+fn a_reload_reads_only_the_drafts_it_resolves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    drive(&mut store, &mut engine, &mut manager, 0, 700);
+    let open = IncidentDb::open(dir.path())
+        .expect("db")
+        .open_keys()
+        .expect("open");
+    assert_eq!(open.len(), 1);
+    let kept = open[0].1.replace("aws-us-east-1", "west");
+    assert!(engine.alert_keys().any(|k| k == kept), "{kept}");
+    rusqlite::Connection::open(dir.path().join("incidents.db"))
+        .expect("sqlite")
+        .execute(
+            "INSERT INTO incidents (id, seq, key, status, opened_ns, data)
+             VALUES ('20261121-999', 999, ?1, 'open', 0, '{\"from\": \"a later build\"}')",
+            [&kept],
+        )
+        .expect("insert");
+    let resolved = manager
+        .reconfigure(&mut engine, &config, Box::new(NoDiagnostics), wall(800))
+        .expect("a reload that keeps both reads neither");
+    assert!(resolved.is_empty(), "{resolved:?}");
+}
+
 #[test]
 fn each_event_is_one_incident_point_that_influxdata_parses_back() {
     let dir = tempfile::tempdir().expect("tempdir");
