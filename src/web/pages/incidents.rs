@@ -119,9 +119,10 @@ pub fn load_all(source: &PageSource) -> PageResult<Vec<Draft>> {
             continue;
         };
         let path = folder.join("incident.json");
+        // Without a modification time (a file system that keeps none) nothing is cached.
         let stamp = std::fs::metadata(&path)
             .ok()
-            .map(|m| (m.len(), m.modified().ok()));
+            .and_then(|m| Some((m.len(), Some(m.modified().ok()?))));
         let incident = match (cache.get(&id), stamp) {
             (Some((cached, summary)), Some(stamp)) if *cached == stamp => summary.clone(),
             _ => {
