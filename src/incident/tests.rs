@@ -168,6 +168,32 @@ fn drive_with(
     all
 }
 
+/// A fresh data directory with the test config's store, engine and manager, driven from 0 to
+/// `to` seconds.
+struct Driven {
+    dir: tempfile::TempDir,
+    config: Config,
+    store: Store,
+    engine: Engine,
+    manager: Manager,
+}
+
+fn driven(to: u64) -> Driven {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config();
+    let mut store = Store::open(dir.path()).expect("store");
+    let mut engine = Engine::new(&config);
+    let mut manager = new_manager(dir.path(), &config);
+    drive(&mut store, &mut engine, &mut manager, 0, to);
+    Driven {
+        dir,
+        config,
+        store,
+        engine,
+        manager,
+    }
+}
+
 fn new_manager(dir: &Path, config: &Config) -> Manager {
     Manager::new(
         IncidentDb::open(dir).expect("incidents.db"),
@@ -566,12 +592,7 @@ fn the_outbox_retries_a_sink_that_is_down_and_delivers_each_event_once() {
 #[test]
 fn a_poll_reads_only_what_the_sink_has_not_got() {
     const EVENTS: usize = 300;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config();
-    let mut store = Store::open(dir.path()).expect("store");
-    let mut engine = Engine::new(&config);
-    let mut manager = new_manager(dir.path(), &config);
-    drive(&mut store, &mut engine, &mut manager, 0, 3000);
+    let Driven { dir, .. } = driven(3000);
     let mut db = IncidentDb::open(dir.path()).expect("db");
     let incident = db.get("20261121-001").expect("get").expect("incident");
     let mut update = || {
@@ -642,12 +663,7 @@ fn a_poll_reads_only_what_the_sink_has_not_got() {
 
 #[test]
 fn the_chart_parses_back_with_bands_median_loss_and_marks() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config();
-    let mut store = Store::open(dir.path()).expect("store");
-    let mut engine = Engine::new(&config);
-    let mut manager = new_manager(dir.path(), &config);
-    drive(&mut store, &mut engine, &mut manager, 0, 3000);
+    let Driven { dir, .. } = driven(3000);
     let incident = IncidentDb::open(dir.path())
         .expect("db")
         .get("20261121-001")
@@ -816,12 +832,7 @@ fn titles_name_symptom_and_scope() {
 
 #[test]
 fn an_open_incident_whose_rule_left_the_config_is_resolved_at_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config();
-    let mut store = Store::open(dir.path()).expect("store");
-    let mut engine = Engine::new(&config);
-    let mut manager = new_manager(dir.path(), &config);
-    drive(&mut store, &mut engine, &mut manager, 0, 700);
+    let Driven { dir, config, .. } = driven(700);
     let db = IncidentDb::open(dir.path()).expect("db");
     assert_eq!(db.open_incidents().expect("open").len(), 1);
 
@@ -856,12 +867,13 @@ fn an_open_incident_whose_rule_left_the_config_is_resolved_at_start() {
 /// parsed: here one this build cannot read.
 #[test]
 fn a_reload_reads_only_the_drafts_it_resolves() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config();
-    let mut store = Store::open(dir.path()).expect("store");
-    let mut engine = Engine::new(&config);
-    let mut manager = new_manager(dir.path(), &config);
-    drive(&mut store, &mut engine, &mut manager, 0, 700);
+    let Driven {
+        dir,
+        config,
+        mut engine,
+        mut manager,
+        ..
+    } = driven(700);
     let open = IncidentDb::open(dir.path())
         .expect("db")
         .open_keys()
@@ -1302,12 +1314,9 @@ fn an_incident_saved_before_service_check_evidence_still_loads() {
 
 #[test]
 fn a_new_path_to_an_affected_target_is_an_update_with_the_path() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config();
-    let mut store = Store::open(dir.path()).expect("store");
-    let mut engine = Engine::new(&config);
-    let mut manager = new_manager(dir.path(), &config);
-    drive(&mut store, &mut engine, &mut manager, 0, 700); // open since t=660
+    let Driven {
+        dir, mut manager, ..
+    } = driven(700); // open since t=660
     let trace = |target: &str, changed: bool| {
         let hop = |ttl: u8, address: Option<&str>| probes::trace::Hop {
             ttl,
@@ -1455,12 +1464,13 @@ fn event_kinds(dir: &Path) -> Vec<String> {
 /// delay in its timeline — and the resolution that came meanwhile follows it, in order.
 #[test]
 fn a_transition_the_database_refused_is_recorded_in_order_once_it_can_be() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config();
-    let mut store = Store::open(dir.path()).expect("store");
-    let mut engine = Engine::new(&config);
-    let mut manager = new_manager(dir.path(), &config);
-    drive(&mut store, &mut engine, &mut manager, 0, 600);
+    let Driven {
+        dir,
+        mut store,
+        mut engine,
+        mut manager,
+        ..
+    } = driven(600);
     manager.db().set_full(true);
     // Opened at t=660, resolved at t=1500; the database refuses both.
     let kinds: Vec<&str> = drive(&mut store, &mut engine, &mut manager, 600, 1600)
