@@ -461,55 +461,60 @@ pub fn window(
 mod tests {
     use super::{Unlisted, list_some, thin};
 
+    /// `list_some` of `(name, healthy)` items: the names it lists, and what it counts.
+    fn listed(items: Vec<(usize, bool)>, max: usize) -> (Vec<usize>, Unlisted) {
+        let mut unlisted = Unlisted::default();
+        let names = list_some(items, max, |i| i.1, &mut unlisted)
+            .iter()
+            .map(|i| i.0)
+            .collect();
+        (names, unlisted)
+    }
+
     #[test]
     fn at_most_max_others_are_listed_in_order_the_rest_counted() {
-        // (name, healthy): 99 unhealthy, 4 healthy (7, 37, 67, 97), interleaved.
-        let items: Vec<(usize, bool)> = (0..103).map(|i| (i, i % 30 == 7)).collect();
-        let mut unlisted = Unlisted::default();
-        let listed = list_some(items, 10, |i| i.1, &mut unlisted);
-        // Every healthy one (under half of 10) and the first unhealthy ones, in their order.
+        // 99 unhealthy, 4 healthy (7, 37, 67, 97), interleaved: every healthy one (under half
+        // of 10) and the first unhealthy ones, in their order.
+        let items = (0..103).map(|i| (i, i % 30 == 7)).collect();
         assert_eq!(
-            listed.iter().map(|i| i.0).collect::<Vec<_>>(),
-            [0, 1, 2, 3, 4, 5, 7, 37, 67, 97]
-        );
-        assert_eq!(
-            unlisted,
-            Unlisted {
-                healthy: 0,
-                all: 93
-            }
+            listed(items, 10),
+            (
+                vec![0, 1, 2, 3, 4, 5, 7, 37, 67, 97],
+                Unlisted {
+                    healthy: 0,
+                    all: 93
+                }
+            )
         );
         // Mostly healthy: the unhealthy keep their places, the healthy fill the rest.
-        let items: Vec<(usize, bool)> = (0..50).map(|i| (i, i != 3)).collect();
-        let mut unlisted = Unlisted::default();
-        let listed = list_some(items, 4, |i| i.1, &mut unlisted);
-        assert_eq!(listed.iter().map(|i| i.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        let items = (0..50).map(|i| (i, i != 3)).collect();
         assert_eq!(
-            unlisted,
-            Unlisted {
-                healthy: 46,
-                all: 46
-            }
+            listed(items, 4),
+            (
+                vec![0, 1, 2, 3],
+                Unlisted {
+                    healthy: 46,
+                    all: 46
+                }
+            )
         );
         // Both many: half each.
-        let items: Vec<(usize, bool)> = (0..50).map(|i| (i, i % 2 == 0)).collect();
-        let mut unlisted = Unlisted::default();
-        let listed = list_some(items, 4, |i| i.1, &mut unlisted);
-        assert_eq!(listed.iter().map(|i| i.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        let items = (0..50).map(|i| (i, i % 2 == 0)).collect();
         assert_eq!(
-            unlisted,
-            Unlisted {
-                healthy: 23,
-                all: 46
-            }
+            listed(items, 4),
+            (
+                vec![0, 1, 2, 3],
+                Unlisted {
+                    healthy: 23,
+                    all: 46
+                }
+            )
         );
         // Fewer than the bound: all of them, nothing counted.
-        let mut unlisted = Unlisted::default();
         assert_eq!(
-            list_some(vec![(0, true), (1, false)], 4, |i| i.1, &mut unlisted).len(),
-            2
+            listed(vec![(0, true), (1, false)], 4),
+            (vec![0, 1], Unlisted::default())
         );
-        assert_eq!(unlisted, Unlisted::default());
     }
 
     #[test]
