@@ -1072,10 +1072,11 @@ fn receive_batch(
     let mut slices = slots.each_mut().map(|s| [IoSliceMut::new(s)]);
     let messages = recvmmsg(fd, headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?;
     // One clock pair per batch: a datagram's arrival is now, minus how long it was queued.
-    let now = Instant::now();
-    let wall_now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let (now, wall_now) = clock_pair(Instant::now, || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+    });
     let mut read = 0;
     let mut last = None;
     for message in messages {
@@ -1113,6 +1114,18 @@ fn receive_batch(
         tracing::trace!(%from, ?received, "ICMP datagram");
     }
     Ok((read, last))
+}
+
+/// The monotonic and the wall clock, read as a pair to turn kernel receive stamps (wall) into
+/// arrival instants: the wall clock first. A thread preempted between the two reads then places
+/// an arrival late by the pause (an RTT reads long), never early: read the other way round, a
+/// 214 µs pause made an echo beat a 30 ms injected delay (29.79 ms).
+fn clock_pair(
+    monotonic: impl FnOnce() -> Instant,
+    wall: impl FnOnce() -> Duration,
+) -> (Instant, Duration) {
+    let wall = wall();
+    (monotonic(), wall)
 }
 
 /// Which echoes of a round were answered, and in time. Pure bookkeeping, tested on its own.
@@ -1257,6 +1270,35 @@ impl RoundState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread preempted between reading the two clocks (here 214 µs after every read) must
+    /// place a datagram's arrival late, not early: an RTT under the true one let an echo beat
+    /// the lab's injected delay.
+    #[test]
+    fn a_pause_between_the_clock_reads_never_places_an_arrival_early() {
+        let origin = Instant::now();
+        let wall_origin = Duration::from_secs(1_800_000_000);
+        let pause = Duration::from_micros(214);
+        let elapsed = std::cell::Cell::new(Duration::from_millis(50));
+        let read = || {
+            let now = elapsed.get();
+            elapsed.set(now + pause);
+            now
+        };
+        let (now, wall) = clock_pair(|| origin + read(), || wall_origin + read());
+        let arrived = Duration::from_millis(40);
+        let queued = engine::queued_for(wall_origin + arrived, wall).expect("queued");
+        let at = now.checked_sub(queued).expect("after the origin");
+        assert!(
+            at >= origin + arrived,
+            "placed {:?} early",
+            (origin + arrived) - at
+        );
+        assert!(
+            at - (origin + arrived) <= pause,
+            "late by more than the pause"
+        );
+    }
 
     /// The 64th echo of a batch leaves at the end of the call, not at its start: on a lab path
     /// the kernel forwards each echo (and stamps its reply) inside the call, and timing every
