@@ -250,7 +250,8 @@ fn one_fleet_outage_is_one_alertmanager_group() {
     incidents.extend(fleet_open);
 
     // Four incidents, four alerts, one group.
-    sink.refresh(&incidents).expect("posted to Alertmanager");
+    sink.refresh(&mut incidents.into_iter())
+        .expect("posted to Alertmanager");
     let start = Instant::now();
     let groups = loop {
         let groups = am.groups();

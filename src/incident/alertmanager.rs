@@ -23,6 +23,10 @@ use crate::config::IncidentSinkConfig;
 /// An open alert's `endsAt` is this many re-send periods ahead.
 const ENDS_AFTER_RESENDS: u32 = 4;
 
+/// Alerts per POST of a re-send: a mass outage leaves 10,000 open, and one body of them all
+/// would be tens of MB, held in memory and refused whole on one timeout.
+pub const RESEND_BATCH: usize = 500;
+
 /// One alert of the `POST /api/v2/alerts` array. `alertname` is the rule's name, as in
 /// Prometheus; `draft` is where the status document is on the agent's disk.
 pub fn alert(
@@ -100,10 +104,10 @@ impl AlertmanagerSink {
         })
     }
 
-    fn post(&self, incidents: &[&Incident]) -> anyhow::Result<()> {
+    fn post<'a>(&self, incidents: impl IntoIterator<Item = &'a Incident>) -> anyhow::Result<()> {
         let now = SystemTime::now();
         let alerts: Vec<Value> = incidents
-            .iter()
+            .into_iter()
             .map(|incident| {
                 let draft = self.drafts.join(&incident.id).join("incident.md");
                 alert(incident, &draft, &self.labels, now, self.resend)
@@ -120,17 +124,22 @@ impl IncidentSink for AlertmanagerSink {
 
     /// Alertmanager de-duplicates by labels, so posting an event again is harmless.
     fn deliver(&mut self, event: &OutboxEvent) -> anyhow::Result<()> {
-        self.post(&[&event.incident])
+        self.post([&event.incident])
     }
 
     fn refresh_every(&self) -> Option<Duration> {
         Some(self.resend)
     }
 
-    fn refresh(&mut self, open: &[Incident]) -> anyhow::Result<()> {
-        if open.is_empty() {
-            return Ok(());
+    fn refresh(&mut self, open: &mut dyn Iterator<Item = Incident>) -> anyhow::Result<()> {
+        let mut batch = Vec::with_capacity(RESEND_BATCH);
+        loop {
+            batch.clear();
+            batch.extend((&mut *open).take(RESEND_BATCH));
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.post(&batch)?;
         }
-        self.post(&open.iter().collect::<Vec<_>>())
     }
 }

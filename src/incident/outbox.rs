@@ -28,8 +28,10 @@ pub trait IncidentSink: Send {
     fn refresh_every(&self) -> Option<Duration> {
         None
     }
-    /// Tell the sink again about every incident that is still open.
-    fn refresh(&mut self, _open: &[Incident]) -> anyhow::Result<()> {
+    /// Tell the sink again about every incident that is still open. `open` reads them one at a
+    /// time, so a sink that sends them in batches holds one batch (a mass outage leaves 10,000
+    /// open; reading them all at once took 900 MB every reminder).
+    fn refresh(&mut self, _open: &mut dyn Iterator<Item = Incident>) -> anyhow::Result<()> {
         Ok(())
     }
 }
@@ -65,6 +67,52 @@ impl std::fmt::Debug for Slot {
             .field("sink", &self.sink.name())
             .field("failures", &self.failures)
             .finish()
+    }
+}
+
+/// The open incidents, read one at a time. One that cannot be read (a row written by a newer
+/// version, a failing disk) is skipped and counted, so the others are still re-sent and the
+/// sinks after this one are still served.
+struct OpenIncidents<'db> {
+    db: &'db IncidentDb,
+    ids: std::vec::IntoIter<(String, String)>,
+    unreadable: usize,
+    first_error: Option<String>,
+}
+
+impl<'db> OpenIncidents<'db> {
+    fn new(db: &'db IncidentDb) -> anyhow::Result<OpenIncidents<'db>> {
+        Ok(OpenIncidents {
+            db,
+            ids: db.open_keys()?.into_iter(),
+            unreadable: 0,
+            first_error: None,
+        })
+    }
+
+    fn report_unreadable(&self, sink: &str) {
+        if let Some(error) = &self.first_error {
+            tracing::warn!(%sink, unreadable = self.unreadable, first_error = %error,
+                "open incidents that cannot be read were not re-sent; the others were");
+        }
+    }
+}
+
+impl Iterator for OpenIncidents<'_> {
+    type Item = Incident;
+
+    fn next(&mut self) -> Option<Incident> {
+        for (id, _key) in self.ids.by_ref() {
+            match self.db.get(&id) {
+                Ok(Some(incident)) => return Some(incident),
+                Ok(None) => {} // gone since the ids were read
+                Err(error) => {
+                    self.unreadable += 1;
+                    self.first_error.get_or_insert_with(|| format!("{error:#}"));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -137,7 +185,10 @@ impl Deliverer {
                 && caught_up
                 && now >= slot.next_refresh
             {
-                match slot.sink.refresh(&self.db.open_incidents()?) {
+                let mut open = OpenIncidents::new(&self.db)?;
+                let refreshed = slot.sink.refresh(&mut open);
+                open.report_unreadable(&name);
+                match refreshed {
                     Ok(()) => {
                         slot.next_refresh = now + every;
                         slot.failures = 0;

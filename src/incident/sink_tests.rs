@@ -232,8 +232,8 @@ impl IncidentSink for Reminded {
         Some(Duration::from_millis(300))
     }
 
-    fn refresh(&mut self, open: &[Incident]) -> anyhow::Result<()> {
-        let ids: Vec<&str> = open.iter().map(|i| i.id.as_str()).collect();
+    fn refresh(&mut self, open: &mut dyn Iterator<Item = Incident>) -> anyhow::Result<()> {
+        let ids: Vec<String> = open.map(|i| i.id).collect();
         self.log
             .lock()
             .expect("lock")
@@ -294,5 +294,99 @@ fn open_incidents_are_re_sent_periodically_but_never_ahead_of_a_pending_event() 
             "20261121-001/resolved".to_string(),
             "refresh []".to_string()
         ]
+    );
+}
+
+#[test]
+fn an_open_incident_that_cannot_be_read_is_skipped_and_the_others_are_re_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = IncidentDb::open(dir.path()).expect("db");
+    let unreadable = Incident {
+        id: "20261121-002".into(),
+        key: "loss/target/sjc1-edge".into(),
+        ..incident()
+    };
+    for incident in [incident(), unreadable] {
+        db.save(&incident, None, Some(EventKind::Opened))
+            .expect("save");
+    }
+    // A row this build cannot parse, as a newer version might leave it.
+    rusqlite::Connection::open(dir.path().join("incidents.db"))
+        .expect("sqlite")
+        .execute(
+            "UPDATE incidents SET data = '{\"from\": \"the future\"}' WHERE id = '20261121-002'",
+            [],
+        )
+        .expect("corrupt one row");
+    let sink = Reminded::default();
+    let mut deliverer = Deliverer::new(db, vec![Box::new(sink.clone())]).expect("deliverer");
+
+    deliverer
+        .run_once()
+        .expect("one unreadable incident must not fail the pass");
+    assert_eq!(*sink.log.lock().expect("lock"), ["refresh [20261121-001]"]);
+}
+
+/// Answers every request 200 (one connection each) and records how many alerts each POST held.
+fn alert_counter() -> (u16, Arc<Mutex<Vec<usize>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let counts = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&counts);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).expect("header") == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().expect("length");
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("body");
+            let alerts: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("json");
+            recorded.lock().expect("lock").push(alerts.len());
+            let answer = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+            stream.write_all(answer.as_bytes()).expect("answer");
+        }
+    });
+    (port, counts)
+}
+
+#[test]
+fn a_re_send_posts_the_open_alerts_in_batches() {
+    use super::alertmanager::{AlertmanagerSink, RESEND_BATCH};
+    use super::outbox::IncidentSink;
+    use crate::config::{IncidentSinkConfig, IncidentSinkKind};
+    let (port, counts) = alert_counter();
+    let resend = Duration::from_secs(60);
+    let config = IncidentSinkConfig {
+        name: "am".into(),
+        url: format!("http://127.0.0.1:{port}"),
+        timeout: Duration::from_secs(10),
+        token: None,
+        kind: IncidentSinkKind::Alertmanager {
+            labels: BTreeMap::new(),
+            resend,
+        },
+    };
+    let mut sink =
+        AlertmanagerSink::new(&config, BTreeMap::new(), resend, "/drafts".into()).expect("sink");
+    let open = 2 * RESEND_BATCH + 1;
+    let mut incidents = (0..open).map(|i| Incident {
+        id: format!("20261121-{i:04}"),
+        ..incident()
+    });
+
+    sink.refresh(&mut incidents).expect("re-send");
+    assert_eq!(
+        *counts.lock().expect("lock"),
+        [RESEND_BATCH, RESEND_BATCH, 1]
     );
 }
