@@ -5,6 +5,7 @@
 //! not deliver it again — across a restart, and resolve it when the rule is removed.
 //!
 //! A second test cuts every echo ("our own uplink"): one agent-side incident, not one per target.
+//! A third (no namespace) lists a store with a row this build cannot read.
 //!
 //! Needs root (network namespaces) and nftables (`apt-get install nftables`); without them it
 //! fails, it never skips. The namespace and the agent are removed by Drop guards, also on panic.
@@ -467,5 +468,54 @@ min_hold = "3s"
     assert!(
         md.contains("the fault is most likely on the agent's side"),
         "{md}"
+    );
+}
+
+#[test]
+fn the_list_shows_every_incident_it_can_read_and_names_the_ones_it_cannot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/examples/incident.json"
+    ))
+    .expect("the example draft");
+    let example: vantage::incident::Incident = serde_json::from_str(&example).expect("parse");
+    let mut db = IncidentDb::open(dir.path()).expect("db");
+    for (id, key) in [
+        ("20261121-001", "a"),
+        ("20261121-002", "b"),
+        ("20261121-003", "c"),
+    ] {
+        let incident = vantage::incident::Incident {
+            id: id.into(),
+            key: key.into(),
+            ..example.clone()
+        };
+        db.save(&incident, None, None).expect("save");
+    }
+    // A row this build cannot read, as a newer version might leave it.
+    rusqlite::Connection::open(dir.path().join("incidents.db"))
+        .expect("sqlite")
+        .execute(
+            "UPDATE incidents SET data = '{\"from\": \"the future\"}' WHERE id = '20261121-002'",
+            [],
+        )
+        .expect("damage one row");
+
+    let data_arg = dir.path().to_str().expect("utf-8 path");
+    let list = vantage(&["incidents", "list", "--data-dir", data_arg]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&list.stdout),
+        String::from_utf8_lossy(&list.stderr),
+    );
+    assert_eq!(list.status.code(), Some(1), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and three incidents:\n{stdout}");
+    assert!(lines[1].starts_with("20261121-003") && lines[1].contains(&example.title));
+    assert!(lines[2].starts_with("20261121-002") && lines[2].contains('?'));
+    assert!(lines[3].starts_with("20261121-001") && lines[3].contains(&example.title));
+    assert!(
+        stderr.contains("1 of 3 incidents") && stderr.contains("cannot read incident 20261121-002"),
+        "{stderr}"
     );
 }

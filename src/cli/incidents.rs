@@ -46,25 +46,31 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let db = IncidentDb::open(&data_dir)?;
     match &args.command {
         IncidentsCommand::List => {
-            let incidents = db.all()?;
-            if incidents.is_empty() {
+            let summaries = db.summaries()?;
+            if summaries.is_empty() {
                 println!("no incidents in {}", db.path().display());
                 return Ok(ExitCode::SUCCESS);
             }
-            let rows: Vec<Vec<String>> = incidents
-                .iter()
-                .map(|i| {
-                    vec![
-                        i.id.clone(),
+            let mut unreadable = Vec::new();
+            let rows: Vec<Vec<String>> = summaries
+                .into_iter()
+                .map(|(id, summary)| match summary {
+                    Ok(i) => vec![
+                        id,
                         i.status.as_str().to_string(),
-                        i.severity.clone(),
+                        i.severity,
                         i.detected_at.display(),
                         match i.duration_s {
                             Some(s) => human_duration(Duration::from_secs(s)),
                             None => "open".into(),
                         },
-                        i.title.clone(),
-                    ]
+                        i.title,
+                    ],
+                    Err(error) => {
+                        unreadable.push(error);
+                        let unknown = || "?".to_string();
+                        vec![id, unknown(), unknown(), unknown(), unknown(), unknown()]
+                    }
                 })
                 .collect();
             print!(
@@ -75,7 +81,18 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     &[],
                 )
             );
-            Ok(ExitCode::SUCCESS)
+            if unreadable.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "{} of {} incidents in {} cannot be read (written by a newer vantage, or damaged); \
+                 the first: {}",
+                unreadable.len(),
+                rows.len(),
+                db.path().display(),
+                unreadable[0]
+            );
+            Ok(ExitCode::from(1))
         }
         IncidentsCommand::Show { id, json } => {
             let Some(incident) = db.get(id)? else {

@@ -13,7 +13,7 @@ use anyhow::Context;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
 use super::event::{EventKind, OutboxEvent};
-use super::{DB_FILE, Incident, Timestamp};
+use super::{DB_FILE, Incident, Summary, Timestamp};
 
 /// How long a statement waits for another connection's lock before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -277,6 +277,24 @@ impl IncidentDb {
         let mut query = self.conn.prepare(OPEN_KEYS)?;
         let rows = query.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every incident's [`Summary`], newest first, read one row at a time (after a mass outage
+    /// the whole drafts are hundreds of MB); a row this build cannot read is there with the
+    /// reason, by id.
+    pub fn summaries(&self) -> anyhow::Result<Vec<(String, Result<Summary, String>)>> {
+        let mut query = self
+            .conn
+            .prepare("SELECT id, data FROM incidents ORDER BY seq DESC")?;
+        let mut rows = query.query([])?;
+        let mut summaries = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let summary = serde_json::from_str(row.get_ref(1)?.as_str()?)
+                .map_err(|e| format!("cannot read incident {id}: {e}"));
+            summaries.push((id, summary));
+        }
+        Ok(summaries)
     }
 
     /// Every incident, newest first.

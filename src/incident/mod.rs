@@ -34,6 +34,7 @@ pub mod outbox;
 pub mod outputs;
 pub mod pipeline;
 pub mod render;
+mod summary;
 pub mod webhook;
 
 use std::time::{Duration, SystemTime};
@@ -50,6 +51,7 @@ pub use manager::{
     Diagnosis, Diagnostics, Manager, NoDiagnostics, PendingDiagnosis, TraceEvidence,
 };
 pub use outbox::IncidentSink;
+pub use summary::Summary;
 
 use crate::rules::{Impact, Peak, Scope};
 

@@ -15,7 +15,7 @@ use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
 use super::layout::{self, Nav, segment};
 use super::{PageError, PageResult, PageSource};
 use crate::incident::render::human_duration;
-use crate::incident::{DIRECTORY, Incident, Status, Timestamp, chart};
+use crate::incident::{DIRECTORY, Incident, Summary, chart};
 
 /// The largest draft document or file read (a draft is some tens of KiB; evidence.json of a
 /// group incident a few MiB).
@@ -27,39 +27,6 @@ pub struct Draft {
     pub id: String,
     /// What the lists show of `incident.json`, or why it could not be read.
     pub incident: Result<Summary, String>,
-}
-
-/// What the lists show of a draft: `incident.json` read without its timeline, trace and
-/// evidence (most of its tens of KiB).
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Summary {
-    pub id: String,
-    pub status: Status,
-    pub severity: String,
-    pub title: String,
-    pub detected_at: Timestamp,
-    pub duration_s: Option<u64>,
-    impact: SummaryImpact,
-}
-
-#[derive(Debug, Clone, serde::Deserialize)]
-struct SummaryImpact {
-    affected: Vec<SummaryMember>,
-}
-
-#[derive(Debug, Clone, serde::Deserialize)]
-struct SummaryMember {
-    target: String,
-}
-
-impl Summary {
-    pub fn is_open(&self) -> bool {
-        self.status == Status::Open
-    }
-
-    pub fn affects(&self, target: &str) -> bool {
-        self.impact.affected.iter().any(|m| m.target == target)
-    }
 }
 
 /// The drafts' summaries as last read, by folder, with the size and modification time of the
