@@ -307,9 +307,10 @@ impl IncidentDb {
     }
 
     fn query<P: rusqlite::Params>(&self, clause: &str, params: P) -> anyhow::Result<Vec<Incident>> {
+        // Cached: a start and a re-send read the open incidents one `get` at a time.
         let mut query = self
             .conn
-            .prepare(&format!("SELECT id, data FROM incidents {clause}"))?;
+            .prepare_cached(&format!("SELECT id, data FROM incidents {clause}"))?;
         let rows = query.query_map(params, |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
         })?;

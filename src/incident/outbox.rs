@@ -30,7 +30,7 @@ pub trait IncidentSink: Send {
     }
     /// Tell the sink again about every incident that is still open. `open` reads them one at a
     /// time, so a sink that sends them in batches holds one batch (a mass outage leaves 10,000
-    /// open; reading them all at once took 900 MB every reminder).
+    /// open; reading them all at once took the agent to 360 MB every reminder).
     fn refresh(&mut self, _open: &mut dyn Iterator<Item = Incident>) -> anyhow::Result<()> {
         Ok(())
     }
