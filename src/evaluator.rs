@@ -32,7 +32,7 @@
 //! forgotten ([`Engine::forget`]): `Unknown`, neither bad nor good. So one site that is down
 //! opens one "site scl3 unreachable" incident, not one per target.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -76,6 +76,8 @@ pub struct Evaluator {
     pairs: Vec<(String, String, bool)>,
     /// Per firing alert: the sites that saw it as last reported (opened or updated).
     seen_by: BTreeMap<String, Vec<String>>,
+    /// Per mesh target: its site (the first that lists it), read for every record.
+    site_of_target: HashMap<String, String>,
 }
 
 impl Evaluator {
@@ -112,6 +114,14 @@ impl Evaluator {
             }
         }
         pairs.sort_by_key(|(_, _, mesh)| !mesh);
+        let mut site_of_target = HashMap::new();
+        for site in &config.sites {
+            for target in &site.targets {
+                site_of_target
+                    .entry(target.clone())
+                    .or_insert_with(|| site.name.clone());
+            }
+        }
         Evaluator {
             config: config.clone(),
             engine_config,
@@ -119,6 +129,7 @@ impl Evaluator {
             site_keys,
             pairs,
             seen_by: BTreeMap::new(),
+            site_of_target,
         }
     }
 
@@ -145,26 +156,28 @@ impl Evaluator {
     /// returns the transitions, in order.
     pub fn read(&mut self, now: Mono, wall: SystemTime, readings: &[Reading]) -> Vec<Transition> {
         let mut transitions = Vec::new();
-        let find = |site: &str, target: &str| {
-            readings
-                .iter()
-                .find(|r| r.site == site && r.target == target && r.loss_pct.is_some())
-        };
+        // Each pair's reading, the first with a ping round: one lookup per pair (a search of
+        // every reading per pair was pairs × readings per read).
+        let mut by_pair: HashMap<(&str, &str), &Reading> = HashMap::with_capacity(readings.len());
+        for reading in readings.iter().filter(|r| r.loss_pct.is_some()) {
+            by_pair
+                .entry((reading.site.as_str(), reading.target.as_str()))
+                .or_insert(reading);
+        }
         // Mesh pairs first: they decide which sites are down before the targets are counted.
         let mut down: Vec<String> = Vec::new();
         let mut decided = false;
-        for index in 0..self.pairs.len() {
-            let (site, target, mesh) = self.pairs[index].clone();
+        for (site, target, mesh) in &self.pairs {
             if !mesh && !decided {
                 down = self.down_sites();
                 decided = true;
             }
-            match find(&site, &target) {
-                Some(reading) if !down.contains(&site) => {
-                    let record = self.record(&site, &target, wall, reading);
+            match by_pair.get(&(site.as_str(), target.as_str())) {
+                Some(reading) if !down.contains(site) => {
+                    let record = self.record(site, target, wall, reading);
                     transitions.extend(self.engine.observe(now, &record));
                 }
-                _ => self.engine.forget(&site, &target),
+                _ => self.engine.forget(site, target),
             }
         }
         if !decided {
@@ -281,9 +294,9 @@ impl Evaluator {
             probe: site.to_string(),
             target: target.to_string(),
             target_site: self
-                .config
-                .site_of(target)
-                .map_or_else(|| "unknown".to_string(), |s| s.name.clone()),
+                .site_of_target
+                .get(target)
+                .map_or_else(|| "unknown".to_string(), String::clone),
             address: None,
             observation: Observation {
                 started_at: wall,

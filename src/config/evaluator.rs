@@ -67,12 +67,3 @@ pub enum FleetScope {
     /// target rules.
     Site { min_sites: u32 },
 }
-
-impl EvaluatorConfig {
-    /// The site whose mesh targets include `target`.
-    pub fn site_of(&self, target: &str) -> Option<&SiteConfig> {
-        self.sites
-            .iter()
-            .find(|s| s.targets.iter().any(|t| t == target))
-    }
-}

@@ -435,3 +435,35 @@ fn a_fleet_draft_speaks_as_the_fleet() {
         assert!(!site.contains(phrase), "{phrase:?}:\n{site}");
     }
 }
+
+#[test]
+fn a_pair_counts_its_first_reading_with_a_ping_round() {
+    // Every site loses aws-gw, but each site's first reading of it has no ping round (a second
+    // agent at the site that runs no pings) and its last says all is well: only the first
+    // reading with a round counts.
+    let mut readings = Vec::new();
+    for reading in reads(|_, target| target == "aws-gw") {
+        if reading.target == "aws-gw" {
+            let silent = Reading {
+                loss_pct: None,
+                median_ms: None,
+                ..reading.clone()
+            };
+            let healthy = Reading {
+                loss_pct: Some(0.0),
+                median_ms: Some(2.0),
+                ..reading.clone()
+            };
+            readings.extend([silent, reading, healthy]);
+        } else {
+            readings.push(reading);
+        }
+    }
+    let mut evaluator = Evaluator::new(&config());
+    let transitions = run(&mut evaluator, 0, 4, &readings);
+    assert_eq!(
+        opened(&transitions),
+        ["cloud-unreachable/group/target=aws-gw"],
+        "{transitions:#?}"
+    );
+}
