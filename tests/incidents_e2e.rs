@@ -485,6 +485,7 @@ fn the_list_shows_every_incident_it_can_read_and_names_the_ones_it_cannot() {
         ("20261121-001", "a"),
         ("20261121-002", "b"),
         ("20261121-003", "c"),
+        ("20261121-004", "d"),
     ] {
         let incident = vantage::incident::Incident {
             id: id.into(),
@@ -493,14 +494,21 @@ fn the_list_shows_every_incident_it_can_read_and_names_the_ones_it_cannot() {
         };
         db.save(&incident, None, None).expect("save");
     }
-    // A row this build cannot read, as a newer version might leave it.
-    rusqlite::Connection::open(dir.path().join("incidents.db"))
-        .expect("sqlite")
+    // Rows this build cannot read: one as a newer version might leave it, one damaged (bytes
+    // that are not UTF-8 text).
+    let sqlite = rusqlite::Connection::open(dir.path().join("incidents.db")).expect("sqlite");
+    sqlite
         .execute(
             "UPDATE incidents SET data = '{\"from\": \"the future\"}' WHERE id = '20261121-002'",
             [],
         )
-        .expect("damage one row");
+        .expect("a row from the future");
+    sqlite
+        .execute(
+            "UPDATE incidents SET data = X'FF00FE' WHERE id = '20261121-004'",
+            [],
+        )
+        .expect("a damaged row");
 
     let data_arg = dir.path().to_str().expect("utf-8 path");
     let list = vantage(&["incidents", "list", "--data-dir", data_arg]);
@@ -510,12 +518,13 @@ fn the_list_shows_every_incident_it_can_read_and_names_the_ones_it_cannot() {
     );
     assert_eq!(list.status.code(), Some(1), "{stdout}{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 4, "a header and three incidents:\n{stdout}");
-    assert!(lines[1].starts_with("20261121-003") && lines[1].contains(&example.title));
-    assert!(lines[2].starts_with("20261121-002") && lines[2].contains('?'));
-    assert!(lines[3].starts_with("20261121-001") && lines[3].contains(&example.title));
+    assert_eq!(lines.len(), 5, "a header and four incidents:\n{stdout}");
+    assert!(lines[1].starts_with("20261121-004") && lines[1].contains('?'));
+    assert!(lines[2].starts_with("20261121-003") && lines[2].contains(&example.title));
+    assert!(lines[3].starts_with("20261121-002") && lines[3].contains('?'));
+    assert!(lines[4].starts_with("20261121-001") && lines[4].contains(&example.title));
     assert!(
-        stderr.contains("1 of 3 incidents") && stderr.contains("cannot read incident 20261121-002"),
+        stderr.contains("2 of 4 incidents") && stderr.contains("cannot read incident 20261121-004"),
         "{stderr}"
     );
 }

@@ -290,8 +290,12 @@ impl IncidentDb {
         let mut summaries = Vec::new();
         while let Some(row) = rows.next()? {
             let id: String = row.get(0)?;
-            let summary = serde_json::from_str(row.get_ref(1)?.as_str()?)
-                .map_err(|e| format!("cannot read incident {id}: {e}"));
+            // Not text, or not UTF-8, is as unreadable as bad JSON: that row, not the list.
+            let summary = match row.get_ref(1)?.as_str() {
+                Ok(text) => serde_json::from_str(text).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+            .map_err(|e| format!("cannot read incident {id}: {e}"));
             summaries.push((id, summary));
         }
         Ok(summaries)
