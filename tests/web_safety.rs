@@ -171,6 +171,27 @@ async fn every_answer_has_a_strict_policy_and_only_get_is_served() {
         assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
     }
+    // The incident list's one query parameter: a bad page number is a 400 that says what a page
+    // number is (the hostile text shown as text), a page past the end a 404.
+    for (path, status, says) in [
+        ("/incidents?page=1", 200, "1 draft, 1 open"),
+        (
+            "/incidents?page=%3Cscript%3E",
+            400,
+            "`page` must be a whole number from 1",
+        ),
+        (
+            "/incidents?page=2",
+            404,
+            "no page 2 of the incident list: it has 1 page of 100 (1 draft)",
+        ),
+    ] {
+        let response = http.get(served.url(path)).send().await.expect("get");
+        assert_eq!(response.status(), status, "{path}");
+        let text = response.text().await.expect("text");
+        assert!(text.contains(says), "{path}: {text}");
+        assert!(!text.contains("<script"), "{path}: {text}");
+    }
     let post = http
         .post(served.url("/"))
         .body("x")

@@ -128,18 +128,70 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-pub fn list(source: &PageSource) -> PageResult<Markup> {
+/// Drafts per page of the list. A mass outage opens thousands, and one page of all of them was
+/// 2.4 MB of HTML at 10,000 drafts.
+pub const PAGE_SIZE: usize = 100;
+
+/// The list's page number from the query string (`page=N`, counted from 1; 1 without it). Other
+/// parameters are ignored.
+pub fn page_number(query: Option<&str>) -> PageResult<usize> {
+    let mut pages = query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("page="));
+    let Some(value) = pages.next() else {
+        return Ok(1);
+    };
+    if pages.next().is_some() {
+        return Err(PageError::BadRequest(
+            "`page` is given more than once: give it once, e.g. /incidents?page=2".into(),
+        ));
+    }
+    match value.parse::<usize>() {
+        Ok(page) if page >= 1 => Ok(page),
+        _ => {
+            let shown: String = value.chars().take(40).collect();
+            Err(PageError::BadRequest(format!(
+                "`page` must be a whole number from 1, e.g. /incidents?page=2 (got {shown:?})"
+            )))
+        }
+    }
+}
+
+/// Page `page` of the drafts (open ones first, then newest first), [`PAGE_SIZE`] to a page.
+pub fn list(source: &PageSource, page: usize) -> PageResult<Markup> {
     let drafts = load_all(source)?;
+    let pages = drafts.len().div_ceil(PAGE_SIZE).max(1);
+    if page > pages {
+        return Err(PageError::NotFound(format!(
+            "no page {page} of the incident list: it has {} of {PAGE_SIZE} ({})",
+            counted(pages, "page"),
+            counted(drafts.len(), "draft"),
+        )));
+    }
+    let open = drafts
+        .iter()
+        .filter(|d| d.incident.as_ref().is_ok_and(|i| i.is_open()))
+        .count();
+    let first = (page - 1) * PAGE_SIZE;
+    let shown = &drafts[first..(first + PAGE_SIZE).min(drafts.len())];
+    let link = |to: usize| format!("/incidents?page={to}");
     let body = html! {
         @if drafts.is_empty() {
             p.muted { "No incident drafts in " (root(source).display()) "." }
         } @else {
+            p #list-position {
+                (counted(drafts.len(), "draft")) ", " (open) " open"
+                @if pages > 1 {
+                    "; page " (page) " of " (pages) ": drafts " (first + 1) "–" (first + shown.len())
+                }
+            }
             table.incidents {
                 thead { tr {
                     th { "ID" } th { "Status" } th { "Severity" } th { "Detected" } th { "Duration" } th { "Title" }
                 } }
                 tbody {
-                    @for draft in &drafts {
+                    @for draft in shown {
                         @match &draft.incident {
                             Ok(i) => tr class={ "status-" (i.status.as_str()) } {
                                 td { a href={ "/incidents/" (segment(&draft.id)) } { (draft.id) } }
@@ -157,9 +209,26 @@ pub fn list(source: &PageSource) -> PageResult<Markup> {
                     }
                 }
             }
+            @if pages > 1 {
+                nav.pages {
+                    @if page > 1 {
+                        a href=(link(1)) { "first" } " "
+                        a href=(link(page - 1)) rel="prev" { "previous" } " "
+                    }
+                    @if page < pages {
+                        a href=(link(page + 1)) rel="next" { "next" } " "
+                        a href=(link(pages)) { "last" }
+                    }
+                }
+            }
         }
     };
     Ok(layout::page("Incidents", Nav::Incidents, body))
+}
+
+/// "1 draft", "2 drafts".
+fn counted(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 pub fn draft(source: &PageSource, id: &str) -> PageResult<Markup> {
@@ -326,6 +395,125 @@ pub fn file(source: &PageSource, id: &str, name: &str) -> PageResult<Response> {
 mod tests {
     use super::*;
 
+    fn example_draft() -> serde_json::Value {
+        serde_json::from_str(include_str!("../../../docs/examples/incident.json"))
+            .expect("the example draft")
+    }
+
+    /// `example` as draft `id` with `status`, in the data directory `data`.
+    fn write_draft(data: &Path, example: &serde_json::Value, id: &str, status: &str) -> PathBuf {
+        let mut draft = example.clone();
+        draft["id"] = id.into();
+        draft["status"] = status.into();
+        let folder = data.join(DIRECTORY).join(id);
+        std::fs::create_dir_all(&folder).expect("folder");
+        let path = folder.join("incident.json");
+        std::fs::write(&path, draft.to_string()).expect("write");
+        path
+    }
+
+    /// A data directory with `n` drafts, every eighth one open.
+    fn many_drafts(n: usize) -> (tempfile::TempDir, PageSource) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::store::Store::open(dir.path()).expect("store");
+        let example = example_draft();
+        for i in 1..=n {
+            let status = if i % 8 == 0 { "open" } else { "resolved" };
+            write_draft(dir.path(), &example, &format!("20261121-{i:03}"), status);
+        }
+        let source = PageSource::new(dir.path(), None).expect("source");
+        (dir, source)
+    }
+
+    /// After a mass outage the list is paged: open drafts first, [`PAGE_SIZE`] to a page, with
+    /// where the page sits and links to the others; a page past the end is a clear 404.
+    #[test]
+    fn the_list_is_paged_with_the_open_drafts_first() {
+        let (_dir, source) = many_drafts(250);
+        let rows = |html: &str, class: &str| html.matches(&format!("<tr class=\"{class}")).count();
+
+        let first = list(&source, 1).expect("page 1").into_string();
+        assert_eq!(rows(&first, "status-"), PAGE_SIZE, "{first}");
+        assert_eq!(
+            rows(&first, "status-open"),
+            31,
+            "every open draft is on page 1"
+        );
+        assert!(
+            first.contains("250 drafts, 31 open; page 1 of 3: drafts 1–100"),
+            "{first}"
+        );
+        assert!(
+            first.contains("href=\"/incidents?page=2\" rel=\"next\""),
+            "{first}"
+        );
+        assert!(first.contains("href=\"/incidents?page=3\""), "{first}");
+        assert!(!first.contains("rel=\"prev\""), "{first}");
+
+        let last = list(&source, 3).expect("page 3").into_string();
+        assert_eq!(rows(&last, "status-resolved"), 50, "{last}");
+        assert!(last.contains("page 3 of 3: drafts 201–250"), "{last}");
+        assert!(
+            last.contains("href=\"/incidents?page=2\" rel=\"prev\""),
+            "{last}"
+        );
+        assert!(!last.contains("rel=\"next\""), "{last}");
+
+        match list(&source, 4) {
+            Err(PageError::NotFound(message)) => assert_eq!(
+                message,
+                "no page 4 of the incident list: it has 3 pages of 100 (250 drafts)"
+            ),
+            other => panic!("page 4: {other:?}"),
+        }
+    }
+
+    /// The overview names the first open incidents and links to the rest.
+    #[test]
+    fn the_overview_lists_a_few_open_incidents_and_links_to_the_rest() {
+        let (_dir, source) = many_drafts(250);
+        let page = super::super::overview::page(&source)
+            .expect("overview")
+            .into_string();
+        assert_eq!(
+            page.matches("class=\"incident-open\"").count(),
+            20,
+            "{page}"
+        );
+        assert!(page.contains("Open incidents (31)"), "{page}");
+        assert!(
+            page.contains("… and 11 more: <a href=\"/incidents\">"),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn the_page_number_is_a_whole_number_from_one() {
+        for (query, page) in [
+            (None, 1),
+            (Some(""), 1),
+            (Some("page=2"), 2),
+            (Some("sort=x&page=3"), 3),
+        ] {
+            assert_eq!(page_number(query).expect("a page"), page, "{query:?}");
+        }
+        for query in [
+            "page=0",
+            "page=",
+            "page=abc",
+            "page=-1",
+            "page=99999999999999999999999",
+            "page=1&page=2",
+        ] {
+            match page_number(Some(query)) {
+                Err(PageError::BadRequest(message)) => {
+                    assert!(message.contains("`page`"), "{query}: {message}")
+                }
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+    }
+
     /// Every page lists the drafts: a view reads again only the `incident.json` files that
     /// changed (size or modification time), and forgets the folders that are gone.
     #[test]
@@ -333,19 +521,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         crate::store::Store::open(dir.path()).expect("store");
         let source = PageSource::new(dir.path(), None).expect("source");
-        let example: serde_json::Value =
-            serde_json::from_str(include_str!("../../../docs/examples/incident.json"))
-                .expect("the example draft");
-        let write = |id: &str, status: &str| {
-            let mut draft = example.clone();
-            draft["id"] = id.into();
-            draft["status"] = status.into();
-            let folder = dir.path().join(DIRECTORY).join(id);
-            std::fs::create_dir_all(&folder).expect("folder");
-            let path = folder.join("incident.json");
-            std::fs::write(&path, draft.to_string()).expect("write");
-            path
-        };
+        let example = example_draft();
+        let write = |id: &str, status: &str| write_draft(dir.path(), &example, id, status);
         let listed = || -> Vec<String> {
             load_all(&source)
                 .expect("drafts")

@@ -9,7 +9,7 @@
 //! - `overview`, `target`, `incidents`, `agent`: one page each
 //! - `series`: chart series thinned to what a chart can show
 //!
-//! Routes: `/` overview, `/targets/{name}`, `/incidents`, `/incidents/{id}`,
+//! Routes: `/` overview, `/targets/{name}`, `/incidents` (`?page=N`), `/incidents/{id}`,
 //! `/incidents/{id}/files/{name}` (a draft's files, as downloads), `/agent`, `/style.css`.
 //! Only GET and HEAD, without a body; every response carries a strict Content-Security-Policy.
 
@@ -96,6 +96,8 @@ impl PageSource {
 #[derive(Debug)]
 enum PageError {
     NotFound(String),
+    /// The request names something the page cannot take (a page number that is not one).
+    BadRequest(String),
     Failed(anyhow::Error),
 }
 
@@ -109,6 +111,7 @@ impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
             PageError::NotFound(what) => (StatusCode::NOT_FOUND, what),
+            PageError::BadRequest(what) => (StatusCode::BAD_REQUEST, what),
             PageError::Failed(error) => {
                 tracing::warn!("web page: {error:#}");
                 (StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}"))
@@ -162,7 +165,13 @@ fn pages(source: PageSource) -> Router {
         )
         .route(
             "/incidents",
-            get(|State(s): State<PageSource>| blocking(s, incidents::list)),
+            get(
+                |State(s): State<PageSource>, axum::extract::RawQuery(query): axum::extract::RawQuery| {
+                    blocking(s, move |s| {
+                        incidents::list(s, incidents::page_number(query.as_deref())?)
+                    })
+                },
+            ),
         )
         .route(
             "/incidents/{id}",
@@ -197,7 +206,7 @@ async fn stylesheet() -> impl IntoResponse {
     )
 }
 
-/// GET and HEAD only, without a body (the pages take no input but the path), and the security
+/// GET and HEAD only, without a body (the pages take no input but the path and `?page=`), and the security
 /// headers on every response, errors included.
 async fn limits_and_headers(request: Request, next: Next) -> Response {
     let has_body = request

@@ -14,6 +14,9 @@ use crate::store::{LatestCheck, LatestPing};
 
 /// The sparkline's window.
 const SPARK_NS: i64 = 3 * 3600 * 1_000_000_000;
+/// Open incidents listed on the overview; the rest are one link away. A mass outage opens
+/// thousands, and each was a line here.
+const OPEN_SHOWN: usize = 20;
 
 /// How a target is doing, worst first (the order of the rows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,15 +89,21 @@ pub fn page(source: &PageSource) -> PageResult<Markup> {
         .filter_map(|d| d.incident.as_ref().ok())
         .filter(|i| i.is_open())
         .collect();
+    let more_open = open.len().saturating_sub(OPEN_SHOWN);
 
     let body = html! {
         @if !open.is_empty() {
             section #open-incidents {
-                h2 { "Open incidents" }
-                @for incident in &open {
+                h2 { "Open incidents (" (open.len()) ")" }
+                @for incident in open.iter().take(OPEN_SHOWN) {
                     p.incident-open {
                         a href={ "/incidents/" (segment(&incident.id)) } { (incident.title) }
                         " — " (incident.severity) ", detected " (incident.detected_at.display())
+                    }
+                }
+                @if more_open > 0 {
+                    p #more-open {
+                        "… and " (more_open) " more: " a href="/incidents" { "every incident" }
                     }
                 }
             }
