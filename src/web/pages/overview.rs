@@ -222,3 +222,25 @@ pub fn checks_table(checks: &[LatestCheck], now: SystemTime) -> Markup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::incidents::tests::many_drafts;
+
+    /// After a mass outage the overview names the first open incidents and links to the rest.
+    #[test]
+    fn the_overview_lists_a_few_open_incidents_and_links_to_the_rest() {
+        let (_dir, source) = many_drafts(250);
+        let page = super::page(&source).expect("overview").into_string();
+        assert_eq!(
+            page.matches("class=\"incident-open\"").count(),
+            20,
+            "{page}"
+        );
+        assert!(page.contains("Open incidents (31)"), "{page}");
+        assert!(
+            page.contains("… and 11 more: <a href=\"/incidents\">"),
+            "{page}"
+        );
+    }
+}
