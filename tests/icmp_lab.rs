@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use lab::{Lab, Router, addr};
+use probes::stats::median;
 use serde::Deserialize;
 
 /// The `--json` line contract: every one of these keys is on every line (values may be null).
@@ -317,11 +318,6 @@ fn fping_rtts(lab: &Lab, count: u32, interval_ms: u64, targets: &[String]) -> Ve
     rtts
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Under load (1,000 targets × 10 echoes, 100 ms apart: 10k echoes/s) the median RTT is fping's,
 /// give or take: each echo is timed from when it left. Timed at its share of a batched send, the
 /// first echo's cold path through the kernel was spread over the whole batch, and the median read
@@ -339,13 +335,14 @@ fn under_load_the_median_rtt_is_what_fping_measures() {
     let (count, interval_ms) = (10, 100);
     let (mut ours, mut fpings) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        fpings.push(median(fping_rtts(&lab, count, interval_ms, &targets)) * 1000.0);
+        let theirs = fping_rtts(&lab, count, interval_ms, &targets);
+        fpings.push(median(theirs).expect("fping's RTTs") * 1000.0);
         let run = vantage_ping(&lab, count, interval_ms, 1000, &names);
         let rtts = run
             .lines
             .iter()
             .flat_map(|l| l.rtts_ms.iter().flatten().copied());
-        ours.push(median(rtts.collect()) * 1000.0);
+        ours.push(median(rtts).expect("vantage's RTTs") * 1000.0);
     }
     let best = |medians: &[f64]| medians.iter().copied().fold(f64::INFINITY, f64::min);
     let (ours, reference) = (best(&ours), best(&fpings));
