@@ -138,9 +138,22 @@ impl Run {
 /// `vantage ping --json` from the agent's namespace. Killed (by PID) if it outlives the round's
 /// own bound by 30 s.
 fn vantage_ping(lab: &Lab, count: u32, interval_ms: u64, timeout_ms: u64, targets: &[&str]) -> Run {
+    vantage_ping_with(lab, &[], count, interval_ms, timeout_ms, targets)
+}
+
+/// [`vantage_ping`] with `options` added (e.g. `--burst`).
+fn vantage_ping_with(
+    lab: &Lab,
+    options: &[&str],
+    count: u32,
+    interval_ms: u64,
+    timeout_ms: u64,
+    targets: &[&str],
+) -> Run {
     let mut command = lab.agent().command(env!("CARGO_BIN_EXE_vantage"));
     command
         .args(["ping", "--json", "--count", &count.to_string()])
+        .args(options)
         .args(["--interval-ms", &interval_ms.to_string()])
         .args(["--timeout-ms", &timeout_ms.to_string()])
         .args(targets);
@@ -351,6 +364,37 @@ fn under_load_the_median_rtt_is_what_fping_measures() {
     assert!(
         ours <= reference + 10.0,
         "vantage's median RTT {ours:.1} µs is more than 10 µs above fping's {reference:.1} µs"
+    );
+}
+
+/// Without `--burst` the targets' starts are spread across one interval: with one echo each,
+/// 3 s apart, the last of 200 targets starts 2.985 s in. With it every echo goes out at once and
+/// the run ends as soon as the replies are in. Every echo is answered either way.
+#[test]
+fn burst_sends_every_target_at_once_and_the_default_spreads_them() {
+    let lab = Lab::routed();
+    let targets: Vec<String> = lab::target_addresses(200)
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let names: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let timed = |options: &[&str]| {
+        let began = Instant::now();
+        let run = vantage_ping_with(&lab, options, 1, 3000, 1000, &names);
+        let took = began.elapsed();
+        assert_eq!(run.code, 0, "{:?}", run.stderr);
+        assert!(run.lines.iter().all(|l| l.received == 1), "{run:?}");
+        took
+    };
+    let (spread, burst) = (timed(&[]), timed(&["--burst"]));
+    eprintln!("200 targets × 1 echo, 3 s interval: spread {spread:?}, burst {burst:?}");
+    assert!(
+        spread >= Duration::from_millis(2985),
+        "spread run ended after {spread:?}"
+    );
+    assert!(
+        burst < Duration::from_millis(1500),
+        "burst run took {burst:?}"
     );
 }
 

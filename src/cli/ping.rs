@@ -33,6 +33,11 @@ pub struct Args {
     /// rtts_ms and failure).
     #[arg(long)]
     json: bool,
+    /// Send each period's echoes to every target back to back, like `fping -i 0`: the least CPU
+    /// per echo, but one burst of a packet per target every period. Without it, the targets'
+    /// starts are spread evenly across one interval.
+    #[arg(long)]
+    burst: bool,
     /// Host names or IP addresses.
     #[arg(required = true, value_name = "TARGET")]
     targets: Vec<String>,
@@ -56,6 +61,16 @@ struct PingLine<'a> {
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(ping_all(args))
+}
+
+/// When the round of target `index` (of `n`) starts: staggered across one interval, so thousands
+/// of targets never go out in one burst, or all at once when a burst is asked for.
+fn start_offset(index: usize, n: usize, spacing: Duration, burst: bool) -> Duration {
+    if burst {
+        return Duration::ZERO;
+    }
+    let share = |k: usize| u32::try_from(k).unwrap_or(u32::MAX);
+    spacing / share(n.max(1)) * share(index)
 }
 
 /// How long a finished line may wait in the output buffer while other rounds are ending.
@@ -92,9 +107,8 @@ async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
         let (index, address) = done?;
         resolved[index] = Some(address);
     }
-    // Stagger target starts across one interval so thousands of targets never go out in one burst.
     // The whole list goes to the ICMP client as one batch: no task or channel per target.
-    let n = args.targets.len() as u32;
+    let n = args.targets.len();
     let start = std::time::Instant::now();
     let mut batch = Vec::new();
     // Target index of each batch entry; results of targets that did not resolve wait in `ended`.
@@ -103,7 +117,10 @@ async fn ping_all(args: &Args) -> anyhow::Result<ExitCode> {
     for (index, (target, address)) in args.targets.iter().zip(resolved).enumerate() {
         match address {
             Some(Ok(address)) => {
-                batch.push((address, start + plan.spacing / n * index as u32));
+                batch.push((
+                    address,
+                    start + start_offset(index, n, plan.spacing, args.burst),
+                ));
                 batch_target.push(index);
             }
             Some(Err(message)) => {
@@ -238,4 +255,20 @@ fn emit(
         ]);
     }
     Ok(stats.received > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_are_spread_across_one_interval_unless_a_burst_is_asked_for() {
+        let spacing = Duration::from_millis(100);
+        let spread: Vec<Duration> = (0..4).map(|i| start_offset(i, 4, spacing, false)).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(spread, [ms(0), ms(25), ms(50), ms(75)]);
+        assert!((0..4).all(|i| start_offset(i, 4, spacing, true).is_zero()));
+        // A single target starts at once either way.
+        assert!(start_offset(0, 1, spacing, false).is_zero());
+    }
 }
