@@ -841,7 +841,9 @@ async fn drive(
             receive_queued(fd, headers, slots, &mut engine, family, now).await;
             if !blocked {
                 let batch = (&mut outgoing, &mut send_headers);
-                blocked = send_due(&mut engine, fd, batch, now);
+                let (headers, slots) = (&mut recv_headers, &mut recv_slots);
+                let drain = |engine: &mut Engine| drain_queued(fd, headers, slots, engine);
+                blocked = send_due(&mut engine, fd, batch, now, drain);
                 if blocked {
                     registration.would_block(Interest::WRITABLE);
                 }
@@ -975,17 +977,36 @@ async fn receive_queued(
     false
 }
 
+/// Read what the socket holds now, without waiting, between the send batches of a long pass.
+/// Errors are left to the pass's next [`receive_queued`], which logs them.
+fn drain_queued(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    slots: &mut [[u8; RECV_SLOT]; BATCH],
+    engine: &mut Engine,
+) {
+    for _ in 0..RECV_BATCHES_MAX {
+        match receive_batch(fd, headers, slots, engine) {
+            Ok((n, _)) if n == BATCH => continue,
+            _ => return,
+        }
+    }
+}
+
 /// Send every echo due by `pass` (when this pass began), a batch per `sendmmsg`. Returns true when
 /// the send buffer is full (the echoes left stay due).
 ///
 /// Only what was due when the pass began: a loop that is behind (sending takes longer than the
 /// schedule gives it) would otherwise never leave this function to read replies, and the socket's
 /// receive queue would overflow (10,000 targets at 50k echoes/s lost 38% of their replies).
+/// `between_batches` reads what has arrived after each batch: a long pass (a burst to 20,000
+/// targets) otherwise filled the receive queue before reading it and lost 38% of the replies.
 fn send_due(
     engine: &mut Engine,
     fd: RawFd,
     (batch, headers): (&mut SendBatch, &mut MultiHeaders<SockaddrStorage>),
     pass: Instant,
+    mut between_batches: impl FnMut(&mut Engine),
 ) -> bool {
     // The pass's first echo goes out alone, timed by its own call. After the loop slept, the
     // first packet through the kernel's send path costs several times what the next ones do
@@ -993,6 +1014,9 @@ fn send_due(
     // all of them: at 10k echoes/s the lab's median RTT read 40-48 µs against fping's 13.
     let mut first_of_pass = true;
     loop {
+        if !first_of_pass {
+            between_batches(engine);
+        }
         engine.due(pass, batch);
         if batch.len == 0 {
             return false;
