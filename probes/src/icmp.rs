@@ -800,6 +800,10 @@ fn grow(socket: &impl AsFd, direction: Direction, want: usize) -> usize {
 const RECV_SLOT: usize = 2048;
 /// At most this many receive batches per drain (a flood must not stop the sends for long).
 const RECV_BATCHES_MAX: usize = 1024;
+/// At most this many between two send batches of a pass: twice what one send batch can bring
+/// back, so a pass keeps up with its replies while a flood of foreign datagrams delays each send
+/// batch by two reads at most (the pass's own drain takes the rest).
+const RECV_BATCHES_BETWEEN_SENDS: usize = 2;
 
 /// The loop of one socket: commands from rounds, due echoes out, replies in, until every client
 /// clone is gone.
@@ -977,15 +981,16 @@ async fn receive_queued(
     false
 }
 
-/// Read what the socket holds now, without waiting, between the send batches of a long pass.
-/// Errors are left to the pass's next [`receive_queued`], which logs them.
+/// Read what the socket holds now (at most [`RECV_BATCHES_BETWEEN_SENDS`] batches), without
+/// waiting, between the send batches of a long pass. Errors are left to the pass's next
+/// [`receive_queued`], which logs them.
 fn drain_queued(
     fd: RawFd,
     headers: &mut MultiHeaders<SockaddrStorage>,
     slots: &mut [[u8; RECV_SLOT]; BATCH],
     engine: &mut Engine,
 ) {
-    for _ in 0..RECV_BATCHES_MAX {
+    for _ in 0..RECV_BATCHES_BETWEEN_SENDS {
         match receive_batch(fd, headers, slots, engine) {
             Ok((n, _)) if n == BATCH => continue,
             _ => return,
