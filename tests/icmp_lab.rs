@@ -314,6 +314,14 @@ fn delay_on_a_router_raises_the_median_by_the_delay() {
     assert!(delayed.rtt_min_ms.expect("min") >= delay_ms, "{delayed:?}");
 }
 
+/// The first `n` addresses the lab's target answers, as command-line arguments.
+fn lab_targets(n: usize) -> Vec<String> {
+    lab::target_addresses(n)
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+}
+
 /// The RTTs `fping -C` prints on stderr (`198.19.0.1 : 0.06 - 0.05`), in ms.
 fn fping_rtts(lab: &Lab, count: u32, interval_ms: u64, targets: &[String]) -> Vec<f64> {
     let mut command = lab.agent().command("fping");
@@ -340,10 +348,7 @@ fn fping_rtts(lab: &Lab, count: u32, interval_ms: u64, targets: &[String]) -> Ve
 #[test]
 fn under_load_the_median_rtt_is_what_fping_measures() {
     let lab = Lab::routed();
-    let targets: Vec<String> = lab::target_addresses(1000)
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let targets = lab_targets(1000);
     let names: Vec<&str> = targets.iter().map(String::as_str).collect();
     let (count, interval_ms) = (10, 100);
     let (mut ours, mut fpings) = (Vec::new(), Vec::new());
@@ -373,10 +378,7 @@ fn under_load_the_median_rtt_is_what_fping_measures() {
 #[test]
 fn burst_sends_every_target_at_once_and_the_default_spreads_them() {
     let lab = Lab::routed();
-    let targets: Vec<String> = lab::target_addresses(200)
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let targets = lab_targets(200);
     let names: Vec<&str> = targets.iter().map(String::as_str).collect();
     let timed = |options: &[&str]| {
         let began = Instant::now();
@@ -405,10 +407,7 @@ fn burst_sends_every_target_at_once_and_the_default_spreads_them() {
 #[test]
 fn a_burst_to_20000_targets_counts_every_reply() {
     let lab = Lab::routed();
-    let targets: Vec<String> = lab::target_addresses(20_000)
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let targets = lab_targets(20_000);
     let names: Vec<&str> = targets.iter().map(String::as_str).collect();
     let run = vantage_ping_with(&lab, &["--burst"], 1, 1000, 1000, &names);
     let answered = run.lines.iter().filter(|l| l.received == 1).count();
