@@ -1,17 +1,18 @@
 //! Smokeping-style ICMP echo rounds.
 //!
 //! One [`IcmpClient`] holds one socket per address family (raw, or unprivileged datagram), shared
-//! by every round. Each socket has one loop ([`drive`], on a thread of its own) that runs every round on it
-//! from its deadlines ([`engine`], [`deadlines`]: a FIFO lane per spacing or timeout, a heap for
-//! the rest): due echoes are built into a preallocated batch and sent with
-//! one `sendmmsg`, replies read with `recvmmsg` and timed by the kernel's receive stamps
-//! (`SO_TIMESTAMPNS`). Per round there is one slot in an array and one message each way (its start,
-//! its result); nothing per echo is allocated, locked or spawned. [`IcmpClient::rounds`] starts
-//! many rounds as one batch (`vantage ping`'s target list): one message for all of them, and no
-//! task, channel or stop token per round. While echoes are due more often than every 5 ms, the
-//! loop's passes are that far apart (`engine::COALESCE`): one wake-up and one `recvmmsg` for
-//! many echoes. The socket buffers grow with the
-//! offered echo rate; when `net.core.rmem_max`/`wmem_max` caps them, one warning names the sysctl.
+//! by every round. Each socket has one loop ([`drive`], on a thread of its own) that runs every
+//! round on it from its deadlines ([`engine`], [`deadlines`]: a FIFO lane per spacing or timeout, a
+//! heap for the rest): due echoes are built into a preallocated batch and sent in `sendmmsg` calls
+//! of four (`SEND_CHUNK`: each echo is timed at its share of its call), replies read with
+//! `recvmmsg` and timed by the kernel's receive stamps (`SO_TIMESTAMPNS`). Per round there is one
+//! slot in an array and one message each way (its start, its result); nothing per echo is
+//! allocated, locked or spawned. [`IcmpClient::rounds`] starts many rounds as one batch (`vantage
+//! ping`'s target list): one message for all of them, and no task, channel or stop token per round.
+//! While echoes are due more often than every 5 ms, the loop's passes are that far apart
+//! (`engine::COALESCE`): one wake-up and one `recvmmsg` for many echoes. The socket buffers grow
+//! with the offered echo rate; when `net.core.rmem_max`/`wmem_max` caps them, one warning names the
+//! sysctl.
 //!
 //! A round holds one sequence number per echo for its whole length, so at most
 //! [`MAX_OUTSTANDING_PER_ADDRESS`] echoes to one address can await replies at a time: a round that

@@ -1,7 +1,7 @@
 //! The per-socket state machine behind [`super::IcmpClient`]: every round on one socket, in compact
 //! arrays, driven by one loop ([`super::drive`]) from its deadlines ([`super::deadlines`]). No
 //! locks, no task, timer or channel per round or echo; echoes are built into a preallocated batch
-//! and go out with one `sendmmsg`.
+//! and go out in a few `sendmmsg` calls.
 //!
 //! A round lives in a slot of [`Engine::slots`]. Every echo of a round carries the same stamp:
 //! the slot's index and generation, under the echo's tag ([`super::packet`]). A verified reply
@@ -28,7 +28,7 @@ use super::packet::{
 use super::{MAX_OUTSTANDING_PER_ADDRESS, RoundPlan, RoundState, Verdict};
 use crate::observation::{FailureKind, Outcome};
 
-/// Echoes built per `sendmmsg`, and datagrams read per `recvmmsg`.
+/// Echoes built per batch (sent a few per `sendmmsg`), and datagrams read per `recvmmsg`.
 pub(super) const BATCH: usize = 64;
 /// The loop's passes (sends, then reads) are at least this far apart while echoes are due more
 /// often (or half the shortest spacing, so no round's echoes bunch up): at 10,000 echoes/s, a
@@ -134,7 +134,7 @@ struct Slot {
     round: Option<Round>,
 }
 
-/// Echoes ready for one `sendmmsg`: packets, destinations, and whose each one is.
+/// Echoes ready to send: packets, destinations, and whose each one is.
 #[derive(Debug)]
 pub(super) struct SendBatch {
     pub packets: Box<[[u8; REQUEST_LEN]; BATCH]>,
