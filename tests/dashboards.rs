@@ -444,6 +444,10 @@ retry_max = "2s"
 
 const DB: &str = "vantage";
 
+/// How long InfluxDB is away: one self-metrics period plus the ~6 s the backlog needs to pass 50.
+const OUTAGE: Duration =
+    Duration::from_secs(vantage::sinks::DEFAULT_SELF_METRICS_EVERY.as_secs() + 10);
+
 /// The series of an InfluxQL answer, or a panic with InfluxDB's error.
 fn series(answer: &Value, query: &str) -> Vec<Value> {
     let result = &answer["results"][0];
@@ -542,9 +546,12 @@ fn every_dashboard_query_answers_with_real_data() {
         has(&net, &influx, &event("resolved"))
     });
 
-    // InfluxDB away for 12 s: the spool fills and the delivery lag shows once it is back.
+    // InfluxDB away long enough that a self-metrics point (one per 10 s, at a phase the test
+    // does not control) is taken with more than 50 points waiting: ~10 points/s pile up, so any
+    // sample 6 s or more into the outage shows it, and 20 s always holds one. (12 s did not: a
+    // sample 3 s in and the next one just after delivery resumed both showed < 50.)
     influx.process.stop();
-    std::thread::sleep(Duration::from_secs(12));
+    std::thread::sleep(OUTAGE);
     net.block_on(influx.restart());
     let backlog = "SELECT \"spool_points\" FROM \"agent\" WHERE \"spool_points\" > 50";
     wait_for(
