@@ -706,12 +706,16 @@ min_hold = "10s"
         .collect();
     expected.insert(0, "group-loss/group/group=remote".into());
     assert_eq!(keys, expected, "{log}");
+    // Hop 2 answers a probe only when both directions of the link pass it (25%): in about one
+    // trace in 300 it answers none of 20, and then the verdict can only say the loss starts there
+    // or at the next hop (16 traces: ~5% of runs).
     let verdict = format!("loss starts at hop 2, {}", addr::R2_R1_SIDE);
+    let hop_2_silent = "or at the silent hop 2 before it";
     let mut latest_breach = injected_at;
     for incident in drafted.iter().filter(|i| i.key.starts_with("loss/")) {
         let trace = incident.trace.as_ref().expect("a trace at breach");
         assert!(
-            trace.verdict_text.contains(&verdict),
+            trace.verdict_text.contains(&verdict) || trace.verdict_text.contains(hop_2_silent),
             "{}: {}",
             incident.key,
             trace.verdict_text

@@ -480,11 +480,13 @@ fn report_from(target: IpAddr, hops: &[trippy_core::Hop]) -> TraceReport {
 pub enum LossVerdict {
     /// The destination answered every probe (or too few were lost to count).
     NoLoss,
-    /// Loss begins at `ttl` and persists to the destination.
+    /// Loss begins at `ttl` and persists to the destination. `silent_before`: the hops just before
+    /// it that answered no probe at all, so the loss may as well begin at one of them.
     LossFrom {
         ttl: u8,
         address: Option<IpAddr>,
         destination_loss_pct: f64,
+        silent_before: Vec<u8>,
     },
     /// Some routers drop replies to probes addressed to *them* (ICMP rate limiting), but the hops
     /// after them and the destination are clean: not packet loss on the path.
@@ -505,20 +507,28 @@ impl fmt::Display for LossVerdict {
                 ttl,
                 address,
                 destination_loss_pct,
+                silent_before,
             } => {
                 write!(f, "loss starts at hop {ttl}")?;
                 if let Some(address) = address {
                     write!(f, ", {address}")?;
                 }
-                write!(f, " ({destination_loss_pct:.0}% at the destination)")
+                write!(f, " ({destination_loss_pct:.0}% at the destination)")?;
+                if !silent_before.is_empty() {
+                    write!(f, ", or at the silent {} before it", hops(silent_before))?;
+                }
+                Ok(())
             }
             LossVerdict::RateLimitedOnly { ttls } => {
-                let list: Vec<String> = ttls.iter().map(u8::to_string).collect();
+                let verb = if ttls.len() == 1 {
+                    "rate-limits its"
+                } else {
+                    "rate-limit their"
+                };
                 write!(
                     f,
-                    "no loss to the destination; hop{} {} only rate-limit their own ICMP replies",
-                    if ttls.len() == 1 { "" } else { "s" },
-                    list.join(", ")
+                    "no loss to the destination; {} only {verb} own ICMP replies",
+                    hops(ttls)
                 )
             }
             LossVerdict::Unreached {
@@ -541,6 +551,13 @@ impl fmt::Display for LossVerdict {
     }
 }
 
+/// "hop 2" or "hops 2, 3".
+fn hops(ttls: &[u8]) -> String {
+    let list: Vec<String> = ttls.iter().map(u8::to_string).collect();
+    let plural = if ttls.len() == 1 { "" } else { "s" };
+    format!("hop{plural} {}", list.join(", "))
+}
+
 /// Loss below this at the destination is not called loss (1 probe in 20 = 5%).
 pub const LOSS_THRESHOLD_PCT: f64 = 5.0;
 
@@ -551,7 +568,8 @@ pub const LOSS_THRESHOLD_PCT: f64 = 5.0;
 /// path. So: if the destination is clean, lossy hops before it are [`LossVerdict::RateLimitedOnly`].
 /// If the destination loses at least [`LOSS_THRESHOLD_PCT`], walk back from it while the hops keep
 /// losing at least half as much as the destination does; the earliest such answering hop is where
-/// the loss starts (silent hops say nothing and are skipped).
+/// the loss starts. Silent hops say nothing and are skipped; those just before the start are named
+/// with it, since the loss may as well begin there.
 pub fn locate_loss(report: &TraceReport) -> LossVerdict {
     let Some(destination_index) = report
         .hops
@@ -580,20 +598,24 @@ pub fn locate_loss(report: &TraceReport) -> LossVerdict {
     }
     let persisting = (destination.loss_pct / 2.0).max(LOSS_THRESHOLD_PCT.min(destination.loss_pct));
     let mut start = destination;
+    // Silent hops met since `start`, nearest first.
+    let mut silent = Vec::new();
     for hop in report.hops[..destination_index].iter().rev() {
         if hop.is_silent() {
-            continue;
-        }
-        if hop.loss_pct >= persisting {
+            silent.push(hop.ttl);
+        } else if hop.loss_pct >= persisting {
             start = hop;
+            silent.clear();
         } else {
             break;
         }
     }
+    silent.reverse();
     LossVerdict::LossFrom {
         ttl: start.ttl,
         address: start.addresses.first().copied(),
         destination_loss_pct: destination.loss_pct,
+        silent_before: silent,
     }
 }
 
@@ -717,6 +739,7 @@ mod tests {
                     ttl: 3,
                     address: ip(TARGET),
                     destination_loss_pct: 30.0,
+                    silent_before: vec![],
                 },
             ),
             (
@@ -731,6 +754,7 @@ mod tests {
                     ttl: 2,
                     address: ip(r2),
                     destination_loss_pct: 30.0,
+                    silent_before: vec![],
                 },
             ),
             (
@@ -754,6 +778,7 @@ mod tests {
                     ttl: 3,
                     address: ip(r3),
                     destination_loss_pct: 20.0,
+                    silent_before: vec![],
                 },
             ),
             (
@@ -777,6 +802,36 @@ mod tests {
                     ttl: 2,
                     address: ip(r2),
                     destination_loss_pct: 40.0,
+                    silent_before: vec![],
+                },
+            ),
+            (
+                "a silent hop just before the loss may be where it starts",
+                vec![
+                    hop(1, Some(r1), 0.0),
+                    hop(2, None, 100.0),
+                    hop(3, Some(TARGET), 65.0),
+                ],
+                LossVerdict::LossFrom {
+                    ttl: 3,
+                    address: ip(TARGET),
+                    destination_loss_pct: 65.0,
+                    silent_before: vec![2],
+                },
+            ),
+            (
+                "silent hops from the start of the path",
+                vec![
+                    hop(1, None, 100.0),
+                    hop(2, None, 100.0),
+                    hop(3, Some(r3), 50.0),
+                    hop(4, Some(TARGET), 50.0),
+                ],
+                LossVerdict::LossFrom {
+                    ttl: 3,
+                    address: ip(r3),
+                    destination_loss_pct: 50.0,
+                    silent_before: vec![1, 2],
                 },
             ),
             (
@@ -816,14 +871,35 @@ mod tests {
             ttl: 3,
             address: ip(TARGET),
             destination_loss_pct: 20.0,
+            silent_before: vec![],
         };
         assert_eq!(
             verdict.to_string(),
             "loss starts at hop 3, 198.18.2.2 (20% at the destination)"
         );
+        let maybe_earlier = |silent_before: Vec<u8>| LossVerdict::LossFrom {
+            ttl: 3,
+            address: ip(TARGET),
+            destination_loss_pct: 65.0,
+            silent_before,
+        };
+        assert_eq!(
+            maybe_earlier(vec![2]).to_string(),
+            "loss starts at hop 3, 198.18.2.2 (65% at the destination), or at the silent hop 2 \
+             before it"
+        );
+        assert_eq!(
+            maybe_earlier(vec![1, 2]).to_string(),
+            "loss starts at hop 3, 198.18.2.2 (65% at the destination), or at the silent hops 1, \
+             2 before it"
+        );
         assert_eq!(
             LossVerdict::RateLimitedOnly { ttls: vec![2] }.to_string(),
-            "no loss to the destination; hop 2 only rate-limit their own ICMP replies"
+            "no loss to the destination; hop 2 only rate-limits its own ICMP replies"
+        );
+        assert_eq!(
+            LossVerdict::RateLimitedOnly { ttls: vec![2, 4] }.to_string(),
+            "no loss to the destination; hops 2, 4 only rate-limit their own ICMP replies"
         );
         assert_eq!(
             LossVerdict::Unreached {
