@@ -34,8 +34,8 @@ use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::socket::{
@@ -121,6 +121,65 @@ struct Handle {
     commands: mpsc::UnboundedSender<Command>,
     /// Echo replies with our identifier whose tag did not verify ([`Rejected::BadTag`]).
     rejected: Arc<AtomicU64>,
+    /// The loop's thread starts with the family's first round: a family no round uses (IPv6 in
+    /// most `vantage ping` runs) costs an open socket, not a thread and a runtime.
+    started: Once,
+    idle: Mutex<Option<IdleLoop>>,
+}
+
+/// A socket loop not started yet: what its thread will own.
+struct IdleLoop {
+    family: Family,
+    engine: Engine,
+    socket: std::net::UdpSocket,
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl std::fmt::Debug for IdleLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleLoop")
+            .field("family", &self.family)
+            .finish()
+    }
+}
+
+impl Handle {
+    /// Send a command to the loop, starting the loop with the first round. A loop that could not
+    /// start has dropped its receiver, so the send fails and the round ends as `loop_gone`.
+    fn send(&self, command: Command) -> Result<(), mpsc::error::SendError<Command>> {
+        if matches!(command, Command::Start(_) | Command::StartBatch(_)) {
+            self.started.call_once(|| {
+                if let Some(idle) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    idle.start();
+                }
+            });
+        }
+        self.commands.send(command)
+    }
+}
+
+impl IdleLoop {
+    /// The loop on a thread of its own: its batches hold raw pointers (nix's `MultiHeaders`, not
+    /// `Send`), and it never competes with the caller's runtime for a worker.
+    fn start(self) {
+        let family = self.family;
+        let spawned = std::thread::Builder::new()
+            .name(format!("icmp-{family:?}").to_lowercase())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => runtime.block_on(async move {
+                        drive(self.engine, self.socket, family, self.commands).await
+                    }),
+                    Err(error) => tracing::error!(%error, ?family, "ICMP socket loop"),
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, ?family, "no thread for the ICMP socket loop");
+        }
+    }
 }
 
 impl IcmpClient {
@@ -236,7 +295,7 @@ impl IcmpClient {
                 stop: stop.clone(),
                 results: results.clone(),
             };
-            if let Err(refused) = handle.commands.send(Command::StartBatch(request))
+            if let Err(refused) = handle.send(Command::StartBatch(request))
                 && let Command::StartBatch(request) = refused.0
             {
                 for (id, ..) in request.targets {
@@ -250,7 +309,7 @@ impl IcmpClient {
     fn tell_stopped(&self) {
         for endpoint in [&self.v4, &self.v6] {
             if let Ok(handle) = &endpoint.socket {
-                let _ = handle.commands.send(Command::Stopped);
+                let _ = handle.send(Command::Stopped);
             }
         }
     }
@@ -423,7 +482,7 @@ impl Session {
             }
             if let Ok(handle) = &self.client.endpoint(family).socket {
                 let results = self.results.clone();
-                let _ = handle.commands.send(Command::Cancel { results, indices });
+                let _ = handle.send(Command::Cancel { results, indices });
             }
         }
     }
@@ -562,13 +621,13 @@ async fn run_round(
         stop: stop.clone(),
         reply,
     };
-    if handle.commands.send(Command::Start(request)).is_err() {
+    if handle.send(Command::Start(request)).is_err() {
         return loop_gone();
     }
     tokio::select! {
         end = &mut done => return end.unwrap_or_else(|_| loop_gone()),
         () = stop.cancelled() => {
-            let _ = handle.commands.send(Command::Stopped);
+            let _ = handle.send(Command::Stopped);
         }
     }
     done.await.unwrap_or_else(|_| loop_gone())
@@ -673,32 +732,19 @@ impl Endpoint {
                     Arc::clone(&rejected),
                 );
                 let (commands, receiver) = mpsc::unbounded_channel();
-                // A thread of its own: the loop's batches hold raw pointers (nix's `MultiHeaders`,
-                // not `Send`), and it never competes with the caller's runtime for a worker.
-                let driver = std::thread::Builder::new()
-                    .name(format!("icmp-{family:?}").to_lowercase())
-                    .spawn(move || {
-                        let runtime = tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build();
-                        match runtime {
-                            Ok(runtime) => runtime.block_on(async move {
-                                drive(engine, socket, family, receiver).await
-                            }),
-                            Err(error) => tracing::error!(%error, ?family, "ICMP socket loop"),
-                        }
-                    });
-                match driver {
-                    Ok(_) => Endpoint {
-                        socket: Ok(Handle {
-                            kind,
-                            commands,
-                            rejected,
-                        }),
-                    },
-                    Err(e) => Endpoint {
-                        socket: Err(format!("no ICMP socket loop for {family:?}: {e}")),
-                    },
+                Endpoint {
+                    socket: Ok(Handle {
+                        kind,
+                        commands,
+                        rejected,
+                        started: Once::new(),
+                        idle: Mutex::new(Some(IdleLoop {
+                            family,
+                            engine,
+                            socket,
+                            commands: receiver,
+                        })),
+                    }),
                 }
             }
             Err(OpenError::Permission { raw, dgram }) => Endpoint {
@@ -1510,6 +1556,34 @@ mod tests {
         let grown = recv();
         buffers.fit(&socket, Family::V4, 10.0);
         assert_eq!(recv(), grown, "a lower rate does not shrink the buffer");
+    }
+
+    /// A family's socket loop starts with its first round: an IPv4-only run starts no IPv6
+    /// thread, and its IPv4 loop only when the round goes out.
+    #[tokio::test]
+    async fn a_socket_loop_starts_with_its_family_s_first_round() {
+        let client = IcmpClient::new()
+            .unwrap_or_else(|e| panic!("an ICMP socket: run as root or with CAP_NET_RAW: {e}"));
+        let started = |family| match &client.endpoint(family).socket {
+            Ok(handle) => handle.started.is_completed(),
+            Err(why) => panic!("no {family:?} socket: {why}"),
+        };
+        assert!(!started(Family::V4) && !started(Family::V6));
+        let plan = RoundPlan {
+            count: 1,
+            spacing: Duration::from_millis(10),
+            timeout: Duration::from_secs(1),
+        };
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let observation = client
+            .round(localhost, plan, &CancellationToken::new())
+            .await;
+        assert!(observation.is_success(), "{observation:?}");
+        assert!(
+            started(Family::V4),
+            "the IPv4 loop runs after an IPv4 round"
+        );
+        assert!(!started(Family::V6), "no IPv6 round, no IPv6 loop");
     }
 
     #[test]
