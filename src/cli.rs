@@ -278,6 +278,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// A runtime on the calling thread, for a command with one task to drive (`vantage ping`: its
+/// echoes go out from the ICMP client's own socket loop). Worker threads would only add their
+/// start-up and wake-ups.
+fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

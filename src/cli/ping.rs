@@ -60,7 +60,7 @@ struct PingLine<'a> {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    super::runtime()?.block_on(ping_all(args))
+    super::single_thread_runtime()?.block_on(ping_all(args))
 }
 
 /// When the round of target `index` (of `n`) starts: staggered across one interval, so thousands
