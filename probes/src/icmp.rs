@@ -100,7 +100,7 @@ pub enum IcmpError {
 /// Shared ICMP sockets (one per address family), each driven by one loop.
 ///
 /// Cheap to clone. Each socket's loop runs on a thread of its own (a single-threaded tokio
-/// runtime), stopped when the last clone is dropped.
+/// runtime), started with its family's first round and stopped when the last clone is dropped.
 #[derive(Clone, Debug)]
 pub struct IcmpClient {
     v4: Arc<Endpoint>,
