@@ -128,19 +128,12 @@ struct Handle {
 }
 
 /// A socket loop not started yet: what its thread will own.
+#[derive(Debug)]
 struct IdleLoop {
     family: Family,
     engine: Engine,
     socket: std::net::UdpSocket,
     commands: mpsc::UnboundedReceiver<Command>,
-}
-
-impl std::fmt::Debug for IdleLoop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdleLoop")
-            .field("family", &self.family)
-            .finish()
-    }
 }
 
 impl Handle {
