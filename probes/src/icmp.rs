@@ -878,6 +878,17 @@ async fn drive(
         let now = Instant::now();
         if engine.next_deadline().is_some_and(|at| at <= now) && now >= last_pass + coalesce {
             last_pass = now;
+            // Out of the epoll set for the pass: on a short path the replies arrive inside the
+            // send calls, and each one (and each sent echo's freed buffer) would run the epoll
+            // callback under the socket's wait-queue lock, for a wake-up the pass never needs
+            // (3% of `vantage ping --burst`'s CPU at 1,000 targets).
+            registration = match registration.set(false) {
+                Ok(registration) => registration,
+                Err(error) => {
+                    tracing::warn!(%error, ?family, "ICMP socket failed");
+                    return;
+                }
+            };
             // Replies already queued count before any round is ended at its deadline: a loop
             // woken late must not call them lost.
             let now = Instant::now();
