@@ -881,7 +881,7 @@ async fn drive(
             // Out of the epoll set for the pass: on a short path the replies arrive inside the
             // send calls, and each one (and each sent echo's freed buffer) would run the epoll
             // callback under the socket's wait-queue lock, for a wake-up the pass never needs
-            // (3% of `vantage ping --burst`'s CPU at 1,000 targets).
+            // (2-3% of `vantage ping --burst`'s CPU at 1,000 targets, against 0.4% of fping's).
             registration = match registration.set(false) {
                 Ok(registration) => registration,
                 Err(error) => {
