@@ -325,8 +325,14 @@ pub enum RuleScope {
     /// One incident per target.
     Target,
     /// One incident per group: the targets sharing a value of the `label` label. It opens when at
-    /// least `share_pct` percent of the group's targets breach (inclusive).
-    Group { label: String, share_pct: f64 },
+    /// least `share_pct` percent of the group's targets breach (inclusive). With
+    /// `hold_back_targets`, while it is pending or open, target incidents of its members on the
+    /// same probes are held back.
+    Group {
+        label: String,
+        share_pct: f64,
+        hold_back_targets: bool,
+    },
     /// One incident for the whole agent ("agent-side": our own uplink) when at least `share_pct`
     /// percent of every watched target breach. While it is pending or open, target and group
     /// incidents of the same probes are held back.

@@ -436,6 +436,7 @@ pub fn engine_config(config: &EvaluatorConfig) -> Config {
                 let scope = RuleScope::Group {
                     label: TARGET_LABEL.into(),
                     share_pct: sites_pct,
+                    hold_back_targets: false,
                 };
                 (members, scope)
             }
@@ -455,6 +456,7 @@ pub fn engine_config(config: &EvaluatorConfig) -> Config {
                 let scope = RuleScope::Group {
                     label: SITE_LABEL.into(),
                     share_pct: (f64::from(min_sites) - 0.01) * 100.0 / others,
+                    hold_back_targets: false,
                 };
                 (members, scope)
             }

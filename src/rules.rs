@@ -19,6 +19,10 @@
 //!   probe with it are **held back**: they stay pending instead of opening one incident per target.
 //!   Give the agent rule a shorter `for` than the target rules (by at least one probe interval), so
 //!   that when our own uplink fails the agent rule wins the race.
+//! - A group rule with `hold_back_targets = true` does the same for its members: while its alert
+//!   is pending or firing, target alerts on the same probe and target stay pending (one incident
+//!   for `group=cloud`, not one more per cloud target), and open if they still breach once it
+//!   has resolved.
 //!
 //! ## Thresholds: which side is inclusive
 //! - `loss`: breaches when loss is **strictly above** `above_pct` (exactly 20% with `above_pct = 20`
@@ -365,6 +369,10 @@ impl CompiledRule {
     fn members_of(&self, alert: &Alert) -> &[u32] {
         &self.alert_members[alert.first as usize..][..alert.len as usize]
     }
+
+    fn is_group(&self) -> bool {
+        matches!(self.config.scope, RuleScope::Group { .. })
+    }
 }
 
 /// Where the (rule, member) pairs reading one (probe, target) are: `Engine::pairs[first..][..len]`.
@@ -570,9 +578,10 @@ impl Engine {
             }
         }
         let mut transitions = Vec::new();
-        // Agent-scope alerts first: they decide what is held back.
+        // Agent-scope alerts first, then group alerts: they decide what is held back.
         self.evaluate_agent_alerts(now, false, &mut transitions);
         let held = self.held_probes();
+        touched.sort_by_key(|&(rule_index, _)| !self.rules[rule_index].is_group());
         for (rule_index, alert_index) in touched {
             if !matches!(self.rules[rule_index].config.scope, RuleScope::Agent { .. }) {
                 self.evaluate(rule_index, alert_index, now, &held, false, &mut transitions);
@@ -589,12 +598,17 @@ impl Engine {
         let mut transitions = Vec::new();
         self.evaluate_agent_alerts(now, true, &mut transitions);
         let held = self.held_probes();
-        for rule_index in 0..self.rules.len() {
-            if matches!(self.rules[rule_index].config.scope, RuleScope::Agent { .. }) {
-                continue;
-            }
-            for alert_index in 0..self.rules[rule_index].alerts.len() {
-                self.evaluate(rule_index, alert_index, now, &held, true, &mut transitions);
+        // Group rules before target rules: a group alert may hold back its members' alerts.
+        for groups in [true, false] {
+            for rule_index in 0..self.rules.len() {
+                let rule = &self.rules[rule_index];
+                if matches!(rule.config.scope, RuleScope::Agent { .. }) || rule.is_group() != groups
+                {
+                    continue;
+                }
+                for alert_index in 0..rule.alerts.len() {
+                    self.evaluate(rule_index, alert_index, now, &held, true, &mut transitions);
+                }
             }
         }
         transitions
@@ -822,6 +836,30 @@ impl Engine {
             .collect()
     }
 
+    /// Whether a pending or firing alert of a group rule with `hold_back_targets` covers one of
+    /// this target alert's members (the same probe and target): the group's incident speaks for
+    /// the target. Through the routes: a look at the rules watching that target, not a pass over
+    /// the groups.
+    fn held_by_group(&self, rule: &CompiledRule, alert: &Alert) -> bool {
+        rule.members_of(alert).iter().any(|&m| {
+            let member = &rule.members[m as usize];
+            let route = self.route(&member.probe, &member.target);
+            (route.first..route.first + route.len).any(|pair| {
+                let (other, member_index) = self.pairs[pair as usize];
+                let other = &self.rules[other as usize];
+                matches!(
+                    other.config.scope,
+                    RuleScope::Group {
+                        hold_back_targets: true,
+                        ..
+                    }
+                ) && other.members[member_index as usize]
+                    .alert
+                    .is_some_and(|a| !matches!(other.alerts[a as usize].phase, Phase::Idle))
+            })
+        })
+    }
+
     fn evaluate(
         &mut self,
         rule_index: usize,
@@ -846,14 +884,18 @@ impl Engine {
         };
         let breaching = enough(alert.bad as usize);
         let clear = !enough(alert.bad as usize + alert.unknown as usize);
-        let is_held = held.iter().any(|p| config.probes.contains(p));
+        // Only asked of a breaching alert that is not firing yet.
+        let is_held = || {
+            held.iter().any(|p| config.probes.contains(p))
+                || (matches!(config.scope, RuleScope::Target) && self.held_by_group(rule, alert))
+        };
 
         let mut emit: Option<(TransitionKind, Duration, Peak, String)> = None;
         let next = match alert.phase.clone() {
             Phase::Idle | Phase::Pending { .. } if !breaching => Phase::Idle,
-            Phase::Idle => self.try_open(rule_index, alert_index, now, now, is_held, &mut emit),
+            Phase::Idle => self.try_open(rule_index, alert_index, now, now, is_held(), &mut emit),
             Phase::Pending { since } => {
-                self.try_open(rule_index, alert_index, since, now, is_held, &mut emit)
+                self.try_open(rule_index, alert_index, since, now, is_held(), &mut emit)
             }
             Phase::Firing {
                 opened,

@@ -591,7 +591,8 @@ fn rules_get_their_defaults() {
         config.rules[1].scope,
         RuleScope::Group {
             label: "group".into(),
-            share_pct: 50.0
+            share_pct: 50.0,
+            hold_back_targets: false,
         }
     );
     assert_eq!(
@@ -619,6 +620,42 @@ fn rules_get_their_defaults() {
     let none =
         accept("[agent]\nsite = \"scl3\"\n[[target]]\nname = \"a\"\nhost = \"198.18.1.1\"\n");
     assert!(none.rules.is_empty());
+}
+
+#[test]
+fn hold_back_targets_goes_only_with_a_group_rule() {
+    let head = "[agent]\nsite = \"scl3\"\n[[target]]\nname = \"a\"\nhost = \"198.18.1.1\"\n\
+                labels = { g = \"x\" }\n";
+    let group = "[[rule]]\nname = \"g\"\nkind = \"loss\"\nabove_pct = 20\nscope = \"group\"\n\
+                 group_by = \"g\"\nhold_back_targets = true\n";
+    let config = accept(&format!("{head}{group}"));
+    assert_eq!(
+        config.rules[0].scope,
+        RuleScope::Group {
+            label: "g".into(),
+            share_pct: 50.0,
+            hold_back_targets: true,
+        }
+    );
+    let errors = reject(&format!(
+        "{head}[[rule]]\nname = \"r\"\nkind = \"loss\"\nabove_pct = 20\nhold_back_targets = true\n\
+         [[rule]]\nname = \"s\"\nkind = \"loss\"\nabove_pct = 20\nscope = \"agent\"\nhold_back_targets = false\n\
+         {}",
+        group.replace("= true", "= \"yes\"")
+    ));
+    let why = "remove it: an agent-scope rule always holds back the rules on its probes, \
+               and a target-scope rule has nothing to hold back";
+    assert_eq!(
+        errors.to_string(),
+        format!(
+            "vantage.toml:11:21: error: `hold_back_targets` applies only to `scope = \"group\"`, not `target`\n  \
+             hint: {why}\n\
+             vantage.toml:17:21: error: `hold_back_targets` applies only to `scope = \"group\"`, not `agent`\n  \
+             hint: {why}\n\
+             vantage.toml:24:21: error: `hold_back_targets` must be true or false, not a string\n  \
+             hint: e.g. `hold_back_targets = true`"
+        )
+    );
 }
 
 #[test]

@@ -363,7 +363,7 @@ const INCIDENTS: [Key; 2] = [
     ),
     key("history", Type::Duration, r#"history = "1h""#),
 ];
-const RULE: [Key; 11] = [
+const RULE: [Key; 12] = [
     key("name", Type::Str, r#"name = "packet-loss""#),
     key("kind", Type::Str, r#"kind = "loss""#),
     key("severity", Type::Str, r#"severity = "major""#),
@@ -372,6 +372,7 @@ const RULE: [Key; 11] = [
     key("scope", Type::Str, r#"scope = "group""#),
     key("group_by", Type::Str, r#"group_by = "group""#),
     key("share_pct", Type::Number, "share_pct = 50"),
+    key("hold_back_targets", Type::Bool, "hold_back_targets = true"),
     key("for", Type::Duration, r#"for = "1m""#),
     key("clear_for", Type::Duration, r#"clear_for = "2m""#),
     key("min_hold", Type::Duration, r#"min_hold = "5m""#),

@@ -1117,7 +1117,9 @@ pub fn describe_rule(rule: &RuleConfig) -> String {
     };
     let scope = match &rule.scope {
         RuleScope::Target => String::new(),
-        RuleScope::Group { label, share_pct } => {
+        RuleScope::Group {
+            label, share_pct, ..
+        } => {
             format!(" on at least {share_pct}% of the targets of a `{label}` group")
         }
         RuleScope::Agent { share_pct } => {
@@ -1153,7 +1155,9 @@ pub fn describe_fleet_rule(rule: &RuleConfig) -> String {
     };
     let sites = rule.probes.len();
     let seen = match &rule.scope {
-        RuleScope::Group { label, share_pct } if label == crate::fleet::SITE_LABEL => {
+        RuleScope::Group {
+            label, share_pct, ..
+        } if label == crate::fleet::SITE_LABEL => {
             let others = sites.saturating_sub(1);
             let at_least = (share_pct * others as f64 / 100.0).ceil();
             format!(

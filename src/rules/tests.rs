@@ -319,6 +319,97 @@ fn every_target_failing_is_one_agent_side_incident() {
     );
 }
 
+const GROUP_AND_TARGET: &str = r#"
+[[rule]]
+name = "loss"
+kind = "loss"
+above_pct = 20
+echoes = 5
+for = "30s"
+clear_for = "20s"
+min_hold = "0s"
+
+[[rule]]
+name = "grp"
+kind = "loss"
+above_pct = 20
+echoes = 5
+scope = "group"
+group_by = "group"
+share_pct = 50
+for = "10s"
+clear_for = "20s"
+min_hold = "0s"
+"#;
+
+/// Half of `cloud` fails from t≈100 (a until 300, b until 500), c alone from t≈526, e alone in
+/// `west` from t≈101 to 201.
+const HALF_OF_CLOUD: Rows = &[
+    (0, 100, 10, "a", "....."),
+    (100, 300, 10, "a", "xxxxx"),
+    (300, 600, 10, "a", "....."),
+    (3, 103, 10, "b", "....."),
+    (103, 503, 10, "b", "xxxxx"),
+    (503, 600, 10, "b", "....."),
+    (6, 526, 10, "c", "....."),
+    (526, 600, 10, "c", "xxxxx"),
+    (9, 600, 10, "d", "....."),
+    (1, 101, 10, "e", "....."),
+    (101, 201, 10, "e", "xxxxx"),
+    (201, 600, 10, "e", "....."),
+    (2, 600, 10, "f", "....."),
+    (5, 600, 10, "g", "....."),
+];
+
+fn cloud_and_west(rules: &str) -> Config {
+    make_config(
+        &[
+            ("a", "cloud"),
+            ("b", "cloud"),
+            ("c", "cloud"),
+            ("d", "cloud"),
+            ("e", "west"),
+            ("f", "west"),
+            ("g", "west"),
+        ],
+        rules,
+    )
+}
+
+#[test]
+fn a_group_rule_that_holds_back_targets_is_their_one_incident() {
+    let rules =
+        GROUP_AND_TARGET.replace("share_pct = 50", "share_pct = 50\nhold_back_targets = true");
+    assert_eq!(
+        run(&cloud_and_west(&rules), HALF_OF_CLOUD, 600),
+        [
+            // a and b: the group's incident only, none per target.
+            "113s opened grp/group/group=cloud 100.0 2/4",
+            // e alone in `west` (1 of 3 is no group incident): its own.
+            "131s opened loss/target/e 100.0 1/1",
+            "221s resolved loss/target/e - 0/1 after 90s, peak 100.0",
+            // a recovers: 1 of 4 is below the share. b, still bad, now opens its own.
+            "320s resolved grp/group/group=cloud 100.0 1/4 after 207s, peak 100.0",
+            "320s opened loss/target/b 100.0 1/1",
+            "523s resolved loss/target/b - 0/1 after 203s, peak 100.0",
+            // c alone later: no group incident to speak for it.
+            "556s opened loss/target/c 100.0 1/1",
+        ]
+    );
+}
+
+#[test]
+fn a_group_rule_without_hold_back_leaves_target_incidents_alone() {
+    let lines = run(&cloud_and_west(GROUP_AND_TARGET), HALF_OF_CLOUD, 600);
+    for opened in [
+        "113s opened grp/group/group=cloud 100.0 2/4",
+        "130s opened loss/target/a 100.0 1/1",
+        "133s opened loss/target/b 100.0 1/1",
+    ] {
+        assert!(lines.iter().any(|l| l == opened), "{opened} in {lines:#?}");
+    }
+}
+
 #[test]
 fn a_wall_clock_step_opens_and_clears_nothing() {
     let config = make_config(&[("a", "g")], LOSS);

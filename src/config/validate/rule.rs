@@ -73,6 +73,7 @@ impl Checker<'_> {
             scope_key,
             group_by_key,
             share_key,
+            hold_key,
             for_key,
             clear_for_key,
             min_hold_key,
@@ -118,10 +119,12 @@ impl Checker<'_> {
             };
             let group_by = self.string(table, group_by_key);
             let share = self.number(table, share_key);
+            let hold = self.boolean(table, hold_key);
             let scope = self.scope(
                 scope_text,
                 group_by,
                 share,
+                hold,
                 &span,
                 targets,
                 rule_targets.as_deref(),
@@ -376,17 +379,32 @@ impl Checker<'_> {
         }
     }
 
-    /// `scope`, `group_by` and `share_pct`, which only make sense together.
+    /// `scope`, `group_by`, `share_pct` and `hold_back_targets`, which only make sense together.
+    #[allow(clippy::too_many_arguments)]
     fn scope(
         &mut self,
         scope: Option<(&str, Option<Range<usize>>)>,
         group_by: Got<&str>,
         share: Got<f64>,
+        hold: Got<bool>,
         section_span: &Range<usize>,
         targets: &[Target],
         rule_targets: Option<&[String]>,
     ) -> Option<RuleScope> {
         let (scope, scope_span) = scope?;
+        let hold_back_targets = match hold {
+            Got::Valid(_, span) if scope != "group" => {
+                self.error(
+                    span,
+                    format!("`hold_back_targets` applies only to `scope = \"group\"`, not `{scope}`"),
+                    "remove it: an agent-scope rule always holds back the rules on its probes, and a target-scope rule has nothing to hold back",
+                );
+                None
+            }
+            Got::Valid(hold, _) => Some(hold),
+            Got::Absent => Some(false),
+            Got::Invalid => None,
+        };
         let share_pct = match share {
             Got::Valid(_, span) if scope == "target" => {
                 self.error(
@@ -449,6 +467,7 @@ impl Checker<'_> {
                 Some(RuleScope::Group {
                     label: label.to_string(),
                     share_pct: share_pct?,
+                    hold_back_targets: hold_back_targets?,
                 })
                 .filter(|_| valid)
             }
@@ -469,10 +488,10 @@ impl Checker<'_> {
                 None
             }
             (_, Got::Invalid) => None,
-            ("agent", Got::Absent) => Some(RuleScope::Agent {
+            ("agent", Got::Absent) => hold_back_targets.and(Some(RuleScope::Agent {
                 share_pct: share_pct?,
-            }),
-            _ => share_pct.map(|_| RuleScope::Target),
+            })),
+            _ => share_pct.and(hold_back_targets).map(|_| RuleScope::Target),
         }
     }
 
