@@ -260,7 +260,8 @@ fn group_scope_needs_a_share_of_the_group_and_grows() {
     );
 }
 
-const AGENT_AND_TARGET: &str = r#"
+/// A target rule that opens after 30 s: slower than the agent and group rules below.
+const TARGET_LOSS: &str = r#"
 [[rule]]
 name = "loss"
 kind = "loss"
@@ -269,7 +270,9 @@ echoes = 5
 for = "30s"
 clear_for = "20s"
 min_hold = "0s"
+"#;
 
+const AGENT_UPLINK: &str = r#"
 [[rule]]
 name = "uplink"
 kind = "loss"
@@ -284,7 +287,8 @@ min_hold = "0s"
 
 #[test]
 fn every_target_failing_is_one_agent_side_incident() {
-    let config = make_config(&[("a", "x"), ("b", "y"), ("c", "z")], AGENT_AND_TARGET);
+    let rules = format!("{TARGET_LOSS}{AGENT_UPLINK}");
+    let config = make_config(&[("a", "x"), ("b", "y"), ("c", "z")], &rules);
     // Our uplink dies at t≈100: the targets' rounds (staggered by 3 s) lose everything from then
     // on, until t≈300. The agent rule opens; the target rule is held back for all three.
     let rows: Rows = &[
@@ -319,16 +323,7 @@ fn every_target_failing_is_one_agent_side_incident() {
     );
 }
 
-const GROUP_AND_TARGET: &str = r#"
-[[rule]]
-name = "loss"
-kind = "loss"
-above_pct = 20
-echoes = 5
-for = "30s"
-clear_for = "20s"
-min_hold = "0s"
-
+const GROUP_LOSS: &str = r#"
 [[rule]]
 name = "grp"
 kind = "loss"
@@ -361,7 +356,13 @@ const HALF_OF_CLOUD: Rows = &[
     (5, 600, 10, "g", "....."),
 ];
 
-fn cloud_and_west(rules: &str) -> Config {
+/// `TARGET_LOSS` and `GROUP_LOSS` over `cloud` (a–d) and `west` (e–g).
+fn cloud_and_west(hold_back_targets: bool) -> Config {
+    let hold = if hold_back_targets {
+        "hold_back_targets = true\n"
+    } else {
+        ""
+    };
     make_config(
         &[
             ("a", "cloud"),
@@ -372,16 +373,14 @@ fn cloud_and_west(rules: &str) -> Config {
             ("f", "west"),
             ("g", "west"),
         ],
-        rules,
+        &format!("{TARGET_LOSS}{GROUP_LOSS}{hold}"),
     )
 }
 
 #[test]
 fn a_group_rule_that_holds_back_targets_is_their_one_incident() {
-    let rules =
-        GROUP_AND_TARGET.replace("share_pct = 50", "share_pct = 50\nhold_back_targets = true");
     assert_eq!(
-        run(&cloud_and_west(&rules), HALF_OF_CLOUD, 600),
+        run(&cloud_and_west(true), HALF_OF_CLOUD, 600),
         [
             // a and b: the group's incident only, none per target.
             "113s opened grp/group/group=cloud 100.0 2/4",
@@ -400,7 +399,7 @@ fn a_group_rule_that_holds_back_targets_is_their_one_incident() {
 
 #[test]
 fn a_group_rule_without_hold_back_leaves_target_incidents_alone() {
-    let lines = run(&cloud_and_west(GROUP_AND_TARGET), HALF_OF_CLOUD, 600);
+    let lines = run(&cloud_and_west(false), HALF_OF_CLOUD, 600);
     for opened in [
         "113s opened grp/group/group=cloud 100.0 2/4",
         "130s opened loss/target/a 100.0 1/1",
@@ -568,7 +567,8 @@ fn a_thousand_targets_failing_at_once_is_one_incident() {
     text.push_str(
         "[[probe]]\nname = \"ping\"\nkind = \"icmp\"\ninterval = \"10s\"\ntimeout = \"1s\"\ncount = 5\nspacing = \"1s\"\n",
     );
-    text.push_str(AGENT_AND_TARGET);
+    text.push_str(TARGET_LOSS);
+    text.push_str(AGENT_UPLINK);
     let config = Config::parse(&text, Path::new("big.toml")).unwrap_or_else(|e| panic!("{e}"));
     let mut engine = Engine::new(&config);
     let started = std::time::Instant::now();
